@@ -1,0 +1,68 @@
+"""Shared reporting for the benchmarks: one BENCHMARKS.md, one section per benchmark.
+
+Each benchmark owns the text between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` and rewrites
+only that, so benchmarks can be re-run one at a time without losing the others' tables. Every
+section records the command, the commit and the machine it was measured on.
+"""
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ptl_timm.utils import atomic_write
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / 'BENCHMARKS.md'
+HEADER = (
+    '# Benchmarks\n\n'
+    'Measured with `bash benchmarks/run_all.sh` (or one script at a time; each rewrites only its own '
+    'section). Speed targets are ratios measured in one run on one machine, never absolute timings.\n'
+)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out + ('+dirty' if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
+def machine() -> str:
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    return (f'{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} '
+            f'({torch.get_num_threads()} threads), {gpu}, Python {platform.python_version()}')
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+    return '\n'.join(lines) + '\n'
+
+
+def write_section(name: str, title: str, body: str, command: str = '') -> None:
+    """Replace (or append) the section ``name`` of BENCHMARKS.md with ``body``."""
+    command = command or 'python ' + ' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    section = (f'<!-- begin:{name} -->\n## {title}\n\n'
+               f'Command: `{command}`  \nCommit: `{git_commit()}`  \nMachine: {machine()}\n\n'
+               f'{body.rstrip()}\n<!-- end:{name} -->\n')
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
+    pattern = re.compile(rf'<!-- begin:{re.escape(name)} -->.*?<!-- end:{re.escape(name)} -->\n?', re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + '\n\n' + section
+    with atomic_write(BENCHMARKS_MD, 'w') as f:
+        f.write(text)

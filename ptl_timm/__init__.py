@@ -1,0 +1,8 @@
+"""ptl_timm: Progressive Transfer Learning (PTL, IJCAI-19) for person re-identification on timm.
+
+``import ptl_timm`` registers every model in timm's registry, so ``timm.create_model('ptl_resnet50')``
+works afterwards.
+"""
+from .version import __version__
+from .layers import BConvCell, reset_latent_states
+from .models import ReIDNet, create_ptl, create_reid

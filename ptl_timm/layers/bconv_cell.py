@@ -1,0 +1,167 @@
+""" Batch-related Convolutional Cell (BConv-Cell), PTL paper (Yu et al., IJCAI-19) Eq. 1.
+
+    i, f, o = sigmoid(W_i * x), sigmoid(W_f * x), sigmoid(W_o * x)
+    C_b = f ⊙ C_{b-1} + i ⊙ tanh(W_g * x)
+    y_b = o ⊙ tanh(C_b)
+
+One convolution of the input produces the four gates, stacked along channels in the order
+(i, f, o, g) as in the official code, so its weights port directly.
+
+The latent state C is the point of the cell, and every rule about it lives in this class:
+
+* ``state_mode``:
+    - ``'batch'`` (default, the paper's C×H×W state): the stored state is the batch mean of the
+      per-sample updates C_b[k] = f[k] ⊙ C_{b-1} + i[k] ⊙ tanh(g[k]). Every sample of the next batch
+      reads the same state, so it does not matter which slot a sample lands in, and a smaller
+      last batch simply reads and updates it.
+    - ``'sample'`` (the official code's [B, C, H, W] state): slot k of batch b reads slot k of
+      batch b-1. A smaller batch reads the first B slots and stores only those (the official
+      truncation); slots beyond the stored ones start from zero.
+    - ``'none'``: stateless, y = o ⊙ tanh(i ⊙ tanh(g)). This is what the official code effectively
+      trains with after its first evaluation (it never clears its ``val`` flag); kept for ablations.
+* Training mode: each forward reads C_{b-1} and stores C_b exactly once, detached (no
+  back-propagation across batches) and in float32 even under autocast. The update runs outside
+  the cell's own gradient checkpoint, so recomputation during backward never updates it twice.
+* Eval mode: the state is treated as zero and is neither read nor written (paper §3.2, "during
+  testing, we set all the latent states as zeros"), so an eval feature depends on its own image
+  only.
+* Reset: ``reset_state()``; ``train()`` calls it too, so the state is zero at the start of every
+  epoch of a timm-style loop (paper §3.2: "all the latent states are set to zeros at the beginning
+  of each epoch").
+* A change of the output's channel or spatial size since the last batch (a new input resolution)
+  means the stored state no longer lines up with the input: it is treated as zero and replaced.
+* The state is a non-persistent buffer: it moves with ``.to()``, but is never part of
+  ``state_dict()``, checkpoints, safetensors files or EMA averaging. ``ddp_ignore_latent_states``
+  keeps it out of DDP's buffer broadcast so each rank keeps its own.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from timm.layers import register_notrace_module
+
+__all__ = ['BConvCell', 'STATE_MODES', 'reset_latent_states', 'ddp_ignore_latent_states']
+
+STATE_MODES = ('batch', 'sample', 'none')
+
+
+def _cell_update(
+        gates: torch.Tensor,
+        prev_state: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 from the stacked gate pre-activations; returns (y_b, per-sample C_b)."""
+    in_gate, forget_gate, out_gate, cell_gate = gates.chunk(4, 1)
+    state = torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+    if prev_state is not None:
+        # float32 state: the sum promotes, so the carried memory never drops to bf16/fp16
+        state = torch.sigmoid(forget_gate) * prev_state + state
+    out = torch.sigmoid(out_gate) * torch.tanh(state)
+    return out.to(gates.dtype), state
+
+
+@register_notrace_module  # state bookkeeping is data-dependent Python: FX keeps the cell a leaf
+class BConvCell(nn.Module):
+    """Gated convolution whose latent state carries information from one mini-batch to the next.
+
+    Args:
+        in_chs: Input channels.
+        out_chs: Output (and state) channels.
+        kernel_size: Gate convolution kernel; padding keeps 'same' geometry (stride s gives ceil(H/s)).
+        stride: Gate convolution stride, chosen so the output meets the next backbone stage.
+        bias: Gate biases (the paper's Eq. 1 has them; the official code has none).
+        state_mode: 'batch', 'sample' or 'none' (see module docstring).
+    """
+    state_mode: torch.jit.Final[str]
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_size: int = 3,
+            stride: int = 1,
+            bias: bool = False,
+            state_mode: str = 'batch',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if state_mode not in STATE_MODES:
+            raise ValueError(f'BConvCell state_mode must be one of {STATE_MODES}, got {state_mode!r}')
+        self.in_chs = in_chs
+        self.out_chs = out_chs
+        self.state_mode = state_mode
+        self.grad_checkpointing = False
+        self.gates = nn.Conv2d(
+            in_chs, 4 * out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias,
+            device=device, dtype=dtype,
+        )
+        # numel() == 0 means "zero state"; float32 regardless of the module dtype
+        self.register_buffer('latent_state', torch.zeros(0, device=device, dtype=torch.float32), persistent=False)
+
+    def reset_state(self) -> None:
+        """Forget everything aggregated so far (the state becomes zero)."""
+        self.latent_state = torch.zeros(0, device=self.latent_state.device, dtype=torch.float32)
+
+    def train(self, mode: bool = True) -> 'BConvCell':
+        if mode:
+            self.reset_state()
+        return super().train(mode)
+
+    def _read_state(self, out_shape: List[int]) -> Optional[torch.Tensor]:
+        """C_{b-1} aligned to this batch's [B, C, H, W] output, or None for a zero state."""
+        prev = self.latent_state
+        if not self.training or self.state_mode == 'none' or prev.numel() == 0:
+            return None
+        if prev.shape[-3:] != torch.Size(out_shape[1:]):
+            return None  # new resolution: the old state does not line up with this input
+        if prev.is_inference():
+            # written under torch.inference_mode(): take a normal copy so autograd may save it
+            prev = prev.clone()
+        if self.state_mode == 'sample':
+            batch_size = out_shape[0]
+            if prev.shape[0] >= batch_size:
+                return prev[:batch_size]
+            return torch.cat([prev, prev.new_zeros([batch_size - prev.shape[0]] + out_shape[1:])], 0)
+        return prev
+
+    def _write_state(self, state: torch.Tensor) -> None:
+        if not self.training or self.state_mode == 'none':
+            return
+        state = state.detach().float()
+        # rebinding (not copy_) lets the shape follow the batch and never mutates an inference tensor
+        self.latent_state = state.mean(0) if self.state_mode == 'batch' else state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates = self.gates(x)
+        prev = self._read_state(list(gates.shape[:1]) + [self.out_chs] + list(gates.shape[2:]))
+        if self.grad_checkpointing and gates.requires_grad and not torch.jit.is_scripting():
+            out, state = checkpoint(_cell_update, gates, prev, use_reentrant=False)
+        else:
+            out, state = _cell_update(gates, prev)
+        self._write_state(state)
+        return out
+
+    def extra_repr(self) -> str:
+        return f'state_mode={self.state_mode!r}'
+
+
+def reset_latent_states(module: nn.Module) -> None:
+    """Zero the latent state of every BConv-Cell inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, BConvCell):
+            m.reset_state()
+
+
+def ddp_ignore_latent_states(module: nn.Module) -> List[str]:
+    """Exclude every BConv-Cell state under ``module`` from DDP's buffer broadcast.
+
+    DDP broadcasts all buffers (non-persistent ones included) from rank 0 before each forward,
+    which would overwrite each rank's own state. DDP reads the ignore list from the module it wraps,
+    so call this on that module (the PTL models call it on themselves at construction).
+    """
+    names = [name for name, _ in module.named_buffers() if name.endswith('latent_state')]
+    ignored = set(getattr(module, '_ddp_params_and_buffers_to_ignore', ()))
+    module._ddp_params_and_buffers_to_ignore = sorted(ignored.union(names))
+    return names

@@ -1,0 +1,1 @@
+from .ptl_net import PTLSideNetwork, ReIDClassifier, ReIDNet, create_ptl, create_reid, filter_backbone_pretrained

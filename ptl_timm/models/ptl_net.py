@@ -1,0 +1,482 @@
+""" PTL network: BConv-Cells paired with the stages of any timm backbone, plus the ReID head.
+
+Paper: `Progressive Transfer Learning for Person Re-identification` (Yu et al., IJCAI-19),
+https://arxiv.org/abs/1908.02492 — §3 and Figure 1.
+
+The side network never feeds back into the backbone (as in the paper's figure and the official
+MGN_PTL code): one cell reads the image, and the cell paired with stage i reads
+cat(x_i, y_{i-1}) through a 1×1 conv. Its stride is the ratio of the next stage's reduction to this
+one's, so y_i meets x_{i+1}. The head fuses cat(last stage, last cell) with a 1×1 conv into the
+feature map that ``forward_features`` returns; global pooling of it is the ReID embedding, and a
+classifier of three fully connected layers sits on top for training.
+
+``ReIDNet(..., ptl=False)`` is the same network without the side network: the paper's baselines
+and the Student-Teacher Distillation students (``reid_*``), whose embedding has the teacher's
+width so the distillation L1 loss needs no adapter.
+"""
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ConvNormAct, SelectAdaptivePool2d, get_device_dtype, register_notrace_module
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
+
+__all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'create_ptl', 'create_reid']
+
+
+@register_notrace_module  # shape-dependent branch: FX keeps it a leaf
+class MatchSize(nn.Module):
+    """Pool a cell output onto a stage's grid where the backbone rounds sizes differently (a no-op
+    for the usual stride-2 stages)."""
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != ref.shape[-2:]:
+            x = F.adaptive_avg_pool2d(x, ref.shape[-2:])
+        return x
+
+
+def _cell_kernel(stride: int) -> int:
+    """3×3 for stride 1 and 2; wider for larger strides so no input pixel is skipped."""
+    return 3 if stride <= 2 else 2 * stride - 1
+
+
+class PTLSideNetwork(nn.Module):
+    """The BConv-Cell side network of PTL (paper Eq. 3, Figure 1).
+
+    Args:
+        in_chans: Image channels.
+        feature_chs: Channels of the backbone stages it pairs with (all taps but the last).
+        feature_reductions: Their reductions, plus the last tap's (one more entry).
+        cell_chs: Output channels of each cell: the image cell first, then one per paired stage.
+        fuse_chs: Output channels of the 1×1 fuse conv before each paired cell.
+        state_mode: Latent state mode of every cell ('batch', 'sample' or 'none').
+        cell_bias: Gate biases in the cells.
+    """
+
+    def __init__(
+            self,
+            in_chans: int,
+            feature_chs: Sequence[int],
+            feature_reductions: Sequence[int],
+            cell_chs: Sequence[int],
+            fuse_chs: Sequence[int],
+            state_mode: str = 'batch',
+            cell_bias: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        num_paired = len(feature_chs)
+        if len(cell_chs) != num_paired + 1 or len(fuse_chs) != num_paired:
+            raise ValueError(
+                f'PTL side network pairs {num_paired} backbone stages, so it needs {num_paired + 1} cell widths '
+                f'(image cell + one per stage) and {num_paired} fuse widths; got cell_chs={tuple(cell_chs)}, '
+                f'fuse_chs={tuple(fuse_chs)}')
+        strides = [feature_reductions[0]] + [
+            max(1, feature_reductions[i + 1] // feature_reductions[i]) for i in range(num_paired)]
+        self.stem_cell = BConvCell(
+            in_chans, cell_chs[0], _cell_kernel(strides[0]), strides[0], cell_bias, state_mode, **dd)
+        self.fuses = nn.ModuleList()
+        self.cells = nn.ModuleList()
+        for i in range(num_paired):
+            self.fuses.append(ConvNormAct(feature_chs[i] + cell_chs[i], fuse_chs[i], 1, **dd))
+            self.cells.append(BConvCell(
+                fuse_chs[i], cell_chs[i + 1], _cell_kernel(strides[i + 1]), strides[i + 1], cell_bias, state_mode,
+                **dd))
+        self.match_size = MatchSize()
+        self.out_chs = cell_chs[-1]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for m in self.modules():
+            if isinstance(m, BConvCell):
+                m.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor, features: List[torch.Tensor]) -> torch.Tensor:
+        """``features``: the paired stage outputs followed by the last stage's; returns the last cell
+        output on the last stage's grid."""
+        y = self.stem_cell(x)
+        for i, (fuse, cell) in enumerate(zip(self.fuses, self.cells)):
+            y = cell(fuse(torch.cat([features[i], self.match_size(y, features[i])], 1)))
+        return self.match_size(y, features[-1])
+
+
+class ReIDClassifier(nn.Module):
+    """Three fully connected layers (paper §3.2): fc1 → BN → ReLU → dropout → fc2 → BN → ReLU → fc.
+
+    Only the identity classifier ``fc`` depends on the dataset; a change of ``num_classes`` (a new
+    target dataset) re-initialises it and keeps the hidden layers.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            num_classes: int,
+            hidden_dims: Tuple[int, int] = (256, 128),
+            drop_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.hidden = nn.Sequential(
+            nn.Linear(in_features, hidden_dims[0], **dd),
+            nn.BatchNorm1d(hidden_dims[0], **dd),
+            nn.ReLU(inplace=True),
+            nn.Dropout(drop_rate),
+            nn.Linear(hidden_dims[0], hidden_dims[1], **dd),
+            nn.BatchNorm1d(hidden_dims[1], **dd),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(hidden_dims[1], num_classes, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.hidden(x))
+
+
+class ReIDNet(nn.Module):
+    """A timm backbone with (``ptl=True``) or without the PTL side network, and the ReID head.
+
+    Args:
+        backbone: Any timm model name with ``features_only`` support (CNNs and NHWC models alike).
+        num_classes: Training identities; 0 gives the embedding (the timm way).
+        in_chans: Image channels.
+        global_pool: Pooling of the fused feature map ('avg', 'max', 'avgmax', 'catavgmax', '').
+        embed_dim: Channels of the fused feature map, i.e. the ReID embedding width.
+        classifier_dims: Widths of the two hidden fully connected layers.
+        ptl: Add the BConv-Cell side network.
+        cell_chs: Cell widths: the image cell, then one per paired stage.
+        fuse_chs: 1×1 fuse conv widths, one per paired stage.
+        state_mode: Latent state mode of every cell ('batch', 'sample', 'none').
+        cell_bias: Gate biases in the cells.
+        drop_rate: Dropout in the classifier.
+        drop_path_rate: Stochastic depth of the backbone (passed on only when non-zero).
+        backbone_args: Extra keyword arguments for ``timm.create_model(backbone, ...)``.
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            num_classes: int = 751,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            embed_dim: int = 2048,
+            classifier_dims: Tuple[int, int] = (256, 128),
+            ptl: bool = True,
+            cell_chs: Optional[Sequence[int]] = None,
+            fuse_chs: Optional[Sequence[int]] = None,
+            state_mode: str = 'batch',
+            cell_bias: bool = False,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            backbone_args: Optional[Dict[str, Any]] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.classifier_dims = tuple(classifier_dims)
+        self.grad_checkpointing = False
+
+        backbone_args = dict(backbone_args or {})
+        if drop_path_rate:
+            backbone_args['drop_path_rate'] = drop_path_rate
+        self.backbone = timm.create_model(
+            backbone, pretrained=False, features_only=True, in_chans=in_chans, **backbone_args, **dd)
+        taps = self.backbone.feature_info
+        tap_chs, tap_reductions = taps.channels(), taps.reduction()
+        self.backbone_nhwc = str(getattr(self.backbone, 'output_fmt', 'NCHW')) == 'NHWC'
+
+        neck_in = tap_chs[-1]
+        if ptl:
+            cell_chs, fuse_chs = _default_widths(tap_chs, cell_chs, fuse_chs)
+            self.side = PTLSideNetwork(
+                in_chans, tap_chs[:-1], tap_reductions, cell_chs, fuse_chs, state_mode, cell_bias, **dd)
+            neck_in += self.side.out_chs
+            ddp_ignore_latent_states(self)
+        else:
+            self.side = None
+        # the paper's "1x1 Conv-layer" whose output is the discriminative feature
+        self.neck = ConvNormAct(neck_in, embed_dim, 1, **dd)
+        self.num_features = embed_dim
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.head_hidden_size = embed_dim * self.global_pool.feat_mult()
+        self.head = self._create_head(num_classes, **dd)
+
+        self.feature_info = [
+            dict(num_chs=c, reduction=r, module=f'backbone.{m}')
+            for c, r, m in zip(tap_chs[:-1], tap_reductions[:-1], taps.module_name()[:-1])
+        ] + [dict(num_chs=embed_dim, reduction=tap_reductions[-1], module='neck')]
+
+    def _create_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        return ReIDClassifier(
+            self.head_hidden_size, num_classes, self.classifier_dims, self.drop_rate, device=device, dtype=dtype)
+
+    @torch.jit.ignore
+    def reset_state(self) -> None:
+        """Zero the latent state of every BConv-Cell (``train()`` does this too)."""
+        reset_latent_states(self)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        names = [n for n, _ in self.backbone.named_children()]
+        return dict(
+            stem=rf'^backbone\.{re.escape(names[0])}\.',
+            blocks=[(rf'^backbone\.{re.escape(n)}\.', (i,)) for i, n in enumerate(names[1:], 1)]
+            + [(r'^side\.', (len(names),))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        self.backbone.set_grad_checkpointing(enable)
+        if self.side is not None:
+            self.side.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New identity classifier (``num_classes=0``: embeddings); ``global_pool=None`` keeps the
+        pooling, '' returns the unpooled map (only meaningful with ``num_classes=0``)."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.head = self._create_head(num_classes, **get_device_dtype(self)).train(self.training)
+
+    def _backbone_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        features = self.backbone(x)
+        if self.backbone_nhwc:
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return features
+
+    def _fuse(self, x: torch.Tensor, features: List[torch.Tensor]) -> torch.Tensor:
+        last = features[-1]
+        if self.side is not None:
+            last = torch.cat([last, self.side(x, features)], 1)
+        return self.neck(last)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fuse(x, self._backbone_features(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Backbone stage outputs (the side network feeds nothing back into them), then the fused
+        PTL feature map as the last level, which always equals ``forward_features``."""
+        assert output_fmt == 'NCHW', 'Output format must be NCHW.'
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        features = self._backbone_features(x)
+        final = self._fuse(x, features)
+        levels = features[:-1] + [final]
+        intermediates = [levels[i] for i in take_indices]
+        if intermediates_only:
+            return intermediates
+        return final, intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """The fused last level needs every stage, so only the head can be pruned."""
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+def _default_widths(
+        tap_chs: Sequence[int],
+        cell_chs: Optional[Sequence[int]],
+        fuse_chs: Optional[Sequence[int]],
+) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Fill unspecified widths: narrow cells at high resolution (where they cost compute), wide
+    ones at the bottom (where they cost parameters but little time): image cell 16, then 32, 64, …
+    doubling, the last cell 256; fuse convs 32, 64, … and 512 before the last cell. On ResNet-50
+    this adds 6.7m parameters for about a fifth more compute (paper Table 1: 28m -> 35m)."""
+    num_paired = len(tap_chs) - 1
+    if cell_chs is None:
+        cell_chs = [16] + [32 * 2 ** i for i in range(num_paired - 1)] + [256]
+    if fuse_chs is None:
+        fuse_chs = [32 * 2 ** i for i in range(num_paired - 1)] + [512]
+    return tuple(cell_chs), tuple(fuse_chs)
+
+
+def _normalized_name(name: str) -> str:
+    # timm's features_only wrappers flatten nested Sequentials by joining names with '_'
+    return name.replace('_', '.')
+
+
+def filter_backbone_pretrained(state_dict: Dict[str, torch.Tensor], model: ReIDNet) -> Dict[str, torch.Tensor]:
+    """Map a plain timm backbone state dict (e.g. ImageNet weights) into ``model``.
+
+    ReID checkpoints of this model (keys under ``backbone.``) pass through unchanged. Otherwise every
+    backbone tensor must be found in ``state_dict`` (else a ``KeyError`` names the missing ones), the
+    backbone's own classifier is dropped, and the cells, fuse convs, neck and head keep their
+    initialisation.
+    """
+    if any(k.startswith('backbone.') for k in state_dict):
+        return state_dict
+    source = {_normalized_name(k): v for k, v in state_dict.items()}
+    out = dict(model.state_dict())
+    missing = []
+    for key in out:
+        if not key.startswith('backbone.'):
+            continue
+        value = source.get(_normalized_name(key[len('backbone.'):]))
+        if value is None or value.shape != out[key].shape:
+            missing.append(key)
+        else:
+            out[key] = value
+    if missing:
+        raise KeyError(
+            f'{len(missing)} backbone tensors of {model.__class__.__name__} are not in the pretrained state dict '
+            f'(or have another shape), e.g. {missing[:5]}; is it a state dict of the same timm backbone?')
+    return out
+
+
+def _create_reid_net(variant: str, pretrained: bool = False, **kwargs) -> ReIDNet:
+    return build_model_with_cfg(
+        ReIDNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=filter_backbone_pretrained,
+        feature_cfg=dict(feature_cls='getter'),
+        **kwargs,
+    )
+
+
+_WEIGHT_SOURCE_KEYS = ('url', 'file', 'hf_hub_id', 'hf_hub_filename')
+
+
+def create_ptl(backbone: str, pretrained: bool = False, ptl: bool = True, **kwargs) -> ReIDNet:
+    """Build the PTL network on any timm backbone, e.g. ``create_ptl('convnext_tiny', num_classes=751)``.
+
+    This is ``timm.create_model('ptl_net', backbone=...)``: the architecture saved in ``config.json``
+    is the registered ``ptl_net`` and the backbone a plain string argument, so Hub round trips work.
+    ``pretrained=True`` loads the backbone's default timm ImageNet weights into the backbone and
+    leaves the cells and head initialised.
+    """
+    if pretrained and 'pretrained_cfg_overlay' not in kwargs:
+        source = timm.models.get_pretrained_cfg(backbone)
+        if source is None or not source.has_weights:
+            raise ValueError(f'timm has no pretrained weights for backbone {backbone!r}; use pretrained=False')
+        kwargs['pretrained_cfg_overlay'] = {k: getattr(source, k) for k in _WEIGHT_SOURCE_KEYS if getattr(source, k)}
+    return timm.create_model('ptl_net' if ptl else 'reid_net', pretrained=pretrained, backbone=backbone, **kwargs)
+
+
+def create_reid(backbone: str, pretrained: bool = False, **kwargs) -> ReIDNet:
+    """The same network without cells: the baseline and the distillation student for ``backbone``."""
+    return create_ptl(backbone, pretrained=pretrained, ptl=False, **kwargs)
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 751,
+        'input_size': (3, 256, 128),
+        'pool_size': (8, 4),
+        'crop_pct': 1.0,
+        'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'classifier': 'head.fc',
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:1908.02492',
+        'paper_name': 'Progressive Transfer Learning for Person Re-identification',
+        'origin_url': 'https://github.com/ZJULearning/PTL',
+        **kwargs,
+    }
+
+
+# Untagged defaults start from timm's ImageNet weights of the backbone (the paper's starting point),
+# mapped into the backbone by ``filter_backbone_pretrained``; cells and head stay initialised.
+default_cfgs = generate_default_cfgs({
+    'ptl_resnet50.tv_in1k': _cfg(
+        hf_hub_id='timm/resnet50.tv_in1k', first_conv=('backbone.conv1', 'side.stem_cell.gates')),
+    'ptl_densenet161.tv_in1k': _cfg(
+        hf_hub_id='timm/densenet161.tv_in1k', first_conv=('backbone.features_conv0', 'side.stem_cell.gates')),
+    'reid_resnet50.tv_in1k': _cfg(hf_hub_id='timm/resnet50.tv_in1k', first_conv='backbone.conv1'),
+    'reid_densenet161.tv_in1k': _cfg(hf_hub_id='timm/densenet161.tv_in1k', first_conv='backbone.features_conv0'),
+    'ptl_net': _cfg(first_conv=('backbone.conv1', 'side.stem_cell.gates')),
+    'reid_net': _cfg(first_conv='backbone.conv1'),
+})
+
+
+@register_model
+def ptl_net(pretrained: bool = False, **kwargs) -> ReIDNet:
+    """PTL on any timm backbone: ``timm.create_model('ptl_net', backbone='convnext_tiny')``."""
+    return _create_reid_net('ptl_net', pretrained, **dict(dict(ptl=True), **kwargs))
+
+
+@register_model
+def reid_net(pretrained: bool = False, **kwargs) -> ReIDNet:
+    """Any timm backbone with the ReID head and no cells (baseline / distillation student)."""
+    return _create_reid_net('reid_net', pretrained, **dict(dict(ptl=False), **kwargs))
+
+
+@register_model
+def ptl_resnet50(pretrained: bool = False, **kwargs) -> ReIDNet:
+    """ResNet-50 + PTL (paper Table 1), 256×128 input."""
+    model_args = dict(backbone='resnet50', ptl=True)
+    return _create_reid_net('ptl_resnet50', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def ptl_densenet161(pretrained: bool = False, **kwargs) -> ReIDNet:
+    """DenseNet-161 + PTL (paper Tables 1, 2, 5, 6), 256×128 input.
+
+    The two bottom cells are wider than the default so the count matches the paper's 32m -> 42m.
+    """
+    model_args = dict(backbone='densenet161', ptl=True, cell_chs=(16, 32, 64, 256, 384))
+    return _create_reid_net('ptl_densenet161', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def reid_resnet50(pretrained: bool = False, **kwargs) -> ReIDNet:
+    """ResNet-50 baseline and distillation student: the PTL head without cells."""
+    model_args = dict(backbone='resnet50', ptl=False)
+    return _create_reid_net('reid_resnet50', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def reid_densenet161(pretrained: bool = False, **kwargs) -> ReIDNet:
+    """DenseNet-161 baseline and distillation student (paper's DenseNet-161+PTL+STD)."""
+    model_args = dict(backbone='densenet161', ptl=False)
+    return _create_reid_net('reid_densenet161', pretrained, **dict(model_args, **kwargs))
