@@ -196,7 +196,7 @@ class ReIDNet(nn.Module):
             backbone, pretrained=False, features_only=True, in_chans=in_chans, **backbone_args, **dd)
         taps = self.backbone.feature_info
         tap_chs, tap_reductions = taps.channels(), taps.reduction()
-        self.backbone_nhwc = str(getattr(self.backbone, 'output_fmt', 'NCHW')) == 'NHWC'
+        self.backbone_nhwc = getattr(self.backbone, 'output_fmt', 'NCHW') == 'NHWC'
 
         neck_in = tap_chs[-1]
         if ptl:
@@ -329,12 +329,19 @@ def _default_widths(
     """Fill unspecified widths: narrow cells at high resolution (where they cost compute), wide
     ones at the bottom (where they cost parameters but little time): image cell 16, then 32, 64, …
     doubling, the last cell 256; fuse convs 32, 64, … and 512 before the last cell. On ResNet-50
-    this adds 6.7m parameters for about a fifth more compute (paper Table 1: 28m -> 35m)."""
+    this adds 6.7m parameters for about a fifth more compute (paper Table 1: 28m -> 35m).
+    Backbones whose last paired stage is narrower than 1024 channels get proportionally narrower
+    widths (multiples of 8, at least 8)."""
     num_paired = len(tap_chs) - 1
+    scale = min(1.0, tap_chs[-2] / 1024)
+
+    def scaled(width: int) -> int:
+        return max(8, int(round(width * scale / 8)) * 8)
+
     if cell_chs is None:
-        cell_chs = [16] + [32 * 2 ** i for i in range(num_paired - 1)] + [256]
+        cell_chs = [scaled(16)] + [scaled(32 * 2 ** i) for i in range(num_paired - 1)] + [scaled(256)]
     if fuse_chs is None:
-        fuse_chs = [32 * 2 ** i for i in range(num_paired - 1)] + [512]
+        fuse_chs = [scaled(32 * 2 ** i) for i in range(num_paired - 1)] + [scaled(512)]
     return tuple(cell_chs), tuple(fuse_chs)
 
 
