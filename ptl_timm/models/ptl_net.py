@@ -28,6 +28,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
+from .reid_output import ReIDOutput
 
 __all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'create_ptl', 'create_reid']
 
@@ -284,6 +285,13 @@ class ReIDNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_reid(self, x: torch.Tensor) -> ReIDOutput:
+        """One pass giving the embedding, the logits and the triplet feature (the embedding)."""
+        embedding = self.forward_head(self.forward_features(x), pre_logits=True)
+        logits = [self.head(embedding)] if self.num_classes > 0 else []
+        return ReIDOutput(embedding, logits, [embedding])
 
     @torch.jit.ignore
     def forward_intermediates(
