@@ -1,0 +1,127 @@
+"""What the PTL side network costs: parameters, CPU train-step and inference latency of each PTL model
+against the same network without cells, as ratios measured in one run.
+
+Paired models are timed alternately (plain, PTL, plain, PTL, ...) and compared by median, so
+machine load drifts affect both sides alike. Target (issue: core): PTL train step ≤ 1.3× plain.
+The side-network share of a PTL forward is measured separately by timing ``model.side`` on the
+backbone's own feature maps, which says where any excess comes from.
+
+    python -m benchmarks.overhead [--batch-size 8] [--repeats 5] [--pairs ptl_resnet50:reid_resnet50 ...]
+"""
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+import timm
+import ptl_timm  # noqa: F401  registers the models
+from benchmarks.report import markdown_table, write_section
+
+DEFAULT_PAIRS = ('ptl_resnet50:reid_resnet50', 'ptl_densenet161:reid_densenet161', 'ptl_mgn:mgn_resnet50')
+NUM_CLASSES = 751
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_step_fn(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    model.train()
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def inference_fn(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    def infer() -> None:
+        model.eval()
+        with torch.inference_mode():
+            model(images)
+    return infer
+
+
+def side_network_fn(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    """The cells alone, on the backbone features they read (eval mode, zero state)."""
+    model.eval()
+    with torch.inference_mode():
+        features = model._backbone_features(images)
+
+    def side() -> None:
+        with torch.inference_mode():
+            model.side(images, features)
+    return side
+
+
+def alternate(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
+    """Median seconds per call of each function, timed in alternation after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure_pair(ptl_name: str, plain_name: str, batch_size: int, repeats: int) -> Tuple[list, float]:
+    torch.manual_seed(0)
+    ptl = timm.create_model(ptl_name, num_classes=NUM_CLASSES)
+    plain = timm.create_model(plain_name, num_classes=NUM_CLASSES)
+    input_size = ptl.pretrained_cfg['input_size']
+    images = torch.randn(batch_size, *input_size)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,))
+    train = alternate({'plain': train_step_fn(plain, images, labels), 'ptl': train_step_fn(ptl, images, labels)},
+                      repeats)
+    infer = alternate({'plain': inference_fn(plain, images), 'ptl': inference_fn(ptl, images)}, repeats)
+    side_share = float('nan')
+    if hasattr(ptl, '_backbone_features') and getattr(ptl, 'side', None) is not None:
+        side = alternate({'side': side_network_fn(ptl, images)}, repeats)['side']
+        side_share = side / infer['ptl']
+    row = [
+        f'{ptl_name} vs {plain_name}', f'{input_size[1]}×{input_size[2]}',
+        f'{params(ptl) / 1e6:.2f}M / {params(plain) / 1e6:.2f}M', f'{params(ptl) / params(plain):.3f}',
+        f'{train["ptl"]:.2f} / {train["plain"]:.2f}', f'**{train["ptl"] / train["plain"]:.2f}×**',
+        f'{infer["ptl"]:.2f} / {infer["plain"]:.2f}', f'{infer["ptl"] / infer["plain"]:.2f}×',
+        '–' if side_share != side_share else f'{100 * side_share:.0f}%',
+    ]
+    return row, train['ptl'] / train['plain']
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--pairs', nargs='+', default=list(DEFAULT_PAIRS), help='PTL:PLAIN model name pairs')
+    args = parser.parse_args()
+
+    available = set(timm.list_models())
+    rows = []
+    for pair in args.pairs:
+        ptl_name, plain_name = pair.split(':')
+        if not {ptl_name, plain_name} <= available:
+            print(f'skipping {pair}: not registered')
+            continue
+        row, ratio = measure_pair(ptl_name, plain_name, args.batch_size, args.repeats)
+        print(' | '.join(row))
+        rows.append(row)
+    table = markdown_table(
+        ['PTL vs plain', 'input', 'params PTL / plain', 'params ratio', 'train step s (PTL / plain)',
+         'train ratio (target ≤ 1.3×)', 'inference s (PTL / plain)', 'inference ratio',
+         'side network share of PTL inference'], rows)
+    note = (f'Batch {args.batch_size}, {NUM_CLASSES} classes, CPU float32, median of {args.repeats} '
+            'alternating repeats after one warm-up. Train step = forward + cross-entropy + backward + SGD step.')
+    write_section('overhead', 'PTL overhead: parameters and CPU latency against the plain network',
+                  table + '\n' + note)
+
+
+if __name__ == '__main__':
+    main()
