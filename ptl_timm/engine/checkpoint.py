@@ -1,0 +1,150 @@
+"""Training checkpoints: a folder = ``config.json`` + ``model.safetensors`` (``ptl_timm.hub``) +
+``train_state.pt`` (optimizer, scheduler, RNG, sampler epoch, metrics).
+
+A folder is replaced as a whole: the new one is written into a hidden sibling, the old one is
+renamed aside, the new one renamed into place and the old one deleted. A crash between the two
+renames leaves the old folder aside under a known name, and ``recover_folder`` puts it back, so a
+reader always finds a complete checkpoint. ``train_state.pt`` is read with
+``torch.load(weights_only=True)``: it holds tensors, numbers, strings, lists and dicts only.
+"""
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from ptl_timm.hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from ptl_timm.utils import atomic_path
+
+__all__ = [
+    'TRAIN_STATE_NAME', 'CheckpointError', 'save_checkpoint', 'recover_folder', 'load_train_state',
+    'read_checkpoint_info', 'load_checkpoint_weights', 'rng_state', 'set_rng_state',
+]
+
+TRAIN_STATE_NAME = 'train_state.pt'
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here (wrong architecture, incomplete folder)."""
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f'.{path.name}.old')
+
+
+def _staging(path: Path) -> Path:
+    return path.with_name(f'.{path.name}.new')
+
+
+def recover_folder(path: PathLike) -> Path:
+    """Undo an interrupted swap: if ``path`` is missing but its old copy is aside, restore it."""
+    path = Path(path)
+    if not path.exists() and _aside(path).exists():
+        os.replace(_aside(path), path)
+    return path
+
+
+def save_checkpoint(
+        path: PathLike,
+        model: nn.Module,
+        train_state: Optional[Dict[str, Any]] = None,
+        metadata: Optional[Dict[str, str]] = None,
+) -> Path:
+    """Write ``model`` (and ``train_state``) as the checkpoint folder ``path``, replacing it whole."""
+    path = Path(path)
+    recover_folder(path)
+    staging = _staging(path)
+    shutil.rmtree(staging, ignore_errors=True)
+    save_pretrained(model, staging, metadata=metadata)
+    if train_state is not None:
+        with atomic_path(staging / TRAIN_STATE_NAME) as tmp:
+            torch.save(train_state, tmp)
+    shutil.rmtree(_aside(path), ignore_errors=True)
+    if path.exists():
+        os.replace(path, _aside(path))
+    os.replace(staging, path)
+    shutil.rmtree(_aside(path), ignore_errors=True)
+    return path
+
+
+def _require_folder(path: Path) -> None:
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f'{path} is not a checkpoint folder: it has no {name} (a checkpoint holds {CONFIG_NAME} + '
+                f'{WEIGHTS_NAME}, written by `ptl-timm train` or ptl_timm.hub.save_pretrained)')
+
+
+def load_train_state(path: PathLike) -> Dict[str, Any]:
+    """The training state of checkpoint folder ``path`` (for ``--resume``)."""
+    path = recover_folder(path)
+    _require_folder(path)
+    state_file = path / TRAIN_STATE_NAME
+    if not state_file.is_file():
+        raise FileNotFoundError(f'{path} holds weights only (no {TRAIN_STATE_NAME}), so a run cannot resume from it')
+    return torch.load(state_file, map_location='cpu', weights_only=True)
+
+
+def read_checkpoint_info(path: PathLike) -> Dict[str, Any]:
+    """Architecture, model_args and the safetensors metadata (dataset, classes) of a checkpoint."""
+    path = recover_folder(path)
+    _require_folder(path)
+    config = json.loads((path / CONFIG_NAME).read_text())
+    with safetensors.safe_open(str(path / WEIGHTS_NAME), framework='pt') as f:
+        metadata = f.metadata() or {}
+    return dict(architecture=config.get('architecture'), model_args=config.get('model_args', {}),
+                num_classes=config.get('num_classes'), metadata=metadata)
+
+
+def load_checkpoint_weights(model: nn.Module, path: PathLike, skip_prefix: Optional[str] = None) -> None:
+    """Load the weights of checkpoint ``path`` into ``model``, tensors under ``skip_prefix`` excepted
+    (the classifier being re-initialised). Anything else that does not match is a ``CheckpointError``
+    naming both architectures, and ``model`` is left unchanged."""
+    path = recover_folder(path)
+    _require_folder(path)
+    state_dict = safetensors.torch.load_file(str(path / WEIGHTS_NAME))
+    own = model.state_dict()
+
+    def kept(key: str) -> bool:
+        return not (skip_prefix and key.startswith(skip_prefix))
+
+    missing = sorted(k for k in own if kept(k) and k not in state_dict)
+    unexpected = sorted(k for k in state_dict if kept(k) and k not in own)
+    reshaped = sorted(k for k in own if kept(k) and k in state_dict and state_dict[k].shape != own[k].shape)
+    if missing or unexpected or reshaped:
+        info = read_checkpoint_info(path)
+        wanted = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
+        raise CheckpointError(
+            f'checkpoint {path} holds a {info["architecture"]} model (model_args {info["model_args"]}) that does not '
+            f'match {wanted}: {len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} reshaped '
+            f'tensors (e.g. {(missing + unexpected + reshaped)[:3]}); set model/model_args to the checkpoint\'s')
+    model.load_state_dict({k: v for k, v in state_dict.items() if kept(k)}, strict=not skip_prefix)
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every random generator a training step draws from, as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        python=random.getstate(),
+    )
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    name, keys, *rest = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
