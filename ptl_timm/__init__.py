@@ -5,4 +5,4 @@ works afterwards.
 """
 from .version import __version__
 from .layers import BConvCell, reset_latent_states
-from .models import ReIDNet, ReIDOutput, create_ptl, create_reid
+from .models import MGN, ReIDNet, ReIDOutput, create_ptl, create_reid
