@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import safetensors
@@ -104,8 +104,8 @@ def read_checkpoint_info(path: PathLike) -> Dict[str, Any]:
                 num_classes=config.get('num_classes'), metadata=metadata)
 
 
-def load_checkpoint_weights(model: nn.Module, path: PathLike, skip_prefix: Optional[str] = None) -> None:
-    """Load the weights of checkpoint ``path`` into ``model``, tensors under ``skip_prefix`` excepted
+def load_checkpoint_weights(model: nn.Module, path: PathLike, skip: Tuple[str, ...] = ()) -> None:
+    """Load the weights of checkpoint ``path`` into ``model``, the modules named in ``skip`` excepted
     (the classifier being re-initialised). Anything else that does not match is a ``CheckpointError``
     naming both architectures, and ``model`` is left unchanged."""
     path = recover_folder(path)
@@ -113,8 +113,10 @@ def load_checkpoint_weights(model: nn.Module, path: PathLike, skip_prefix: Optio
     state_dict = safetensors.torch.load_file(str(path / WEIGHTS_NAME))
     own = model.state_dict()
 
+    prefixes = tuple(f'{name}.' for name in skip)
+
     def kept(key: str) -> bool:
-        return not (skip_prefix and key.startswith(skip_prefix))
+        return not key.startswith(prefixes)
 
     missing = sorted(k for k in own if kept(k) and k not in state_dict)
     unexpected = sorted(k for k in state_dict if kept(k) and k not in own)
@@ -126,7 +128,7 @@ def load_checkpoint_weights(model: nn.Module, path: PathLike, skip_prefix: Optio
             f'checkpoint {path} holds a {info["architecture"]} model (model_args {info["model_args"]}) that does not '
             f'match {wanted}: {len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} reshaped '
             f'tensors (e.g. {(missing + unexpected + reshaped)[:3]}); set model/model_args to the checkpoint\'s')
-    model.load_state_dict({k: v for k, v in state_dict.items() if kept(k)}, strict=not skip_prefix)
+    model.load_state_dict({k: v for k, v in state_dict.items() if kept(k)}, strict=not skip)
 
 
 def rng_state() -> Dict[str, Any]:

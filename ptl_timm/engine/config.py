@@ -16,7 +16,7 @@ import yaml
 
 __all__ = [
     'ConfigError', 'TrainConfig', 'DistillConfig', 'TransferConfig', 'RECIPES', 'TASKS',
-    'resolve_recipe', 'load_config', 'parse_overrides', 'build_config', 'config_task',
+    'resolve_recipe', 'load_config', 'parse_overrides', 'build_config', 'config_task', 'config_to_dict',
 ]
 
 DataRoot = Union[str, Dict[str, str]]
@@ -78,7 +78,8 @@ class TrainConfig:
     device: str = 'auto'
     amp: bool = False
     channels_last: bool = False
-    resume: bool = False
+    resume: bool = False  # continue from output/last (optimizer, scheduler, RNG, epoch)
+    overwrite: bool = False  # replace the checkpoints of an earlier run in output (else an error)
     progress: bool = True
     recipe: str = 'auto'  # 'auto', 'paper' or 'mgn': the defaults under the config file
 
