@@ -1,0 +1,55 @@
+"""Student-Teacher Distillation (PTL paper §4, Figure 2, Eq. 4).
+
+The teacher (a trained PTL model) is in eval mode for the whole run, so its BConv-Cell states stay
+zero and its embedding of an image depends on that image only; it runs without gradients and is
+never given to the optimizer, so its parameters cannot change. The student (a ``reid_*`` network:
+the plain backbone with the same head) starts from its own fine-tuned weights and learns
+(1-λ)·CE + λ·L1(student embedding, teacher embedding). When the embedding widths differ, a
+bias-free linear adapter (student width → teacher width) is trained with the student and applied to
+its embedding in the L1 term only; it is kept in ``train_state.pt`` for resuming and is not part of
+the saved student, which after training stands alone at the backbone's inference cost.
+"""
+from typing import Any, Dict
+
+import torch
+import torch.nn as nn
+
+from ptl_timm.hub import load_model
+from ptl_timm.losses import DistillationLoss
+from .config import ConfigError, DistillConfig
+from .distributed import setup_distributed
+from .trainer import build_model, prepare_session, run_training
+
+__all__ = ['distill', 'load_teacher']
+
+
+def load_teacher(source: str, device: torch.device) -> nn.Module:
+    """The frozen teacher: eval mode, no gradients."""
+    if not source:
+        raise ConfigError('distillation needs a teacher: set teacher to the checkpoint folder of a trained PTL model')
+    teacher = load_model(source).to(device).eval()
+    teacher.requires_grad_(False)
+    if not hasattr(teacher, 'forward_reid'):
+        raise ConfigError(f'teacher {source} ({type(teacher).__name__}) has no forward_reid: it is not a ptl_timm ReID model')
+    return teacher
+
+
+def distill(cfg: DistillConfig) -> Dict[str, Any]:
+    """Distil ``cfg.teacher`` into the student ``cfg.model`` on ``cfg.dataset``; returns the run summary."""
+    ctx = setup_distributed(cfg.device)
+    try:
+        teacher = load_teacher(cfg.teacher, ctx.device)
+        session = prepare_session(cfg, ctx, lambda num_classes, label: build_model(cfg, num_classes, label))
+        student_width, teacher_width = session.model.head_hidden_size, teacher.head_hidden_size
+        if student_width != teacher_width:
+            session.adapter = nn.Linear(student_width, teacher_width, bias=False)
+        criterion = DistillationLoss(cfg.lam, cfg.label_smoothing)
+
+        def loss_step(module: nn.Module, images: torch.Tensor, pids: torch.Tensor):
+            with torch.no_grad():
+                teacher_embedding = teacher.forward_reid(images).embedding
+            return criterion(module(images), teacher_embedding, pids)
+
+        return run_training(session, loss_step)
+    finally:
+        ctx.close()

@@ -1,0 +1,84 @@
+"""Multi-step transfer (PTL paper §5.7, Table 5): fine-tune on a list of datasets in order, each step
+from the previous step's weights, optionally followed by Student-Teacher Distillation, and tabulate
+mAP / Rank-1 after every step on every requested test set (cross-domain evaluation).
+
+Step *i* writes its checkpoints to ``<output>/step<i>-<dataset>/`` and starts from step *i-1*'s
+``last/`` (the classifier is re-initialised for the new identities); the table goes to
+``<output>/transfer.md`` and ``<output>/transfer.json``.
+"""
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from ptl_timm.utils import atomic_save_json, atomic_write
+from .config import DistillConfig, TrainConfig, TransferConfig
+from .data import spec_label
+from .distill import distill
+from .distributed import DistContext, setup_distributed
+from .trainer import fine_tune
+
+__all__ = ['transfer', 'results_table']
+
+
+def _base_fields(cfg: TransferConfig, cls) -> Dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if f.name in names}
+
+
+def results_table(rows: Sequence[Dict[str, Any]], test_sets: Sequence[str]) -> str:
+    """Markdown table: one row per step, mAP / Rank-1 (%) per test set."""
+    header = ['step', 'model', 'fine-tuning list'] + [f'{name} mAP / R-1' for name in test_sets]
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for row in rows:
+        cells = [str(row['step']), row['model'], row['route']]
+        for name in test_sets:
+            metrics = row['eval'].get(name)
+            cells.append(f'{metrics["mAP"]:.2f} / {metrics["rank1"]:.2f}' if metrics else '–')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def _row(step: Any, model: str, route: List[str], result: Dict[str, Any]) -> Dict[str, Any]:
+    return dict(step=step, model=model, route=' → '.join(route), eval=(result['last'] or {}).get('eval', {}),
+                output=result['output'])
+
+
+def transfer(cfg: TransferConfig) -> Dict[str, Any]:
+    """Run every step of ``cfg.steps`` (then ``cfg.distill``); returns the rows and the table."""
+    if not cfg.steps:
+        raise ValueError('a transfer needs at least one step: set steps to a list of {dataset: ...} mappings')
+    ctx = setup_distributed(cfg.device)  # one process group for every step (they join it)
+    try:
+        return _run_steps(cfg, ctx)
+    finally:
+        ctx.close()
+
+
+def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
+    output = Path(cfg.output)
+    test_specs = list(cfg.test_datasets) or list({spec_label(s['dataset']): s['dataset'] for s in cfg.steps}.values())
+    test_sets = [spec_label(s) for s in test_specs]
+    base = _base_fields(cfg, TrainConfig)
+    rows, route, previous = [], [], cfg.init_checkpoint
+    for i, step in enumerate(cfg.steps, 1):
+        label = spec_label(step['dataset'])
+        route.append(label)
+        step_cfg = TrainConfig(**{
+            **base, 'test_datasets': test_specs, 'init_checkpoint': previous,
+            'output': str(output / f'step{i}-{label}'), **step})
+        result = fine_tune(step_cfg)
+        rows.append(_row(i, step_cfg.model, route, result))
+        previous = str(Path(result['output']) / 'last')
+    if cfg.distill is not None:
+        distill_cfg = DistillConfig(**{
+            **_base_fields(cfg, DistillConfig), 'dataset': cfg.steps[-1]['dataset'], 'test_datasets': test_specs,
+            'init_checkpoint': None, 'output': str(output / 'distill'), 'teacher': previous,
+            **{k: cfg.steps[-1][k] for k in ('data_root', 'dataset_args') if k in cfg.steps[-1]}, **cfg.distill})
+        result = distill(distill_cfg)
+        rows.append(_row('STD', distill_cfg.model, route, result))
+    table = results_table(rows, test_sets)
+    if ctx.is_main:
+        with atomic_write(output / 'transfer.md', 'w') as f:
+            f.write(table)
+        atomic_save_json(dict(test_sets=test_sets, rows=rows), output / 'transfer.json')
+    return dict(rows=rows, table=table, test_sets=test_sets)
