@@ -339,8 +339,8 @@ class MGN(nn.Module):
 
     def _classify(self, reduced: List[torch.Tensor]) -> List[torch.Tensor]:
         logits: List[torch.Tensor] = []
-        for classifier, feature in zip(self.classifiers, reduced):
-            logits.append(classifier(self.head_drop(feature)))
+        for i, classifier in enumerate(self.classifiers):
+            logits.append(classifier(self.head_drop(reduced[i])))
         return logits
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
