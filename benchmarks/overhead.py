@@ -27,6 +27,28 @@ def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def conv_linear_macs(model: torch.nn.Module, images: torch.Tensor) -> int:
+    """Multiply-accumulates of every convolution and linear layer for one forward (eval mode)."""
+    total = 0
+
+    def count(module: torch.nn.Module, inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += output.numel() * kernel
+        else:
+            total += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    model.eval()
+    with torch.inference_mode():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
 def train_step_fn(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     model.train()
@@ -79,6 +101,7 @@ def measure_pair(ptl_name: str, plain_name: str, batch_size: int, repeats: int) 
     input_size = ptl.pretrained_cfg['input_size']
     images = torch.randn(batch_size, *input_size)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,))
+    macs = [conv_linear_macs(m, images[:1]) for m in (ptl, plain)]
     train = alternate({'plain': train_step_fn(plain, images, labels), 'ptl': train_step_fn(ptl, images, labels)},
                       repeats)
     infer = alternate({'plain': inference_fn(plain, images), 'ptl': inference_fn(ptl, images)}, repeats)
@@ -89,6 +112,7 @@ def measure_pair(ptl_name: str, plain_name: str, batch_size: int, repeats: int) 
     row = [
         f'{ptl_name} vs {plain_name}', f'{input_size[1]}×{input_size[2]}',
         f'{params(ptl) / 1e6:.2f}M / {params(plain) / 1e6:.2f}M', f'{params(ptl) / params(plain):.3f}',
+        f'{macs[0] / 1e9:.2f} / {macs[1] / 1e9:.2f}', f'{macs[0] / macs[1]:.2f}×',
         f'{train["ptl"]:.2f} / {train["plain"]:.2f}', f'**{train["ptl"] / train["plain"]:.2f}×**',
         f'{infer["ptl"]:.2f} / {infer["plain"]:.2f}', f'{infer["ptl"] / infer["plain"]:.2f}×',
         '–' if side_share != side_share else f'{100 * side_share:.0f}%',
@@ -114,7 +138,7 @@ def main() -> None:
         print(' | '.join(row))
         rows.append(row)
     table = markdown_table(
-        ['PTL vs plain', 'input', 'params PTL / plain', 'params ratio', 'train step s (PTL / plain)',
+        ['PTL vs plain', 'input', 'params PTL / plain', 'params ratio', 'GMACs PTL / plain', 'GMACs ratio', 'train step s (PTL / plain)',
          'train ratio (target ≤ 1.3×)', 'inference s (PTL / plain)', 'inference ratio',
          'side network share of PTL inference'], rows)
     note = (f'Batch {args.batch_size}, {NUM_CLASSES} classes, CPU float32, median of {args.repeats} '
