@@ -16,6 +16,7 @@ import torch.nn as nn
 from timm.models._hub import load_model_config_from_path, save_config_for_hf
 
 from ptl_timm.utils import atomic_path
+from ptl_timm.weights import require_published
 
 __all__ = ['save_pretrained', 'load_model', 'CONFIG_NAME', 'WEIGHTS_NAME']
 
@@ -87,4 +88,6 @@ def load_model(source: Union[str, os.PathLike], pretrained: Optional[bool] = Non
         raise FileNotFoundError(f'model source {source!r} looks like a path but does not exist')
     if pretrained is None:
         pretrained = source.startswith(_MODEL_PREFIXES) or '.' in source
+    if not source.startswith(_MODEL_PREFIXES):
+        require_published(source)
     return timm.create_model(source, pretrained=pretrained, **kwargs)

@@ -28,6 +28,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
+from ptl_timm.weights import add_manifest_tags
 from .reid_output import ReIDOutput
 
 __all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'create_ptl', 'create_reid']
@@ -442,7 +443,7 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 # Untagged defaults start from timm's ImageNet weights of the backbone (the paper's starting point),
 # mapped into the backbone by ``filter_backbone_pretrained``; cells and head stay initialised.
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(add_manifest_tags({
     'ptl_resnet50.tv_in1k': _cfg(
         hf_hub_id='timm/resnet50.tv_in1k', first_conv=('backbone.conv1', 'side.stem_cell.gates')),
     'ptl_densenet161.tv_in1k': _cfg(
@@ -451,7 +452,7 @@ default_cfgs = generate_default_cfgs({
     'reid_densenet161.tv_in1k': _cfg(hf_hub_id='timm/densenet161.tv_in1k', first_conv='backbone.features_conv0'),
     'ptl_net': _cfg(first_conv=('backbone.conv1', 'side.stem_cell.gates')),
     'reid_net': _cfg(first_conv='backbone.conv1'),
-})
+}))
 
 
 @register_model

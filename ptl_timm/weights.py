@@ -1,0 +1,180 @@
+"""Published ReID weights: the manifest in ``weights/manifest.json`` → timm pretrained tags.
+
+A published weight becomes ``timm.create_model('<arch>.<tag>', pretrained=True)`` by adding one
+manifest entry: each model file splices ``add_manifest_tags`` into its ``generate_default_cfgs``,
+which derives the tag's pretrained cfg from the architecture's own cfg plus the entry's Hub id,
+classes and metadata. Tags not in the manifest are not registered, so timm lists only weights that
+exist; ``require_published`` turns a request for one into an error that says what to do instead.
+
+The manifest is read once, when the model modules are imported. ``PTL_TIMM_MANIFEST`` names another
+manifest file (tests, private mirrors); it must be set before ``import ptl_timm``.
+"""
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+__all__ = [
+    'HUB_ORG', 'MANIFEST_ENV', 'ManifestError', 'UnpublishedWeightsError', 'WeightEntry', 'default_manifest_path',
+    'load_manifest', 'manifest_cfgs', 'add_manifest_tags', 'require_published', 'sha256_file', 'hub_repo_id',
+]
+
+# The Hugging Face organisation every published ptl_timm weight lives under; Hub ids are spelled in
+# full (timm only completes the literal 'timm/' prefix).
+HUB_ORG = 'ptl-timm'
+MANIFEST_ENV = 'PTL_TIMM_MANIFEST'
+MANIFEST_FORMAT = 1
+REQUIRED_FIELDS = (
+    'model', 'tag', 'hf_hub_id', 'sha256', 'num_classes', 'dataset', 'protocol', 'training_config', 'metrics',
+    'license',
+)
+# pretrained cfg fields of the architecture's cfg that name *its* weights; a manifest tag replaces them
+_WEIGHT_SOURCE_FIELDS = ('url', 'file', 'hf_hub_id', 'hf_hub_filename', 'state_dict', 'source')
+
+WeightEntry = Dict[str, Any]
+
+
+class ManifestError(ValueError):
+    """The manifest file is malformed (bad JSON, missing fields, Hub id outside the organisation)."""
+
+
+class UnpublishedWeightsError(ValueError):
+    """A pretrained tag was requested that has no published weights."""
+
+
+def default_manifest_path() -> Path:
+    """``$PTL_TIMM_MANIFEST`` if set, else the manifest shipped in the repository's ``weights/``."""
+    override = os.environ.get(MANIFEST_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parent.parent / 'weights' / 'manifest.json'
+
+
+def hub_repo_id(model: str, tag: str, org: str = HUB_ORG) -> str:
+    """The Hub repository of ``model.tag``: ``<org>/<model>.<tag>``, the name timm's ``hf-hub:`` expects."""
+    return f'{org}/{model}.{tag}'
+
+
+def _validate_entry(entry: Mapping[str, Any], org: str, where: str) -> None:
+    missing = [k for k in REQUIRED_FIELDS if k not in entry]
+    if missing:
+        raise ManifestError(f'{where}: entry {dict(entry).get("model")}.{dict(entry).get("tag")} lacks {missing}')
+    if not str(entry['hf_hub_id']).startswith(f'{org}/'):
+        raise ManifestError(
+            f'{where}: {entry["model"]}.{entry["tag"]} has hf_hub_id {entry["hf_hub_id"]!r}, which is not under the '
+            f'organisation {org!r}; spell it in full as {hub_repo_id(entry["model"], entry["tag"], org)!r}')
+    if '.' in entry['tag'] or not entry['tag']:
+        raise ManifestError(f'{where}: tag {entry["tag"]!r} of {entry["model"]} must be a non-empty name without dots')
+
+
+def load_manifest(path: Optional[Union[str, os.PathLike]] = None) -> List[WeightEntry]:
+    """The validated entries of the manifest at ``path`` (default: ``default_manifest_path()``).
+
+    A missing default manifest means nothing is published (an installed wheel without the file);
+    a missing explicit path is an error.
+    """
+    explicit = path is not None or bool(os.environ.get(MANIFEST_ENV))
+    path = Path(path) if path is not None else default_manifest_path()
+    if not path.is_file():
+        if explicit:
+            raise FileNotFoundError(f'weights manifest {path} does not exist (set by argument or ${MANIFEST_ENV})')
+        return []
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ManifestError(f'weights manifest {path} is not valid JSON: {e}') from e
+    if manifest.get('format') != MANIFEST_FORMAT:
+        raise ManifestError(f'weights manifest {path} has format {manifest.get("format")!r}; expected {MANIFEST_FORMAT}')
+    org = manifest.get('hub_org', HUB_ORG)
+    entries = manifest.get('weights', [])
+    seen = set()
+    for entry in entries:
+        _validate_entry(entry, org, str(path))
+        name = f'{entry["model"]}.{entry["tag"]}'
+        if name in seen:
+            raise ManifestError(f'{path}: {name} is listed twice')
+        seen.add(name)
+    return entries
+
+
+def _describe(entry: WeightEntry) -> str:
+    metrics = ', '.join(f'{k} {v:.2%}' if isinstance(v, float) else f'{k} {v}' for k, v in entry['metrics'].items())
+    return f'Trained on {entry["dataset"]} ({entry["protocol"]}): {metrics}.'
+
+
+def manifest_cfgs(
+        arch: str,
+        base_cfg: Mapping[str, Any],
+        entries: Optional[List[WeightEntry]] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """Pretrained cfgs ``{'<arch>.<tag>': cfg}`` for every manifest entry of ``arch``.
+
+    Each is ``base_cfg`` (the architecture's cfg: input size, normalisation, first conv, classifier)
+    with its weight source replaced by the entry's Hub id and ``num_classes`` set to the classes
+    those weights were trained with, so a different ``num_classes`` drops the classifier.
+    """
+    entries = load_manifest() if entries is None else entries
+    cfgs = {}
+    for entry in entries:
+        if entry['model'] != arch:
+            continue
+        cfg = {k: copy.deepcopy(v) for k, v in base_cfg.items() if k not in _WEIGHT_SOURCE_FIELDS}
+        cfg.update(
+            hf_hub_id=entry['hf_hub_id'],
+            num_classes=int(entry['num_classes']),
+            license=entry['license'],
+            description=_describe(entry),
+        )
+        if 'input_size' in entry:
+            cfg['input_size'] = tuple(entry['input_size'])
+        cfgs[f'{arch}.{entry["tag"]}'] = cfg
+    return cfgs
+
+
+def add_manifest_tags(cfgs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """``cfgs`` (the dict given to ``generate_default_cfgs``) plus the manifest tags of its architectures.
+
+    Each tag derives from its architecture's first cfg, so a model file needs only
+    ``default_cfgs = generate_default_cfgs(add_manifest_tags({...}))``. Manifest tags come after the
+    file's own, so the untagged default (ImageNet backbone weights) is unchanged.
+    """
+    base_by_arch: Dict[str, Dict[str, Any]] = {}
+    for name, cfg in cfgs.items():
+        base_by_arch.setdefault(name.split('.', 1)[0], cfg)
+    entries = load_manifest()
+    out = dict(cfgs)
+    for arch, base_cfg in base_by_arch.items():
+        for name, cfg in manifest_cfgs(arch, base_cfg, entries).items():
+            if name in out:
+                raise ManifestError(f'manifest tag {name} collides with a tag the model file defines')
+            out[name] = cfg
+    return out
+
+
+def require_published(name: str) -> None:
+    """Raise ``UnpublishedWeightsError`` unless ``name`` (``arch`` or ``arch.tag``) has pretrained weights
+    registered in timm; the message lists the tags that exist and how to load a local folder instead."""
+    import timm
+
+    arch, _, tag = name.partition('.')
+    if not tag or not timm.is_model(arch):
+        return
+    published = timm.list_pretrained(f'{arch}.*')
+    if name in published:
+        return
+    raise UnpublishedWeightsError(
+        f'no weights are published for {name}: the tag {tag!r} is not in the weights manifest '
+        f'(published tags of {arch}: {", ".join(published) or "none"}). To use weights you trained, load the '
+        f"checkpoint folder: ptl_timm.hub.load_model('path/to/folder') or "
+        f"timm.create_model('local-dir:path/to/folder', pretrained=True)")
+
+
+def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file (the manifest records it for ``model.safetensors``)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(chunk_size), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
