@@ -362,13 +362,16 @@ def _normalized_name(name: str) -> str:
 def filter_backbone_pretrained(state_dict: Dict[str, torch.Tensor], model: ReIDNet) -> Dict[str, torch.Tensor]:
     """Map a plain timm backbone state dict (e.g. ImageNet weights) into ``model``.
 
-    ReID checkpoints of this model (keys under ``backbone.``) pass through unchanged. Otherwise every
+    ReID checkpoints of this model (keys under ``backbone.``) pass through, less the head layers an
+    embedding model (``num_classes=0``) lacks. Otherwise every
     backbone tensor must be found in ``state_dict`` (else a ``KeyError`` names the missing ones), the
     backbone's own classifier is dropped, and the cells, fuse convs, neck and head keep their
     initialisation.
     """
     if any(k.startswith('backbone.') for k in state_dict):
-        return state_dict
+        # an embedding model (num_classes=0) has no head: drop the checkpoint's hidden layers with its fc
+        own = model.state_dict()
+        return {k: v for k, v in state_dict.items() if not k.startswith('head.') or k in own}
     source = {_normalized_name(k): v for k, v in state_dict.items()}
     out = dict(model.state_dict())
     missing = []
