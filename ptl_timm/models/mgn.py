@@ -316,7 +316,9 @@ class MGN(nn.Module):
 
     def _pool_parts(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The 8 max-pooled [B, C, 1, 1] features: the 3 branch globals, then each part branch's
-        stripes from top to bottom (the official order)."""
+        stripes from top to bottom (the official order). Stripe i of n covers rows
+        [floor(i·H/n), ceil((i+1)·H/n)) (adaptive pooling): the official 12- and 8-row windows at
+        384×128, one row of overlap where n does not divide H."""
         global_features: List[torch.Tensor] = []
         stripe_features: List[torch.Tensor] = []
         for i, num_stripes in enumerate(self.branch_stripes):
