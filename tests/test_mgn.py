@@ -150,20 +150,20 @@ def test_pretrained_state_dict_of_another_network_names_missing_tensors():
 
 def test_training_ptl_mgn_with_the_mgn_objective_reduces_the_loss():
     torch.manual_seed(0)
-    model = timm.create_model('ptl_mgn', num_classes=3).train()
-    images = torch.randn(6, 3, *TINY)
-    targets = torch.tensor([0, 0, 1, 1, 2, 2])  # P=3 identities × K=2 images
+    model = timm.create_model('ptl_mgn', num_classes=2).train()
+    images = torch.randn(4, 3, *TINY)
+    targets = torch.tensor([0, 0, 1, 1])  # P=2 identities × K=2 images
     criterion = ReIDLoss(triplet_weight=1.0, margin=1.2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)  # the official optimiser
     losses = []
-    for _ in range(6):
+    for _ in range(3):
         loss, parts = criterion(model.forward_reid(images), targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert set(parts) == {'ce', 'triplet'}
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
     assert all(s.numel() > 0 for s in cell_states(model))
 
 
