@@ -1,4 +1,5 @@
 """MGN and ptl_mgn: parameter counts, multi-granularity shapes, pretrained mapping, training, cell state."""
+import copy
 import math
 
 import pytest
@@ -204,3 +205,34 @@ def test_latent_state_is_outside_state_dict_ignored_by_ddp_and_reset_by_train():
     model(torch.randn(2, 3, *TINY))
     model.reset_state()
     assert all(s.numel() == 0 for s in cell_states(model))
+
+
+def test_grad_checkpointing_gives_the_same_losses_and_gradients_over_steps():
+    torch.manual_seed(0)
+    plain = timm.create_model('ptl_mgn', num_classes=2).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    images, targets = torch.randn(4, 3, *TINY), torch.tensor([0, 0, 1, 1])
+    criterion = ReIDLoss(triplet_weight=1.0, margin=1.2)
+    losses = {}
+    for name, model in (('plain', plain), ('checkpointed', checkpointed)):
+        for _ in range(2):  # the second step reads the state the first one stored
+            model.zero_grad()
+            loss, _ = criterion(model.forward_reid(images), targets)
+            loss.backward()
+        losses[name] = loss.item()
+    assert losses['plain'] == losses['checkpointed']
+    for p, q in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
+
+
+def test_save_pretrained_round_trip_keeps_the_variant(tmp_path):
+    from ptl_timm.hub import load_model, save_pretrained
+    torch.manual_seed(0)
+    model = timm.create_model('mgn_resnet50', num_classes=3, shared_reduction=False).eval()
+    save_pretrained(model, tmp_path / 'mgn')
+    restored = load_model(tmp_path / 'mgn').eval()
+    assert len(restored.reductions) == 8
+    images = torch.randn(2, 3, *TINY)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images), model(images))
