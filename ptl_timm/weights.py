@@ -65,6 +65,12 @@ def _validate_entry(entry: Mapping[str, Any], org: str, where: str) -> None:
         raise ManifestError(
             f'{where}: {entry["model"]}.{entry["tag"]} has hf_hub_id {entry["hf_hub_id"]!r}, which is not under the '
             f'organisation {org!r}; spell it in full as {hub_repo_id(entry["model"], entry["tag"], org)!r}')
+    from ptl_timm.models.registry import GENERIC_MODELS  # deferred: the model modules import this one
+
+    if entry['model'] in GENERIC_MODELS:
+        raise ManifestError(
+            f'{where}: {entry["model"]} takes its backbone as an argument, which a pretrained tag cannot carry; '
+            f'publish it under hf-hub: only, or register a named architecture for it')
     if '.' in entry['tag'] or not entry['tag']:
         raise ManifestError(f'{where}: tag {entry["tag"]!r} of {entry["model"]} must be a non-empty name without dots')
 
@@ -100,7 +106,7 @@ def load_manifest(path: Optional[Union[str, os.PathLike]] = None) -> List[Weight
 
 
 def _describe(entry: WeightEntry) -> str:
-    metrics = ', '.join(f'{k} {v:.2%}' if isinstance(v, float) else f'{k} {v}' for k, v in entry['metrics'].items())
+    metrics = ', '.join(f'{k} {v:.1f}%' for k, v in entry['metrics'].items())
     return f'Trained on {entry["dataset"]} ({entry["protocol"]}): {metrics}.'
 
 
