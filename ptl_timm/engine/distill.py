@@ -18,9 +18,9 @@ from ptl_timm.hub import load_model
 from ptl_timm.losses import DistillationLoss
 from .config import ConfigError, DistillConfig
 from .distributed import setup_distributed
-from .trainer import build_model, prepare_session, run_training
+from .trainer import LossStep, build_model, prepare_session, run_training
 
-__all__ = ['distill', 'load_teacher']
+__all__ = ['distill', 'load_teacher', 'distillation_step']
 
 
 def load_teacher(source: str, device: torch.device) -> nn.Module:
@@ -34,6 +34,15 @@ def load_teacher(source: str, device: torch.device) -> nn.Module:
     return teacher
 
 
+def distillation_step(teacher: nn.Module, criterion: DistillationLoss) -> LossStep:
+    """The loss of one batch: the teacher's embedding (eval mode, no gradients) is the L1 target."""
+    def loss_step(module: nn.Module, images: torch.Tensor, pids: torch.Tensor):
+        with torch.no_grad():
+            teacher_embedding = teacher.forward_reid(images).embedding
+        return criterion(module(images), teacher_embedding, pids)
+    return loss_step
+
+
 def distill(cfg: DistillConfig) -> Dict[str, Any]:
     """Distil ``cfg.teacher`` into the student ``cfg.model`` on ``cfg.dataset``; returns the run summary."""
     ctx = setup_distributed(cfg.device)
@@ -43,13 +52,6 @@ def distill(cfg: DistillConfig) -> Dict[str, Any]:
         student_width, teacher_width = session.model.head_hidden_size, teacher.head_hidden_size
         if student_width != teacher_width:
             session.adapter = nn.Linear(student_width, teacher_width, bias=False)
-        criterion = DistillationLoss(cfg.lam, cfg.label_smoothing)
-
-        def loss_step(module: nn.Module, images: torch.Tensor, pids: torch.Tensor):
-            with torch.no_grad():
-                teacher_embedding = teacher.forward_reid(images).embedding
-            return criterion(module(images), teacher_embedding, pids)
-
-        return run_training(session, loss_step)
+        return run_training(session, distillation_step(teacher, DistillationLoss(cfg.lam, cfg.label_smoothing)))
     finally:
         ctx.close()
