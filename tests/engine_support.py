@@ -1,0 +1,34 @@
+"""Tiny settings shared by the engine tests: synthetic domains on disk and a seconds-long config."""
+from pathlib import Path
+from typing import Any, Dict
+
+import timm
+
+from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+from ptl_timm.engine.checkpoint import save_checkpoint
+
+IMG_SIZE = (64, 32)
+# a ptl_net on timm's smallest ResNet with narrow neck and classifier: ~0.6M parameters
+TINY_MODEL_ARGS = dict(backbone='test_resnet', embed_dim=64, classifier_dims=(32, 16))
+
+
+def make_domain(root: Path, index: int = 0, num_ids: int = 8, images_per_id: int = 4) -> Dict[str, str]:
+    """A synthetic Market-1501-layout dataset on disk, as a dataset spec."""
+    domain = SYNTH_DOMAINS[index]
+    path = generate_synthetic(root, domain, layout='market1501', num_ids=num_ids, images_per_id=images_per_id,
+                              num_cams=2, img_size=IMG_SIZE, seed=index)
+    return dict(name='market1501', root=str(path), label=f'synth-{domain}')
+
+
+def tiny_config(output: Path, dataset: Any, **overrides) -> Dict[str, Any]:
+    """Config values for a seconds-long run of a tiny PTL model (pass to build_config or a dataclass)."""
+    return dict(dict(
+        model='ptl_net', model_args=dict(TINY_MODEL_ARGS), pretrained=False, dataset=dataset,
+        img_size=IMG_SIZE, batch_size=8, epochs=1, lr=0.05, lr_step=10, eval_every=0, eval_batch_size=32,
+        num_workers=0, output=str(output), progress=False, device='cpu'), **overrides)
+
+
+def save_untrained(path: Path, model_name: str, num_classes: int = 8, **model_args) -> Path:
+    """A checkpoint folder of a freshly initialised model (a stand-in teacher or starting point)."""
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **model_args)
+    return save_checkpoint(path, model)

@@ -1,0 +1,158 @@
+"""Fine-tuning engine: learning, checkpoints, per-epoch state reset, configs and bad input."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ptl_timm.cli import main
+from ptl_timm.engine import CheckpointError, ConfigError, TrainConfig, build_config, fine_tune, load_train_state
+from ptl_timm.engine.config import TASKS, config_task, load_config
+from ptl_timm.engine.data import load_dataset
+from ptl_timm.engine.distributed import DistContext
+from ptl_timm.engine.evaluate import evaluate_split
+from ptl_timm.engine.trainer import build_model, prepare_session, run_training
+from ptl_timm.hub import load_model
+from ptl_timm.layers import BConvCell
+from ptl_timm.losses import ReIDLoss
+
+from engine_support import IMG_SIZE, make_domain, save_untrained, tiny_config
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob('configs/**/*.yaml'))
+
+
+@pytest.fixture(scope='module')
+def domain(tmp_path_factory):
+    return make_domain(tmp_path_factory.mktemp('synth'))
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory, domain):
+    """Two epochs, evaluated after each: the run most tests below inspect."""
+    output = tmp_path_factory.mktemp('run') / 'out'
+    result = fine_tune(TrainConfig(**tiny_config(output, domain, epochs=2, eval_every=1)))
+    return output, result
+
+
+def _digest(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_one_epoch_of_fine_tuning_improves_map_over_the_untrained_model(tmp_path, domain):
+    cfg = TrainConfig(**tiny_config(tmp_path / 'out', domain, epochs=1, lr=0.05))
+    dataset = load_dataset(domain, cfg.data_root, {})
+    untrained = build_model(cfg, dataset.num_train_pids, 'synth')
+    before = evaluate_split(untrained, dataset, cfg, DistContext())['mAP']
+    after = fine_tune(cfg)['last']['eval'][domain['label']]['mAP']
+    assert after > before + 5.0, (before, after)
+
+
+def test_each_epoch_writes_last_best_metrics_and_curves(trained_run):
+    output, result = trained_run
+    for name in ('last', 'best'):
+        assert {'config.json', 'model.safetensors'} <= {p.name for p in (output / name).iterdir()}
+    records = [json.loads(line) for line in (output / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in records] == [1, 2] and all('eval' in r for r in records)
+    with Image.open(output / 'curves.png') as image:
+        assert image.format == 'PNG'
+    assert result['history'] == records
+
+
+def test_train_state_loads_with_weights_only_and_holds_everything_to_resume(trained_run):
+    output, _ = trained_run
+    state = load_train_state(output / 'last')
+    assert state['epoch'] == 2
+    assert {'optimizer', 'scheduler', 'scaler', 'rng', 'history', 'best', 'config'} <= set(state)
+    assert state['optimizer']['state'], 'optimizer momentum buffers are saved'
+
+
+def test_last_checkpoint_rebuilds_the_trained_model(trained_run, domain):
+    output, result = trained_run
+    model = load_model(output / 'last')
+    cfg = TrainConfig(**tiny_config(output, domain))
+    metrics = evaluate_split(model, load_dataset(domain, cfg.data_root, {}), cfg, DistContext())
+    assert metrics['mAP'] == pytest.approx(result['last']['eval'][domain['label']]['mAP'], abs=1e-4)
+
+
+def test_every_training_epoch_starts_from_zero_latent_state(tmp_path, domain):
+    cfg = TrainConfig(**tiny_config(tmp_path / 'out', domain, epochs=2, max_steps_per_epoch=2))
+    session = prepare_session(cfg, DistContext(), lambda n, label: build_model(cfg, n, label))
+    cell = next(m for m in session.model.modules() if isinstance(m, BConvCell))
+    seen = []
+    cell.register_forward_pre_hook(lambda module, args: seen.append(module.latent_state.numel()) if module.training else None)
+    criterion = ReIDLoss()
+    run_training(session, lambda module, images, pids: criterion(module(images), pids))
+    assert len(seen) == 4
+    assert seen[0] == 0 and seen[2] == 0, 'state reset at the start of each epoch'
+    assert seen[1] > 0 and seen[3] > 0, 'state carried to the next batch within an epoch'
+
+
+def test_reid_checkpoint_start_reinitialises_the_classifier_only(tmp_path, domain):
+    source = save_untrained(tmp_path / 'source', 'ptl_net', num_classes=5, **tiny_config(tmp_path, domain)['model_args'])
+    cfg = TrainConfig(**tiny_config(tmp_path / 'out', domain, init_checkpoint=str(source)))
+    model = build_model(cfg, 8, 'synth')
+    reference = load_model(source)
+    assert model.head.fc.out_features == 8
+    torch.testing.assert_close(model.backbone.state_dict(), reference.backbone.state_dict())
+    torch.testing.assert_close(model.head.hidden.state_dict(), reference.head.hidden.state_dict())
+
+
+def test_unknown_config_key_is_a_clear_cli_error(capsys):
+    assert main(['train', '--set', 'learning_rate=0.1']) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key(s) ['learning_rate']" in err and 'lr' in err
+
+
+def test_missing_dataset_root_leaves_existing_checkpoints_untouched(trained_run, domain):
+    output, _ = trained_run
+    before = _digest(output)
+    missing = dict(domain, root=str(Path(domain['root']) / 'nowhere'))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        fine_tune(TrainConfig(**tiny_config(output, missing, overwrite=True)))
+    assert _digest(output) == before
+
+
+def test_checkpoint_of_another_architecture_is_rejected_and_checkpoints_untouched(trained_run, domain, tmp_path):
+    output, _ = trained_run
+    other = save_untrained(tmp_path / 'other', 'reid_net', backbone='test_resnet')
+    before = _digest(output)
+    with pytest.raises(CheckpointError, match='reid_net'):
+        fine_tune(TrainConfig(**tiny_config(output, domain, init_checkpoint=str(other), overwrite=True)))
+    assert _digest(output) == before
+
+
+def test_empty_training_split_is_a_clear_error(tmp_path, domain):
+    empty = tmp_path / 'empty'
+    for split in ('bounding_box_train', 'query', 'bounding_box_test'):
+        (empty / split).mkdir(parents=True)
+    with pytest.raises(ValueError, match='empty training split|no training|empty'):
+        fine_tune(TrainConfig(**tiny_config(tmp_path / 'out', dict(domain, root=str(empty)))))
+    assert not (tmp_path / 'out').exists()
+
+
+def test_existing_run_is_not_overwritten_without_resume_or_overwrite(trained_run, domain):
+    output, _ = trained_run
+    before = _digest(output)
+    with pytest.raises(CheckpointError, match='--resume'):
+        fine_tune(TrainConfig(**tiny_config(output, domain)))
+    assert _digest(output) == before
+
+
+def test_config_file_then_overrides_then_flags(tmp_path):
+    path = tmp_path / 'cfg.yaml'
+    path.write_text('model: ptl_mgn\nlr: 0.1\nepochs: 3\n')
+    cfg = build_config(TrainConfig, load_config(path), {'epochs': 5})
+    assert (cfg.lr, cfg.epochs) == (0.1, 5)
+    assert cfg.img_size == (384, 128) and cfg.sampler == 'pk', 'MGN models get the MGN recipe'
+    with pytest.raises(ConfigError, match='img_size'):
+        build_config(TrainConfig, {'img_size': [1, 2, 3]})
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
+def test_reproduction_config_parses(path):
+    data = load_config(path)
+    cfg = build_config(TASKS[config_task(data)], data)
+    assert cfg.output.startswith('output/')
