@@ -209,7 +209,7 @@ def _default_model_card() -> Path:
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f'{out} exists and is not empty; choose another --out or pass --overwrite')
+            raise PublishError(f'{out} exists and is not empty; choose another --out or pass --overwrite')
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 

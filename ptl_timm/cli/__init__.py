@@ -14,6 +14,8 @@ from typing import List, Optional
 # Sub-command modules, in the order ``ptl-timm --help`` lists them.
 COMMAND_MODULES = (
     'info',
+    'publish',
+    'export',
 )
 
 

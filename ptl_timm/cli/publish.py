@@ -1,0 +1,44 @@
+"""``ptl-timm publish``: a checkpoint folder → a verified Hub folder (dry run unless ``--push``)."""
+import argparse
+import json
+
+from ptl_timm.publish import publish
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        'publish', help='write (and with --push upload) the Hugging Face Hub folder of a checkpoint',
+        description='Checks the weights (architecture, NaN/Inf), writes config.json + model.safetensors + README.md '
+                    '(from MODEL_CARD.md, with the run\'s metrics), loads the folder back and compares eval '
+                    'embeddings, and prints the weights/manifest.json entry. Nothing is uploaded without --push.')
+    parser.add_argument('checkpoint', help='checkpoint folder (config.json + model.safetensors [+ train_state.pt])')
+    parser.add_argument('--out', required=True, help='the Hub folder to write')
+    parser.add_argument('--tag', help='pretrained tag, e.g. market1501 (default: the dataset the weights record)')
+    parser.add_argument('--repo-id', help='Hub repository ORG/NAME (default: ptl-timm/<model>.<tag>)')
+    parser.add_argument('--push', action='store_true', help='upload after verification (needs a Hub login)')
+    parser.add_argument('--dry-run', dest='push', action='store_false', help='write and verify only (the default)')
+    parser.add_argument('--model-card', help="card template (default: the repository's MODEL_CARD.md)")
+    parser.add_argument('--license', default='apache-2.0', help='licence of the weights (default: %(default)s)')
+    parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
+    parser.add_argument('--entry', metavar='FILE', help='also write the manifest entry to FILE (JSON)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    result = publish(
+        args.checkpoint, args.out, tag=args.tag, repo_id=args.repo_id, push=args.push, model_card=args.model_card,
+        license=args.license, overwrite=args.overwrite, progress=not args.quiet)
+    print(f'wrote {result.folder} (loads back with eval embeddings {result.max_embedding_diff:.1e} away)')
+    print(f'uploaded to https://huggingface.co/{result.repo_id}' if result.pushed
+          else f'dry run: nothing uploaded; --push sends it to {result.repo_id}')
+    if result.manifest_entry is None:
+        print('no manifest entry: a generic ptl_net/reid_net model loads via hf-hub: only')
+        return 0
+    entry = json.dumps(result.manifest_entry, indent=2)
+    print(f'manifest entry for weights/manifest.json:\n{entry}')
+    if args.entry:
+        from ptl_timm.utils import atomic_save_json
+        atomic_save_json(result.manifest_entry, args.entry)
+    return 0

@@ -1,0 +1,122 @@
+"""ONNX export of ReID models for deployment (extra ``onnx``: onnx, onnxscript, onnxruntime).
+
+In eval mode a BConv-Cell treats its latent state as zero and never touches it, so every model of
+the package, PTL models included, is then a plain stateless function of the image batch and exports
+like any CNN. The graph has a dynamic batch axis and a fixed image size; its output is the retrieval
+embedding (``forward_reid(x).embedding``, what a deployment compares) or the identity logits.
+``export_onnx`` checks the file against PyTorch with onnxruntime whenever it is installed.
+"""
+import dataclasses
+import importlib.util
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ptl_timm.utils import atomic_path
+
+__all__ = ['OUTPUTS', 'MissingExtraError', 'ExportResult', 'ReIDExportWrapper', 'export_onnx', 'compare_onnx']
+
+OUTPUTS = ('embedding', 'logits')
+INPUT_NAME = 'images'
+_EXPORT_MODULES = ('onnx', 'onnxscript')
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency of the requested feature is not installed."""
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: Path
+    output: str
+    input_size: Tuple[int, int, int]
+    max_abs_diff: Optional[float]  # vs PyTorch on a random batch; None when onnxruntime is missing
+
+
+class ReIDExportWrapper(nn.Module):
+    """The part of a ReID model a deployment runs: images → embedding (or logits), eval mode."""
+
+    def __init__(self, model: nn.Module, output: str = 'embedding'):
+        super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f'export output must be one of {OUTPUTS}, got {output!r}')
+        if output == 'logits' and getattr(model, 'num_classes', 0) <= 0:
+            raise ValueError('the model has no classifier (num_classes=0), so it has no logits to export')
+        self.model = model
+        self.output = output
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.output == 'embedding':
+            return self.model.forward_reid(images).embedding
+        return self.model(images)
+
+
+def _require(modules: Sequence[str], purpose: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(
+            f'{purpose} needs {", ".join(missing)}, which is not installed: pip install "ptl_timm[onnx]"')
+
+
+def _random_images(batch_size: int, input_size: Sequence[int], seed: int) -> torch.Tensor:
+    return torch.randn((batch_size, *input_size), generator=torch.Generator().manual_seed(seed))
+
+
+def compare_onnx(path: Union[str, os.PathLike], wrapper: nn.Module, images: torch.Tensor) -> float:
+    """Max absolute difference between the ONNX file (onnxruntime, CPU) and ``wrapper`` on ``images``."""
+    _require(('onnxruntime',), 'checking an ONNX export')
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    (actual,) = session.run(None, {INPUT_NAME: images.numpy()})
+    with torch.inference_mode():
+        expected = wrapper(images)
+    return float((torch.from_numpy(actual) - expected).abs().max())
+
+
+def export_onnx(
+        model: nn.Module,
+        path: Union[str, os.PathLike],
+        output: str = 'embedding',
+        input_size: Optional[Sequence[int]] = None,
+        opset: Optional[int] = None,
+        verify: bool = True,
+        atol: float = 1e-4,
+        verbose: bool = False,
+) -> ExportResult:
+    """Export ``model`` in eval mode to the ONNX file ``path`` (written atomically), batch axis dynamic.
+
+    Args:
+        model: Any ReID model of the package (``forward_reid``), e.g. from ``ptl_timm.hub.load_model``.
+        path: The ``.onnx`` file; weights are stored inside it.
+        output: 'embedding' (retrieval feature) or 'logits' (identity classifier).
+        input_size: (C, H, W); default the model's ``pretrained_cfg['input_size']``.
+        opset: ONNX opset; default the exporter's.
+        verify: Compare with PyTorch on a random batch of another size than the traced one (needs
+            onnxruntime; skipped if it is missing) and raise ``ValueError`` above ``atol``.
+        atol: Largest accepted absolute difference.
+        verbose: Show the exporter's progress messages.
+    """
+    _require(_EXPORT_MODULES, 'ONNX export')
+    path = Path(path)
+    input_size = tuple(input_size or model.pretrained_cfg['input_size'])
+    was_training = model.training
+    wrapper = ReIDExportWrapper(model, output).eval()
+    try:
+        batch = torch.export.Dim('batch', min=1)
+        with atomic_path(path) as tmp:
+            torch.onnx.export(
+                wrapper, (_random_images(2, input_size, seed=0),), str(tmp), input_names=[INPUT_NAME],
+                output_names=[output], dynamic_shapes={'images': {0: batch}}, opset_version=opset, dynamo=True,
+                external_data=False, verbose=verbose)
+        max_abs_diff = None
+        if verify and importlib.util.find_spec('onnxruntime') is not None:
+            max_abs_diff = compare_onnx(path, wrapper, _random_images(3, input_size, seed=1))
+            if max_abs_diff > atol:
+                raise ValueError(f'ONNX export {path} differs from PyTorch by {max_abs_diff:.3g} (> {atol:g})')
+    finally:
+        model.train(was_training)
+    return ExportResult(path, output, input_size, max_abs_diff)
