@@ -1,0 +1,227 @@
+"""Loading and saving: folders, files, pretrained tags from the weights manifest, ImageNet backbone
+weights, the offline Hub cache, classifier changes and the latent state."""
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import timm
+import ptl_timm
+from ptl_timm.hub import WEIGHTS_NAME, load_model, save_pretrained
+from ptl_timm.publish import publish
+from ptl_timm.weights import (
+    HUB_ORG, MANIFEST_ENV, ManifestError, UnpublishedWeightsError, add_manifest_tags, load_manifest, manifest_cfgs,
+    sha256_file,
+)
+
+SMALL = (3, 64, 32)
+
+
+def tiny_model(name: str = 'ptl_net', backbone: str = 'resnet18', num_classes: int = 7, seed: int = 0):
+    torch.manual_seed(seed)
+    return timm.create_model(name, backbone=backbone, num_classes=num_classes)
+
+
+def embeddings(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:
+    images = torch.randn((2, *SMALL), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return model.eval().forward_reid(images).embedding
+
+
+def train_steps(model: torch.nn.Module, steps: int = 2) -> None:
+    model.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(torch.randn(2, *SMALL))
+
+
+def write_manifest(path: Path, entries, hub_org: str = HUB_ORG) -> Path:
+    path.write_text(json.dumps({'format': 1, 'hub_org': hub_org, 'weights': entries}))
+    return path
+
+
+def manifest_entry(model: str = 'reid_resnet50', tag: str = 'market1501', **overrides) -> dict:
+    entry = dict(
+        model=model, tag=tag, hf_hub_id=f'{HUB_ORG}/{model}.{tag}', sha256='0' * 64, num_classes=751,
+        dataset='market1501', protocol='single query', training_config={}, metrics={'mAP': 80.0, 'rank1': 90.0},
+        license='apache-2.0')
+    entry.update(overrides)
+    return entry
+
+
+def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter: the manifest and the Hub's offline mode are read at import."""
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_saved_weights_never_hold_the_latent_state(tmp_path):
+    model = tiny_model()
+    train_steps(model)
+    assert any(m.latent_state.abs().sum() > 0 for m in model.modules() if isinstance(m, ptl_timm.BConvCell))
+    save_pretrained(model, tmp_path)
+    keys = safetensors.torch.load_file(str(tmp_path / WEIGHTS_NAME)).keys()
+    assert not [k for k in keys if 'latent_state' in k]
+
+
+def test_folder_round_trip_gives_identical_eval_features(tmp_path):
+    model = tiny_model()
+    train_steps(model)  # a non-zero state must not leak into eval features or the files
+    save_pretrained(model, tmp_path)
+    assert torch.equal(embeddings(load_model(tmp_path)), embeddings(model))
+
+
+def test_safetensors_file_beside_config_loads(tmp_path):
+    model = tiny_model()
+    save_pretrained(model, tmp_path)
+    assert torch.equal(embeddings(load_model(tmp_path / WEIGHTS_NAME)), embeddings(model))
+
+
+def test_pretrained_cfg_overlay_file_loads_a_reid_checkpoint(tmp_path):
+    model = tiny_model()
+    save_pretrained(model, tmp_path)
+    loaded = timm.create_model(
+        'ptl_net', backbone='resnet18', num_classes=7, pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / WEIGHTS_NAME)))
+    assert torch.equal(embeddings(loaded), embeddings(model))
+
+
+def test_new_num_classes_reinitialises_only_the_identity_layer(tmp_path):
+    model = tiny_model(num_classes=7)
+    save_pretrained(model, tmp_path)
+    loaded = load_model(tmp_path, num_classes=5)
+    assert loaded.head.fc.out_features == 5
+    for key, value in model.state_dict().items():
+        if not key.startswith('head.fc.'):
+            assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_num_classes_zero_drops_the_classifier_without_unexpected_keys(tmp_path, caplog):
+    model = tiny_model(num_classes=7)
+    save_pretrained(model, tmp_path)
+    with caplog.at_level(logging.INFO, logger='timm'):
+        loaded = load_model(tmp_path, num_classes=0)
+    assert isinstance(loaded.head, torch.nn.Identity)
+    assert not [r for r in caplog.records if 'Unexpected keys' in r.getMessage()]
+    assert torch.equal(embeddings(loaded), embeddings(model))
+
+
+def test_unpublished_tag_is_not_listed():
+    assert 'ptl_densenet161.market1501' not in timm.list_pretrained('ptl_densenet161.*')
+
+
+def test_unpublished_tag_error_says_how_to_load_a_folder():
+    with pytest.raises(UnpublishedWeightsError, match='not in the weights manifest.*local-dir:'):
+        load_model('ptl_densenet161.market1501')
+
+
+def test_shipped_manifest_is_valid():
+    entries = load_manifest(Path(ptl_timm.__file__).parent.parent / 'weights' / 'manifest.json')
+    assert all(e['hf_hub_id'].startswith(f'{HUB_ORG}/') for e in entries)
+
+
+def test_manifest_entry_becomes_a_cfg_with_the_hub_id_and_classes():
+    base = dict(url='', hf_hub_id='timm/resnet50.tv_in1k', num_classes=751, classifier='head.fc', license='x')
+    cfgs = manifest_cfgs('reid_resnet50', base, [manifest_entry(num_classes=1041, tag='msmt17')])
+    cfg = cfgs['reid_resnet50.msmt17']
+    assert cfg['hf_hub_id'] == f'{HUB_ORG}/reid_resnet50.msmt17'
+    assert cfg['num_classes'] == 1041 and cfg['classifier'] == 'head.fc'
+    assert base['hf_hub_id'] == 'timm/resnet50.tv_in1k'  # the architecture's cfg is not modified
+
+
+def test_manifest_tags_come_after_the_untagged_default(tmp_path, monkeypatch):
+    monkeypatch.setenv(MANIFEST_ENV, str(write_manifest(tmp_path / 'm.json', [manifest_entry()])))
+    cfgs = add_manifest_tags({'reid_resnet50.tv_in1k': dict(hf_hub_id='timm/resnet50.tv_in1k'), 'other': {}})
+    assert list(cfgs) == ['reid_resnet50.tv_in1k', 'other', 'reid_resnet50.market1501']
+
+
+def test_manifest_rejects_a_hub_id_outside_the_organisation(tmp_path):
+    path = write_manifest(tmp_path / 'm.json', [manifest_entry(hf_hub_id='someone/reid_resnet50.market1501')])
+    with pytest.raises(ManifestError, match='not under the organisation'):
+        load_manifest(path)
+
+
+def test_manifest_rejects_generic_architectures(tmp_path):
+    path = write_manifest(tmp_path / 'm.json', [manifest_entry(model='ptl_net', hf_hub_id=f'{HUB_ORG}/ptl_net.x')])
+    with pytest.raises(ManifestError, match='backbone'):
+        load_manifest(path)
+
+
+def test_manifest_rejects_missing_fields(tmp_path):
+    entry = manifest_entry()
+    del entry['sha256']
+    with pytest.raises(ManifestError, match='sha256'):
+        load_manifest(write_manifest(tmp_path / 'm.json', [entry]))
+
+
+@pytest.mark.parametrize('name,backbone', [('ptl_net', 'resnet18'), ('reid_net', 'densenet121')])
+def test_imagenet_backbone_file_loads_every_backbone_tensor_and_nothing_else(tmp_path, name, backbone):
+    """Acceptance 2: a state dict in the backbone's own timm format, given as a file."""
+    torch.manual_seed(123)
+    source = timm.create_model(backbone, num_classes=1000).state_dict()
+    safetensors.torch.save_file(source, str(tmp_path / 'backbone.safetensors'))
+    reference = tiny_model(name, backbone)
+    torch.manual_seed(0)
+    model = timm.create_model(name, backbone=backbone, num_classes=7, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'backbone.safetensors')))
+    own = model.state_dict()
+    backbone_keys = [k for k in own if k.startswith('backbone.')]
+    flat_source = {k.replace('_', '.'): v for k, v in source.items()}
+    for key in backbone_keys:
+        assert torch.equal(own[key], flat_source[key[len('backbone.'):].replace('_', '.')]), key
+    for key in set(own) - set(backbone_keys):
+        assert torch.equal(own[key], reference.state_dict()[key]), f'{key} was overwritten'
+    assert len(backbone_keys) == len([k for k in source if not k.startswith(('fc.', 'classifier.'))])
+
+
+def _build_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
+    """The huggingface_hub cache layout: blobs named by hash, a snapshot of links, refs/main."""
+    repo = cache / f'models--{repo_id.replace("/", "--")}'
+    commit = 'a' * 40
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    (repo / 'blobs').mkdir()
+    snapshot = repo / 'snapshots' / commit
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        blob = repo / 'blobs' / sha256_file(file)
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+
+
+def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
+    """Acceptance 1: publish → Hub cache → hf-hub:ORG/NAME and the manifest tag, offline."""
+    torch.manual_seed(0)
+    model = timm.create_model('reid_resnet50', num_classes=11)
+    save_pretrained(model, tmp_path / 'ckpt', metadata={'ptl_timm_dataset': 'market1501'})
+    result = publish(tmp_path / 'ckpt', tmp_path / 'hub', progress=False)
+    _build_hub_cache(result.folder, tmp_path / 'cache', result.repo_id)
+    write_manifest(tmp_path / 'manifest.json', [result.manifest_entry])
+    torch.save(embeddings(model), tmp_path / 'expected.pt')
+
+    code = f"""
+        import torch, timm, ptl_timm
+        import huggingface_hub.constants as c
+        assert c.HF_HUB_OFFLINE
+        images = torch.randn((2, *{SMALL}), generator=torch.Generator().manual_seed(1))
+        expected = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)
+        assert 'reid_resnet50.market1501' in timm.list_pretrained('reid_resnet50.*')
+        for name in ('hf-hub:{result.repo_id}', 'reid_resnet50.market1501'):
+            model = timm.create_model(name, pretrained=True).eval()
+            assert model.num_classes == 11, name
+            with torch.inference_mode():
+                assert torch.equal(model.forward_reid(images).embedding, expected), name
+        print('ok')
+    """
+    env = {MANIFEST_ENV: str(tmp_path / 'manifest.json'), 'HF_HUB_CACHE': str(tmp_path / 'cache'),
+           'HF_HUB_OFFLINE': '1'}
+    proc = run_python(code, env)
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
