@@ -158,8 +158,9 @@ class MGN(nn.Module):
         in_chans: Image channels.
         global_pool: 'max' (MGN's pooling) or '' (``forward_head`` returns the unpooled map).
         reduction_dim: Width of each reduced feature (256: the retrieval feature is 8 × 256).
-        shared_reduction: One 1×1 reduction for all 8 features (the PTL paper's MGN, 66m parameters)
-            instead of one per feature (the MGN paper's figure).
+        shared_reduction: One 1×1 reduction for all 8 features (the reproduction the PTL paper
+            reports as MGN, 66.7m parameters) instead of one per feature (the MGN paper as
+            seathiefwang/MGN-pytorch reads it, 70.4m).
         reduction_bias: Bias in the reduction conv (the official MGN_PTL has one).
         ptl: Add the BConv-Cell side network (``ptl_mgn``).
         state_mode: Latent state mode of every cell ('batch', 'sample', 'none').
