@@ -1,0 +1,99 @@
+"""ONNX export: PTL models and students match PyTorch in eval mode, with a dynamic batch axis."""
+import copy
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+import timm
+from ptl_timm.cli import main
+from ptl_timm.export import MissingExtraError, ReIDExportWrapper, export_onnx
+from ptl_timm.hub import save_pretrained
+
+SMALL = (3, 64, 32)
+needs_exporter = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ('onnx', 'onnxscript')),
+    reason='the onnx extra (onnx, onnxscript) is not installed: pip install "ptl_timm[onnx]"')
+
+
+def tiny_model(name: str = 'ptl_net', num_classes: int = 7) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, backbone='resnet18', num_classes=num_classes)
+
+
+def run_onnx(path, images: torch.Tensor) -> torch.Tensor:
+    onnxruntime = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed: no comparison')
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    return torch.from_numpy(session.run(None, {'images': images.numpy()})[0])
+
+
+def pytorch_output(model: torch.nn.Module, images: torch.Tensor, output: str = 'embedding') -> torch.Tensor:
+    with torch.inference_mode():
+        return ReIDExportWrapper(model, output).eval()(images)
+
+
+@pytest.fixture(scope='module', params=['ptl_net', 'reid_net'])
+def exported(request, tmp_path_factory):
+    """A PTL model and a student, each exported once (export takes seconds)."""
+    model = tiny_model(request.param)
+    path = tmp_path_factory.mktemp('onnx') / f'{request.param}.onnx'
+    export_onnx(model, path, input_size=SMALL, verify=False)
+    return model, path
+
+
+@needs_exporter
+@pytest.mark.parametrize('batch_size', [1, 5])
+def test_export_matches_pytorch_for_any_batch_size(exported, batch_size):
+    model, path = exported
+    images = torch.randn(batch_size, *SMALL)
+    assert (run_onnx(path, images) - pytorch_output(model, images)).abs().max() <= 1e-4
+
+
+@needs_exporter
+def test_export_of_a_trained_ptl_model_ignores_its_latent_state(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(2, *SMALL))  # training mode: the cells now hold a non-zero state
+    stateless = copy.deepcopy(model)
+    stateless.reset_state()
+    result = export_onnx(model, tmp_path / 'm.onnx', input_size=SMALL)
+    assert model.training  # the caller's mode is restored
+    images = torch.randn(3, *SMALL)
+    assert (run_onnx(tmp_path / 'm.onnx', images) - pytorch_output(stateless, images)).abs().max() <= 1e-4
+    assert result.max_abs_diff <= 1e-4
+
+
+@needs_exporter
+def test_logits_output_matches_the_classifier(tmp_path):
+    model = tiny_model(num_classes=7)
+    export_onnx(model, tmp_path / 'm.onnx', output='logits', input_size=SMALL, verify=False)
+    images = torch.randn(2, *SMALL)
+    logits = run_onnx(tmp_path / 'm.onnx', images)
+    assert logits.shape == (2, 7)
+    assert (logits - pytorch_output(model, images, 'logits')).abs().max() <= 1e-4
+
+
+def test_logits_of_an_embedding_model_are_refused():
+    with pytest.raises(ValueError, match='no classifier'):
+        ReIDExportWrapper(tiny_model(num_classes=0), 'logits')
+
+
+def test_missing_extra_is_a_clear_error(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n == 'onnxscript' else real_find_spec(n, *a))
+    with pytest.raises(MissingExtraError, match=r'onnxscript.*pip install "ptl_timm\[onnx\]"'):
+        export_onnx(tiny_model(), tmp_path / 'm.onnx', input_size=SMALL)
+    assert not (tmp_path / 'm.onnx').exists()
+
+
+@needs_exporter
+def test_cli_exports_a_checkpoint_folder(tmp_path, capsys):
+    model = tiny_model()
+    save_pretrained(model, tmp_path / 'ckpt')
+    args = ['export', str(tmp_path / 'ckpt'), '--out', str(tmp_path / 'm.onnx'), '--input-size', '64', '32', '--quiet']
+    assert main(args) == 0
+    images = torch.randn(2, *SMALL)
+    assert np.allclose(run_onnx(tmp_path / 'm.onnx', images), pytorch_output(model, images), atol=1e-4)
+    assert 'max abs difference vs PyTorch' in capsys.readouterr().out
