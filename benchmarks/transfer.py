@@ -1,0 +1,252 @@
+"""Does PTL work? The paper's experiments in miniature on synthetic domain shift, several seeds each.
+
+Stages, per seed (every fine-tune starts from a backbone pre-trained on the source domain, the
+stand-in for ImageNet weights; cells, neck and head start fresh, as in the paper):
+
+1. pre-train a plain network on the source domain and keep its backbone;
+2. Table 1/2 analogue on the target domain: plain fine-tune, PTL (state modes batch, sample,
+   none), and the PTL(batch) teacher distilled into the plain student (STD, λ=0.8);
+3. Table 6 analogue: the STD λ sweep 0, 0.3, 0.5, 0.8, 1.0;
+4. DenseNet-161* analogue: the plain model with a batch 4× larger (same epochs and lr);
+5. Table 5 analogue: one-step transfer (union of two source domains, then the target) against
+   two-step transfer in both orders (one source, the other, then the target).
+
+Every cell of every table is the mean ± std over seeds of mAP and Rank-1 on the target domain's
+query/gallery. Raw per-run numbers are kept as JSON (``--out``), plots as PNG, tables in
+BENCHMARKS.md. Nothing is tuned per seed: one setting for all.
+
+    python -m benchmarks.transfer            # full setting (about an hour on 2 CPU cores)
+    python -m benchmarks.transfer --quick    # CI-size: checks the pipeline produces every table
+"""
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from safetensors.torch import load_file, save_file
+
+from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+from ptl_timm.engine import DistillConfig, TrainConfig, distill, fine_tune
+from ptl_timm.utils import atomic_path, atomic_save_json
+from benchmarks.report import ROOT, markdown_table, write_section
+
+RESULTS_DIR = ROOT / 'benchmarks' / 'results' / 'transfer'
+LAMBDAS = (0.0, 0.3, 0.5, 0.8, 1.0)
+STATE_MODES = ('batch', 'sample', 'none')
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One size for every run of a benchmark invocation."""
+    backbone: str = 'resnet18'
+    embed_dim: int = 512
+    img_size: Tuple[int, int] = (128, 64)
+    num_ids: int = 60
+    images_per_id: int = 8
+    pretrain_ids: int = 120
+    pretrain_epochs: int = 8
+    epochs: int = 6
+    distill_epochs: int = 4
+    batch_size: int = 32
+    large_batch: int = 128
+    lr: float = 0.01
+    seeds: int = 3
+
+
+QUICK = Setting(backbone='resnet10t', embed_dim=128, img_size=(64, 32), num_ids=8, images_per_id=4,
+                pretrain_ids=8, pretrain_epochs=1, epochs=1, distill_epochs=1, batch_size=8, large_batch=16,
+                seeds=2)
+
+
+class Experiment:
+    """Runs (or reuses, by name) fine-tunes and distillations under one output folder."""
+
+    def __init__(self, setting: Setting, work: Path, progress: bool):
+        self.s = setting
+        self.work = work
+        self.progress = progress
+        self.runs: Dict[str, Dict[str, Any]] = {}
+
+    def domain(self, domain: str, seed: int, num_ids: int) -> Dict[str, str]:
+        root = generate_synthetic(
+            self.work / f'data-seed{seed}', domain, layout='market1501', num_ids=num_ids,
+            images_per_id=self.s.images_per_id, img_size=self.s.img_size, seed=seed)
+        return dict(name='market1501', root=str(root), label=domain)
+
+    def _common(self, seed: int, **overrides) -> Dict[str, Any]:
+        return {**dict(
+            img_size=self.s.img_size, batch_size=self.s.batch_size, lr=self.s.lr, epochs=self.s.epochs,
+            lr_step=self.s.epochs, eval_every=0, eval_batch_size=128, num_workers=0, seed=seed,
+            progress=self.progress, overwrite=True), **overrides}
+
+    def _model_args(self, state_mode: Optional[str]) -> Dict[str, Any]:
+        args = dict(backbone=self.s.backbone, embed_dim=self.s.embed_dim)
+        return args if state_mode is None else dict(args, state_mode=state_mode)
+
+    def _record(self, name: str, seed: int, started: float, model: str, result: Dict[str, Any]) -> None:
+        weights = load_file(str(Path(result['output']) / 'last' / 'model.safetensors'))
+        self.runs[f'{name}/seed{seed}'] = dict(
+            name=name, seed=seed, seconds=round(time.time() - started, 1), model=model,
+            params=sum(t.numel() for t in weights.values()), eval=result['last']['eval'])
+
+    def finetune(self, name: str, seed: int, dataset: Any, init: Dict[str, Any], state_mode: Optional[str],
+                 test: Sequence[Dict[str, str]] = (), **overrides) -> Path:
+        """Fine-tune plain (state_mode None) or PTL; ``init`` = pretrained-backbone or checkpoint kwargs."""
+        output = self.work / f'seed{seed}' / name
+        started = time.time()
+        model = 'reid_net' if state_mode is None else 'ptl_net'
+        args = self._model_args(state_mode)
+        args.update(init.pop('model_args', {}))
+        result = fine_tune(TrainConfig(
+            **self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
+            test_datasets=list(test), output=str(output), **init))
+        self._record(name, seed, started, model, result)
+        return output / 'last'
+
+    def distill(self, name: str, seed: int, dataset: Dict[str, str], teacher: Path, student: Path,
+                lam: float) -> Path:
+        output = self.work / f'seed{seed}' / name
+        started = time.time()
+        result = distill(DistillConfig(
+            **self._common(seed, epochs=self.s.distill_epochs, lr_step=self.s.distill_epochs),
+            model='reid_net', model_args=self._model_args(None), dataset=dataset, teacher=str(teacher),
+            init_checkpoint=str(student), lam=lam, output=str(output)))
+        self._record(name, seed, started, 'reid_net', result)
+        return output / 'last'
+
+    def backbone_init(self, checkpoint: Path) -> Dict[str, Any]:
+        """The pre-trained backbone as a plain timm state dict file, loaded like ImageNet weights."""
+        target = checkpoint.parent.parent / 'backbone.safetensors'
+        if not target.exists():
+            weights = load_file(str(checkpoint / 'model.safetensors'))
+            plain = {k[len('backbone.'):]: v for k, v in weights.items() if k.startswith('backbone.')}
+            with atomic_path(target) as tmp:
+                save_file(plain, str(tmp))
+        return dict(pretrained=True, model_args=dict(pretrained_cfg_overlay=dict(file=str(target))))
+
+
+def run_seed(exp: Experiment, seed: int, tables: Sequence[str]) -> None:
+    s = exp.s
+    source, first, second, target = SYNTH_DOMAINS[:4]
+    target_set = exp.domain(target, seed, s.num_ids)
+    pretrained = exp.finetune('pretrain', seed, exp.domain(source, seed, s.pretrain_ids), dict(pretrained=False),
+                              None, epochs=s.pretrain_epochs, lr_step=s.pretrain_epochs)
+    init = partial(exp.backbone_init, pretrained)  # a fresh kwargs dict per run
+    plain = exp.finetune('plain', seed, target_set, init(), None)
+    if 'ptl' in tables or 'lambda' in tables:
+        teacher = None
+        for mode in STATE_MODES:
+            last = exp.finetune(f'ptl-{mode}', seed, target_set, init(), mode)
+            teacher = last if mode == 'batch' else teacher
+        for lam in (LAMBDAS if 'lambda' in tables else (0.8,)):
+            exp.distill(f'std-lambda{lam}', seed, target_set, teacher, plain, lam)
+    if 'batch' in tables:
+        exp.finetune('plain-large-batch', seed, target_set, init(), None, batch_size=s.large_batch)
+    if 'steps' in tables:
+        sources = [exp.domain(d, seed, s.num_ids) for d in (first, second)]
+        union = exp.finetune('one-step-union', seed, [sources[0], sources[1]], init(), None)
+        exp.finetune('one-step', seed, target_set, dict(init_checkpoint=str(union)), None)
+        for order in ((0, 1), (1, 0)):
+            label = '-'.join(sources[i]['label'] for i in order)
+            step = init()
+            for i in order:
+                step = dict(init_checkpoint=str(exp.finetune(f'two-step-{label}-{i}', seed, sources[i], step, None)))
+            exp.finetune(f'two-step-{label}', seed, target_set, step, None)
+
+
+def summarize(runs: Dict[str, Dict[str, Any]], name: str, target: str) -> Tuple[str, str, float, float, int]:
+    rows = [r for r in runs.values() if r['name'] == name]
+    maps = [r['eval'][target]['mAP'] for r in rows]  # the engine reports percent
+    r1s = [r['eval'][target]['rank1'] for r in rows]
+
+    def fmt(xs: List[float]) -> str:
+        return f'{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}' if len(xs) > 1 else f'{xs[0]:.1f}'
+    return fmt(maps), fmt(r1s), statistics.mean(maps), statistics.mean(r1s), len(rows)
+
+
+TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
+    'ptl': ('Fine-tuning: plain vs PTL vs PTL+STD (Table 1/2 analogue)', [
+        ('plain', 'plain fine-tune'), ('ptl-batch', "PTL, state 'batch'"), ('ptl-sample', "PTL, state 'sample'"),
+        ('ptl-none', "PTL, state 'none' (stateless)"), ('std-lambda0.8', 'PTL+STD student (λ=0.8)')]),
+    'lambda': ('STD λ sweep (Table 6 analogue)', [(f'std-lambda{lam}', f'λ = {lam}') for lam in LAMBDAS]),
+    'batch': ('Small vs large batch, plain model (DenseNet-161* analogue)', [
+        ('plain', 'plain, batch {batch_size}'), ('plain-large-batch', 'plain, batch {large_batch}')]),
+    'steps': ('One-step vs two-step transfer (Table 5 analogue)', [
+        ('one-step', 'union({first}+{second}) → {target}'),
+        ('two-step-{first}-{second}', '{first} → {second} → {target}'),
+        ('two-step-{second}-{first}', '{second} → {first} → {target}')]),
+}
+
+
+def render(runs: Dict[str, Dict[str, Any]], setting: Setting, tables: Sequence[str], plot_dir: Path) -> str:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    source, first, second, target = SYNTH_DOMAINS[:4]
+    names = dict(first=first, second=second, target=target, **asdict(setting))
+    params = {r['name']: r['params'] for r in runs.values()}
+    body = []
+    for key in tables:
+        title, cells = TABLES[key]
+        rows, means = [], []
+        for run_name, label in cells:
+            run_name, label = run_name.format(**names), label.format(**names)
+            map_s, r1_s, map_mean, r1_mean, n = summarize(runs, run_name, target)
+            count = params.get(run_name)
+            rows.append([label, map_s, r1_s, n, f'{count / 1e6:.2f}M' if count else '–'])
+            means.append((label, map_mean, r1_mean))
+        body.append(f'### {title}\n\n' + markdown_table(
+            ['setting', 'mAP % (mean ± std)', 'Rank-1 % (mean ± std)', 'seeds', 'params'], rows)
+            + f'\n![{key}](benchmarks/results/transfer/{key}.png)\n')
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        xs = range(len(means))
+        ax.bar([x - 0.2 for x in xs], [m[1] for m in means], 0.4, label='mAP')
+        ax.bar([x + 0.2 for x in xs], [m[2] for m in means], 0.4, label='Rank-1')
+        ax.set_xticks(list(xs), [m[0] for m in means], rotation=20, ha='right', fontsize=7)
+        ax.set_ylabel('% on target domain')
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        with atomic_path(plot_dir / f'{key}.png') as tmp:
+            fig.savefig(tmp, format='png', dpi=110)
+        plt.close(fig)
+    return '\n'.join(body)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--quick', action='store_true', help='CI-size: checks the pipeline, not the outcome')
+    parser.add_argument('--seeds', type=int, help='number of seeds (default: 3, quick: 2)')
+    parser.add_argument('--tables', nargs='+', choices=list(TABLES), default=list(TABLES))
+    parser.add_argument('--work', default='runs/transfer-benchmark', help='scratch folder for data and checkpoints')
+    parser.add_argument('--out', help='folder for runs.json and plots (default: benchmarks/results/transfer; '
+                                      'quick: <work>/results)')
+    parser.add_argument('--no-report', action='store_true', help='do not write BENCHMARKS.md')
+    parser.add_argument('--quiet', action='store_true')
+    args = parser.parse_args(argv)
+
+    setting = QUICK if args.quick else Setting()
+    if args.seeds:
+        setting = replace(setting, seeds=args.seeds)
+    work = Path(args.work)
+    out = Path(args.out) if args.out else (work / 'results' if args.quick else RESULTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    exp = Experiment(setting, work, progress=not args.quiet)
+    for seed in range(setting.seeds):
+        run_seed(exp, seed, args.tables)
+        atomic_save_json(dict(setting=asdict(setting), runs=exp.runs), out / 'runs.json')
+    body = render(exp.runs, setting, args.tables, out)
+    if not args.no_report:
+        write_section('transfer', 'Does PTL work? Miniature of the paper\'s experiments on synthetic domain shift',
+                      f'Setting: `{json.dumps(asdict(setting))}`\n\n' + body)
+    if not args.quiet:
+        print(body)
+    return dict(setting=setting, runs=exp.runs, body=body)
+
+
+if __name__ == '__main__':
+    main()
