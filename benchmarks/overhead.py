@@ -3,8 +3,8 @@ against the same network without cells, as ratios measured in one run.
 
 Paired models are timed alternately (plain, PTL, plain, PTL, ...) and compared by median, so
 machine load drifts affect both sides alike. Target (issue: core): PTL train step ≤ 1.3× plain.
-The side-network share of a PTL forward is measured separately by timing ``model.side`` on the
-backbone's own feature maps, which says where any excess comes from.
+Multiply-accumulates (convolutions and linear layers, counted with forward hooks) give the
+load-independent cost, and the share spent in the side network says where any excess comes from.
 
     python -m benchmarks.overhead [--batch-size 8] [--repeats 5] [--pairs ptl_resnet50:reid_resnet50 ...]
 """
@@ -27,26 +27,27 @@ def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def conv_linear_macs(model: torch.nn.Module, images: torch.Tensor) -> int:
-    """Multiply-accumulates of every convolution and linear layer for one forward (eval mode)."""
-    total = 0
+def conv_linear_macs(model: torch.nn.Module, images: torch.Tensor) -> Tuple[int, int]:
+    """Multiply-accumulates of every convolution and linear layer for one forward (eval mode):
+    the total, and the part spent in the PTL side network (modules under ``side``)."""
+    totals = {'all': 0, 'side': 0}
 
-    def count(module: torch.nn.Module, inputs, output: torch.Tensor) -> None:
-        nonlocal total
+    def count(name: str, module: torch.nn.Module, output: torch.Tensor) -> None:
         if isinstance(module, torch.nn.Conv2d):
-            kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-            total += output.numel() * kernel
+            macs = output.numel() * module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
         else:
-            total += output.numel() * module.in_features
+            macs = output.numel() * module.in_features
+        totals['all'] += macs
+        totals['side'] += macs if name.startswith('side.') else 0
 
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(lambda mod, _, out, name=n: count(name, mod, out))
+             for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     model.eval()
     with torch.inference_mode():
         model(images)
     for hook in hooks:
         hook.remove()
-    return total
+    return totals['all'], totals['side']
 
 
 def train_step_fn(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
@@ -69,18 +70,6 @@ def inference_fn(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], N
     return infer
 
 
-def side_network_fn(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], None]:
-    """The cells alone, on the backbone features they read (eval mode, zero state)."""
-    model.eval()
-    with torch.inference_mode():
-        features = model._backbone_features(images)
-
-    def side() -> None:
-        with torch.inference_mode():
-            model.side(images, features)
-    return side
-
-
 def alternate(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
     """Median seconds per call of each function, timed in alternation after one warm-up each."""
     for fn in fns.values():
@@ -101,21 +90,17 @@ def measure_pair(ptl_name: str, plain_name: str, batch_size: int, repeats: int) 
     input_size = ptl.pretrained_cfg['input_size']
     images = torch.randn(batch_size, *input_size)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,))
-    macs = [conv_linear_macs(m, images[:1]) for m in (ptl, plain)]
+    (ptl_macs, side_macs), (plain_macs, _) = (conv_linear_macs(m, images[:1]) for m in (ptl, plain))
     train = alternate({'plain': train_step_fn(plain, images, labels), 'ptl': train_step_fn(ptl, images, labels)},
                       repeats)
     infer = alternate({'plain': inference_fn(plain, images), 'ptl': inference_fn(ptl, images)}, repeats)
-    side_share = float('nan')
-    if hasattr(ptl, '_backbone_features') and getattr(ptl, 'side', None) is not None:
-        side = alternate({'side': side_network_fn(ptl, images)}, repeats)['side']
-        side_share = side / infer['ptl']
     row = [
         f'{ptl_name} vs {plain_name}', f'{input_size[1]}×{input_size[2]}',
         f'{params(ptl) / 1e6:.2f}M / {params(plain) / 1e6:.2f}M', f'{params(ptl) / params(plain):.3f}',
-        f'{macs[0] / 1e9:.2f} / {macs[1] / 1e9:.2f}', f'{macs[0] / macs[1]:.2f}×',
+        f'{ptl_macs / 1e9:.2f} / {plain_macs / 1e9:.2f}', f'{ptl_macs / plain_macs:.2f}×',
+        f'{100 * side_macs / ptl_macs:.0f}%',
         f'{train["ptl"]:.2f} / {train["plain"]:.2f}', f'**{train["ptl"] / train["plain"]:.2f}×**',
         f'{infer["ptl"]:.2f} / {infer["plain"]:.2f}', f'{infer["ptl"] / infer["plain"]:.2f}×',
-        '–' if side_share != side_share else f'{100 * side_share:.0f}%',
     ]
     return row, train['ptl'] / train['plain']
 
@@ -138,9 +123,8 @@ def main() -> None:
         print(' | '.join(row))
         rows.append(row)
     table = markdown_table(
-        ['PTL vs plain', 'input', 'params PTL / plain', 'params ratio', 'GMACs PTL / plain', 'GMACs ratio', 'train step s (PTL / plain)',
-         'train ratio (target ≤ 1.3×)', 'inference s (PTL / plain)', 'inference ratio',
-         'side network share of PTL inference'], rows)
+        ['PTL vs plain', 'input', 'params PTL / plain', 'params ratio', 'GMACs PTL / plain', 'GMACs ratio', 'side network share of PTL GMACs', 'train step s (PTL / plain)',
+         'train ratio (target ≤ 1.3×)', 'inference s (PTL / plain)', 'inference ratio'], rows)
     note = (f'Batch {args.batch_size}, {NUM_CLASSES} classes, CPU float32, median of {args.repeats} '
             'alternating repeats after one warm-up. Train step = forward + cross-entropy + backward + SGD step.')
     write_section('overhead', 'PTL overhead: parameters and CPU latency against the plain network',
