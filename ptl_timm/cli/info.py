@@ -15,7 +15,7 @@ def model_summary(name: str, num_classes: int) -> dict:
     return dict(
         model=name,
         input_size=list(cfg['input_size']),
-        embedding=model.num_features,
+        embedding=model.head_hidden_size,  # what forward_head(pre_logits=True) returns
         params=sum(p.numel() for p in model.parameters()),
         tags=[t for t in timm.list_pretrained(f'{name}.*')],
     )
