@@ -57,7 +57,8 @@ def load_model(source: Union[str, os.PathLike], pretrained: Optional[bool] = Non
       * a folder with ``config.json`` + ``model.safetensors`` (a training checkpoint or a published folder);
       * a ``.safetensors`` file beside such a ``config.json``;
       * ``hf-hub:<org>/<name>`` or ``local-dir:<folder>``;
-      * a timm model name, optionally with a pretrained tag (``ptl_densenet161.market1501``).
+      * a timm model name, optionally with a pretrained tag (``ptl_densenet161.market1501``); a tag
+        with no published weights (not in ``weights/manifest.json``) raises ``UnpublishedWeightsError``.
 
     ``pretrained`` defaults to True except for an untagged model name (which would otherwise start a
     download of ImageNet weights). ``kwargs`` go to ``timm.create_model`` (e.g. ``num_classes=0``).
