@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     'info',
     'publish',
     'export',
+    'synth',
 )
 
 
