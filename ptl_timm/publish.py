@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import safetensors.torch
 import timm
+from timm.models._input import get_model_args
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -51,7 +52,8 @@ class PublishResult:
     """What ``publish`` wrote and checked."""
     folder: Path
     repo_id: str
-    manifest_entry: Optional[Dict[str, Any]]  # None for ptl_net/reid_net: a tag cannot carry their backbone
+    manifest_entry: Optional[Dict[str, Any]]  # None when a registry tag could not rebuild the model
+    no_entry_reason: str
     max_embedding_diff: float
     pushed: bool
 
@@ -282,8 +284,9 @@ def publish(
     steps.update()
 
     primary = next(iter(run.get('eval', {})), None)
-    entry = None if architecture in GENERIC_MODELS else dict(
-        model=architecture, tag=tag, hf_hub_id=repo_id, sha256=sha256, num_classes=int(config['num_classes']),
+    no_entry_reason = _tag_limitation(architecture, model_args, model.num_classes)
+    entry = None if no_entry_reason else dict(
+        model=architecture, tag=tag, hf_hub_id=repo_id, sha256=sha256, num_classes=model.num_classes,
         dataset=dataset or tag, protocol=protocol, training_config=run.get('training_config', {}),
         metrics={k: run['eval'][primary][k] for k in ('mAP', 'rank1')} if primary else {}, license=license,
     )
@@ -292,7 +295,19 @@ def publish(
         _upload(out, repo_id)
     steps.update()
     steps.close()
-    return PublishResult(out, repo_id, entry, diff, push)
+    return PublishResult(out, repo_id, entry, no_entry_reason, diff, push)
+
+
+def _tag_limitation(architecture: str, model_args: Mapping[str, Any], num_classes: int) -> str:
+    """Why a registry tag could not rebuild this model ('' if it can): a tag carries weights and
+    classes but no constructor arguments, so only an architecture's defaults fit one."""
+    if architecture in GENERIC_MODELS:
+        return f'{architecture} takes its backbone as an argument, which a pretrained tag cannot carry'
+    defaults = get_model_args(timm.create_model(architecture, num_classes=num_classes, device='meta'), {})
+    differing = {k: v for k, v in model_args.items() if defaults.get(k) != v}
+    if differing:
+        return f'model_args {differing} differ from the {architecture} defaults, which a pretrained tag would use'
+    return ''
 
 
 def _upload(folder: Path, repo_id: str) -> None:

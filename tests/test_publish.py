@@ -74,7 +74,15 @@ def test_repo_id_and_tag_default_to_the_recorded_dataset(published):
 
 
 def test_generic_architecture_gets_no_manifest_entry(published):
-    assert published.manifest_entry is None
+    assert published.manifest_entry is None and 'backbone' in published.no_entry_reason
+
+
+def test_non_default_model_args_get_no_manifest_entry(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('reid_resnet50', num_classes=5, global_pool='max')
+    save_pretrained(model, tmp_path / 'ckpt', metadata=DATASET)
+    result = publish(tmp_path / 'ckpt', tmp_path / 'hub', progress=False)
+    assert result.manifest_entry is None and "'global_pool': 'max'" in result.no_entry_reason
 
 
 def test_named_architecture_gets_a_manifest_entry_with_hash_and_metrics(tmp_path):

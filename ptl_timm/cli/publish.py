@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     print(f'uploaded to https://huggingface.co/{result.repo_id}' if result.pushed
           else f'dry run: nothing uploaded; --push sends it to {result.repo_id}')
     if result.manifest_entry is None:
-        print('no manifest entry: a generic ptl_net/reid_net model loads via hf-hub: only')
+        print(f'no manifest entry ({result.no_entry_reason}): it loads via hf-hub:{result.repo_id} only')
         return 0
     entry = json.dumps(result.manifest_entry, indent=2)
     print(f'manifest entry for weights/manifest.json:\n{entry}')
