@@ -203,3 +203,9 @@ def test_cuda_equals_cpu():
     distmat, *labels = valid_random_cases(seed=8, count=1, num_q=30, num_g=80)[0]
     cpu = evaluate_distmat(distmat, *labels, device='cpu')
     assert_same_metrics(evaluate_distmat(torch.from_numpy(distmat).cuda(), *labels), cpu)
+
+
+def test_nan_features_are_rejected():
+    q_feats = np.array([[np.nan, 1.0]], dtype=np.float32)
+    with pytest.raises(ValueError, match='NaN'):
+        evaluate_rank(q_feats, np.ones((2, 2), dtype=np.float32), [0], [0, 1], [0], [1, 1], device='cpu')

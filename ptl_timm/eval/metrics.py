@@ -41,6 +41,11 @@ def default_device() -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
+def _squared_norms(x: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """Row-wise squared L2 norms, a block of rows at a time (no full-size temporary)."""
+    return torch.cat([rows.pow(2).sum(1) for rows in x.split(block)])
+
+
 def pairwise_distance_chunks(
         q_feats: ArrayLike,
         g_feats: ArrayLike,
@@ -61,27 +66,29 @@ def pairwise_distance_chunks(
     if q_all.ndim != 2 or g.ndim != 2 or q_all.shape[1] != g.shape[1]:
         raise ValueError(
             f'query and gallery features must be 2-D with the same width, got {tuple(q_all.shape)} and {tuple(g.shape)}')
-    g_sq = g.pow(2).sum(1)
+    g_sq = _squared_norms(g)
     g_scale = g_sq.sqrt().clamp_min(1e-12).reciprocal() if metric == 'cosine' else None
     for start in range(0, q_all.shape[0], chunk_size):
         rows = slice(start, min(start + chunk_size, q_all.shape[0]))
         q = q_all[rows].to(device=device, dtype=torch.float32)
         if metric == 'cosine':
-            dist = 1.0 - (F.normalize(q, dim=1) @ g.T) * g_scale
+            dist = torch.mm(F.normalize(q, dim=1), g.T).mul_(g_scale).neg_().add_(1.0)
         else:
-            dist = (q.pow(2).sum(1, keepdim=True) + g_sq - 2.0 * (q @ g.T)).clamp_min_(0.0)
+            dist = torch.mm(q, g.T).mul_(-2.0).add_(g_sq).add_(q.pow(2).sum(1, keepdim=True)).clamp_min_(0.0)
         yield rows, dist
 
 
-def _ordered_keys(dist: torch.Tensor) -> torch.Tensor:
+def _ordered_keys(dist: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Unique int64 sort keys: (distance, gallery index) in lexicographic order.
 
     The float32 bit pattern is mapped to an order-preserving int32 (negatives have their magnitude
-    bits flipped), shifted above the gallery index. Comparing keys is comparing (distance, index).
+    bits flipped), shifted above the gallery index (``index``, default the column). Comparing keys is
+    comparing (distance, index).
     """
     bits = (dist.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    index = torch.arange(dist.shape[1], device=dist.device, dtype=torch.int64)
+    if index is None:
+        index = torch.arange(dist.shape[1], device=dist.device, dtype=torch.int64)
     return (ordered.to(torch.int64) << _INDEX_BITS) | index
 
 
@@ -108,24 +115,53 @@ class _Identities:
         return torch.where(mask, self.order[slots], torch.zeros_like(slots)), mask
 
 
+def _count_ahead_sorted_rows(dist: torch.Tensor, members: torch.Tensor, num_valid: torch.Tensor) -> torch.Tensor:
+    """CPU: items ranked ahead of each member, by binary search in each row sorted with numpy
+    (its vectorised sort is several times faster than torch's on CPU). Equal distances are
+    resolved by gallery index, counted directly for the (rare) members that have a tie."""
+    rows, members = dist.numpy(), members.numpy()
+    sorted_rows = np.sort(rows, axis=1)
+    if np.isnan(sorted_rows[:, -1]).any():  # NaN sorts last
+        raise ValueError('distances contain NaN; check the features for NaN/inf')
+    member_dist = np.take_along_axis(rows, members, axis=1)
+    ahead = np.zeros(members.shape, dtype=np.int64)
+    for i, count in enumerate(num_valid.tolist()):
+        values = member_dist[i, :count]
+        lower = np.searchsorted(sorted_rows[i], values, side='left')
+        ahead[i, :count] = lower
+        tied = np.flatnonzero(np.searchsorted(sorted_rows[i], values, side='right') - lower > 1)
+        for k in tied:
+            ahead[i, k] += np.count_nonzero(rows[i, :members[i, k]] == values[k])
+    return torch.from_numpy(ahead)
+
+
+def _count_ahead_keys(dist: torch.Tensor, member_keys: torch.Tensor) -> torch.Tensor:
+    """Accelerators: items ranked ahead of each sorted member key, from one batched binary search of
+    every item's key among the members' keys and a histogram of the resulting positions."""
+    if torch.isnan(dist).any():
+        raise ValueError('distances contain NaN; check the features for NaN/inf')
+    buckets = torch.searchsorted(member_keys, _ordered_keys(dist), right=True)
+    histogram = torch.zeros(dist.shape[0], member_keys.shape[1] + 1, dtype=torch.int64, device=dist.device)
+    histogram.scatter_add_(1, buckets, torch.ones_like(buckets))
+    return torch.cumsum(histogram, 1)[:, :-1]
+
+
 def _match_ranks(
-        keys: torch.Tensor, members: torch.Tensor, mask: torch.Tensor, junk: torch.Tensor,
+        dist: torch.Tensor, members: torch.Tensor, mask: torch.Tensor, junk: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank (1-based, junk removed) of each true match, matches in rank order.
 
     Returns ``ranks`` (B × M, int64), ``hit_index`` (1-based position among the query's matches)
-    and ``is_match`` (B × M): the padded members sorted by key, junk and padding marked not a match.
+    and ``is_match`` (B × M): the padded members sorted by rank, junk and padding marked not a match.
     """
     big = torch.iinfo(torch.int64).max
-    member_keys = torch.where(mask, keys.gather(1, members), torch.full_like(members, big))
+    member_keys = torch.where(mask, _ordered_keys(dist.gather(1, members), members), torch.full_like(members, big))
     member_keys, perm = torch.sort(member_keys, dim=1)
-    junk = junk.gather(1, perm)
-    valid = mask.gather(1, perm)
-    # items ahead of the k-th sorted member = those whose key is below it: histogram of bucket positions
-    buckets = torch.searchsorted(member_keys, keys, right=True)
-    histogram = torch.zeros(keys.shape[0], member_keys.shape[1] + 1, dtype=torch.int64, device=keys.device)
-    histogram.scatter_add_(1, buckets, torch.ones_like(buckets))
-    ahead_all = torch.cumsum(histogram, 1)[:, :-1]
+    members, junk, valid = members.gather(1, perm), junk.gather(1, perm), mask.gather(1, perm)
+    if dist.device.type == 'cpu':
+        ahead_all = _count_ahead_sorted_rows(dist, members, valid.sum(1))
+    else:
+        ahead_all = _count_ahead_keys(dist, member_keys)
     junk_ahead = torch.cumsum(junk.long(), 1) - junk.long()
     is_match = valid & ~junk
     ranks = ahead_all - junk_ahead + 1
@@ -196,14 +232,13 @@ def evaluate_distance_chunks(
             g_pid_t, g_cam_t = (_as_tensor(a, torch.int64, device) for a in (g_pids, g_camids))
             q_pid_all, q_cam_all = (_as_tensor(a, torch.int64, device) for a in (q_pids, q_camids))
             identities = _Identities(g_pid_t)
-        if dist.shape[1] != num_g or torch.isnan(dist).any():
-            raise ValueError(f'distance block must have {num_g} columns and no NaN (got shape {tuple(dist.shape)})')
+        if dist.shape[1] != num_g:
+            raise ValueError(f'distance block must have {num_g} columns, got shape {tuple(dist.shape)}')
         seen[rows] = True
         q_pid, q_cam = q_pid_all[rows], q_cam_all[rows]
-        keys = _ordered_keys(dist)
         members, mask = identities.members(q_pid)
         junk = g_cam_t[members] == q_cam[:, None]
-        ranks, hit_index, is_match = _match_ranks(keys, members, mask, junk)
+        ranks, hit_index, is_match = _match_ranks(dist, members, mask, junk)
         num_matches = is_match.sum(1)
         valid = num_matches > 0
         if not valid.any():
@@ -216,8 +251,9 @@ def evaluate_distance_chunks(
         if single_gallery_shot:
             keep = ~((g_pid_t == q_pid[:, None]) & (g_cam_t == q_cam[:, None]))
             q_groups = identities.group_of[members[:, 0]]
+            keys = _ordered_keys(dist[valid])
             cmc = sum((positions >= _single_shot_first_ranks(
-                keys[valid], keep[valid], identities.group_of, q_groups[valid], generator)[:, None]).double()
+                keys, keep[valid], identities.group_of, q_groups[valid], generator)[:, None]).double()
                 for _ in range(num_repeats)) / num_repeats
         else:
             first_rank = torch.where(is_match, ranks, torch.full_like(ranks, num_g + 1)).min(1).values
