@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 $PYTHON -m benchmarks.overhead
+$PYTHON -m benchmarks.eval_speed
