@@ -1,3 +1,15 @@
-from setuptools import setup
+"""Metadata lives in setup.cfg; this file only ships ``weights/manifest.json`` inside the package,
+so an installed wheel knows the published pretrained tags (see ``ptl_timm.weights``)."""
+from pathlib import Path
 
-setup()
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithManifest(build_py):
+    def run(self) -> None:
+        super().run()
+        self.copy_file('weights/manifest.json', str(Path(self.build_lib) / 'ptl_timm' / 'weights_manifest.json'))
+
+
+setup(cmdclass={'build_py': BuildPyWithManifest})

@@ -26,6 +26,7 @@ __all__ = [
 HUB_ORG = 'ptl-timm'
 MANIFEST_ENV = 'PTL_TIMM_MANIFEST'
 MANIFEST_FORMAT = 1
+PACKAGED_MANIFEST = 'weights_manifest.json'  # the wheel's copy of weights/manifest.json
 REQUIRED_FIELDS = (
     'model', 'tag', 'hf_hub_id', 'sha256', 'num_classes', 'dataset', 'protocol', 'training_config', 'metrics',
     'license',
@@ -45,11 +46,13 @@ class UnpublishedWeightsError(ValueError):
 
 
 def default_manifest_path() -> Path:
-    """``$PTL_TIMM_MANIFEST`` if set, else the manifest shipped in the repository's ``weights/``."""
+    """``$PTL_TIMM_MANIFEST`` if set; else ``weights/manifest.json`` of a source checkout (editable
+    installs); else the copy that ``setup.py`` places inside the package of an installed wheel."""
     override = os.environ.get(MANIFEST_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / 'weights' / 'manifest.json'
+    checkout = Path(__file__).resolve().parent.parent / 'weights' / 'manifest.json'
+    return checkout if checkout.exists() else Path(__file__).resolve().parent / PACKAGED_MANIFEST
 
 
 def hub_repo_id(model: str, tag: str, org: str = HUB_ORG) -> str:

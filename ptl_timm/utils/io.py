@@ -14,6 +14,15 @@ from typing import Any, Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
+def _publish(tmp: PathLike, path: Path) -> None:
+    """Give the temporary file the permissions a plain ``open()`` would have (``mkstemp`` makes it
+    owner-only), then rename it onto ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[Any]:
     """Open a temporary sibling of ``path`` for writing; rename it onto ``path`` on success.
@@ -31,7 +40,7 @@ def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[Any]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -48,7 +57,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
