@@ -212,3 +212,10 @@ def test_grad_checkpointing_model_matches_plain_step():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
         plain.side.stem_cell.gates.weight.grad, ckpt.side.stem_cell.gates.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['ptl_resnet50.market1501', 'mgn_resnet50.msmt17'])
+def test_unpublished_tag_says_so(name):
+    from ptl_timm.weights import UnpublishedWeightsError
+    with pytest.raises(UnpublishedWeightsError, match='not in the weights manifest'):
+        timm.create_model(name, device='meta')

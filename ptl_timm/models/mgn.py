@@ -50,6 +50,7 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, genera
 from timm.models._features import feature_take_indices
 
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
+from ptl_timm.weights import add_manifest_tags, require_published
 from .reid_output import ReIDOutput
 
 __all__ = ['MGN', 'MGNSideNetwork', 'filter_resnet_pretrained']
@@ -440,6 +441,8 @@ def filter_resnet_pretrained(state_dict: Dict[str, torch.Tensor], model: MGN) ->
 
 
 def _create_mgn(variant: str, pretrained: bool = False, **kwargs) -> MGN:
+    if isinstance(kwargs.get('pretrained_cfg'), str):  # a tag: say clearly when it is not published
+        require_published(f"{variant}.{kwargs['pretrained_cfg']}")
     return build_model_with_cfg(
         MGN,
         variant,
@@ -472,7 +475,7 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 # Untagged defaults start from timm's ResNet-50 ImageNet weights, mapped into the trunk and every
 # branch by ``filter_resnet_pretrained``; reductions, classifiers and cells stay initialised.
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(add_manifest_tags({
     'mgn_resnet50.tv_in1k': _cfg(hf_hub_id='timm/resnet50.tv_in1k'),
     'ptl_mgn.tv_in1k': _cfg(
         hf_hub_id='timm/resnet50.tv_in1k',
@@ -480,7 +483,7 @@ default_cfgs = generate_default_cfgs({
         paper_ids='arXiv:1908.02492',
         paper_name='Progressive Transfer Learning for Person Re-identification',
     ),
-})
+}))
 
 
 @register_model

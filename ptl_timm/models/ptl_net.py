@@ -28,7 +28,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
-from ptl_timm.weights import add_manifest_tags
+from ptl_timm.weights import add_manifest_tags, require_published
 from .reid_output import ReIDOutput
 
 __all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'create_ptl', 'create_reid']
@@ -391,6 +391,8 @@ def filter_backbone_pretrained(state_dict: Dict[str, torch.Tensor], model: ReIDN
 
 
 def _create_reid_net(variant: str, pretrained: bool = False, **kwargs) -> ReIDNet:
+    if isinstance(kwargs.get('pretrained_cfg'), str):  # a tag: say clearly when it is not published
+        require_published(f"{variant}.{kwargs['pretrained_cfg']}")
     return build_model_with_cfg(
         ReIDNet,
         variant,
