@@ -6,3 +6,4 @@ works afterwards.
 from .version import __version__
 from .layers import BConvCell, reset_latent_states
 from .models import MGN, ReIDNet, ReIDOutput, create_ptl, create_reid
+from .eval import FeatureExtractor, evaluate_rank, re_ranking

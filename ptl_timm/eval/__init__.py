@@ -1,2 +1,5 @@
 """Evaluation and retrieval: exact chunked ReID metrics, k-reciprocal re-ranking, feature extraction."""
+from .extract import FeatureExtractor, evaluate_features, evaluate_model, extract_features, image_files
+from .features import FeatureSet, load_features, save_features
 from .metrics import evaluate_distance_chunks, evaluate_distmat, evaluate_rank, pairwise_distance_chunks
+from .rerank import iter_re_ranking, re_ranking

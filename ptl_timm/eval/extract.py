@@ -1,0 +1,222 @@
+"""Feature extraction: images → L2-normalised ReID embeddings, and model evaluation on a dataset split.
+
+Extraction always runs the model in eval mode under ``torch.inference_mode``: every BConv-Cell then
+treats its latent state as zero, so an embedding depends on its image only, never on the batch or on
+what was seen before. The embedding is ``forward_reid(x).embedding`` for ptl_timm models and the
+pooled pre-logits feature (``forward_head(..., pre_logits=True)``) for any other timm model. Flip
+test-time augmentation sums the embeddings of the image and its mirror before normalising (as the
+official PTL code and layumi's baseline do).
+"""
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ptl_timm.data.datasets import ReIDDataset
+from ptl_timm.data.loader import ImageDataset, build_transforms, read_image
+from .metrics import evaluate_distance_chunks, evaluate_rank
+from .rerank import iter_re_ranking
+
+__all__ = [
+    'embed', 'extract_features', 'FeatureExtractor', 'evaluate_model', 'evaluate_features', 'image_files',
+    'IMAGE_EXTENSIONS']
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor, Sequence[Union[str, os.PathLike, Image.Image]]]
+
+
+def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The retrieval embedding of a batch (no normalisation)."""
+    if hasattr(model, 'forward_reid'):
+        return model.forward_reid(images).embedding
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def extract_features(
+        model: nn.Module,
+        loader: Iterable,
+        flip: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
+        progress: bool = True,
+        channels_last: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embeddings of every batch of ``loader`` (L2-normalised, float32, on CPU) with its pids and camids.
+
+    Batches are ``(images, pids, camids, ...)`` as :class:`ptl_timm.data.loader.ImageDataset` yields,
+    or ``(images,)`` / bare image tensors (pids and camids then -1). The model runs in eval mode on
+    ``device`` (default: where its parameters are) and is put back in its previous mode afterwards.
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = model.training
+    model.eval()
+    feats, pids, camids = [], [], []
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc='extract', unit='batch', disable=not progress, leave=False):
+                images = batch if isinstance(batch, torch.Tensor) else batch[0]
+                images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                embedding = embed(model, images).float()
+                if flip:
+                    embedding = embedding + embed(model, images.flip(3)).float()
+                feats.append(F.normalize(embedding, dim=1).cpu())
+                unknown = torch.full((len(images),), -1, dtype=torch.int64)
+                labelled = not isinstance(batch, torch.Tensor) and len(batch) >= 3
+                pids.append(torch.as_tensor(batch[1]).long() if labelled else unknown)
+                camids.append(torch.as_tensor(batch[2]).long() if labelled else unknown)
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError('no images to extract features from (the loader is empty)')
+    return torch.cat(feats), torch.cat(pids), torch.cat(camids)
+
+
+def image_files(folder: Union[str, os.PathLike]) -> List[str]:
+    """Every image under ``folder`` (recursively), in sorted path order."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f'image folder {folder} does not exist')
+    files = sorted(str(p) for p in folder.rglob('*') if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f'{folder} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
+    return files
+
+
+class _Images(Dataset):
+    """Image paths or PIL images, transformed; a path that is missing or corrupt raises with its name."""
+
+    def __init__(self, items: Sequence[Union[str, Image.Image]], transform: Any):
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self.items[index]
+        image = item.convert('RGB') if isinstance(item, Image.Image) else read_image(str(item))
+        return self.transform(image)
+
+
+class FeatureExtractor:
+    """Images → L2-normalised ReID embeddings, batched, with any ptl_timm or timm model.
+
+    Args:
+        model: a module, a timm model name (with pretrained tag), an ``hf-hub:``/``local-dir:`` id,
+            a checkpoint folder or a ``.safetensors`` file beside its ``config.json``
+            (see :func:`ptl_timm.hub.load_model`; the classifier is not built).
+        device: default CUDA when available, else CPU.
+        batch_size: images per forward pass.
+        img_size: (height, width); default the model's ``pretrained_cfg['input_size']``.
+        flip: sum the embeddings of each image and its mirror (flip test-time augmentation).
+        num_workers: DataLoader workers decoding images.
+        channels_last: run in channels-last memory format (faster convolutions on many CPUs/GPUs).
+        progress: show a progress bar.
+
+    ``extractor(images)`` / ``extractor.extract(images)`` takes image paths, a folder (every image
+    below it, sorted by path), PIL images, or an already preprocessed tensor (B × 3 × H × W or one
+    3 × H × W image) and returns an N × D float32 CPU tensor of unit-norm rows.
+    """
+
+    def __init__(
+            self,
+            model: Union[str, os.PathLike, nn.Module],
+            device: Optional[Union[str, torch.device]] = None,
+            batch_size: int = 64,
+            img_size: Optional[Sequence[int]] = None,
+            flip: bool = False,
+            num_workers: int = 0,
+            channels_last: bool = False,
+            progress: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            from ptl_timm.hub import load_model
+            model = load_model(model, num_classes=0)
+        self.device = torch.device(device) if device is not None else torch.device(
+            'cuda' if torch.cuda.is_available() else 'cpu')
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        self.img_size = tuple(img_size or cfg.get('input_size', (3, 256, 128))[1:])
+        self.transform = build_transforms(self.img_size, is_training=False, **{
+            k: cfg[k] for k in ('mean', 'std') if k in cfg})
+        self.batch_size, self.flip, self.num_workers = batch_size, flip, num_workers
+        self.channels_last, self.progress = channels_last, progress
+
+    def _loader(self, images: ImageSource) -> Iterable:
+        if isinstance(images, torch.Tensor):
+            batch = images.unsqueeze(0) if images.ndim == 3 else images
+            if batch.ndim != 4:
+                raise ValueError(f'an image tensor must be 3 × H × W or B × 3 × H × W, got shape {tuple(images.shape)}')
+            return batch.split(self.batch_size)
+        if isinstance(images, (str, os.PathLike)):
+            images = image_files(images) if Path(images).expanduser().is_dir() else [images]
+        elif isinstance(images, Image.Image):
+            images = [images]
+        return DataLoader(_Images(images, self.transform), batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
+
+    def extract(self, images: ImageSource) -> torch.Tensor:
+        feats, _, _ = extract_features(self.model, self._loader(images), flip=self.flip, device=self.device,
+                                       progress=self.progress, channels_last=self.channels_last)
+        return feats
+
+    __call__ = extract
+
+    def extract_records(self, records: Sequence[Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features, pids and camids of dataset records (``ReIDRecord``: path, pid, camid)."""
+        loader = DataLoader(ImageDataset(records, self.transform), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
+        return extract_features(self.model, loader, flip=self.flip, device=self.device, progress=self.progress,
+                                channels_last=self.channels_last)
+
+
+def evaluate_model(
+        model: Union[str, os.PathLike, nn.Module],
+        dataset: ReIDDataset,
+        img_size: Optional[Sequence[int]] = None,
+        batch_size: int = 64,
+        flip: bool = False,
+        metric: str = 'cosine',
+        rerank: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
+        num_workers: int = 0,
+        progress: bool = True,
+        **metric_kwargs,
+) -> Dict[str, Any]:
+    """mAP, CMC and mINP (fractions) of ``model`` on ``dataset``'s query/gallery split.
+
+    ``rerank`` applies k-reciprocal re-ranking (k1=20, k2=6, λ=0.3) to the features; ``metric_kwargs``
+    go to :func:`ptl_timm.eval.metrics.evaluate_distance_chunks` (``ap_mode``, ``max_rank``, ...).
+    """
+    if not dataset.query or not dataset.gallery:
+        raise ValueError(f'dataset {dataset.name!r} at {dataset.root} has no query or no gallery images')
+    extractor = FeatureExtractor(model, device=device, batch_size=batch_size, img_size=img_size, flip=flip,
+                                 num_workers=num_workers, progress=progress)
+    q_feats, q_pids, q_camids = extractor.extract_records(dataset.query)
+    g_feats, g_pids, g_camids = extractor.extract_records(dataset.gallery)
+    return evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, rerank=rerank,
+                             device=extractor.device, **metric_kwargs)
+
+
+def evaluate_features(
+        q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
+        q_camids: torch.Tensor, g_camids: torch.Tensor, metric: str = 'cosine', rerank: bool = False,
+        device: Optional[Union[str, torch.device]] = None, **metric_kwargs,
+) -> Dict[str, Any]:
+    """Metrics of saved or extracted features, optionally re-ranked (streamed, bounded memory)."""
+    if rerank:
+        chunks = iter_re_ranking(q_feats, g_feats, device=device)
+        return evaluate_distance_chunks(chunks, q_pids, g_pids, q_camids, g_camids, **metric_kwargs)
+    return evaluate_rank(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, device=device,
+                         **metric_kwargs)

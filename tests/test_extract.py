@@ -1,0 +1,147 @@
+"""Feature extraction: eval-mode embeddings, every input kind, checkpoints, flip TTA, saved features."""
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import ptl_timm
+from ptl_timm.data.datasets import build_dataset
+from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+from ptl_timm.eval.extract import FeatureExtractor, embed, evaluate_model, extract_features, image_files
+from ptl_timm.eval.features import FeatureSet, load_features, save_features
+from ptl_timm.eval.metrics import evaluate_rank
+from ptl_timm.hub import save_pretrained
+
+IMG_SIZE = (64, 32)
+TINY_MODEL_ARGS = dict(backbone='test_resnet', embed_dim=64, classifier_dims=(32, 16))
+
+
+@pytest.fixture(scope='module')
+def dataset_root(tmp_path_factory):
+    return generate_synthetic(tmp_path_factory.mktemp('synth'), SYNTH_DOMAINS[0], num_ids=6, images_per_id=4,
+                              num_cams=2, img_size=IMG_SIZE, seed=0)
+
+
+@pytest.fixture(scope='module')
+def model():
+    torch.manual_seed(0)
+    return timm.create_model('ptl_net', num_classes=0, **TINY_MODEL_ARGS)
+
+
+@pytest.fixture(scope='module')
+def extractor(model):
+    return FeatureExtractor(model, device='cpu', batch_size=4, img_size=IMG_SIZE)
+
+
+def test_feature_extractor_is_exported_at_package_level():
+    assert ptl_timm.FeatureExtractor is FeatureExtractor
+
+
+def test_embeddings_are_unit_norm_rows(extractor, dataset_root):
+    feats = extractor(dataset_root / 'query')
+    assert feats.dtype == torch.float32 and feats.shape == (len(image_files(dataset_root / 'query')), 64)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(len(feats)))
+
+
+def test_embedding_of_an_image_does_not_depend_on_its_batch(model, dataset_root):
+    paths = image_files(dataset_root / 'query')
+    one_by_one = FeatureExtractor(model, device='cpu', batch_size=1, img_size=IMG_SIZE)(paths)
+    batched = FeatureExtractor(model, device='cpu', batch_size=5, img_size=IMG_SIZE)(paths)
+    torch.testing.assert_close(one_by_one, batched, atol=1e-5, rtol=1e-5)
+
+
+def test_extract_features_restores_training_mode_and_leaves_cell_states_untouched(extractor, dataset_root):
+    model = timm.create_model('ptl_net', num_classes=0, **TINY_MODEL_ARGS).train()
+    states = [b.clone() for n, b in model.named_buffers() if 'latent_state' in n]
+    batches = [torch.stack([extractor.transform(Image.open(p).convert('RGB')) for p in image_files(dataset_root / 'query')])]
+    extract_features(model, batches, device='cpu', progress=False)
+    assert model.training
+    after = [b for n, b in model.named_buffers() if 'latent_state' in n]
+    assert all(torch.equal(a, b) for a, b in zip(states, after)) and len(states) > 0
+
+
+def test_folder_paths_pil_images_and_tensors_give_the_same_features(extractor, dataset_root):
+    paths = image_files(dataset_root / 'query')[:3]
+    from_paths = extractor(paths)
+    images = [Image.open(p) for p in paths]
+    from_pil = extractor(images)
+    from_tensor = extractor(torch.stack([extractor.transform(im.convert('RGB')) for im in images]))
+    torch.testing.assert_close(from_pil, from_paths)
+    torch.testing.assert_close(from_tensor, from_paths)
+    torch.testing.assert_close(extractor(paths[0]), from_paths[:1])
+
+
+def test_flip_sums_the_embeddings_of_image_and_mirror_before_normalising(model, dataset_root):
+    paths = image_files(dataset_root / 'query')[:2]
+    flipped = FeatureExtractor(model, device='cpu', img_size=IMG_SIZE, flip=True)
+    batch = torch.stack([flipped.transform(Image.open(p).convert('RGB')) for p in paths])
+    with torch.inference_mode():
+        expected = F.normalize(embed(model.eval(), batch) + embed(model, batch.flip(3)), dim=1)
+    torch.testing.assert_close(flipped(paths), expected)
+
+
+def test_channels_last_gives_the_same_features(model, dataset_root):
+    paths = image_files(dataset_root / 'query')[:4]
+    plain = FeatureExtractor(model, device='cpu', img_size=IMG_SIZE)(paths)
+    channels_last = FeatureExtractor(model, device='cpu', img_size=IMG_SIZE, channels_last=True)(paths)
+    torch.testing.assert_close(channels_last, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoint_folder_gives_the_same_features_as_the_module(model, extractor, dataset_root, tmp_path):
+    save_pretrained(model, tmp_path / 'ckpt')
+    from_folder = FeatureExtractor(tmp_path / 'ckpt', device='cpu', img_size=IMG_SIZE)
+    paths = image_files(dataset_root / 'query')[:3]
+    torch.testing.assert_close(from_folder(paths), extractor(paths))
+
+
+def test_image_size_defaults_to_the_pretrained_cfg(model):
+    assert FeatureExtractor(model, device='cpu').img_size == tuple(model.pretrained_cfg['input_size'][1:])
+
+
+def test_plain_timm_models_are_supported(dataset_root):
+    model = timm.create_model('test_resnet', num_classes=0)
+    feats = FeatureExtractor(model, device='cpu', img_size=IMG_SIZE)(dataset_root / 'query')
+    assert feats.shape[1] == model.num_features
+
+
+def test_missing_folder_and_bad_tensors_give_clear_errors(extractor, tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        extractor(tmp_path / 'nowhere')
+    with pytest.raises(FileNotFoundError, match='no images'):
+        extractor(tmp_path)
+    with pytest.raises(ValueError, match='B × 3 × H × W'):
+        extractor(torch.zeros(2, 2))
+
+
+def test_evaluate_model_equals_metrics_of_the_extracted_features(model, extractor, dataset_root):
+    dataset = build_dataset('market1501', dataset_root)
+    result = evaluate_model(model, dataset, img_size=IMG_SIZE, batch_size=4, device='cpu', progress=False)
+    q = extractor.extract_records(dataset.query)
+    g = extractor.extract_records(dataset.gallery)
+    expected = evaluate_rank(q[0], g[0], q[1], g[1], q[2], g[2], device='cpu')
+    assert result['mAP'] == pytest.approx(expected['mAP']) and 0 <= result['mAP'] <= 1
+    assert (result['cmc'] == expected['cmc']).all()
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.npz'])
+def test_saved_features_round_trip(tmp_path, suffix):
+    sets = {name: FeatureSet(torch.randn(3, 4), torch.tensor([1, 2, -1]), torch.tensor([0, 1, 0]), [f'{name}{i}.jpg' for i in range(3)])
+            for name in ('query', 'gallery')}
+    loaded = load_features(save_features(sets, tmp_path / f'feats{suffix}'))
+    assert sorted(loaded) == ['gallery', 'query']
+    for name, expected in sets.items():
+        torch.testing.assert_close(loaded[name].feats, expected.feats)
+        assert torch.equal(loaded[name].pids, expected.pids) and loaded[name].paths == expected.paths
+
+
+def test_features_file_with_an_unknown_suffix_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match='must end in'):
+        save_features({}, tmp_path / 'feats.pt')
+
+
+def test_foreign_file_is_not_taken_for_features(tmp_path):
+    np.savez(tmp_path / 'other.npz', weights=np.zeros(3))
+    with pytest.raises(ValueError, match='not a ptl_timm features file'):
+        load_features(tmp_path / 'other.npz')
