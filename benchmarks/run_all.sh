@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 $PYTHON -m benchmarks.overhead
 $PYTHON -m benchmarks.eval_speed
+$PYTHON -m benchmarks.extract_speed
