@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from ptl_timm.cli import main
-from ptl_timm.engine import CheckpointError, ConfigError, TrainConfig, build_config, fine_tune, load_train_state
+from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+from ptl_timm.engine import (
+    CheckpointError, ConfigError, TrainConfig, build_config, distill, fine_tune, load_train_state, transfer)
 from ptl_timm.engine.config import TASKS, config_task, load_config
 from ptl_timm.engine.data import load_dataset
 from ptl_timm.engine.distributed import DistContext
@@ -21,6 +23,13 @@ from ptl_timm.losses import ReIDLoss
 from engine_support import IMG_SIZE, make_domain, save_untrained, tiny_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob('configs/**/*.yaml'))
+RUNNERS = {'finetune': fine_tune, 'distill': distill, 'transfer': transfer}
+TEACHER_OF = {'reid_densenet161': 'ptl_densenet161', 'reid_resnet50': 'ptl_resnet50'}
+# the same entrypoints with one block per stage and a narrow neck: the configs' architectures in miniature
+_SMALL_DENSENET = dict(backbone_args=dict(growth_rate=8, block_config=(1, 1, 1, 1)), embed_dim=64)
+_SMALL_RESNET = dict(backbone_args=dict(layers=(1, 1, 1, 1)), embed_dim=64)
+MINIATURE = {'ptl_densenet161': _SMALL_DENSENET, 'reid_densenet161': _SMALL_DENSENET,
+             'ptl_resnet50': _SMALL_RESNET, 'reid_resnet50': _SMALL_RESNET}
 
 
 @pytest.fixture(scope='module')
@@ -156,3 +165,48 @@ def test_reproduction_config_parses(path):
     data = load_config(path)
     cfg = build_config(TASKS[config_task(data)], data)
     assert cfg.output.startswith('output/')
+
+
+def _dataset_names(data: dict) -> set:
+    specs = [data.get('dataset')] + list(data.get('test_datasets', [])) + [s['dataset'] for s in data.get('steps', [])]
+    flat = [name for spec in specs if spec for name in (spec if isinstance(spec, list) else [spec])]
+    return set(flat)
+
+
+@pytest.fixture(scope='module')
+def layout_root(tmp_path_factory):
+    """One tiny synthetic dataset per on-disk layout the configs name (made on first use)."""
+    root, made = tmp_path_factory.mktemp('layouts'), {}
+
+    def get(name: str) -> str:
+        if name not in made:
+            made[name] = str(generate_synthetic(
+                root / name, SYNTH_DOMAINS[0], layout=name, num_ids=4, images_per_id=3, num_cams=2, img_size=IMG_SIZE))
+        return made[name]
+    return get
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
+def test_reproduction_config_runs_one_tiny_step(path, layout_root, tmp_path):
+    """The config's task, recipe, datasets and model entrypoints (DenseNet/ResNet backbones in
+    miniature), one step at 64×32 on synthetic data in its datasets' on-disk layouts."""
+    data = load_config(path)
+    task = config_task(data)
+    model = data['model']
+    tiny = dict(
+        data_root={name: layout_root(name) for name in _dataset_names(data)}, pretrained=False, img_size=IMG_SIZE,
+        batch_size=4, num_instances=2, epochs=1, max_steps_per_epoch=1, eval_batch_size=64, num_workers=0,
+        output=str(tmp_path / 'out'), progress=False, device='cpu', model_args=MINIATURE.get(model, {}))
+    if task == 'distill':
+        tiny['teacher'] = str(save_untrained(tmp_path / 'teacher', TEACHER_OF[model], **MINIATURE[model]))
+        tiny['init_checkpoint'] = str(save_untrained(tmp_path / 'student', model, **MINIATURE[model]))
+    if task == 'transfer' and data.get('distill'):
+        student_model = data['distill']['model']
+        student = save_untrained(tmp_path / 'student', student_model, **MINIATURE[student_model])
+        tiny['distill'] = dict(data['distill'], init_checkpoint=str(student), model_args=MINIATURE[student_model])
+    result = RUNNERS[task](build_config(TASKS[task], data, tiny))
+    if task == 'transfer':
+        assert len(result['rows']) == len(data['steps']) + bool(data.get('distill'))
+        assert all(row['eval'] for row in result['rows'])
+    else:
+        assert result['last']['eval'] and (tmp_path / 'out' / 'last' / 'model.safetensors').is_file()

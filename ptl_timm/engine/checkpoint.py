@@ -24,7 +24,7 @@ from ptl_timm.hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 from ptl_timm.utils import atomic_path
 
 __all__ = [
-    'TRAIN_STATE_NAME', 'CheckpointError', 'save_checkpoint', 'recover_folder', 'load_train_state',
+    'TRAIN_STATE_NAME', 'CheckpointError', 'save_checkpoint', 'copy_weights', 'recover_folder', 'load_train_state',
     'read_checkpoint_info', 'load_checkpoint_weights', 'rng_state', 'set_rng_state',
 ]
 
@@ -67,6 +67,26 @@ def save_checkpoint(
     if train_state is not None:
         with atomic_path(staging / TRAIN_STATE_NAME) as tmp:
             torch.save(train_state, tmp)
+    return _swap_into_place(staging, path)
+
+
+def copy_weights(source: PathLike, path: PathLike) -> Path:
+    """Make checkpoint folder ``path`` hold the weights of ``source`` (``best/`` from ``last/``):
+    hard links where the file system allows (no second write of a large file), else copies."""
+    source, path = recover_folder(source), Path(path)
+    recover_folder(path)
+    staging = _staging(path)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            os.link(source / name, staging / name)
+        except OSError:
+            shutil.copy2(source / name, staging / name)
+    return _swap_into_place(staging, path)
+
+
+def _swap_into_place(staging: Path, path: Path) -> Path:
     shutil.rmtree(_aside(path), ignore_errors=True)
     if path.exists():
         os.replace(path, _aside(path))

@@ -29,7 +29,7 @@ from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
 from ptl_timm.utils import atomic_write
 from .checkpoint import (
-    CheckpointError, load_checkpoint_weights, load_train_state, read_checkpoint_info, recover_folder, rng_state, save_checkpoint,
+    CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, recover_folder, rng_state, save_checkpoint,
     set_rng_state)
 from .config import TrainConfig, config_to_dict
 from .data import TrainData, build_train_data, load_dataset, spec_label
@@ -254,7 +254,7 @@ def _write_epoch(output, model, adapter, optimizer, scheduler, scaler, rngs, cfg
         adapter=adapter.state_dict() if adapter is not None else {})
     save_checkpoint(output / 'last', model, train_state, metadata=metadata)
     if improved:
-        save_checkpoint(output / 'best', model, metadata=metadata)
+        copy_weights(output / 'last', output / 'best')
     with atomic_write(output / 'metrics.jsonl', 'w') as f:
         for record in history:
             f.write(json.dumps(record) + '\n')
