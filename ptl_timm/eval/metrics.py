@@ -19,6 +19,7 @@ Conventions (torchreid/fast-reid, see reid-protocol notes):
 
 Distances: ``'cosine'`` (1 - cos) or ``'euclidean'`` (squared, which ranks identically).
 """
+import contextlib
 from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
@@ -90,6 +91,20 @@ def _ordered_keys(dist: torch.Tensor, index: Optional[torch.Tensor] = None) -> t
     if index is None:
         index = torch.arange(dist.shape[1], device=dist.device, dtype=torch.int64)
     return (ordered.to(torch.int64) << _INDEX_BITS) | index
+
+
+@contextlib.contextmanager
+def _small_op_threads(device: torch.device) -> Iterator[None]:
+    """One CPU thread for the per-block bookkeeping: its tensors are a few thousand elements, where
+    waking a thread pool costs more than it saves (and stalls when another process holds a core).
+    The distance matmul, outside this context, keeps every thread."""
+    previous = torch.get_num_threads()
+    if device.type == 'cpu':
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _Identities:
@@ -235,30 +250,31 @@ def evaluate_distance_chunks(
         if dist.shape[1] != num_g:
             raise ValueError(f'distance block must have {num_g} columns, got shape {tuple(dist.shape)}')
         seen[rows] = True
-        q_pid, q_cam = q_pid_all[rows], q_cam_all[rows]
-        members, mask = identities.members(q_pid)
-        junk = g_cam_t[members] == q_cam[:, None]
-        ranks, hit_index, is_match = _match_ranks(dist, members, mask, junk)
-        num_matches = is_match.sum(1)
-        valid = num_matches > 0
-        if not valid.any():
-            continue
-        ap = _average_precision(ranks, hit_index, is_match, ap_mode)
-        per_query_ap[torch.arange(rows.start, rows.stop)[valid.cpu()]] = ap[valid].cpu()
-        last_rank = torch.where(is_match, ranks, torch.zeros_like(ranks)).max(1).values
-        inp_total += float((num_matches[valid].double() / last_rank[valid].double()).sum())
-        positions = torch.arange(1, max_rank + 1, device=device)
-        if single_gallery_shot:
-            keep = ~((g_pid_t == q_pid[:, None]) & (g_cam_t == q_cam[:, None]))
-            q_groups = identities.group_of[members[:, 0]]
-            keys = _ordered_keys(dist[valid])
-            cmc = sum((positions >= _single_shot_first_ranks(
-                keys, keep[valid], identities.group_of, q_groups[valid], generator)[:, None]).double()
-                for _ in range(num_repeats)) / num_repeats
-        else:
-            first_rank = torch.where(is_match, ranks, torch.full_like(ranks, num_g + 1)).min(1).values
-            cmc = (positions >= first_rank[valid][:, None]).double()
-        cmc_total += cmc.sum(0).cpu()
+        with _small_op_threads(device):
+            q_pid, q_cam = q_pid_all[rows], q_cam_all[rows]
+            members, mask = identities.members(q_pid)
+            junk = g_cam_t[members] == q_cam[:, None]
+            ranks, hit_index, is_match = _match_ranks(dist, members, mask, junk)
+            num_matches = is_match.sum(1)
+            valid = num_matches > 0
+            if not valid.any():
+                continue
+            ap = _average_precision(ranks, hit_index, is_match, ap_mode)
+            per_query_ap[torch.arange(rows.start, rows.stop)[valid.cpu()]] = ap[valid].cpu()
+            last_rank = torch.where(is_match, ranks, torch.zeros_like(ranks)).max(1).values
+            inp_total += float((num_matches[valid].double() / last_rank[valid].double()).sum())
+            positions = torch.arange(1, max_rank + 1, device=device)
+            if single_gallery_shot:
+                keep = ~((g_pid_t == q_pid[:, None]) & (g_cam_t == q_cam[:, None]))
+                q_groups = identities.group_of[members[:, 0]]
+                keys = _ordered_keys(dist[valid])
+                cmc = sum((positions >= _single_shot_first_ranks(
+                    keys, keep[valid], identities.group_of, q_groups[valid], generator)[:, None]).double()
+                    for _ in range(num_repeats)) / num_repeats
+            else:
+                first_rank = torch.where(is_match, ranks, torch.full_like(ranks, num_g + 1)).min(1).values
+                cmc = (positions >= first_rank[valid][:, None]).double()
+            cmc_total += cmc.sum(0).cpu()
     if not bool(seen.all()):
         raise ValueError(f'distance blocks covered {int(seen.sum())} of {num_q} queries')
     num_valid = int((~torch.isnan(per_query_ap)).sum())
