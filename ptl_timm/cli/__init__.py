@@ -17,6 +17,11 @@ COMMAND_MODULES = (
     'publish',
     'export',
     'synth',
+    'demo',
+    'train',
+    'distill',
+    'transfer',
+    'export_imagefolder',
 )
 
 

@@ -6,7 +6,6 @@ the features a single process would have, then shares the metrics with every ran
 """
 from typing import Dict
 
-import torch
 import torch.nn as nn
 
 from ptl_timm.data.datasets import ReIDDataset
@@ -22,8 +21,8 @@ __all__ = ['evaluate_split']
 def _features(model: nn.Module, records, cfg: TrainConfig, ctx: DistContext):
     feats, pids, camids = extract_features(
         model, eval_loader(records, cfg, ctx), flip=cfg.eval_flip, device=ctx.device,
-        progress=cfg.progress and ctx.is_main)
-    return tuple(gather_rows(torch.as_tensor(t), ctx) for t in (feats, pids, camids))
+        progress=cfg.progress and ctx.is_main, channels_last=cfg.channels_last)
+    return tuple(gather_rows(t, ctx) for t in (feats, pids, camids))
 
 
 def evaluate_split(model: nn.Module, dataset: ReIDDataset, cfg: TrainConfig, ctx: DistContext) -> Dict[str, float]:
@@ -31,15 +30,12 @@ def evaluate_split(model: nn.Module, dataset: ReIDDataset, cfg: TrainConfig, ctx
     how many query and gallery features were ranked."""
     if not dataset.query or not dataset.gallery:
         raise ValueError(f'dataset at {dataset.root} has no query or no gallery images to evaluate on')
-    was_training = model.training
     q_feats, q_pids, q_camids = _features(model, dataset.query, cfg, ctx)
     g_feats, g_pids, g_camids = _features(model, dataset.gallery, cfg, ctx)
-    model.train(was_training)
     metrics = None
     if ctx.is_main:
-        result = evaluate_rank(
-            q_feats.float().numpy(), g_feats.float().numpy(), q_pids.numpy(), g_pids.numpy(), q_camids.numpy(),
-            g_camids.numpy(), metric=cfg.eval_metric)
+        result = evaluate_rank(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=cfg.eval_metric,
+                               device=ctx.device)
         cmc = result['cmc']
         metrics = dict(
             mAP=100 * float(result['mAP']), rank1=100 * float(cmc[0]), rank5=100 * float(cmc[min(4, len(cmc) - 1)]),
