@@ -7,3 +7,4 @@ PYTHON=${PYTHON:-python}
 $PYTHON -m benchmarks.overhead
 $PYTHON -m benchmarks.eval_speed
 $PYTHON -m benchmarks.extract_speed
+$PYTHON -m benchmarks.domain_shift

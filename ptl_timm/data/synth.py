@@ -42,7 +42,7 @@ __all__ = ['SynthDomain', 'DOMAIN_STYLES', 'SYNTH_DOMAINS', 'LAYOUTS', 'generate
 
 JPEG_QUALITY = 90
 MANIFEST = 'synth.json'
-GENERATOR_VERSION = 1  # bump when the images change, so cached folders are regenerated
+GENERATOR_VERSION = 2  # bump when the images change, so cached folders are regenerated
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ DOMAIN_STYLES: Dict[str, SynthDomain] = {
         saturation=0.95, noise=0.02, blur=0.7, downscale=1.0, scale=(0.75, 0.92), occlusion=0.2,
         clothing_saturation=(0.2, 0.9), clothing_value=(0.3, 0.95)),
     'night': SynthDomain(
-        wall=(0.25, 0.27, 0.35), floor=(0.18, 0.18, 0.22), gain=0.55, cast=(0.85, 0.95, 1.2), gamma=1.25,
-        saturation=0.55, noise=0.05, blur=1.1, downscale=2.0, scale=(0.8, 0.95), occlusion=0.1,
+        wall=(0.25, 0.27, 0.35), floor=(0.18, 0.18, 0.22), gain=0.65, cast=(0.85, 0.95, 1.2), gamma=1.15,
+        saturation=0.55, noise=0.045, blur=1.1, downscale=2.0, scale=(0.8, 0.95), occlusion=0.1,
         clothing_saturation=(0.1, 0.6), clothing_value=(0.2, 0.75)),
     'campus': SynthDomain(
         wall=(0.45, 0.6, 0.4), floor=(0.6, 0.55, 0.45), gain=1.0, cast=(0.98, 1.02, 0.98), gamma=0.9,
