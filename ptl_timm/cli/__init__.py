@@ -22,6 +22,9 @@ COMMAND_MODULES = (
     'distill',
     'transfer',
     'export_imagefolder',
+    'extract',
+    'eval',
+    'search',
 )
 
 

@@ -1,0 +1,79 @@
+"""``ptl-timm search``: query images → ranked gallery images with scores (JSON or CSV) and a
+ranked-list picture (PNG).
+
+Queries: image files or folders (--query), or the query split of --dataset / saved --features.
+Gallery: an image folder (--gallery), or the gallery split of --dataset / saved --features. With
+identities known on both sides (dataset splits), junk is skipped, results are framed green/red and
+--worst-first lists the queries with the lowest AP first.
+"""
+import argparse
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+from ptl_timm.eval.extract import image_files
+from ptl_timm.eval.features import FeatureSet, load_features
+from ptl_timm.eval.retrieval import BACKENDS, draw_rankings, search, write_rankings
+from .extract import add_dataset_args, add_model_args, folder_features, load_dataset, make_extractor, split_features
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser('search', help='rank a gallery for query images (JSON/CSV + PNG)',
+                                   description=__doc__.split('\n\n')[0])
+    add_model_args(parser, required=False)
+    add_dataset_args(parser)
+    parser.add_argument('--query', nargs='+', help='query image files or folders')
+    parser.add_argument('--gallery', help='gallery image folder')
+    parser.add_argument('--features', help='saved features (query/gallery sets, or images as the gallery)')
+    parser.add_argument('--num-queries', type=int, help='only the first N queries')
+    parser.add_argument('--top-k', type=int, default=10)
+    parser.add_argument('--worst-first', action='store_true', help='queries with the lowest AP first')
+    parser.add_argument('--backend', choices=BACKENDS, default='auto', help='gallery index (auto: faiss when installed)')
+    parser.add_argument('--out', required=True, help='ranked lists: a .json or .csv file')
+    parser.add_argument('--png', help='ranked-list picture (default: next to --out, .png)')
+    parser.add_argument('--max-rows', type=int, default=20, help='queries drawn in the picture')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _query_paths(items) -> list:
+    return [p for item in items for p in (image_files(item) if Path(item).is_dir() else [item])]
+
+
+def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
+    """Query and gallery feature sets from the sources the options name (images need --model)."""
+    sets = dict(load_features(args.features)) if args.features else {}
+    if 'gallery' not in sets and 'images' in sets:
+        sets['gallery'] = sets.pop('images')
+    dataset = load_dataset(args)
+    needs_model = dataset is not None or args.query or args.gallery
+    if needs_model and not args.model:
+        raise ValueError('extracting features of images needs --model')
+    extractor = make_extractor(args) if needs_model else None
+    if dataset is not None:
+        sets.update(split_features(extractor, dataset))
+    if args.gallery:
+        sets['gallery'] = folder_features(extractor, args.gallery)
+    if args.query:
+        paths = _query_paths(args.query)
+        unknown = torch.full((len(paths),), -1, dtype=torch.int64)
+        sets['query'] = FeatureSet(extractor(paths), unknown, unknown.clone(), paths)
+    missing = [name for name in ('query', 'gallery') if name not in sets]
+    if missing:
+        raise ValueError(f'no {" and no ".join(missing)} images: give --query/--gallery, --dataset/--root or --features')
+    return sets
+
+
+def run(args: argparse.Namespace) -> int:
+    sets = _sets(args)
+    query = sets['query']
+    if args.num_queries:
+        query = FeatureSet(*(x[:args.num_queries] for x in query))
+    rankings = search(query, sets['gallery'], top_k=args.top_k, backend=args.backend, worst_first=args.worst_first)
+    out = write_rankings(rankings, args.out)
+    picture = draw_rankings(rankings, args.png or out.with_suffix('.png'), max_queries=args.max_rows)
+    if not args.quiet:
+        print(f'wrote {out} ({len(rankings)} queries, top {args.top_k}) and {picture}')
+    return 0

@@ -1,0 +1,195 @@
+"""Retrieval: a gallery index, ranked lists for queries, and their table and picture.
+
+Features are L2-normalised, so the score is the cosine similarity (the inner product). The index is
+faiss's exact ``IndexFlatIP`` when faiss is installed (``pip install ptl_timm[faiss]``) and a blocked
+torch top-k otherwise; both return the same items in the same order (score descending, then gallery
+index ascending).
+
+When the identities of query and gallery are known (dataset splits, saved dataset features), the
+ranked lists follow the evaluation protocol: gallery images of the query's identity *and* camera are
+junk and skipped, each result is marked correct or wrong, and each query gets its AP (so the worst
+queries can be listed first).
+"""
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps
+
+from ptl_timm.utils import atomic_path, atomic_save_json, atomic_write
+from .features import FeatureSet
+from .metrics import evaluate_rank
+
+__all__ = ['GalleryIndex', 'faiss_available', 'search', 'write_rankings', 'draw_rankings', 'RANKING_FORMATS']
+
+PathLike = Union[str, os.PathLike]
+RANKING_FORMATS = ('.json', '.csv')
+BACKENDS = ('auto', 'faiss', 'torch')
+COLOURS = dict(query=(40, 90, 220), correct=(30, 170, 60), wrong=(220, 40, 40), unknown=(150, 150, 150))
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class GalleryIndex:
+    """Exact nearest gallery items by inner product (cosine similarity on L2-normalised features).
+
+    Args:
+        feats: gallery features (G × D).
+        backend: 'faiss', 'torch', or 'auto' (faiss when installed).
+        block_size: query rows scored at once by the torch backend.
+    """
+
+    def __init__(self, feats: torch.Tensor, backend: str = 'auto', block_size: int = 256):
+        if backend not in BACKENDS:
+            raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+        if backend == 'faiss' and not faiss_available():
+            raise ValueError('backend faiss needs faiss installed: pip install faiss-cpu (or ptl_timm[faiss])')
+        self.backend = 'faiss' if backend == 'auto' and faiss_available() else backend.replace('auto', 'torch')
+        self.feats = torch.as_tensor(feats, dtype=torch.float32).contiguous()
+        self.block_size = block_size
+        if self.backend == 'faiss':
+            import faiss
+            self._faiss = faiss.IndexFlatIP(self.feats.shape[1])
+            self._faiss.add(self.feats.numpy())
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def search(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Scores and gallery indices (Q × k, best first) of the ``k`` nearest items of each query."""
+        queries = torch.as_tensor(queries, dtype=torch.float32).contiguous()
+        k = min(k, len(self))
+        if self.backend == 'faiss':
+            scores, indices = (torch.from_numpy(a) for a in self._faiss.search(queries.numpy(), k))
+        else:
+            blocks = [torch.topk(q @ self.feats.T, k, dim=1) for q in queries.split(self.block_size)]
+            scores, indices = torch.cat([b.values for b in blocks]), torch.cat([b.indices for b in blocks])
+        # one order for both backends: score descending, then gallery index
+        order = torch.from_numpy(np.lexsort((indices.numpy(), -scores.numpy()), axis=1))
+        return scores.gather(1, order), indices.long().gather(1, order)
+
+
+def _junk_counts(query: FeatureSet, gallery: FeatureSet) -> torch.Tensor:
+    same = (query.pids[:, None] == gallery.pids[None]) & (query.camids[:, None] == gallery.camids[None])
+    return same.sum(1)
+
+
+def search(
+        query: FeatureSet,
+        gallery: FeatureSet,
+        top_k: int = 10,
+        backend: str = 'auto',
+        worst_first: bool = False,
+) -> List[Dict[str, Any]]:
+    """Ranked gallery lists, one per query: ``{query, pid, camid, ap, results: [{rank, path, score,
+    pid, camid, correct}]}``. With known identities on both sides junk is skipped, ``correct`` is
+    set and ``ap`` is the query's AP (None when it has no true match); otherwise both are None."""
+    labelled = query.has_labels and gallery.has_labels
+    if worst_first and not labelled:
+        raise ValueError('--worst-first needs the identities of queries and gallery (dataset splits or features '
+                         'extracted from a dataset)')
+    index = GalleryIndex(gallery.feats, backend=backend)
+    junk = _junk_counts(query, gallery) if labelled else torch.zeros(len(query.feats), dtype=torch.int64)
+    scores, indices = index.search(query.feats, top_k + int(junk.max()))
+    aps = [None] * len(query.feats)
+    if labelled:
+        per_query = evaluate_rank(query.feats, gallery.feats, query.pids, gallery.pids, query.camids, gallery.camids,
+                                  device='cpu')['per_query_ap']
+        aps = [None if math.isnan(ap) else float(ap) for ap in per_query]
+    rankings = []
+    for q in range(len(query.feats)):
+        results = []
+        for score, g in zip(scores[q].tolist(), indices[q].tolist()):
+            same_id = labelled and int(gallery.pids[g]) == int(query.pids[q])
+            if same_id and int(gallery.camids[g]) == int(query.camids[q]):
+                continue
+            results.append(dict(rank=len(results) + 1, path=_path(gallery, g), score=score, pid=int(gallery.pids[g]),
+                                camid=int(gallery.camids[g]), correct=same_id if labelled else None))
+            if len(results) == top_k:
+                break
+        rankings.append(dict(query=_path(query, q), pid=int(query.pids[q]), camid=int(query.camids[q]), ap=aps[q],
+                             results=results))
+    if worst_first:
+        rankings.sort(key=lambda r: math.inf if r['ap'] is None else r['ap'])
+    return rankings
+
+
+def _path(features: FeatureSet, i: int) -> str:
+    return features.paths[i] if i < len(features.paths) else f'#{i}'
+
+
+def write_rankings(rankings: Sequence[Dict[str, Any]], path: PathLike) -> Path:
+    """Write ranked lists atomically as JSON (nested) or CSV (one row per query and rank)."""
+    path = Path(path)
+    if path.suffix not in RANKING_FORMATS:
+        raise ValueError(f'ranking file {path} must end in {" or ".join(RANKING_FORMATS)}')
+    if path.suffix == '.json':
+        atomic_save_json(list(rankings), path)
+        return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(['query', 'query_pid', 'query_camid', 'query_ap', 'rank', 'gallery', 'score', 'pid', 'camid',
+                     'correct'])
+    for r in rankings:
+        for item in r['results']:
+            writer.writerow([r['query'], r['pid'], r['camid'], '' if r['ap'] is None else f'{r["ap"]:.6f}', item['rank'],
+                             item['path'], f'{item["score"]:.6f}', item['pid'], item['camid'],
+                             '' if item['correct'] is None else int(item['correct'])])
+    with atomic_write(path, 'w') as f:
+        f.write(buffer.getvalue())
+    return path
+
+
+def _thumbnail(path: str, size: Tuple[int, int], colour: Tuple[int, int, int], border: int) -> Image.Image:
+    height, width = size
+    try:
+        with Image.open(path) as image:
+            picture = image.convert('RGB').resize((width - 2 * border, height - 2 * border), Image.BILINEAR)
+    except OSError:  # a path that is gone: keep the grid readable
+        picture = Image.new('RGB', (width - 2 * border, height - 2 * border), (235, 235, 235))
+    return ImageOps.expand(picture, border=border, fill=colour)
+
+
+def draw_rankings(
+        rankings: Sequence[Dict[str, Any]],
+        path: PathLike,
+        thumb_size: Tuple[int, int] = (128, 64),
+        max_queries: int = 20,
+        border: int = 4,
+) -> Path:
+    """One row per query (at most ``max_queries``): the query (blue frame) then its ranked results,
+    framed green (correct), red (wrong) or grey (identity unknown), each captioned with rank and
+    score (and the query with its AP). Written atomically as PNG."""
+    rows = list(rankings)[:max_queries]
+    if not rows:
+        raise ValueError('no ranked lists to draw')
+    height, width = thumb_size
+    caption, gap = 14, 12
+    columns = 1 + max(len(r['results']) for r in rows)
+    canvas = Image.new('RGB', (columns * (width + 4) + gap, len(rows) * (height + caption + 6)), 'white')
+    draw = ImageDraw.Draw(canvas)
+    for row, ranking in enumerate(rows):
+        top = row * (height + caption + 6)
+        canvas.paste(_thumbnail(ranking['query'], thumb_size, COLOURS['query'], border), (0, top))
+        label = 'query' if ranking['ap'] is None else f'AP {ranking["ap"]:.2f}'
+        draw.text((2, top + height + 1), label, fill=(0, 0, 0))
+        for column, item in enumerate(ranking['results'], start=1):
+            left = column * (width + 4) + gap
+            state = 'unknown' if item['correct'] is None else ('correct' if item['correct'] else 'wrong')
+            canvas.paste(_thumbnail(item['path'], thumb_size, COLOURS[state], border), (left, top))
+            draw.text((left + 2, top + height + 1), f'{item["rank"]}: {item["score"]:.2f}', fill=(0, 0, 0))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format='PNG')
+    return path

@@ -1,0 +1,157 @@
+"""Retrieval: the gallery index (faiss and torch agree), ranked lists with junk skipped and correctness
+marks, worst-first order, JSON/CSV/PNG output, and `ptl-timm search` end to end."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ptl_timm.cli import main
+from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+from ptl_timm.eval.features import FeatureSet
+from ptl_timm.eval.retrieval import COLOURS, GalleryIndex, draw_rankings, faiss_available, search, write_rankings
+from ptl_timm.hub import save_pretrained
+
+IMG_SIZE = (64, 32)
+
+
+def random_set(n, num_ids=4, dim=8, seed=0, labelled=True, prefix='img'):
+    g = torch.Generator().manual_seed(seed)
+    feats = F.normalize(torch.randn(n, dim, generator=g), dim=1)
+    pids = torch.randint(0, num_ids, (n,), generator=g) if labelled else torch.full((n,), -1)
+    camids = torch.randint(0, 3, (n,), generator=g) if labelled else torch.full((n,), -1)
+    return FeatureSet(feats, pids, camids, [f'{prefix}{i}.jpg' for i in range(n)])
+
+
+def test_torch_index_returns_the_exact_top_k_by_score_then_index():
+    gallery = random_set(50)
+    queries = random_set(7, seed=1).feats
+    scores, indices = GalleryIndex(gallery.feats, backend='torch', block_size=3).search(queries, 5)
+    full = queries @ gallery.feats.T
+    expected = torch.from_numpy(np.lexsort((np.arange(50)[None].repeat(7, 0), -full.numpy()), axis=1)[:, :5])
+    assert torch.equal(indices, expected)
+    torch.testing.assert_close(scores, full.gather(1, expected))
+
+
+def test_index_orders_tied_scores_by_gallery_index():
+    gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    _, indices = GalleryIndex(gallery, backend='torch').search(torch.tensor([[1.0, 0.0]]), 3)
+    assert indices.tolist() == [[0, 2, 1]]
+
+
+@pytest.mark.skipif(not faiss_available(), reason='faiss is an optional extra')
+def test_faiss_and_torch_backends_return_the_same_results():
+    gallery, queries = random_set(300, dim=16), random_set(20, dim=16, seed=1).feats
+    faiss_scores, faiss_indices = GalleryIndex(gallery.feats, backend='faiss').search(queries, 10)
+    torch_scores, torch_indices = GalleryIndex(gallery.feats, backend='torch').search(queries, 10)
+    assert torch.equal(faiss_indices, torch_indices)
+    torch.testing.assert_close(faiss_scores, torch_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match='backend'):
+        GalleryIndex(torch.zeros(2, 2), backend='annoy')
+
+
+def test_search_skips_junk_and_marks_correct_results():
+    query, gallery = random_set(10, seed=2), random_set(40, seed=3)
+    for ranking, q in zip(search(query, gallery, top_k=8, backend='torch'), range(10)):
+        assert len(ranking['results']) == 8 and [r['rank'] for r in ranking['results']] == list(range(1, 9))
+        for item in ranking['results']:
+            assert not (item['pid'] == ranking['pid'] and item['camid'] == ranking['camid'])
+            assert item['correct'] == (item['pid'] == ranking['pid'])
+        scores = [r['score'] for r in ranking['results']]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_search_without_identities_keeps_everything_unmarked():
+    query, gallery = random_set(3, labelled=False), random_set(12, seed=4, labelled=False)
+    rankings = search(query, gallery, top_k=12, backend='torch')
+    assert all(len(r['results']) == 12 and r['ap'] is None for r in rankings)
+    assert all(item['correct'] is None for r in rankings for item in r['results'])
+
+
+def test_worst_first_orders_queries_by_increasing_ap():
+    rankings = search(random_set(15, seed=5), random_set(60, seed=6), top_k=3, backend='torch', worst_first=True)
+    aps = [r['ap'] for r in rankings if r['ap'] is not None]
+    assert aps == sorted(aps) and len(aps) > 1
+    assert all(r['ap'] is None for r in rankings[len(aps):])
+
+
+def test_worst_first_needs_identities():
+    with pytest.raises(ValueError, match='identities'):
+        search(random_set(2, labelled=False), random_set(5, labelled=False), worst_first=True)
+
+
+def test_rankings_are_written_as_json_and_csv(tmp_path):
+    rankings = search(random_set(4, seed=7), random_set(20, seed=8), top_k=3, backend='torch')
+    assert json.loads(write_rankings(rankings, tmp_path / 'r.json').read_text()) == rankings
+    with open(write_rankings(rankings, tmp_path / 'r.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(len(r['results']) for r in rankings)
+    assert rows[0]['gallery'] == rankings[0]['results'][0]['path'] and rows[0]['rank'] == '1'
+    with pytest.raises(ValueError, match='must end in'):
+        write_rankings(rankings, tmp_path / 'r.txt')
+
+
+def test_picture_frames_query_and_results_by_correctness(tmp_path):
+    for i, colour in enumerate([(10, 10, 10), (200, 200, 200), (90, 90, 90)]):
+        Image.new('RGB', (32, 64), colour).save(tmp_path / f'{i}.png')
+    rankings = [dict(query=str(tmp_path / '0.png'), pid=1, camid=0, ap=0.5, results=[
+        dict(rank=1, path=str(tmp_path / '1.png'), score=0.9, pid=2, camid=1, correct=False),
+        dict(rank=2, path=str(tmp_path / '2.png'), score=0.8, pid=1, camid=1, correct=True)])]
+    picture = Image.open(draw_rankings(rankings, tmp_path / 'ranks.png', thumb_size=(64, 32), border=3))
+    assert picture.size[1] >= 64
+    # the top-left pixel of each thumbnail is its frame
+    assert picture.getpixel((0, 0)) == COLOURS['query']
+    assert picture.getpixel((36 + 12, 0)) == COLOURS['wrong']
+    assert picture.getpixel((2 * 36 + 12, 0)) == COLOURS['correct']
+
+
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp('search')
+    data = generate_synthetic(root, SYNTH_DOMAINS[0], num_ids=6, images_per_id=4, num_cams=2, img_size=IMG_SIZE)
+    torch.manual_seed(0)
+    model = timm.create_model('ptl_net', num_classes=0, backbone='test_resnet', embed_dim=32, classifier_dims=(16,))
+    return data, save_pretrained(model, root / 'model')
+
+
+def model_args(model_dir):
+    return ['--model', str(model_dir), '--img-size', *map(str, IMG_SIZE), '--device', 'cpu', '--quiet']
+
+
+def test_search_command_on_a_dataset_writes_ranked_list_and_picture(synthetic, tmp_path):
+    data, model_dir = synthetic
+    status = main(['search', *model_args(model_dir), '--dataset', 'market1501', '--root', str(data), '--top-k', '4',
+                   '--worst-first', '--out', str(tmp_path / 'ranks.json')])
+    assert status == 0
+    rankings = json.loads((tmp_path / 'ranks.json').read_text())
+    assert rankings and all(len(r['results']) == 4 and r['query'].endswith('.jpg') for r in rankings)
+    assert all(item['correct'] in (True, False) for r in rankings for item in r['results'])
+    picture = Image.open(tmp_path / 'ranks.png')
+    assert picture.size[0] > 4 * IMG_SIZE[1]
+
+
+def test_search_command_with_query_images_and_saved_gallery_features(synthetic, tmp_path):
+    data, model_dir = synthetic
+    features = tmp_path / 'gallery.npz'
+    assert main(['extract', *model_args(model_dir), '--folder', str(data / 'bounding_box_test'), '--out', str(features)]) == 0
+    query = sorted((data / 'query').iterdir())[0]
+    status = main(['search', *model_args(model_dir), '--query', str(query), '--features', str(features), '--top-k', '3',
+                   '--out', str(tmp_path / 'ranks.csv'), '--png', str(tmp_path / 'picture.png')])
+    assert status == 0
+    with open(tmp_path / 'ranks.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['rank'] for r in rows] == ['1', '2', '3'] and all(r['correct'] == '' for r in rows)
+    assert (tmp_path / 'picture.png').is_file()
+
+
+def test_search_command_without_a_gallery_is_a_clear_error(synthetic, tmp_path, capsys):
+    data, model_dir = synthetic
+    status = main(['search', *model_args(model_dir), '--query', str(data / 'query'), '--out', str(tmp_path / 'r.json')])
+    assert status == 2 and 'no gallery images' in capsys.readouterr().err
