@@ -29,8 +29,8 @@ class DemoScale:
 
 
 DEMO_SCALES = {
-    'quick': DemoScale(num_ids=16, images_per_id=6, epochs=4, distill_epochs=3),
-    'full': DemoScale(num_ids=48, images_per_id=8, epochs=12, distill_epochs=8),
+    'quick': DemoScale(num_ids=40, images_per_id=8, epochs=6, distill_epochs=4),
+    'full': DemoScale(num_ids=100, images_per_id=10, epochs=15, distill_epochs=10),
 }
 
 

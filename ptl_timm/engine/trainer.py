@@ -110,10 +110,6 @@ def _seed_everything(cfg: TrainConfig, ctx: DistContext) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if cfg.deterministic:
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 def _gather_objects(obj: Any, ctx: DistContext) -> List[Any]:
@@ -163,7 +159,21 @@ def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     """Train ``session.model`` for ``cfg.epochs`` epochs (resuming from ``output/last`` if asked).
 
     Returns the output folder, the metric history, and the best and last evaluation results.
+    ``deterministic`` switches torch to deterministic algorithms for the run only.
     """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if session.cfg.deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        return _train_epochs(session, loss_step)
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     cfg, ctx, model = session.cfg, session.ctx, session.model
     output = Path(cfg.output)
     model.to(ctx.device)

@@ -1,0 +1,87 @@
+"""Checkpoints and resume: a SIGKILLed run resumes and ends with the weights of an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import safetensors.torch
+import torch
+import yaml
+
+from ptl_timm.engine import TrainConfig, build_config, fine_tune, load_train_state, save_checkpoint
+from ptl_timm.engine.checkpoint import recover_folder
+from ptl_timm.hub import WEIGHTS_NAME, load_model
+
+from engine_support import make_domain, save_untrained, tiny_config
+
+EPOCHS = 3
+
+
+def _config(tmp_path, output):
+    domain = make_domain(tmp_path / 'data', num_ids=16, images_per_id=4)  # 8 training ids, 8 steps an epoch
+    return tiny_config(output, domain, epochs=EPOCHS, batch_size=4, deterministic=True, lr=0.02, lr_step=2)
+
+
+def _weights(output):
+    return safetensors.torch.load_file(str(output / 'last' / WEIGHTS_NAME))
+
+
+def _kill_after_first_epoch(config_file, output):
+    """Start ``ptl-timm train`` and SIGKILL it as soon as epoch 1's checkpoint exists."""
+    process = subprocess.Popen([sys.executable, '-m', 'ptl_timm', 'train', '--config', str(config_file), '--quiet'],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file = output / 'last' / 'train_state.pt'
+    deadline = time.time() + 240
+    while not state_file.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate()
+    assert process.returncode == -signal.SIGKILL, f'the run ended before it was killed: {err.decode()[-2000:]}'
+
+
+def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    killed, straight = tmp_path / 'killed', tmp_path / 'straight'
+    values = _config(tmp_path, killed)
+    config_file = tmp_path / 'run.yaml'
+    config_file.write_text(yaml.safe_dump(values))
+    _kill_after_first_epoch(config_file, killed)
+    completed = load_train_state(killed / 'last')['epoch']
+    assert 1 <= completed < EPOCHS, 'killed mid-run, with at least one finished epoch'
+
+    resumed = fine_tune(build_config(TrainConfig, values, {'resume': True}))
+    fine_tune(build_config(TrainConfig, dict(values, output=str(straight))))
+    assert [r['epoch'] for r in resumed['history']] == list(range(1, EPOCHS + 1))
+    reference = _weights(straight)
+    for name, value in _weights(killed).items():
+        assert torch.equal(value, reference[name]), name
+
+
+def test_resume_continues_history_and_optimizer_state(tmp_path):
+    values = _config(tmp_path, tmp_path / 'out')
+    first = fine_tune(build_config(TrainConfig, dict(values, epochs=1)))
+    second = fine_tune(build_config(TrainConfig, dict(values, epochs=2, resume=True)))
+    assert second['history'][0] == first['history'][0]
+    assert [r['epoch'] for r in second['history']] == [1, 2]
+    assert load_train_state(tmp_path / 'out' / 'last')['scheduler']['last_epoch'] == 2
+
+
+def test_deterministic_mode_is_restored_after_the_run(tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    fine_tune(build_config(TrainConfig, _config(tmp_path, tmp_path / 'out'), {'epochs': 1, 'max_steps_per_epoch': 1}))
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_interrupted_folder_swap_is_recovered(tmp_path):
+    """A crash between 'old folder aside' and 'new folder in place' leaves the old one under .last.old."""
+    save_untrained(tmp_path / 'last', 'reid_net', backbone='test_resnet')
+    os.replace(tmp_path / 'last', tmp_path / '.last.old')
+    assert recover_folder(tmp_path / 'last').joinpath(WEIGHTS_NAME).is_file()
+    assert not (tmp_path / '.last.old').exists()
+
+
+def test_checkpoint_replacement_leaves_no_staging_folders(tmp_path):
+    path = save_untrained(tmp_path / 'last', 'reid_net', backbone='test_resnet')
+    save_checkpoint(path, load_model(path), {'epoch': 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['last']
+    assert sorted(p.name for p in path.iterdir()) == ['config.json', 'model.safetensors', 'train_state.pt']
