@@ -1,4 +1,6 @@
 """Feature extraction: eval-mode embeddings, every input kind, checkpoints, flip TTA, saved features."""
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -7,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ptl_timm
+from ptl_timm.cli import main
 from ptl_timm.data.datasets import build_dataset
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.eval.extract import FeatureExtractor, embed, evaluate_model, extract_features, image_files
@@ -145,3 +148,48 @@ def test_foreign_file_is_not_taken_for_features(tmp_path):
     np.savez(tmp_path / 'other.npz', weights=np.zeros(3))
     with pytest.raises(ValueError, match='not a ptl_timm features file'):
         load_features(tmp_path / 'other.npz')
+
+
+@pytest.fixture(scope='module')
+def model_dir(model, tmp_path_factory):
+    return save_pretrained(model, tmp_path_factory.mktemp('model'))
+
+
+def cli_model_args(model_dir):
+    return ['--model', str(model_dir), '--img-size', *map(str, IMG_SIZE), '--device', 'cpu', '--quiet']
+
+
+def test_extract_command_saves_query_and_gallery_sets(model_dir, dataset_root, tmp_path):
+    out = tmp_path / 'feats.safetensors'
+    assert main(['extract', *cli_model_args(model_dir), '--dataset', 'market1501', '--root', str(dataset_root),
+                 '--out', str(out)]) == 0
+    sets = load_features(out)
+    dataset = build_dataset('market1501', dataset_root)
+    assert sets['query'].paths == [r.path for r in dataset.query]
+    assert sets['gallery'].pids.tolist() == [r.pid for r in dataset.gallery]
+
+
+def test_eval_command_from_features_equals_eval_from_model(model_dir, dataset_root, tmp_path):
+    feats = tmp_path / 'feats.npz'
+    main(['extract', *cli_model_args(model_dir), '--dataset', 'market1501', '--root', str(dataset_root), '--out', str(feats)])
+    assert main(['eval', '--features', str(feats), '--json', str(tmp_path / 'a.json'), '--quiet']) == 0
+    assert main(['eval', *cli_model_args(model_dir), '--dataset', 'market1501', '--root', str(dataset_root),
+                 '--json', str(tmp_path / 'b.json')]) == 0
+    from_features, from_model = (json.loads((tmp_path / name).read_text()) for name in ('a.json', 'b.json'))
+    assert from_features['mAP'] == pytest.approx(from_model['mAP'], abs=1e-4)
+    assert 0 <= from_features['mAP'] <= 100 and len(from_features['cmc']) == from_features['num_gallery']
+
+
+def test_eval_command_re_ranks(model_dir, tmp_path):
+    root = generate_synthetic(tmp_path, SYNTH_DOMAINS[1], num_ids=12, images_per_id=4, num_cams=2, img_size=IMG_SIZE)
+    args = ['eval', *cli_model_args(model_dir), '--dataset', 'market1501', '--root', str(root)]
+    assert main([*args, '--rerank', '--json', str(tmp_path / 'rerank.json')]) == 0
+    assert main([*args, '--json', str(tmp_path / 'plain.json')]) == 0
+    reranked, plain = (json.loads((tmp_path / f'{n}.json').read_text()) for n in ('rerank', 'plain'))
+    assert reranked['rerank'] and reranked['num_valid_queries'] == plain['num_valid_queries']
+    assert reranked['mAP'] != plain['mAP']
+
+
+def test_eval_command_without_a_source_is_a_clear_error(capsys):
+    assert main(['eval', '--quiet']) == 2
+    assert '--features' in capsys.readouterr().err
