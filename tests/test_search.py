@@ -68,6 +68,23 @@ def test_search_skips_junk_and_marks_correct_results():
         assert scores == sorted(scores, reverse=True)
 
 
+def test_search_fills_top_k_when_junk_items_are_the_nearest():
+    query = random_set(1, seed=7)
+    junk = FeatureSet(query.feats.repeat(5, 1), query.pids.repeat(5), query.camids.repeat(5), [f'junk{i}.jpg' for i in range(5)])
+    others = random_set(6, seed=8)
+    gallery = FeatureSet(*(torch.cat([a, b]) for a, b in zip(junk[:3], others[:3])), junk.paths + others.paths)
+    results = search(query, gallery, top_k=6, backend='torch')[0]['results']
+    assert sorted(r['path'] for r in results) == sorted(others.paths)
+
+
+def test_query_without_a_true_match_gets_no_ap_instead_of_an_error():
+    gallery = random_set(12, num_ids=3, seed=9)
+    query = FeatureSet(gallery.feats[:1], torch.tensor([99]), torch.tensor([0]), ['stranger.jpg'])
+    ranking = search(query, gallery, top_k=4, backend='torch')[0]
+    assert ranking['ap'] is None and len(ranking['results']) == 4
+    assert all(r['correct'] is False for r in ranking['results'])
+
+
 def test_search_without_identities_keeps_everything_unmarked():
     query, gallery = random_set(3, labelled=False), random_set(12, seed=4, labelled=False)
     rankings = search(query, gallery, top_k=12, backend='torch')

@@ -80,9 +80,18 @@ class GalleryIndex:
         return scores.gather(1, order), indices.long().gather(1, order)
 
 
-def _junk_counts(query: FeatureSet, gallery: FeatureSet) -> torch.Tensor:
-    same = (query.pids[:, None] == gallery.pids[None]) & (query.camids[:, None] == gallery.camids[None])
-    return same.sum(1)
+def _count_in(keys: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """How many entries of ``pool`` equal each key (by sorting the pool: no keys × pool matrix)."""
+    values, counts = torch.unique(pool, return_counts=True)
+    pos = torch.searchsorted(values, keys).clamp_max(len(values) - 1)
+    return torch.where(values[pos] == keys, counts[pos], torch.zeros_like(keys))
+
+
+def _match_counts(query: FeatureSet, gallery: FeatureSet) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per query: gallery items of its identity and camera (junk), and of its identity on another camera."""
+    num_cams = int(torch.cat([query.camids, gallery.camids]).max()) + 1
+    junk = _count_in(query.pids * num_cams + query.camids, gallery.pids * num_cams + gallery.camids)
+    return junk, _count_in(query.pids, gallery.pids) - junk
 
 
 def search(
@@ -100,10 +109,12 @@ def search(
         raise ValueError('--worst-first needs the identities of queries and gallery (dataset splits or features '
                          'extracted from a dataset)')
     index = GalleryIndex(gallery.feats, backend=backend)
-    junk = _junk_counts(query, gallery) if labelled else torch.zeros(len(query.feats), dtype=torch.int64)
+    junk = valid = torch.zeros(len(query.feats), dtype=torch.int64)
+    if labelled:
+        junk, valid = _match_counts(query, gallery)
     scores, indices = index.search(query.feats, top_k + int(junk.max()))
     aps = [None] * len(query.feats)
-    if labelled:
+    if bool((valid > 0).any()):  # else every AP stays None (evaluate_rank refuses a split without true matches)
         per_query = evaluate_rank(query.feats, gallery.feats, query.pids, gallery.pids, query.camids, gallery.camids,
                                   device='cpu')['per_query_ap']
         aps = [None if math.isnan(ap) else float(ap) for ap in per_query]
