@@ -43,6 +43,17 @@ def test_index_orders_tied_scores_by_gallery_index():
     assert indices.tolist() == [[0, 2, 1]]
 
 
+@pytest.mark.parametrize('backend', ['torch', 'faiss'] if faiss_available() else ['torch'])
+def test_duplicates_tied_at_the_k_th_place_resolve_to_the_lowest_indices(backend):
+    g = torch.Generator().manual_seed(0)
+    gallery = F.normalize(torch.randn(100, 8, generator=g), dim=1)
+    query = F.normalize(torch.randn(1, 8, generator=g), dim=1)
+    duplicates = torch.randperm(100, generator=g)[:20]  # 20 exact ties for the top 5 places
+    gallery[duplicates] = query[0]
+    _, indices = GalleryIndex(gallery, backend=backend, block_size=1).search(query, 5)
+    assert indices[0].tolist() == sorted(duplicates.tolist())[:5]
+
+
 @pytest.mark.skipif(not faiss_available(), reason='faiss is an optional extra')
 def test_faiss_and_torch_backends_return_the_same_results():
     gallery, queries = random_set(300, dim=16), random_set(20, dim=16, seed=1).feats

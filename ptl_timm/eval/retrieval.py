@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from ptl_timm.utils import atomic_path, atomic_save_json, atomic_write
 from .features import FeatureSet
-from .metrics import evaluate_rank
+from .metrics import _ordered_keys, evaluate_rank
 
 __all__ = ['GalleryIndex', 'faiss_available', 'search', 'write_rankings', 'draw_rankings', 'RANKING_FORMATS']
 
@@ -66,6 +66,13 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.feats)
 
+    def _top_k_block(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Top-k by unique (score descending, index) keys: torch.topk alone may drop the lowest index
+        among items tied at the k-th score (duplicate gallery images)."""
+        scores = queries @ self.feats.T
+        top = torch.topk(_ordered_keys(scores.neg()), k, dim=1, largest=False).indices
+        return scores.gather(1, top), top
+
     def search(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Scores and gallery indices (Q × k, best first) of the ``k`` nearest items of each query."""
         queries = torch.as_tensor(queries, dtype=torch.float32).contiguous()
@@ -73,8 +80,8 @@ class GalleryIndex:
         if self.backend == 'faiss':
             scores, indices = (torch.from_numpy(a) for a in self._faiss.search(queries.numpy(), k))
         else:
-            blocks = [torch.topk(q @ self.feats.T, k, dim=1) for q in queries.split(self.block_size)]
-            scores, indices = torch.cat([b.values for b in blocks]), torch.cat([b.indices for b in blocks])
+            blocks = [self._top_k_block(q, k) for q in queries.split(self.block_size)]
+            scores, indices = torch.cat([b[0] for b in blocks]), torch.cat([b[1] for b in blocks])
         # one order for both backends: score descending, then gallery index
         order = torch.from_numpy(np.lexsort((indices.numpy(), -scores.numpy()), axis=1))
         return scores.gather(1, order), indices.long().gather(1, order)
