@@ -1,0 +1,65 @@
+"""Multi-step transfer: each step starts from the previous step's weights; a table covers every step."""
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+
+from ptl_timm.engine import TransferConfig, transfer
+
+from engine_support import TINY_MODEL_ARGS, make_domain, save_untrained, tiny_config
+
+trainer_module = import_module('ptl_timm.engine.trainer')
+
+
+@pytest.fixture(scope='module')
+def domains(tmp_path_factory):
+    root = tmp_path_factory.mktemp('synth')
+    return [make_domain(root, 0), make_domain(root, 1)]
+
+
+def _transfer_config(tmp_path, domains, **overrides):
+    values = tiny_config(tmp_path / 'out', domains[0], steps=[{'dataset': d} for d in domains],
+                         test_datasets=domains, **overrides)
+    values.pop('dataset')
+    return TransferConfig(**values)
+
+
+def test_each_step_starts_from_the_previous_steps_weights(tmp_path, domains, monkeypatch):
+    loaded = []
+    original = trainer_module.load_checkpoint_weights
+
+    def spy(model, path, skip=()):
+        loaded.append((Path(path), skip))
+        return original(model, path, skip)
+
+    monkeypatch.setattr(trainer_module, 'load_checkpoint_weights', spy)
+    result = transfer(_transfer_config(tmp_path, domains))
+    step1 = tmp_path / 'out' / f'step1-{domains[0]["label"]}'
+    assert loaded == [(step1 / 'last', ('head.fc',))], 'step 2 loads step 1 and re-initialises the classifier'
+    assert [row['route'] for row in result['rows']] == [
+        domains[0]['label'], f'{domains[0]["label"]} → {domains[1]["label"]}']
+
+
+def test_table_reports_every_step_on_every_test_set(tmp_path, domains):
+    result = transfer(_transfer_config(tmp_path, domains))
+    labels = [d['label'] for d in domains]
+    assert result['test_sets'] == labels
+    for row in result['rows']:
+        assert set(row['eval']) >= set(labels)
+    table = (tmp_path / 'out' / 'transfer.md').read_text()
+    assert all(f'{label} mAP / R-1' in table for label in labels)
+    assert len(table.strip().splitlines()) == 2 + len(domains)
+
+
+def test_transfer_then_distillation_adds_a_student_row(tmp_path, domains):
+    student = save_untrained(tmp_path / 'student', 'reid_net', **TINY_MODEL_ARGS)
+    cfg = _transfer_config(tmp_path, domains, distill=dict(
+        model='reid_net', model_args=dict(TINY_MODEL_ARGS), init_checkpoint=str(student)))
+    result = transfer(cfg)
+    assert [row['step'] for row in result['rows']] == [1, 2, 'STD']
+    assert (tmp_path / 'out' / 'distill' / 'last' / 'model.safetensors').is_file()
+
+
+def test_transfer_without_steps_is_a_clear_error(tmp_path, domains):
+    with pytest.raises(ValueError, match='at least one step'):
+        transfer(TransferConfig(**tiny_config(tmp_path / 'out', domains[0])))
