@@ -45,10 +45,10 @@ class Setting:
     backbone: str = 'resnet18'
     embed_dim: int = 512
     img_size: Tuple[int, int] = (128, 64)
-    num_ids: int = 60
+    num_ids: int = 50
     images_per_id: int = 8
-    pretrain_ids: int = 120
-    pretrain_epochs: int = 8
+    pretrain_ids: int = 100
+    pretrain_epochs: int = 6
     epochs: int = 6
     distill_epochs: int = 4
     batch_size: int = 32
