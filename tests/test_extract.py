@@ -118,6 +118,12 @@ def test_missing_folder_and_bad_tensors_give_clear_errors(extractor, tmp_path):
         extractor(torch.zeros(2, 2))
 
 
+def test_evaluate_model_leaves_a_training_model_in_training_mode(dataset_root):
+    model = timm.create_model('ptl_net', num_classes=0, **TINY_MODEL_ARGS).train()
+    evaluate_model(model, build_dataset('market1501', dataset_root), img_size=IMG_SIZE, device='cpu', progress=False)
+    assert model.training and all(m.training for m in model.modules())
+
+
 def test_evaluate_model_equals_metrics_of_the_extracted_features(model, extractor, dataset_root):
     dataset = build_dataset('market1501', dataset_root)
     result = evaluate_model(model, dataset, img_size=IMG_SIZE, batch_size=4, device='cpu', progress=False)

@@ -143,7 +143,7 @@ class FeatureExtractor:
             model = load_model(model, num_classes=0)
         self.device = torch.device(device) if device is not None else torch.device(
             'cuda' if torch.cuda.is_available() else 'cpu')
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device)  # extract_features switches to eval mode and back
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         cfg = getattr(model, 'pretrained_cfg', None) or {}
