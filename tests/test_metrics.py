@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from ptl_timm.eval import metrics
 from ptl_timm.eval.metrics import evaluate_distmat, evaluate_rank
 
 TOL = 1e-6
@@ -87,6 +88,16 @@ def test_chunked_metrics_equal_full_matrix_reference_with_ties_and_junk(ap_mode)
         expected = reference_rank(distmat, *labels, max_rank=10, ap_mode=ap_mode)
         result = evaluate_distmat(distmat, *labels, max_rank=10, ap_mode=ap_mode, chunk_size=7, device='cpu')
         assert_same_metrics(result, expected)
+
+
+@pytest.mark.parametrize('ap_mode', ['default', 'official'])
+def test_accelerator_ranking_path_equals_reference_when_run_on_cpu(monkeypatch, ap_mode):
+    # the sort-key binary search that CUDA uses, checked here without a GPU
+    monkeypatch.setattr(metrics, '_sorts_rows_with_numpy', lambda device: False)
+    for distmat, *labels in valid_random_cases(seed=10, count=100):
+        expected = reference_rank(distmat, *labels, max_rank=10, ap_mode=ap_mode)
+        assert_same_metrics(evaluate_distmat(distmat, *labels, max_rank=10, ap_mode=ap_mode, chunk_size=5, device='cpu'),
+                            expected)
 
 
 def test_metrics_equal_reference_without_ties():

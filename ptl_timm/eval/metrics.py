@@ -130,6 +130,12 @@ class _Identities:
         return torch.where(mask, self.order[slots], torch.zeros_like(slots)), mask
 
 
+def _sorts_rows_with_numpy(device: torch.device) -> bool:
+    """Which way to count the items ranked ahead of each match: numpy row sorts on CPU, a batched
+    binary search of sort keys on accelerators (the two agree exactly)."""
+    return device.type == 'cpu'
+
+
 def _count_ahead_sorted_rows(dist: torch.Tensor, members: torch.Tensor, num_valid: torch.Tensor) -> torch.Tensor:
     """CPU: items ranked ahead of each member, by binary search in each row sorted with numpy
     (its vectorised sort is several times faster than torch's on CPU). Equal distances are
@@ -173,7 +179,7 @@ def _match_ranks(
     member_keys = torch.where(mask, _ordered_keys(dist.gather(1, members), members), torch.full_like(members, big))
     member_keys, perm = torch.sort(member_keys, dim=1)
     members, junk, valid = members.gather(1, perm), junk.gather(1, perm), mask.gather(1, perm)
-    if dist.device.type == 'cpu':
+    if _sorts_rows_with_numpy(dist.device):
         ahead_all = _count_ahead_sorted_rows(dist, members, valid.sum(1))
     else:
         ahead_all = _count_ahead_keys(dist, member_keys)
