@@ -85,20 +85,22 @@ def embed(model: torch.nn.Module, records: List[ReIDRecord], img_size: tuple) ->
     return torch.cat([F.normalize(model.forward_reid(images).embedding, dim=1) for images, _, _, _ in loader])
 
 
-def evaluate(model: torch.nn.Module, dataset: ReIDDataset, img_size: tuple) -> Dict[str, float]:
+def scores(q_feats: torch.Tensor, g_feats: torch.Tensor, dataset: ReIDDataset) -> Dict[str, float]:
     q, g = dataset.query, dataset.gallery
-    result = evaluate_rank(embed(model, q, img_size), embed(model, g, img_size), [r.pid for r in q],
-                           [r.pid for r in g], [r.camid for r in q], [r.camid for r in g], metric='cosine')
+    result = evaluate_rank(q_feats, g_feats, [r.pid for r in q], [r.pid for r in g], [r.camid for r in q],
+                           [r.camid for r in g], metric='cosine')
     return dict(mAP=100 * float(result['mAP']), R1=100 * float(result['cmc'][0]))
+
+
+def evaluate(model: torch.nn.Module, dataset: ReIDDataset, img_size: tuple) -> Dict[str, float]:
+    return scores(embed(model, dataset.query, img_size), embed(model, dataset.gallery, img_size), dataset)
 
 
 def chance(dataset: ReIDDataset, seed: int) -> Dict[str, float]:
     """The same metrics for random embeddings: what a model that learned nothing transferable gets."""
     generator = torch.Generator().manual_seed(seed)
     q, g = (torch.randn(len(records), 256, generator=generator) for records in (dataset.query, dataset.gallery))
-    result = evaluate_rank(q, g, [r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
-                           [r.camid for r in dataset.query], [r.camid for r in dataset.gallery], metric='cosine')
-    return dict(mAP=100 * float(result['mAP']), R1=100 * float(result['cmc'][0]))
+    return scores(q, g, dataset)
 
 
 def main() -> None:

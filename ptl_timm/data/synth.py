@@ -42,7 +42,7 @@ __all__ = ['SynthDomain', 'DOMAIN_STYLES', 'SYNTH_DOMAINS', 'LAYOUTS', 'generate
 
 JPEG_QUALITY = 90
 MANIFEST = 'synth.json'
-GENERATOR_VERSION = 2  # bump when the images change, so cached folders are regenerated
+GENERATOR_VERSION = 3  # bump when the images change, so cached folders are regenerated
 
 
 @dataclass(frozen=True)
@@ -348,7 +348,7 @@ def _write_msmt_lists(folder: Path, shots: Sequence[Shot]) -> None:
 def _save(picture: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == '.png':
-        picture.save(path, format='PNG')
+        picture.save(path, format='PNG', compress_level=1)  # fast; the pixels are what matter
     else:
         picture.save(path, format='JPEG', quality=JPEG_QUALITY)
 
