@@ -8,3 +8,4 @@ $PYTHON -m benchmarks.overhead
 $PYTHON -m benchmarks.eval_speed
 $PYTHON -m benchmarks.extract_speed
 $PYTHON -m benchmarks.domain_shift
+$PYTHON -m benchmarks.synth_speed
