@@ -6,15 +6,16 @@ under ``torch.inference_mode()``; it is timed in contiguous and channels-last me
 read the same synthetic gallery (``ptl_timm.data.synth``, ``--num-images`` JPEGs of ``--img-size``)
 with the same small model (``reid_net`` on a timm ``--backbone``, random weights: throughput does not
 depend on the weights), and their embeddings are checked to agree. Each timing is the best of
-``--repeats`` passes after one warm-up image batch, in one run, so the ratio is what to read.
+``--repeats`` rounds in which the three alternate (after one warm-up batch), in one run, so the
+ratio is what to read.
 
-    python -m benchmarks.extract_speed [--backbone resnet18] [--num-images 256] [--batch-size 64]
+    python -m benchmarks.extract_speed [--backbone resnet18] [--num-images 128] [--batch-size 32]
 """
 import argparse
 import copy
 import tempfile
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import timm
 import torch
@@ -37,21 +38,24 @@ def naive_loop(model: torch.nn.Module, transform: Callable, paths: List[str]) ->
     return torch.cat(feats)
 
 
-def best_time(fn: Callable[[], torch.Tensor], repeats: int) -> Tuple[float, torch.Tensor]:
-    best, out = float('inf'), None
+def best_times(runs: Dict[str, Callable[[], torch.Tensor]], repeats: int) -> Tuple[Dict[str, float], Dict[str, torch.Tensor]]:
+    """Best wall time and output of each run; the runs alternate within each round, so load drift on a
+    shared machine hits them alike."""
+    best, outputs = {name: float('inf') for name in runs}, {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            outputs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, outputs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--backbone', default='resnet18', help='timm backbone of the reid_net model')
-    parser.add_argument('--num-images', type=int, default=256)
+    parser.add_argument('--num-images', type=int, default=128)
     parser.add_argument('--img-size', type=int, nargs=2, default=(128, 64), metavar=('H', 'W'))
-    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--repeats', type=int, default=2)
     args = parser.parse_args()
 
@@ -69,21 +73,20 @@ def main() -> None:
                 channels_last=True),
         }
         transform = extractors['FeatureExtractor'].transform
-        naive_loop(model, transform, paths[:4])  # warm-up (allocator, kernels)
-        naive_seconds, reference = best_time(lambda: naive_loop(model, transform, paths), args.repeats)
-        rows = [['naive per-image loop (no_grad, batch 1)', f'{naive_seconds:.2f}',
-                 f'{len(paths) / naive_seconds:.0f}', '1.0×', '0']]
-        for name, extractor in extractors.items():
+        naive = 'naive per-image loop (no_grad, batch 1)'
+        runs = {naive: lambda: naive_loop(model, transform, paths)}
+        runs.update({f'{name} (batch {args.batch_size})': (lambda e=extractor: e(paths))
+                     for name, extractor in extractors.items()})
+        for extractor in extractors.values():  # warm-up (allocator, kernels)
             extractor(paths[:args.batch_size])
-            seconds, feats = best_time(lambda: extractor(paths), args.repeats)
-            diff = float((feats - reference).abs().max())
-            rows.append([f'{name} (batch {args.batch_size})', f'{seconds:.2f}', f'{len(paths) / seconds:.0f}',
-                         f'{naive_seconds / seconds:.1f}×', f'{diff:.1e}'])
+        seconds, outputs = best_times(runs, args.repeats)
+    rows = [[name, f'{s:.2f}', f'{len(paths) / s:.1f}', f'{seconds[naive] / s:.1f}×',
+             f'{float((outputs[name] - outputs[naive]).abs().max()):.1e}'] for name, s in seconds.items()]
 
     num_params = sum(p.numel() for p in model.parameters()) / 1e6
     body = (f'`reid_net` on `{args.backbone}` ({num_params:.1f} M parameters, random weights), {len(paths)} '
             f'synthetic {args.img_size[0]}×{args.img_size[1]} JPEGs decoded and transformed in the timed loop, '
-            f'CPU, {torch.get_num_threads()} threads, best of {args.repeats} passes. The last column is the '
+            f'CPU, {torch.get_num_threads()} threads, best of {args.repeats} alternating rounds. The last column is the '
             f'largest absolute difference of the L2-normalised embeddings against the naive loop.\n\n' + markdown_table(
                 ['method', 'time (s)', 'images/s', 'speed-up', 'max abs Δ vs naive'], rows))
     print(body)
