@@ -206,7 +206,7 @@ def draw_rankings(
             left = column * (width + 4) + gap
             state = 'unknown' if item['correct'] is None else ('correct' if item['correct'] else 'wrong')
             canvas.paste(_thumbnail(item['path'], thumb_size, COLOURS[state], border), (left, top))
-            draw.text((left + 2, top + height + 1), f'{item["rank"]}: {item["score"]:.2f}', fill=(0, 0, 0))
+            draw.text((left + 2, top + height + 1), f'{item["rank"]}: {item["score"]:.3f}', fill=(0, 0, 0))
     path = Path(path)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format='PNG')
