@@ -10,7 +10,7 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistContext', 'setup_distributed', 'resolve_device', 'gather_rows', 'broadcast_object']
+__all__ = ['DistContext', 'setup_distributed', 'resolve_device', 'gather_rows', 'broadcast_object', 'sync_buffers']
 
 
 @dataclass
@@ -87,3 +87,17 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     holder: List[Any] = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def sync_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's persistent buffers (BatchNorm running statistics).
+
+    DDP broadcasts them before each forward, so after the last training step of an epoch each rank
+    holds statistics updated by its own batch; evaluation shards and the checkpoint rank 0 writes must
+    agree. Latent states are non-persistent, so each rank keeps its own."""
+    if not ctx.distributed:
+        return
+    persistent = set(model.state_dict())
+    for name, buffer in model.named_buffers():
+        if name in persistent:
+            dist.broadcast(buffer.data, src=0)

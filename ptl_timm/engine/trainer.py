@@ -33,7 +33,7 @@ from .checkpoint import (
     set_rng_state)
 from .config import TrainConfig, config_to_dict
 from .data import TrainData, build_train_data, load_dataset, spec_label
-from .distributed import DistContext, setup_distributed
+from .distributed import DistContext, setup_distributed, sync_buffers
 from .evaluate import evaluate_split
 from .plots import plot_curves
 
@@ -237,6 +237,7 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
         record = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'],
                   **{name: value / max(1, steps) for name, value in totals.items()}}
         scheduler.step()
+        sync_buffers(model, ctx)
         if _should_evaluate(cfg, epoch):
             record['eval'] = {name: evaluate_split(model, dataset, cfg, ctx)
                               for name, dataset in session.eval_sets.items()}
