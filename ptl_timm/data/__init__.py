@@ -2,3 +2,5 @@
 from .datasets import (
     DATASETS, DatasetFormatError, DatasetNotFoundError, ReIDDataset, ReIDRecord, build_dataset, build_union,
 )
+from .loader import CorruptImageError, ImageDataset, PKSampler, build_transforms
+from .synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic

@@ -28,6 +28,7 @@ pid ``-1`` (junk boxes) is dropped at parse time and pid ``0`` (Market distracto
 gallery as an ordinary negative. Problems a user can fix raise :class:`DatasetNotFoundError`
 (a ``FileNotFoundError``) or :class:`DatasetFormatError` (a ``ValueError``) naming the path and the fix.
 """
+import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,12 +246,12 @@ def build_dataset(name: str, root: PathLike, **kwargs) -> ReIDDataset:
     (``variant`` for ``cuhk03_np``, ``include_val`` for ``msmt17``)."""
     if name not in DATASETS:
         raise DatasetFormatError(f'unknown dataset {name!r}; choose one of {", ".join(DATASETS)}')
+    parser = DATASETS[name]
     try:
-        return DATASETS[name](root, **kwargs)
+        inspect.signature(parser).bind(root, **kwargs)
     except TypeError as e:
-        if 'argument' not in str(e):
-            raise
         raise DatasetFormatError(f'dataset {name!r} does not take the options {sorted(kwargs)} ({e})') from e
+    return parser(root, **kwargs)
 
 
 def build_union(datasets: Sequence[ReIDDataset], name: Optional[str] = None) -> ReIDDataset:
