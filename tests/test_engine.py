@@ -1,6 +1,7 @@
 """Fine-tuning engine: learning, checkpoints, per-epoch state reset, configs and bad input."""
 import hashlib
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ from ptl_timm.losses import ReIDLoss
 
 from engine_support import IMG_SIZE, make_domain, save_untrained, tiny_config
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].glob('configs/**/*.yaml'))
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(REPO.glob('configs/**/*.yaml'))
+EXAMPLES = ('finetune', 'distill', 'transfer', 'retrieval')
 RUNNERS = {'finetune': fine_tune, 'distill': distill, 'transfer': transfer}
 TEACHER_OF = {'reid_densenet161': 'ptl_densenet161', 'reid_resnet50': 'ptl_resnet50'}
 # the same entrypoints with one block per stage and a narrow neck: the configs' architectures in miniature
@@ -210,3 +213,17 @@ def test_reproduction_config_runs_one_tiny_step(path, layout_root, tmp_path):
         assert all(row['eval'] for row in result['rows'])
     else:
         assert result['last']['eval'] and (tmp_path / 'out' / 'last' / 'model.safetensors').is_file()
+
+
+@pytest.mark.parametrize('name', EXAMPLES)
+def test_example_runs_end_to_end_at_tiny_scale(name, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / 'examples'))  # retrieval.py reuses finetune.py
+    main = runpy.run_path(str(REPO / 'examples' / f'{name}.py'), run_name='example')['main']
+    result = main(['--output', str(tmp_path), '--num-ids', '6', '--epochs', '1', '--backbone', 'test_resnet'])
+    if name == 'retrieval':
+        with Image.open(result) as picture:
+            assert picture.format == 'PNG'
+    elif name == 'transfer':
+        assert len(result['rows']) == 2
+    else:
+        assert (Path(result['output']) / 'last' / 'model.safetensors').is_file()
