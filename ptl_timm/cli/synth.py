@@ -31,5 +31,6 @@ def run(args: argparse.Namespace) -> int:
         num_cams=args.num_cams, img_size=args.img_size, seed=args.seed, progress=not args.quiet)
     if not args.quiet:
         print(build_dataset(args.layout, path).summary())
-        print(f'written in {time.perf_counter() - started:.1f}s; read it with --dataset {args.layout} --data-root {path}')
+        print(f'written in {time.perf_counter() - started:.1f}s; '
+              f'read it with --dataset {args.layout} --data-root {path}')
     return 0

@@ -177,7 +177,8 @@ def _parse_msmt_list(list_file: Path, image_dir: Path) -> List[ReIDRecord]:
         fields = Path(parts[0]).name.split('_')
         if len(parts) != 2 or len(fields) < 3 or not parts[1].lstrip('-').isdigit() or not fields[2].isdigit():
             raise DatasetFormatError(
-                f'msmt17: line {line_no} of {list_file} is {line!r}; expected "<pid>/<pid>_<n>_<camera>_<...>.jpg <pid>"; '
+                f'msmt17: line {line_no} of {list_file} is {line!r}; '
+                f'expected "<pid>/<pid>_<n>_<camera>_<...>.jpg <pid>"; '
                 f'restore the original list file')
         records.append(ReIDRecord(str(image_dir / parts[0]), int(parts[1]), int(fields[2]) - 1))
     return _require(records, 'msmt17', list_file)
@@ -214,7 +215,8 @@ def _walk_identity_folders(split_dir: Path) -> List[Tuple[str, str, Path]]:
             raise DatasetFormatError(
                 f'folder: image {stray[0]} lies directly in an identity folder; put images in '
                 f'<split>/<identity>/<camera>/ (one sub-folder per camera)')
-        items += [(identity.name, camera.name, image) for camera in _subfolders(identity) for image in _list_images(camera)]
+        items += [(identity.name, camera.name, image)
+                  for camera in _subfolders(identity) for image in _list_images(camera)]
     return _require(items, 'folder', split_dir)
 
 

@@ -79,7 +79,8 @@ class PKSampler(Sampler[int]):
             rank: Optional[int] = None,
     ):
         if num_instances < 1 or batch_size % num_instances:
-            raise ValueError(f'batch_size ({batch_size}) must be a positive multiple of num_instances ({num_instances})')
+            raise ValueError(
+                f'batch_size ({batch_size}) must be a positive multiple of num_instances ({num_instances})')
         if num_replicas is None:
             num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if rank is None:

@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Sequence, Tuple, Union
 
@@ -190,7 +190,8 @@ def render_person(
     ys = (np.arange(height, dtype=np.float32)[:, None] + 0.5) / height
     xs = (np.arange(width, dtype=np.float32)[None, :] + 0.5) / width
     floor = ys >= camera.horizon
-    image = np.where(floor[..., None], camera.floor, camera.wall).astype(np.float32) * np.ones((1, width, 1), np.float32)
+    image = np.where(floor[..., None], camera.floor, camera.wall).astype(np.float32)
+    image = image * np.ones((1, width, 1), np.float32)  # rows decide wall or floor; widen to every column
     panels = (((xs * width + rng.uniform(0, camera.panel)) / camera.panel) % 1 < 0.15) & ~floor
     image[panels] *= 0.8
     for x0, x1, y0, y1, *rgb in camera.clutter:
@@ -331,8 +332,8 @@ def _file_names(layout: str, shot: Shot) -> List[Tuple[str, float]]:
         return [(f'labeled/{name}', 0.0), (f'detected/{name}', 0.08)]
     if layout == 'msmt17':
         folder = 'train' if shot.split in ('train', 'val') else 'test'
-        return [(f'{folder}/{shot.pid:04d}/{shot.pid:04d}_{shot.index:03d}_{shot.cam:02d}_0303morning_{frame:04d}_0.jpg',
-                 0.0)]
+        name = f'{shot.pid:04d}_{shot.index:03d}_{shot.cam:02d}_0303morning_{frame:04d}_0.jpg'
+        return [(f'{folder}/{shot.pid:04d}/{name}', 0.0)]
     return [(f'{shot.split}/person{shot.pid:04d}/cam{shot.cam}/{shot.index:04d}.jpg', 0.0)]
 
 
