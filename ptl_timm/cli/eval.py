@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_features(
         query.feats, gallery.feats, query.pids, gallery.pids, query.camids, gallery.camids, metric=args.metric,
         rerank=args.rerank, device=args.device, ap_mode=args.ap_mode, max_rank=args.max_rank,
-        single_gallery_shot=args.single_gallery_shot, seed=args.seed)
+        single_gallery_shot=args.single_gallery_shot, seed=args.seed, progress=not args.quiet)
     cmc = result['cmc']
     metrics = dict(mAP=100 * result['mAP'], **{f'rank{r}': 100 * float(cmc[min(r, len(cmc)) - 1]) for r in (1, 5, 10)},
                    mINP=100 * result['mINP'], num_query=len(query.feats), num_gallery=len(gallery.feats),

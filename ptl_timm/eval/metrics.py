@@ -25,6 +25,7 @@ from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 __all__ = ['evaluate_rank', 'evaluate_distmat', 'evaluate_distance_chunks', 'pairwise_distance_chunks', 'METRICS']
 
@@ -228,11 +229,13 @@ def evaluate_distance_chunks(
         single_gallery_shot: bool = False,
         num_repeats: int = 10,
         seed: int = 0,
+        progress: bool = False,
 ) -> Dict[str, object]:
     """Metrics from ``(query rows, distance block)`` pairs covering every query once (any order).
 
     Returns ``mAP``, ``cmc`` (np.ndarray, ``min(max_rank, num_gallery)`` entries), ``mINP`` (fractions
     in [0, 1], over valid queries), ``num_valid_queries`` and ``per_query_ap`` (NaN for skipped queries).
+    ``progress`` shows a bar counting the ranked queries.
     """
     if ap_mode not in AP_MODES:
         raise ValueError(f'ap_mode must be one of {AP_MODES}, got {ap_mode!r}')
@@ -247,6 +250,7 @@ def evaluate_distance_chunks(
     inp_total, seen = 0.0, torch.zeros(num_q, dtype=torch.bool)
     generator = torch.Generator().manual_seed(seed)
     identities = None
+    bar = tqdm(total=num_q, desc='rank', unit='query', disable=not progress, leave=False)
     for rows, dist in chunks:
         device = dist.device
         if identities is None:
@@ -256,6 +260,7 @@ def evaluate_distance_chunks(
         if dist.shape[1] != num_g:
             raise ValueError(f'distance block must have {num_g} columns, got shape {tuple(dist.shape)}')
         seen[rows] = True
+        bar.update(rows.stop - rows.start)
         with _small_op_threads(device):
             q_pid, q_cam = q_pid_all[rows], q_cam_all[rows]
             members, mask = identities.members(q_pid)
@@ -281,6 +286,7 @@ def evaluate_distance_chunks(
                 first_rank = torch.where(is_match, ranks, torch.full_like(ranks, num_g + 1)).min(1).values
                 cmc = (positions >= first_rank[valid][:, None]).double()
             cmc_total += cmc.sum(0).cpu()
+    bar.close()
     if not bool(seen.all()):
         raise ValueError(f'distance blocks covered {int(seen.sum())} of {num_q} queries')
     num_valid = int((~torch.isnan(per_query_ap)).sum())
@@ -310,6 +316,7 @@ def evaluate_rank(
         single_gallery_shot: bool = False,
         num_repeats: int = 10,
         seed: int = 0,
+        progress: bool = False,
 ) -> Dict[str, object]:
     """mAP, CMC and mINP of query features against gallery features (see the module notes).
 
@@ -319,7 +326,7 @@ def evaluate_rank(
     chunks = pairwise_distance_chunks(q_feats, g_feats, metric=metric, chunk_size=chunk_size, device=device)
     return evaluate_distance_chunks(
         chunks, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank, ap_mode=ap_mode,
-        single_gallery_shot=single_gallery_shot, num_repeats=num_repeats, seed=seed)
+        single_gallery_shot=single_gallery_shot, num_repeats=num_repeats, seed=seed, progress=progress)
 
 
 def evaluate_distmat(
