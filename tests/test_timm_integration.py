@@ -1,5 +1,7 @@
 """timm's training-script integration points: what train.py / validate.py do to a PTL model each epoch."""
 import copy
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -103,3 +105,16 @@ def test_export_imagefolder_is_read_by_timms_create_dataset(tmp_path):
     assert sorted(train.reader.class_to_idx.values()) == list(range(len(pids_by_class)))
     with pytest.raises(ValueError, match='already exists'):
         export_imagefolder(dataset, tmp_path / 'folder')
+
+
+def test_timm_script_runner_registers_ptl_models_for_the_script(tmp_path):
+    script = tmp_path / 'validate.py'
+    script.write_text(
+        'import sys, timm\n'
+        'model = timm.create_model(sys.argv[1], num_classes=3, backbone="test_resnet")\n'
+        'open(sys.argv[2], "w").write(type(model).__name__)\n')
+    out = tmp_path / 'out.txt'
+    run = subprocess.run([sys.executable, '-m', 'ptl_timm.engine.timm_script', str(script), 'ptl_net', str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert out.read_text() == 'ReIDNet'

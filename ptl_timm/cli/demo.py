@@ -21,4 +21,5 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(args.output, quick=args.quick, backbone=args.backbone, progress=not args.quiet, seed=args.seed)
     print(result['table'], end='')
     print(f'checkpoints, curves.png and metrics.jsonl of each run: {result["output"]}/{{baseline,ptl,ptl_std}}')
+    print(f'ranked lists of the distilled student: {result["ranked"]}')
     return 0

@@ -3,14 +3,18 @@
 Two synthetic domains are generated on disk in Market-1501 layout; on the first, a plain ReID
 network (the baseline, and the student's own fine-tuned starting point) and the same network with
 PTL BConv-Cells are fine-tuned, then the PTL model is distilled into the plain one (STD, λ=0.8).
-Every model is evaluated on both domains (in-domain and cross-domain) and a table is printed.
+Every model is evaluated on both domains (in-domain and cross-domain), a table is printed and the
+distilled student's ranked lists on the first domain are drawn (``ranked.png``).
 Small backbone, small images, CPU-friendly: ``--quick`` takes a few CPU minutes.
 """
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
+from ptl_timm.data import build_dataset
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+from ptl_timm.eval import FeatureExtractor, FeatureSet
+from ptl_timm.eval.retrieval import draw_rankings, search
 from ptl_timm.utils import atomic_write
 from .config import DistillConfig, TrainConfig
 from .distill import distill
@@ -71,4 +75,13 @@ def run_demo(
     table = results_table(rows, [d['label'] for d in domains])
     with atomic_write(output / 'demo.md', 'w') as f:
         f.write(table)
-    return dict(table=table, rows=rows, output=str(output))
+    picture = _draw_ranked_lists(output / 'ptl_std' / 'last', domains[0]['root'], img_size, output / 'ranked.png')
+    return dict(table=table, rows=rows, output=str(output), ranked=str(picture))
+
+
+def _draw_ranked_lists(checkpoint: Path, root: str, img_size, path: Path) -> Path:
+    dataset = build_dataset('market1501', root)
+    extractor = FeatureExtractor(checkpoint, img_size=img_size)
+    query, gallery = (FeatureSet(*extractor.extract_records(records), [r.path for r in records])
+                      for records in (dataset.query, dataset.gallery))
+    return draw_rankings(search(query, gallery, top_k=8), path, max_queries=8)
