@@ -118,6 +118,12 @@ def test_missing_folder_and_bad_tensors_give_clear_errors(extractor, tmp_path):
         extractor(torch.zeros(2, 2))
 
 
+def test_missing_image_files_are_named_in_the_error(extractor, dataset_root, tmp_path):
+    paths = image_files(dataset_root / 'query')[:1] + [tmp_path / 'gone.jpg', tmp_path / 'also_gone.jpg']
+    with pytest.raises(FileNotFoundError, match=r'gone\.jpg does not exist \(and 1 more\)'):
+        extractor(paths)
+
+
 def test_evaluate_model_leaves_a_training_model_in_training_mode(dataset_root):
     model = timm.create_model('ptl_net', num_classes=0, **TINY_MODEL_ARGS).train()
     evaluate_model(model, build_dataset('market1501', dataset_root), img_size=IMG_SIZE, device='cpu', progress=False)

@@ -163,6 +163,10 @@ class FeatureExtractor:
             images = image_files(images) if Path(images).expanduser().is_dir() else [images]
         elif isinstance(images, Image.Image):
             images = [images]
+        missing = [str(p) for p in images if not isinstance(p, Image.Image) and not os.path.isfile(p)]
+        if missing:
+            more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
+            raise FileNotFoundError(f'image {missing[0]} does not exist{more}')
         return DataLoader(_Images(images, self.transform), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
 
