@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from ptl_timm.cli import main
@@ -110,6 +111,14 @@ def test_reid_checkpoint_start_reinitialises_the_classifier_only(tmp_path, domai
     assert model.head.fc.out_features == 8
     torch.testing.assert_close(model.backbone.state_dict(), reference.backbone.state_dict())
     torch.testing.assert_close(model.head.hidden.state_dict(), reference.head.hidden.state_dict())
+
+
+def test_cli_trains_with_amp_and_channels_last(tmp_path, domain):
+    config_file = tmp_path / 'run.yaml'
+    config_file.write_text(yaml.safe_dump(tiny_config(tmp_path / 'out', domain, max_steps_per_epoch=2)))
+    assert main(['train', '--config', str(config_file), '--amp', '--channels-last', '--quiet']) == 0
+    state = load_train_state(tmp_path / 'out' / 'last')
+    assert state['config']['amp'] and state['config']['channels_last'] and state['history'][0]['loss'] > 0
 
 
 def test_unknown_config_key_is_a_clear_cli_error(capsys):
