@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ptl_timm.data.datasets import ReIDDataset, build_dataset, build_union

@@ -190,6 +190,10 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     start_epoch, history, best = 0, [], None
     if cfg.resume:
         state = load_train_state(output / 'last')
+        if len(state['rng']) != ctx.world_size:
+            raise CheckpointError(
+                f'{output / "last"} was written by a run of {len(state["rng"])} process(es); resume it with the same '
+                f'number (this run has {ctx.world_size}) so that every rank continues its own random streams')
         load_checkpoint_weights(model, output / 'last')
         if session.adapter is not None:
             session.adapter.load_state_dict(state['adapter'])
@@ -250,7 +254,7 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
         if ctx.is_main:
             _write_epoch(output, model, session.adapter, optimizer, scheduler, scaler, rngs, cfg, epoch + 1,
                          history, best, improved, metadata)
-            _log(record, primary)
+            _log(record)
         ctx.barrier()
     return dict(output=str(output), history=history, best=best,
                 last=next((r for r in reversed(history) if 'eval' in r), None))
@@ -272,7 +276,7 @@ def _write_epoch(output, model, adapter, optimizer, scheduler, scaler, rngs, cfg
     plot_curves(history, output / 'curves.png')
 
 
-def _log(record: Dict[str, Any], primary: str) -> None:
+def _log(record: Dict[str, Any]) -> None:
     text = f'epoch {record["epoch"]}: loss {record["loss"]:.4f} lr {record["lr"]:.2e} ({record["time_s"]:.1f}s)'
     for name, metrics in record.get('eval', {}).items():
         text += f' | {name}: mAP {metrics["mAP"]:.2f} Rank-1 {metrics["rank1"]:.2f}'
