@@ -42,7 +42,9 @@ def fetch_timm_model_tests(cache_dir: Path) -> Path:
 
 @pytest.fixture(scope='module')
 def timm_test_dir(request, tmp_path_factory) -> Path:
-    source = fetch_timm_model_tests(Path(request.config.cache.mkdir('timm_tests')))
+    cache = getattr(request.config, 'cache', None)  # None under -p no:cacheprovider
+    cache_dir = Path(cache.mkdir('timm_tests')) if cache else tmp_path_factory.mktemp('timm_tests')
+    source = fetch_timm_model_tests(cache_dir)
     run_dir = tmp_path_factory.mktemp('timm_contract')
     (run_dir / 'test_models.py').write_bytes(source.read_bytes())
     (run_dir / 'conftest.py').write_text('import ptl_timm  # noqa: F401  registers the models\n')
