@@ -15,6 +15,7 @@ from ptl_timm.engine import (
     CheckpointError, ConfigError, TrainConfig, build_config, distill, fine_tune, load_train_state, transfer)
 from ptl_timm.engine.config import TASKS, config_task, load_config
 from ptl_timm.engine.data import load_dataset
+from ptl_timm.engine.demo import DemoScale, run_demo
 from ptl_timm.engine.distributed import DistContext
 from ptl_timm.engine.evaluate import evaluate_split
 from ptl_timm.engine.trainer import build_model, prepare_session, run_training
@@ -222,6 +223,17 @@ def test_reproduction_config_runs_one_tiny_step(path, layout_root, tmp_path):
         assert all(row['eval'] for row in result['rows'])
     else:
         assert result['last']['eval'] and (tmp_path / 'out' / 'last' / 'model.safetensors').is_file()
+
+
+def test_demo_trains_baseline_ptl_and_student_and_draws_ranked_lists(tmp_path):
+    result = run_demo(tmp_path, DemoScale(num_ids=12, images_per_id=3, epochs=1, distill_epochs=1),
+                      backbone='test_resnet', progress=False)
+    assert [row['step'] for row in result['rows']] == ['baseline', 'PTL', 'PTL+STD']
+    assert all(len(row['eval']) == 2 for row in result['rows']), 'in-domain and cross-domain'
+    for run in ('baseline', 'ptl', 'ptl_std'):
+        assert (tmp_path / run / 'curves.png').is_file()
+    with Image.open(result['ranked']) as picture:
+        assert picture.format == 'PNG'
 
 
 @pytest.mark.parametrize('name', EXAMPLES)

@@ -40,14 +40,15 @@ DEMO_SCALES = {
 
 def run_demo(
         output: Union[str, Path],
-        quick: bool = True,
+        scale: Union[str, DemoScale] = 'quick',
         backbone: str = 'resnet18',
         progress: bool = True,
         seed: int = 0,
 ) -> Dict[str, Any]:
     """Generate the data, train baseline / PTL / PTL+STD, evaluate on both domains; returns the
-    table (markdown) and the rows. Writes everything under ``output`` (replacing an earlier demo)."""
-    scale = DEMO_SCALES['quick' if quick else 'full']
+    table (markdown) and the rows. Writes everything under ``output`` (replacing an earlier demo).
+    ``scale``: 'quick', 'full' or a ``DemoScale``."""
+    scale = DEMO_SCALES[scale] if isinstance(scale, str) else scale
     output = Path(output)
     img_size = (128, 64)
     domains = []
