@@ -3,7 +3,7 @@
 Target (issue 4): thousands of images per minute on 2 CPU cores. Rendering is numpy masks on a
 coordinate grid plus PIL blur and encoding; CUHK03-NP writes two PNGs (labeled, detected) per shot.
 
-    python -m benchmarks.synth_speed [--num-ids 200] [--images-per-id 10] [--img-size 128 64]
+    python -m benchmarks.synth_speed [--num-ids 200] [--images-per-id 10] [--img-size 128 64] [--quiet]
 """
 import argparse
 import os
@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument('--num-ids', type=int, default=200)
     parser.add_argument('--images-per-id', type=int, default=10)
     parser.add_argument('--img-size', type=int, nargs=2, default=(128, 64), metavar=('H', 'W'))
+    parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args()
     rows = []
     load_before = os.getloadavg()[0]
@@ -29,7 +30,8 @@ def main() -> None:
             domain = SYNTH_DOMAINS[index % len(SYNTH_DOMAINS)]
             started = time.perf_counter()
             path = generate_synthetic(Path(tmp) / layout, domain, layout=layout, num_ids=args.num_ids,
-                                      images_per_id=args.images_per_id, img_size=args.img_size)
+                                      images_per_id=args.images_per_id, img_size=args.img_size,
+                                      progress=not args.quiet)
             seconds = time.perf_counter() - started
             files = sum(1 for p in path.rglob('*') if p.suffix in ('.jpg', '.png'))
             dataset = build_dataset(layout, path)
