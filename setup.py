@@ -9,7 +9,11 @@ from setuptools.command.build_py import build_py
 class BuildPyWithManifest(build_py):
     def run(self) -> None:
         super().run()
-        self.copy_file('weights/manifest.json', str(Path(self.build_lib) / 'ptl_timm' / 'weights_manifest.json'))
+        if getattr(self, 'editable_mode', False):
+            return  # an editable install reads the checkout's weights/manifest.json directly
+        target = Path(self.build_lib) / 'ptl_timm' / 'weights_manifest.json'
+        self.mkpath(str(target.parent))
+        self.copy_file('weights/manifest.json', str(target))
 
 
 setup(cmdclass={'build_py': BuildPyWithManifest})
