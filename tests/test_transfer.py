@@ -60,6 +60,12 @@ def test_transfer_then_distillation_adds_a_student_row(tmp_path, domains):
     assert (tmp_path / 'out' / 'distill' / 'last' / 'model.safetensors').is_file()
 
 
+def test_resumed_transfer_continues_finished_steps_without_training_them_again(tmp_path, domains):
+    first = transfer(_transfer_config(tmp_path, domains))
+    again = transfer(_transfer_config(tmp_path, domains, resume=True))
+    assert [row['eval'] for row in again['rows']] == [row['eval'] for row in first['rows']]
+
+
 def test_transfer_without_steps_is_a_clear_error(tmp_path, domains):
     with pytest.raises(ValueError, match='at least one step'):
         transfer(TransferConfig(**tiny_config(tmp_path / 'out', domains[0])))

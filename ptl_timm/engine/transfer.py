@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from ptl_timm.utils import atomic_save_json, atomic_write
+from .checkpoint import recover_folder
 from .config import DistillConfig, TrainConfig, TransferConfig
 from .data import spec_label
 from .distill import distill
@@ -38,6 +39,11 @@ def results_table(rows: Sequence[Dict[str, Any]], test_sets: Sequence[str]) -> s
     return '\n'.join(lines) + '\n'
 
 
+def _resumable(cfg: TransferConfig, step_output: Path) -> bool:
+    """With ``resume``, finished and interrupted steps continue from their ``last/``; later ones start."""
+    return cfg.resume and recover_folder(step_output / 'last').exists()
+
+
 def _row(step: Any, model: str, route: List[str], result: Dict[str, Any]) -> Dict[str, Any]:
     return dict(step=step, model=model, route=' → '.join(route), eval=(result['last'] or {}).get('eval', {}),
                 output=result['output'])
@@ -63,9 +69,10 @@ def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
     for i, step in enumerate(cfg.steps, 1):
         label = spec_label(step['dataset'])
         route.append(label)
+        step_output = output / f'step{i}-{label}'
         step_cfg = TrainConfig(**{
-            **base, 'test_datasets': test_specs, 'init_checkpoint': previous,
-            'output': str(output / f'step{i}-{label}'), **step})
+            **base, 'test_datasets': test_specs, 'init_checkpoint': previous, 'output': str(step_output),
+            'resume': _resumable(cfg, step_output), **step})
         result = fine_tune(step_cfg)
         rows.append(_row(i, step_cfg.model, route, result))
         previous = str(Path(result['output']) / 'last')
@@ -73,6 +80,7 @@ def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
         distill_cfg = DistillConfig(**{
             **_base_fields(cfg, DistillConfig), 'dataset': cfg.steps[-1]['dataset'], 'test_datasets': test_specs,
             'init_checkpoint': None, 'output': str(output / 'distill'), 'teacher': previous,
+            'resume': _resumable(cfg, output / 'distill'),
             **{k: cfg.steps[-1][k] for k in ('data_root', 'dataset_args') if k in cfg.steps[-1]}, **cfg.distill})
         result = distill(distill_cfg)
         rows.append(_row('STD', distill_cfg.model, route, result))
