@@ -64,6 +64,24 @@ def test_one_epoch_of_fine_tuning_improves_map_over_the_untrained_model(tmp_path
     assert after > before + 5.0, (before, after)
 
 
+def test_side_lr_mult_scales_only_the_side_network_steps(tmp_path, domain):
+    """With a vanishing side_lr_mult the cells and fuses barely move while the backbone trains."""
+    cfg = TrainConfig(**tiny_config(tmp_path / 'out', domain, side_lr_mult=1e-6))
+    start = build_model(cfg, load_dataset(domain, cfg.data_root, {}).num_train_pids, 'synth').state_dict()
+    fine_tune(cfg)
+    trained = load_model(str(tmp_path / 'out' / 'last')).state_dict()
+
+    def largest_change(prefix):
+        return max((trained[k] - start[k]).abs().max().item()
+                   for k in start if k.startswith(prefix) and start[k].is_floating_point() and 'running' not in k)
+    assert largest_change('side.') < 1e-5 < largest_change('backbone.')
+
+
+def test_non_positive_side_lr_mult_is_a_config_error(tmp_path, domain):
+    with pytest.raises(ConfigError, match='side_lr_mult'):
+        build_config(TrainConfig, overrides=tiny_config(tmp_path / 'out', domain, side_lr_mult=0))
+
+
 def test_each_epoch_writes_last_best_metrics_and_curves(trained_run):
     output, result = trained_run
     for name in ('last', 'best'):

@@ -51,6 +51,7 @@ class TrainConfig:
     # optimisation
     optimizer: str = 'sgd'  # 'sgd', 'adam', 'adamw'
     lr: float = 0.01
+    side_lr_mult: float = 1.0  # lr factor of the PTL side network (cells + fuses), which starts untrained
     momentum: float = 0.9
     nesterov: bool = False
     amsgrad: bool = False
@@ -185,6 +186,8 @@ def _coerce(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {cfg.optimizer!r}")
     if cfg.reset_classifier not in ('auto', 'yes', 'no'):
         raise ConfigError(f"reset_classifier must be 'auto', 'yes' or 'no', got {cfg.reset_classifier!r}")
+    if cfg.side_lr_mult <= 0:
+        raise ConfigError(f'side_lr_mult must be positive, got {cfg.side_lr_mult}')
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError(f'epochs and batch_size must be positive, got {cfg.epochs} and {cfg.batch_size}')
     if cfg.sampler == 'pk' and cfg.batch_size % cfg.num_instances:

@@ -97,6 +97,20 @@ def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def _param_groups(cfg: TrainConfig, module: nn.Module) -> List[Dict[str, Any]]:
+    """Trainable parameters; with ``side_lr_mult != 1`` the PTL side network (every PTL model keeps
+    it under ``side``) gets its own group at ``lr × side_lr_mult``. The group layout depends only on
+    the config, so a resumed optimizer state always matches."""
+    side, rest = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (side if cfg.side_lr_mult != 1.0 and '.side.' in f'.{name}' else rest).append(param)
+    groups = [dict(params=rest)]
+    if side:
+        groups.append(dict(params=side, lr=cfg.lr * cfg.side_lr_mult))
+    return groups
+
+
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == 'sgd':
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -180,8 +194,7 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     module = ReIDTrainModule(model, session.adapter).to(ctx.device)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = _optimizer(cfg, params)
+    optimizer = _optimizer(cfg, _param_groups(cfg, module))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     amp_dtype = torch.float16 if ctx.device.type == 'cuda' else torch.bfloat16
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp and amp_dtype == torch.float16)
