@@ -9,7 +9,9 @@ stand-in for ImageNet weights; cells, neck and head start fresh, as in the paper
 3. Table 6 analogue: the STD λ sweep 0, 0.3, 0.5, 0.8, 1.0;
 4. DenseNet-161* analogue: the plain model with a batch 4× larger (same epochs and lr);
 5. Table 5 analogue: one-step transfer (union of two source domains, then the target) against
-   two-step transfer in both orders (one source, the other, then the target).
+   two-step transfer in both orders (one source, the other, then the target);
+6. probes of why PTL does (not) help: the cells' learning rate ×10 (``side_lr_mult``), and 4× more
+   target identities (4× more batches between two state resets), each with state and stateless.
 
 Every cell of every table is the mean ± std over seeds of mAP and Rank-1 on the target domain's
 query/gallery. Raw per-run numbers are kept as JSON (``--out``), plots as PNG, tables in
@@ -37,6 +39,7 @@ from benchmarks.report import ROOT, markdown_table, write_section
 RESULTS_DIR = ROOT / 'benchmarks' / 'results' / 'transfer'
 LAMBDAS = (0.0, 0.3, 0.5, 0.8, 1.0)
 STATE_MODES = ('batch', 'sample', 'none')
+PROBE_MODES = ('batch', 'none')  # with and without the latent state, otherwise the same network
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,27 @@ QUICK = Setting(backbone='resnet10t', embed_dim=128, img_size=(64, 32), num_ids=
 
 
 class Experiment:
-    """Runs (or reuses, by name) fine-tunes and distillations under one output folder."""
+    """Runs fine-tunes and distillations under one output folder; with ``previous`` (the runs of an
+    earlier invocation with the same setting) a run whose checkpoint is still there is reused."""
 
-    def __init__(self, setting: Setting, work: Path, progress: bool):
+    def __init__(self, setting: Setting, work: Path, progress: bool,
+                 previous: Optional[Dict[str, Dict[str, Any]]] = None):
         self.s = setting
         self.work = work
         self.progress = progress
+        self.previous = previous or {}
         self.runs: Dict[str, Dict[str, Any]] = {}
 
-    def domain(self, domain: str, seed: int, num_ids: int) -> Dict[str, str]:
+    def _reuse(self, name: str, seed: int) -> Optional[Path]:
+        key, last = f'{name}/seed{seed}', self.work / f'seed{seed}' / name / 'last'
+        if key in self.previous and last.exists():
+            self.runs[key] = self.previous[key]
+            return last
+        return None
+
+    def domain(self, domain: str, seed: int, num_ids: int, folder: str = 'data') -> Dict[str, str]:
         root = generate_synthetic(
-            self.work / f'data-seed{seed}', domain, layout='market1501', num_ids=num_ids,
+            self.work / f'{folder}-seed{seed}', domain, layout='market1501', num_ids=num_ids,
             images_per_id=self.s.images_per_id, img_size=self.s.img_size, seed=seed)
         return dict(name='market1501', root=str(root), label=domain)
 
@@ -96,6 +109,9 @@ class Experiment:
     def finetune(self, name: str, seed: int, dataset: Any, init: Dict[str, Any], state_mode: Optional[str],
                  test: Sequence[Dict[str, str]] = (), **overrides) -> Path:
         """Fine-tune plain (state_mode None) or PTL; ``init`` = pretrained-backbone or checkpoint kwargs."""
+        reused = self._reuse(name, seed)
+        if reused:
+            return reused
         output = self.work / f'seed{seed}' / name
         started = time.time()
         model = 'reid_net' if state_mode is None else 'ptl_net'
@@ -109,6 +125,9 @@ class Experiment:
 
     def distill(self, name: str, seed: int, dataset: Dict[str, str], teacher: Path, student: Path,
                 lam: float) -> Path:
+        reused = self._reuse(name, seed)
+        if reused:
+            return reused
         output = self.work / f'seed{seed}' / name
         started = time.time()
         result = distill(DistillConfig(
@@ -156,6 +175,13 @@ def run_seed(exp: Experiment, seed: int, tables: Sequence[str]) -> None:
             for i in order:
                 step = dict(init_checkpoint=str(exp.finetune(f'two-step-{label}-{i}', seed, sources[i], step, None)))
             exp.finetune(f'two-step-{label}', seed, target_set, step, None)
+    if 'probe' in tables:
+        for mode in PROBE_MODES:
+            exp.finetune(f'ptl-{mode}-side-lr10', seed, target_set, init(), mode, side_lr_mult=10.0)
+        larger = exp.domain(target, seed, 4 * s.num_ids, folder='data-4x')
+        exp.finetune('plain-4x-ids', seed, larger, init(), None)
+        for mode in PROBE_MODES:
+            exp.finetune(f'ptl-{mode}-4x-ids', seed, larger, init(), mode)
 
 
 def summarize(runs: Dict[str, Dict[str, Any]], name: str, target: str) -> Tuple[str, str, float, float, int]:
@@ -179,6 +205,10 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
         ('one-step', 'union({first}+{second}) → {target}'),
         ('two-step-{first}-{second}', '{first} → {second} → {target}'),
         ('two-step-{second}-{first}', '{second} → {first} → {target}')]),
+    'probe': ('Probes: cells\' learning rate ×10, and 4× more target identities (own query/gallery)', [
+        ('plain', 'plain (reference)'), ('ptl-batch-side-lr10', "PTL 'batch', side lr ×10"),
+        ('ptl-none-side-lr10', "PTL 'none', side lr ×10"), ('plain-4x-ids', 'plain, 4× identities'),
+        ('ptl-batch-4x-ids', "PTL 'batch', 4× identities"), ('ptl-none-4x-ids', "PTL 'none', 4× identities")]),
 }
 
 
@@ -225,6 +255,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--work', default='runs/transfer-benchmark', help='scratch folder for data and checkpoints')
     parser.add_argument('--out', help='folder for runs.json and plots (default: benchmarks/results/transfer; '
                                       'quick: <work>/results)')
+    parser.add_argument('--reuse', action='store_true',
+                        help='keep the runs in <out>/runs.json (same setting) whose checkpoints are still in --work; '
+                             'run only the missing ones (e.g. a table added later)')
     parser.add_argument('--no-report', action='store_true', help='do not write BENCHMARKS.md')
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
@@ -235,7 +268,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     work = Path(args.work)
     out = Path(args.out) if args.out else (work / 'results' if args.quick else RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    exp = Experiment(setting, work, progress=not args.quiet)
+    previous = {}
+    if args.reuse and (out / 'runs.json').exists():
+        saved = json.loads((out / 'runs.json').read_text())
+        if saved['setting'] != json.loads(json.dumps(asdict(setting))):
+            parser.error(f'--reuse: {out / "runs.json"} was made with another setting: {saved["setting"]}')
+        previous = saved['runs']
+    exp = Experiment(setting, work, progress=not args.quiet, previous=previous)
     for seed in range(setting.seeds):
         run_seed(exp, seed, args.tables)
         atomic_save_json(dict(setting=asdict(setting), runs=exp.runs), out / 'runs.json')

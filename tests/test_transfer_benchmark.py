@@ -18,6 +18,7 @@ def test_quick_run_produces_every_table_with_every_seed(tmp_path):
     names = {r['name'] for r in runs.values()}
     expected = {'plain', 'ptl-batch', 'ptl-sample', 'ptl-none', 'plain-large-batch', 'one-step'}
     expected |= {f'std-lambda{lam}' for lam in transfer.LAMBDAS}
+    expected |= {f'ptl-{mode}-{probe}' for mode in transfer.PROBE_MODES for probe in ('side-lr10', '4x-ids')}
     assert expected <= names
     for name in expected:
         per_seed = [r for r in runs.values() if r['name'] == name]
@@ -26,3 +27,15 @@ def test_quick_run_produces_every_table_with_every_seed(tmp_path):
         assert all(0 <= r['eval'][target]['mAP'] <= 100 and r['params'] > 0 for r in per_seed)
     # mean ± std of every cell is computed over the seeds
     assert body.count(' ± ') >= 2 * len(expected)
+
+
+def test_reuse_keeps_finished_runs_and_runs_only_the_missing_table(tmp_path):
+    common = ['--quick', '--seeds', '1', '--work', str(tmp_path / 'work'), '--out', str(tmp_path / 'out'),
+              '--no-report', '--quiet']
+    first = transfer.main(common + ['--tables', 'batch'])
+    checkpoint = tmp_path / 'work' / 'seed0' / 'plain' / 'last' / 'model.safetensors'
+    written = checkpoint.stat().st_mtime_ns
+    second = transfer.main(common + ['--tables', 'batch', 'lambda', '--reuse'])
+    assert checkpoint.stat().st_mtime_ns == written  # plain was not trained again
+    assert second['runs']['plain/seed0'] == first['runs']['plain/seed0']
+    assert {f'std-lambda{lam}/seed0' for lam in transfer.LAMBDAS} <= set(second['runs'])
