@@ -47,10 +47,10 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ConvNormAct, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
 from ptl_timm.weights import add_manifest_tags, require_published
+from .fused_levels import FusedLevelsMixin
 from .reid_output import ReIDOutput
 
 __all__ = ['MGN', 'MGNSideNetwork', 'filter_resnet_pretrained']
@@ -151,7 +151,7 @@ def _conv5_without_stride(stage: nn.Sequential) -> nn.Sequential:
     return stage
 
 
-class MGN(nn.Module):
+class MGN(FusedLevelsMixin, nn.Module):
     """Multiple Granularity Network on ResNet-50, optionally with the PTL side network.
 
     Args:
@@ -367,38 +367,10 @@ class MGN(nn.Module):
         return ReIDOutput(torch.cat(reduced, 1), logits, reduced[:NUM_GLOBAL_FEATURES])
 
     @torch.jit.ignore
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Trunk stage outputs, then the branch map (the last level always equals ``forward_features``)."""
-        assert output_fmt == 'NCHW', 'Output format must be NCHW.'
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+    def _levels(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Trunk stage outputs, then the concatenated branch map."""
         trunk_features = self._forward_trunk(x)
-        final = self._forward_branches(x, trunk_features)
-        levels = trunk_features + [final]
-        intermediates = [levels[i] for i in take_indices]
-        if intermediates_only:
-            return intermediates
-        return final, intermediates
-
-    @torch.jit.ignore
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """The branch map needs the whole trunk, so only the head can be pruned."""
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return trunk_features + [self._forward_branches(x, trunk_features)]
 
 
 def _check_pool(global_pool: str) -> str:

@@ -25,10 +25,10 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ConvNormAct, SelectAdaptivePool2d, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
 from ptl_timm.weights import add_manifest_tags, require_published
+from .fused_levels import FusedLevelsMixin
 from .reid_output import ReIDOutput
 
 __all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'create_ptl', 'create_reid']
@@ -144,7 +144,7 @@ class ReIDClassifier(nn.Module):
         return self.fc(self.hidden(x))
 
 
-class ReIDNet(nn.Module):
+class ReIDNet(FusedLevelsMixin, nn.Module):
     """A timm backbone with (``ptl=True``) or without the PTL side network, and the ReID head.
 
     Args:
@@ -295,39 +295,10 @@ class ReIDNet(nn.Module):
         return ReIDOutput(embedding, logits, [embedding])
 
     @torch.jit.ignore
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Backbone stage outputs (the side network feeds nothing back into them), then the fused
-        PTL feature map as the last level, which always equals ``forward_features``."""
-        assert output_fmt == 'NCHW', 'Output format must be NCHW.'
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+    def _levels(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Backbone stage outputs (the side network feeds nothing back into them), then the fused map."""
         features = self._backbone_features(x)
-        final = self._fuse(x, features)
-        levels = features[:-1] + [final]
-        intermediates = [levels[i] for i in take_indices]
-        if intermediates_only:
-            return intermediates
-        return final, intermediates
-
-    @torch.jit.ignore
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """The fused last level needs every stage, so only the head can be pruned."""
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return features[:-1] + [self._fuse(x, features)]
 
 
 def _default_widths(
