@@ -184,17 +184,30 @@ def run_seed(exp: Experiment, seed: int, tables: Sequence[str]) -> None:
             exp.finetune(f'ptl-{mode}-4x-ids', seed, larger, init(), mode)
 
 
-def summarize(runs: Dict[str, Dict[str, Any]], name: str, target: str) -> Tuple[str, str, float, float, int]:
+def _fmt(xs: List[float], signed: bool = False) -> str:
+    sign = '+' if signed else ''
+    return f'{statistics.mean(xs):{sign}.1f} ± {statistics.stdev(xs):.1f}' if len(xs) > 1 else f'{xs[0]:{sign}.1f}'
+
+
+def _map_by_seed(runs: Dict[str, Dict[str, Any]], name: str, target: str) -> Dict[int, float]:
+    return {r['seed']: r['eval'][target]['mAP'] for r in runs.values() if r['name'] == name}  # percent
+
+
+def summarize(runs: Dict[str, Dict[str, Any]], name: str, reference: str, target: str) -> Dict[str, Any]:
+    """Mean ± std over seeds of mAP and Rank-1, and the mAP difference to ``reference`` paired by
+    seed (both runs share the seed's pre-trained backbone and data, so the pairing removes most of
+    the seed-to-seed spread)."""
     rows = [r for r in runs.values() if r['name'] == name]
-    maps = [r['eval'][target]['mAP'] for r in rows]  # the engine reports percent
+    maps = [r['eval'][target]['mAP'] for r in rows]
     r1s = [r['eval'][target]['rank1'] for r in rows]
+    mine, ref = _map_by_seed(runs, name, target), _map_by_seed(runs, reference, target)
+    deltas = [mine[seed] - ref[seed] for seed in sorted(mine) if seed in ref]
+    return dict(map=_fmt(maps), rank1=_fmt(r1s), delta='–' if name == reference else _fmt(deltas, signed=True),
+                mAP=maps, rank1_values=r1s, seeds=len(rows))
 
-    def fmt(xs: List[float]) -> str:
-        return f'{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}' if len(xs) > 1 else f'{xs[0]:.1f}'
-    return fmt(maps), fmt(r1s), statistics.mean(maps), statistics.mean(r1s), len(rows)
 
-
-TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
+# title, cells: (run name, label[, reference run for the paired Δ; default: the table's first row])
+TABLES: Dict[str, Tuple[str, List[Tuple[str, ...]]]] = {
     'ptl': ('Fine-tuning: plain vs PTL vs PTL+STD (Table 1/2 analogue)', [
         ('plain', 'plain fine-tune'), ('ptl-batch', "PTL, state 'batch'"), ('ptl-sample', "PTL, state 'sample'"),
         ('ptl-none', "PTL, state 'none' (stateless)"), ('std-lambda0.8', 'PTL+STD student (λ=0.8)')]),
@@ -208,7 +221,8 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     'probe': ('Probes: cells\' learning rate ×10, and 4× more target identities (own query/gallery)', [
         ('plain', 'plain (reference)'), ('ptl-batch-side-lr10', "PTL 'batch', side lr ×10"),
         ('ptl-none-side-lr10', "PTL 'none', side lr ×10"), ('plain-4x-ids', 'plain, 4× identities'),
-        ('ptl-batch-4x-ids', "PTL 'batch', 4× identities"), ('ptl-none-4x-ids', "PTL 'none', 4× identities")]),
+        ('ptl-batch-4x-ids', "PTL 'batch', 4× identities", 'plain-4x-ids'),
+        ('ptl-none-4x-ids', "PTL 'none', 4× identities", 'plain-4x-ids')]),
 }
 
 
@@ -222,22 +236,27 @@ def render(runs: Dict[str, Dict[str, Any]], setting: Setting, tables: Sequence[s
     body = []
     for key in tables:
         title, cells = TABLES[key]
-        rows, means = [], []
-        for run_name, label in cells:
+        rows, bars = [], []
+        reference = cells[0][0].format(**names)
+        for run_name, label, *ref in cells:
             run_name, label = run_name.format(**names), label.format(**names)
-            map_s, r1_s, map_mean, r1_mean, n = summarize(runs, run_name, target)
+            cell = summarize(runs, run_name, ref[0].format(**names) if ref else reference, target)
             count = params.get(run_name)
-            rows.append([label, map_s, r1_s, n, f'{count / 1e6:.2f}M' if count else '–'])
-            means.append((label, map_mean, r1_mean))
+            rows.append([label, cell['map'], cell['rank1'], cell['delta'], cell['seeds'],
+                         f'{count / 1e6:.2f}M' if count else '–'])
+            bars.append((label, cell['mAP'], cell['rank1_values']))
         body.append(f'### {title}\n\n' + markdown_table(
-            ['setting', 'mAP % (mean ± std)', 'Rank-1 % (mean ± std)', 'seeds', 'params'], rows)
+            ['setting', 'mAP % (mean ± std)', 'Rank-1 % (mean ± std)', 'Δ mAP vs reference (paired by seed)',
+             'seeds', 'params'], rows)
             + f'\n![{key}](benchmarks/results/transfer/{key}.png)\n')
         fig, ax = plt.subplots(figsize=(7, 3.2))
-        xs = range(len(means))
-        ax.bar([x - 0.2 for x in xs], [m[1] for m in means], 0.4, label='mAP')
-        ax.bar([x + 0.2 for x in xs], [m[2] for m in means], 0.4, label='Rank-1')
-        ax.set_xticks(list(xs), [m[0] for m in means], rotation=20, ha='right', fontsize=7)
-        ax.set_ylabel('% on target domain')
+        xs = range(len(bars))
+        for offset, index, metric in ((-0.2, 1, 'mAP'), (0.2, 2, 'Rank-1')):
+            values = [b[index] for b in bars]
+            ax.bar([x + offset for x in xs], [statistics.mean(v) for v in values], 0.4, label=metric,
+                   yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values], capsize=2)
+        ax.set_xticks(list(xs), [b[0] for b in bars], rotation=20, ha='right', fontsize=7)
+        ax.set_ylabel('% on target domain (mean ± std over seeds)')
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
