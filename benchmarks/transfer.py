@@ -10,8 +10,9 @@ stand-in for ImageNet weights; cells, neck and head start fresh, as in the paper
 4. DenseNet-161* analogue: the plain model with a batch 4× larger (same epochs and lr);
 5. Table 5 analogue: one-step transfer (union of two source domains, then the target) against
    two-step transfer in both orders (one source, the other, then the target);
-6. probes of why PTL does (not) help: the cells' learning rate ×10 (``side_lr_mult``), and 4× more
-   target identities (4× more batches between two state resets), each with state and stateless.
+6. probes of why PTL does (not) help: the state never reset (carried over epochs), the cells'
+   learning rate ×10 (``side_lr_mult``), and 4× more target identities (4× more batches between
+   two state resets), each with state and stateless.
 
 Every cell of every table is the mean ± std over seeds of mAP and Rank-1 on the target domain's
 query/gallery. Raw per-run numbers are kept as JSON (``--out``), plots as PNG, tables in
@@ -176,6 +177,7 @@ def run_seed(exp: Experiment, seed: int, tables: Sequence[str]) -> None:
                 step = dict(init_checkpoint=str(exp.finetune(f'two-step-{label}-{i}', seed, sources[i], step, None)))
             exp.finetune(f'two-step-{label}', seed, target_set, step, None)
     if 'probe' in tables:
+        exp.finetune('ptl-batch-no-reset', seed, target_set, init(), 'batch', state_reset='never')
         for mode in PROBE_MODES:
             exp.finetune(f'ptl-{mode}-side-lr10', seed, target_set, init(), mode, side_lr_mult=10.0)
         larger = exp.domain(target, seed, 4 * s.num_ids, folder='data-4x')
@@ -218,8 +220,9 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, ...]]]] = {
         ('one-step', 'union({first}+{second}) → {target}'),
         ('two-step-{first}-{second}', '{first} → {second} → {target}'),
         ('two-step-{second}-{first}', '{second} → {first} → {target}')]),
-    'probe': ('Probes: cells\' learning rate ×10, and 4× more target identities (own query/gallery)', [
-        ('plain', 'plain (reference)'), ('ptl-batch-side-lr10', "PTL 'batch', side lr ×10"),
+    'probe': ('Probes: state never reset, cells\' learning rate ×10, 4× more target identities (own query/gallery)', [
+        ('plain', 'plain (reference)'), ('ptl-batch-no-reset', "PTL 'batch', state never reset"),
+        ('ptl-batch-side-lr10', "PTL 'batch', side lr ×10"),
         ('ptl-none-side-lr10', "PTL 'none', side lr ×10"), ('plain-4x-ids', 'plain, 4× identities'),
         ('ptl-batch-4x-ids', "PTL 'batch', 4× identities", 'plain-4x-ids'),
         ('ptl-none-4x-ids', "PTL 'none', 4× identities", 'plain-4x-ids')]),

@@ -109,17 +109,29 @@ def test_last_checkpoint_rebuilds_the_trained_model(trained_run, domain):
     assert metrics['mAP'] == pytest.approx(result['last']['eval'][domain['label']]['mAP'], abs=1e-4)
 
 
-def test_every_training_epoch_starts_from_zero_latent_state(tmp_path, domain):
-    cfg = TrainConfig(**tiny_config(tmp_path / 'out', domain, epochs=2, max_steps_per_epoch=2))
+def _state_sizes_seen_by_training_forwards(cfg: TrainConfig) -> list:
+    """The latent-state size each training forward of the first BConv-Cell reads (0: zero state)."""
     session = prepare_session(cfg, DistContext(), lambda n, label: build_model(cfg, n, label))
     cell = next(m for m in session.model.modules() if isinstance(m, BConvCell))
     seen = []
     cell.register_forward_pre_hook(lambda module, args: seen.append(module.latent_state.numel()) if module.training else None)
     criterion = ReIDLoss()
     run_training(session, lambda module, images, pids: criterion(module(images), pids))
+    return seen
+
+
+def test_every_training_epoch_starts_from_zero_latent_state(tmp_path, domain):
+    seen = _state_sizes_seen_by_training_forwards(
+        TrainConfig(**tiny_config(tmp_path / 'out', domain, epochs=2, max_steps_per_epoch=2, eval_every=1)))
     assert len(seen) == 4
     assert seen[0] == 0 and seen[2] == 0, 'state reset at the start of each epoch'
     assert seen[1] > 0 and seen[3] > 0, 'state carried to the next batch within an epoch'
+
+
+def test_state_reset_never_carries_the_state_across_epochs_and_evaluation(tmp_path, domain):
+    seen = _state_sizes_seen_by_training_forwards(TrainConfig(**tiny_config(
+        tmp_path / 'out', domain, epochs=2, max_steps_per_epoch=2, eval_every=1, state_reset='never')))
+    assert seen[0] == 0 and all(size > 0 for size in seen[1:]), seen
 
 
 def test_reid_checkpoint_start_reinitialises_the_classifier_only(tmp_path, domain):

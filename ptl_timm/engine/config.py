@@ -62,6 +62,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_epochs: int = 0
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests
+    # 'epoch': BConv-Cell states start at zero every epoch (the paper; what model.train() does);
+    # 'never': carried over epochs and evaluations (an ablation; a resumed run restarts them at zero)
+    state_reset: str = 'epoch'
     # loss (ReIDLoss)
     ce_weight: float = 1.0
     triplet_weight: float = 0.0
@@ -186,6 +189,8 @@ def _coerce(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {cfg.optimizer!r}")
     if cfg.reset_classifier not in ('auto', 'yes', 'no'):
         raise ConfigError(f"reset_classifier must be 'auto', 'yes' or 'no', got {cfg.reset_classifier!r}")
+    if cfg.state_reset not in ('epoch', 'never'):
+        raise ConfigError(f"state_reset must be 'epoch' or 'never', got {cfg.state_reset!r}")
     if cfg.side_lr_mult <= 0:
         raise ConfigError(f'side_lr_mult must be positive, got {cfg.side_lr_mult}')
     if cfg.epochs < 1 or cfg.batch_size < 1:

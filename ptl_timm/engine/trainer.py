@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from ptl_timm.layers import ddp_ignore_latent_states
+from ptl_timm.layers import BConvCell, ddp_ignore_latent_states
 from ptl_timm.losses import ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
@@ -223,10 +223,14 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     primary = next(iter(session.eval_sets))
     metadata = {DATASET_METADATA_KEY: primary}
 
+    cells = [m for m in model.modules() if isinstance(m, BConvCell)]
+    kept: List[torch.Tensor] = []  # state_reset='never': the states at the end of the last epoch
     for epoch in range(start_epoch, cfg.epochs):
         started = time.time()
         session.data.sampler.set_epoch(epoch)
         train_module.train()  # zeroes every latent state: PTL resets at each epoch start
+        for cell, state in zip(cells, kept):
+            cell.latent_state = state
         totals: Dict[str, float] = {}
         steps = len(session.data.loader)
         if cfg.max_steps_per_epoch:
@@ -253,6 +257,8 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
         bar.close()
         record = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'],
                   **{name: value / max(1, steps) for name, value in totals.items()}}
+        if cfg.state_reset == 'never':
+            kept = [cell.latent_state for cell in cells]  # before evaluation's train()/eval() switches
         scheduler.step()
         sync_buffers(model, ctx)
         if _should_evaluate(cfg, epoch):
