@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args)
     if (dataset is None) == (args.features is None) or (dataset is not None and not args.model):
-        raise ValueError('give either --model with --dataset/--root, or --features')
+        raise ValueError('give either --model with --dataset/--data-root, or --features')
     if args.features:
         sets = load_features(args.features)
         if not {'query', 'gallery'} <= set(sets):

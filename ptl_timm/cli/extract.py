@@ -28,8 +28,9 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('dataset')
-    group.add_argument('--dataset', choices=sorted(DATASETS), help='dataset layout of --root')
-    group.add_argument('--root', help='folder holding the dataset')
+    group.add_argument('--dataset', choices=sorted(DATASETS), help='dataset layout of --data-root')
+    # --data-root as in `ptl-timm train`; --root kept as a short alias
+    group.add_argument('--data-root', '--root', dest='root', help='folder holding the dataset')
     group.add_argument('--variant', choices=('detected', 'labeled'), help='cuhk03_np boxes')
 
 
@@ -40,11 +41,11 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
 
 
 def load_dataset(args: argparse.Namespace) -> Optional[ReIDDataset]:
-    """The dataset named by --dataset/--root, or None when neither is given."""
+    """The dataset named by --dataset/--data-root, or None when neither is given."""
     if not args.dataset and not args.root:
         return None
     if not (args.dataset and args.root):
-        raise ValueError('--dataset and --root go together (the layout and the folder holding it)')
+        raise ValueError('--dataset and --data-root go together (the layout and the folder holding it)')
     return build_dataset(args.dataset, args.root, **({'variant': args.variant} if args.variant else {}))
 
 
@@ -82,7 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args)
     if (dataset is None) == (args.folder is None):
-        raise ValueError('give either --dataset/--root or --folder')
+        raise ValueError('give either --dataset/--data-root or --folder')
     extractor = make_extractor(args)
     sets = split_features(extractor, dataset, args.splits) if dataset else {'images': folder_features(extractor, args.folder)}
     save_features(sets, args.out)

@@ -62,7 +62,7 @@ def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
         sets['query'] = FeatureSet(extractor(paths), unknown, unknown.clone(), paths)
     missing = [name for name in ('query', 'gallery') if name not in sets]
     if missing:
-        raise ValueError(f'no {" and no ".join(missing)} images: give --query/--gallery, --dataset/--root or --features')
+        raise ValueError(f'no {" and no ".join(missing)} images: give --query/--gallery, --dataset/--data-root or --features')
     return sets
 
 
