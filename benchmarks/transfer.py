@@ -11,14 +11,14 @@ stand-in for ImageNet weights; cells, neck and head start fresh, as in the paper
 5. Table 5 analogue: one-step transfer (union of two source domains, then the target) against
    two-step transfer in both orders (one source, the other, then the target);
 6. probes of why PTL does (not) help: the state never reset (carried over epochs), the cells'
-   learning rate ×10 (``side_lr_mult``), and 4× more target identities (4× more batches between
-   two state resets), each with state and stateless.
+   learning rate ×10 (``side_lr_mult``), cells fused at layer3 only instead of at every stage, and
+   4× more target identities (4× more batches between two state resets), with state and stateless.
 
 Every cell of every table is the mean ± std over seeds of mAP and Rank-1 on the target domain's
 query/gallery. Raw per-run numbers are kept as JSON (``--out``), plots as PNG, tables in
 BENCHMARKS.md. Nothing is tuned per seed: one setting for all.
 
-    python -m benchmarks.transfer            # full setting (about an hour on 2 CPU cores)
+    python -m benchmarks.transfer            # full setting (about 50 minutes on 2 CPU cores)
     python -m benchmarks.transfer --quick    # CI-size: checks the pipeline produces every table
 """
 import argparse
@@ -41,6 +41,8 @@ RESULTS_DIR = ROOT / 'benchmarks' / 'results' / 'transfer'
 LAMBDAS = (0.0, 0.3, 0.5, 0.8, 1.0)
 STATE_MODES = ('batch', 'sample', 'none')
 PROBE_MODES = ('batch', 'none')  # with and without the latent state, otherwise the same network
+# cells paired with layer3 only (and the last stage), instead of the stem and every stage
+DEEP_FUSE = dict(backbone_args=dict(out_indices=(3, 4)))
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ class Experiment:
             params=sum(t.numel() for t in weights.values()), eval=result['last']['eval'])
 
     def finetune(self, name: str, seed: int, dataset: Any, init: Dict[str, Any], state_mode: Optional[str],
-                 test: Sequence[Dict[str, str]] = (), **overrides) -> Path:
+                 test: Sequence[Dict[str, str]] = (), model_args: Optional[Dict[str, Any]] = None,
+                 **overrides) -> Path:
         """Fine-tune plain (state_mode None) or PTL; ``init`` = pretrained-backbone or checkpoint kwargs."""
         reused = self._reuse(name, seed)
         if reused:
@@ -117,7 +120,7 @@ class Experiment:
         started = time.time()
         model = 'reid_net' if state_mode is None else 'ptl_net'
         args = self._model_args(state_mode)
-        args.update(init.pop('model_args', {}))
+        args.update(init.pop('model_args', {}), **(model_args or {}))
         result = fine_tune(TrainConfig(
             **self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
             test_datasets=list(test), output=str(output), **init))
@@ -180,6 +183,7 @@ def run_seed(exp: Experiment, seed: int, tables: Sequence[str]) -> None:
         exp.finetune('ptl-batch-no-reset', seed, target_set, init(), 'batch', state_reset='never')
         for mode in PROBE_MODES:
             exp.finetune(f'ptl-{mode}-side-lr10', seed, target_set, init(), mode, side_lr_mult=10.0)
+            exp.finetune(f'ptl-{mode}-deep-fuse', seed, target_set, init(), mode, model_args=DEEP_FUSE)
         larger = exp.domain(target, seed, 4 * s.num_ids, folder='data-4x')
         exp.finetune('plain-4x-ids', seed, larger, init(), None)
         for mode in PROBE_MODES:
@@ -220,10 +224,12 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, ...]]]] = {
         ('one-step', 'union({first}+{second}) → {target}'),
         ('two-step-{first}-{second}', '{first} → {second} → {target}'),
         ('two-step-{second}-{first}', '{second} → {first} → {target}')]),
-    'probe': ('Probes: state never reset, cells\' learning rate ×10, 4× more target identities (own query/gallery)', [
+    'probe': ('Probes: state never reset, cells\' lr ×10, fusion at layer3 only, 4× more identities (own query/gallery)', [
         ('plain', 'plain (reference)'), ('ptl-batch-no-reset', "PTL 'batch', state never reset"),
         ('ptl-batch-side-lr10', "PTL 'batch', side lr ×10"),
-        ('ptl-none-side-lr10', "PTL 'none', side lr ×10"), ('plain-4x-ids', 'plain, 4× identities'),
+        ('ptl-none-side-lr10', "PTL 'none', side lr ×10"),
+        ('ptl-batch-deep-fuse', "PTL 'batch', cells fused at layer3 only"),
+        ('ptl-none-deep-fuse', "PTL 'none', cells fused at layer3 only"), ('plain-4x-ids', 'plain, 4× identities (reference)', 'plain-4x-ids'),
         ('ptl-batch-4x-ids', "PTL 'batch', 4× identities", 'plain-4x-ids'),
         ('ptl-none-4x-ids', "PTL 'none', 4× identities", 'plain-4x-ids')]),
 }
@@ -259,9 +265,9 @@ def render(runs: Dict[str, Dict[str, Any]], setting: Setting, tables: Sequence[s
             ax.bar([x + offset for x in xs], [statistics.mean(v) for v in values], 0.4, label=metric,
                    yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values], capsize=2)
         ax.set_xticks(list(xs), [b[0] for b in bars], rotation=20, ha='right', fontsize=7)
-        ax.set_ylabel('% on target domain (mean ± std over seeds)')
+        ax.set_ylabel('% on target (mean ± std)', fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc='lower right')
         fig.tight_layout()
         with atomic_path(plot_dir / f'{key}.png') as tmp:
             fig.savefig(tmp, format='png', dpi=110)
