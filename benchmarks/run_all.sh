@@ -9,4 +9,4 @@ $PYTHON -m benchmarks.eval_speed
 $PYTHON -m benchmarks.extract_speed
 $PYTHON -m benchmarks.domain_shift
 $PYTHON -m benchmarks.synth_speed
-$PYTHON -m benchmarks.transfer  # about 50 minutes
+$PYTHON -m benchmarks.transfer  # about an hour

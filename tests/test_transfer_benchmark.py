@@ -19,7 +19,7 @@ def test_quick_run_produces_every_table_with_every_seed(tmp_path):
     expected = {'plain', 'ptl-batch', 'ptl-sample', 'ptl-none', 'plain-large-batch', 'one-step'}
     expected |= {f'std-lambda{lam}' for lam in transfer.LAMBDAS}
     expected |= {'ptl-batch-no-reset'}
-    expected |= {f'ptl-{mode}-{probe}' for mode in transfer.PROBE_MODES for probe in ('side-lr10', 'deep-fuse', '4x-ids')}
+    expected |= {f'ptl-{mode}-{probe}' for mode in transfer.PROBE_MODES for probe in ('side-lr10', 'deep-fuse', '3x-epochs', '4x-ids')}
     assert expected <= names
     for name in expected:
         per_seed = [r for r in runs.values() if r['name'] == name]
