@@ -18,10 +18,11 @@ from timm.models._hub import load_model_config_from_path, save_config_for_hf
 from ptl_timm.utils import atomic_path
 from ptl_timm.weights import require_published
 
-__all__ = ['save_pretrained', 'load_model', 'CONFIG_NAME', 'WEIGHTS_NAME']
+__all__ = ['save_pretrained', 'load_model', 'CONFIG_NAME', 'WEIGHTS_NAME', 'DATASET_METADATA_KEY']
 
 CONFIG_NAME = 'config.json'
 WEIGHTS_NAME = 'model.safetensors'
+DATASET_METADATA_KEY = 'ptl_timm_dataset'  # safetensors header: the dataset a checkpoint was trained on
 _MODEL_PREFIXES = ('hf-hub:', 'local-dir:', 'timm/')
 
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ptl_timm.hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from ptl_timm.engine.checkpoint import TRAIN_STATE_NAME
+from ptl_timm.hub import CONFIG_NAME, DATASET_METADATA_KEY, WEIGHTS_NAME, save_pretrained
 from ptl_timm.models.registry import GENERIC_MODELS
 from ptl_timm.utils import atomic_write
 from ptl_timm.weights import hub_repo_id, sha256_file
@@ -34,10 +35,8 @@ __all__ = [
 ]
 
 README_NAME = 'README.md'
-TRAIN_STATE_NAME = 'train_state.pt'
 MODEL_CARD_NAME = 'MODEL_CARD.md'
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, README_NAME)
-DATASET_METADATA_KEY = 'ptl_timm_dataset'  # safetensors header key the training engine writes
 # MODEL_CARD.md sections about the repository's state (e.g. "nothing published yet"), not a checkpoint's
 _REPOSITORY_ONLY = re.compile(r'<!-- repository-only:begin.*?<!-- repository-only:end -->\n?', re.DOTALL)
 PathLike = Union[str, os.PathLike]

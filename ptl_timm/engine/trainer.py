@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+from ptl_timm.hub import DATASET_METADATA_KEY
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states
 from ptl_timm.losses import ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
@@ -39,7 +40,6 @@ from .plots import plot_curves
 
 __all__ = ['ReIDTrainModule', 'TrainSession', 'build_model', 'run_training', 'fine_tune', 'DATASET_METADATA_KEY']
 
-DATASET_METADATA_KEY = 'ptl_timm_dataset'  # safetensors header: the dataset a checkpoint was trained on
 LossStep = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 _GENERIC_MODELS = {'ptl_net': True, 'reid_net': False}
 
