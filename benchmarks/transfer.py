@@ -213,8 +213,8 @@ def summarize(runs: Dict[str, Dict[str, Any]], name: str, reference: str, target
     r1s = [r['eval'][target]['rank1'] for r in rows]
     mine, ref = _map_by_seed(runs, name, target), _map_by_seed(runs, reference, target)
     deltas = [mine[seed] - ref[seed] for seed in sorted(mine) if seed in ref]
-    return dict(map=_fmt(maps), rank1=_fmt(r1s), delta='–' if name == reference else _fmt(deltas, signed=True),
-                mAP=maps, rank1_values=r1s, seeds=len(rows))
+    return dict(map_text=_fmt(maps), rank1_text=_fmt(r1s), map_values=maps, rank1_values=r1s, seeds=len(rows),
+                delta_text='–' if name == reference else _fmt(deltas, signed=True))
 
 
 # title, cells: (run name, label[, reference run for the paired Δ; default: the table's first row])
@@ -260,9 +260,9 @@ def render(runs: Dict[str, Dict[str, Any]], setting: Setting, tables: Sequence[s
             run_name, label = run_name.format(**names), label.format(**names)
             cell = summarize(runs, run_name, ref[0].format(**names) if ref else reference, target)
             count = params.get(run_name)
-            rows.append([label, cell['map'], cell['rank1'], cell['delta'], cell['seeds'],
+            rows.append([label, cell['map_text'], cell['rank1_text'], cell['delta_text'], cell['seeds'],
                          f'{count / 1e6:.2f}M' if count else '–'])
-            bars.append((label, cell['mAP'], cell['rank1_values']))
+            bars.append((label, cell['map_values'], cell['rank1_values']))
         body.append(f'### {title}\n\n' + markdown_table(
             ['setting', 'mAP % (mean ± std)', 'Rank-1 % (mean ± std)', 'Δ mAP vs reference (paired by seed)',
              'seeds', 'params'], rows)

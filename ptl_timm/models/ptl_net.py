@@ -15,7 +15,7 @@ and the Student-Teacher Distillation students (``reid_*``), whose embedding has 
 width so the distillation L1 loss needs no adapter.
 """
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
