@@ -5,16 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptl_timm.layers import BConvCell, reset_latent_states
+from ptl_timm.layers import BConvCell, reset_latent_states, restore_latent_states, set_eval_state, snapshot_latent_states
 
 IN_CHS, OUT_CHS, SIZE = 3, 4, (6, 5)
 
 
-def reference_run(cell: BConvCell, batches: List[torch.Tensor], mode: str) -> List[torch.Tensor]:
-    """Eq. 1 written out per sample, with the state bookkeeping the module docstring promises."""
+def reference_run(cell: BConvCell, batches: List[torch.Tensor], mode: str,
+                  prev: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """Eq. 1 written out per sample, with the state bookkeeping the module docstring promises;
+    ``prev`` is the state before the first batch ('batch': [C,H,W]; 'sample': [B_prev,C,H,W])."""
     weight, bias, stride = cell.gates.weight, cell.gates.bias, cell.gates.stride
     padding = cell.gates.padding
-    prev: Optional[torch.Tensor] = None  # 'batch': [C,H,W]; 'sample': [B_prev,C,H,W]
     outputs = []
     for x in batches:
         gates = F.conv2d(x, weight, bias, stride=stride, padding=padding)
@@ -200,3 +201,43 @@ def test_state_moves_with_module_and_stays_float32():
 def test_unknown_state_mode_is_rejected():
     with pytest.raises(ValueError, match="state_mode must be one of"):
         BConvCell(IN_CHS, OUT_CHS, state_mode='global')
+
+
+def test_snapshot_restore_round_trip_and_train_reset():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(BConvCell(IN_CHS, OUT_CHS), BConvCell(OUT_CHS, OUT_CHS))
+    model.train()
+    model(torch.randn(3, IN_CHS, *SIZE))
+    snapshot = snapshot_latent_states(model)
+    assert set(snapshot) == {'0', '1'} and all(s.shape == (OUT_CHS, *SIZE) for s in snapshot.values())
+    model.train()  # a new epoch zeroes the states ...
+    assert all(cell.latent_state.numel() == 0 for cell in model)
+    restore_latent_states(model, snapshot)  # ... and restoring carries them over (state_reset='never')
+    for name, cell in model.named_children():
+        assert torch.equal(cell.latent_state, snapshot[name])
+    with pytest.raises(ValueError, match='do not match'):
+        restore_latent_states(model, {'0': snapshot['0']})
+
+
+@pytest.mark.parametrize('state_mode', ['batch', 'sample'])
+def test_warm_eval_state_reads_frozen_state_without_writing(state_mode):
+    torch.manual_seed(0)
+    cell = BConvCell(IN_CHS, OUT_CHS, state_mode=state_mode)
+    cell.train()
+    cell(torch.randn(4, IN_CHS, *SIZE))
+    stored = cell.latent_state.clone()
+    x = torch.randn(2, IN_CHS, *SIZE)
+    cell.eval()
+    zero_out = cell(x)
+    set_eval_state(cell, 'warm')
+    warm_out = cell(x)
+    # the reference: a training-mode step from the stored state, without keeping its update
+    expected = reference_run(cell, [x], state_mode, prev=stored)[0]
+    torch.testing.assert_close(warm_out, expected)
+    assert not torch.allclose(warm_out, zero_out)
+    assert torch.equal(cell.latent_state, stored)  # read, never written
+    torch.testing.assert_close(cell(x[:1]), warm_out[:1])  # each feature still depends on its own image only
+    set_eval_state(cell, 'zero')
+    torch.testing.assert_close(cell(x), zero_out)
+    with pytest.raises(ValueError, match='eval_state'):
+        set_eval_state(cell, 'hot')

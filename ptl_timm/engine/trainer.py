@@ -24,7 +24,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ptl_timm.hub import DATASET_METADATA_KEY
-from ptl_timm.layers import BConvCell, ddp_ignore_latent_states
+from ptl_timm.layers import ddp_ignore_latent_states, restore_latent_states, snapshot_latent_states
 from ptl_timm.losses import ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
@@ -223,14 +223,13 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     primary = next(iter(session.eval_sets))
     metadata = {DATASET_METADATA_KEY: primary}
 
-    cells = [m for m in model.modules() if isinstance(m, BConvCell)]
-    kept: List[torch.Tensor] = []  # state_reset='never': the states at the end of the last epoch
+    kept: Optional[Dict[str, torch.Tensor]] = None  # state_reset='never': the states at the end of the last epoch
     for epoch in range(start_epoch, cfg.epochs):
         started = time.time()
         session.data.sampler.set_epoch(epoch)
         train_module.train()  # zeroes every latent state: PTL resets at each epoch start
-        for cell, state in zip(cells, kept):
-            cell.latent_state = state
+        if kept is not None:
+            restore_latent_states(model, kept)
         totals: Dict[str, float] = {}
         steps = len(session.data.loader)
         if cfg.max_steps_per_epoch:
@@ -257,8 +256,9 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
         bar.close()
         record = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'],
                   **{name: value / max(1, steps) for name, value in totals.items()}}
+        states = snapshot_latent_states(model)  # after the last batch, before evaluation's train()/eval() switches
         if cfg.state_reset == 'never':
-            kept = [cell.latent_state for cell in cells]  # before evaluation's train()/eval() switches
+            kept = states
         scheduler.step()
         sync_buffers(model, ctx)
         if _should_evaluate(cfg, epoch):
@@ -272,7 +272,7 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
         rngs = _gather_objects(rng_state(), ctx)
         if ctx.is_main:
             _write_epoch(output, model, session.adapter, optimizer, scheduler, scaler, rngs, cfg, epoch + 1,
-                         history, best, improved, metadata)
+                         history, best, improved, metadata, states)
             _log(record)
         ctx.barrier()
     return dict(output=str(output), history=history, best=best,
@@ -280,9 +280,10 @@ def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
 
 
 def _write_epoch(output, model, adapter, optimizer, scheduler, scaler, rngs, cfg, epoch, history, best, improved,
-                 metadata) -> None:
+                 metadata, latent_states) -> None:
     """Rank 0's end of epoch: ``last/`` (and ``best/``), metrics.jsonl, curves.png, all atomically."""
     train_state = dict(
+        latent_states=latent_states,  # BConv-Cell states after the epoch's last batch (warm-state evaluation)
         epoch=epoch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
         scaler=scaler.state_dict(), rng=rngs, history=history, best=best, config=config_to_dict(cfg),
         adapter=adapter.state_dict() if adapter is not None else {})

@@ -24,7 +24,11 @@ The latent state C is the point of the cell, and every rule about it lives in th
   the cell's own gradient checkpoint, so recomputation during backward never updates it twice.
 * Eval mode: the state is treated as zero and is neither read nor written (paper §3.2, "during
   testing, we set all the latent states as zeros"), so an eval feature depends on its own image
-  only.
+  only. ``eval_state='warm'`` (``set_eval_state``) instead reads the stored state, frozen: the
+  state after the last training batch, which is what the cells saw during training. It is still
+  never written in eval mode, so every eval feature still depends on its own image only.
+* Carrying states elsewhere (over epochs, into an evaluation): ``snapshot_latent_states`` and
+  ``restore_latent_states``; no other code reads or writes ``latent_state``.
 * Reset: ``reset_state()``; ``train()`` calls it too, so the state is zero at the start of every
   epoch of a timm-style loop (paper §3.2: "all the latent states are set to zeros at the beginning
   of each epoch").
@@ -34,7 +38,7 @@ The latent state C is the point of the cell, and every rule about it lives in th
   ``state_dict()``, checkpoints, safetensors files or EMA averaging. ``ddp_ignore_latent_states``
   keeps it out of DDP's buffer broadcast so each rank keeps its own.
 """
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,9 +46,13 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.layers import register_notrace_module
 
-__all__ = ['BConvCell', 'STATE_MODES', 'reset_latent_states', 'ddp_ignore_latent_states']
+__all__ = [
+    'BConvCell', 'STATE_MODES', 'EVAL_STATES', 'reset_latent_states', 'snapshot_latent_states',
+    'restore_latent_states', 'set_eval_state', 'ddp_ignore_latent_states',
+]
 
 STATE_MODES = ('batch', 'sample', 'none')
+EVAL_STATES = ('zero', 'warm')  # what an eval-mode forward reads: zero (the paper) or the frozen stored state
 
 
 def _cell_update(
@@ -92,6 +100,7 @@ class BConvCell(nn.Module):
         self.in_chs = in_chs
         self.out_chs = out_chs
         self.state_mode = state_mode
+        self.eval_state = 'zero'
         self.grad_checkpointing = False
         self.gates = nn.Conv2d(
             in_chs, 4 * out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias,
@@ -112,7 +121,8 @@ class BConvCell(nn.Module):
     def _read_state(self, out_shape: List[int]) -> Optional[torch.Tensor]:
         """C_{b-1} aligned to this batch's [B, C, H, W] output, or None for a zero state."""
         prev = self.latent_state
-        if not self.training or self.state_mode == 'none' or prev.numel() == 0:
+        reads = self.training or self.eval_state == 'warm'
+        if not reads or self.state_mode == 'none' or prev.numel() == 0:
             return None
         if prev.shape[-3:] != torch.Size(out_shape[1:]):
             return None  # new resolution: the old state does not line up with this input
@@ -147,11 +157,40 @@ class BConvCell(nn.Module):
         return f'state_mode={self.state_mode!r}'
 
 
+def _cells(module: nn.Module) -> Dict[str, BConvCell]:
+    return {name: m for name, m in module.named_modules() if isinstance(m, BConvCell)}
+
+
 def reset_latent_states(module: nn.Module) -> None:
     """Zero the latent state of every BConv-Cell inside ``module``."""
-    for m in module.modules():
-        if isinstance(m, BConvCell):
-            m.reset_state()
+    for cell in _cells(module).values():
+        cell.reset_state()
+
+
+def snapshot_latent_states(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """The current state of every BConv-Cell inside ``module``, by module name (detached copies; an
+    empty tensor stands for a zero state). ``restore_latent_states`` puts them back, e.g. after the
+    ``train()`` call of the next epoch (``state_reset='never'``) or into an evaluation (warm state)."""
+    return {name: cell.latent_state.detach().clone() for name, cell in _cells(module).items()}
+
+
+def restore_latent_states(module: nn.Module, states: Dict[str, torch.Tensor]) -> None:
+    """Give every BConv-Cell of ``module`` its state from ``snapshot_latent_states`` (same names)."""
+    cells = _cells(module)
+    if set(states) != set(cells):
+        raise ValueError(
+            f'latent state snapshot names {sorted(states)} do not match the cells of this module {sorted(cells)}')
+    for name, cell in cells.items():
+        cell.latent_state = states[name].to(cell.latent_state.device, torch.float32)
+
+
+def set_eval_state(module: nn.Module, eval_state: str) -> None:
+    """What every BConv-Cell of ``module`` reads in eval mode: ``'zero'`` (the paper, §3.2) or
+    ``'warm'`` (its stored state, frozen; see ``snapshot_latent_states``)."""
+    if eval_state not in EVAL_STATES:
+        raise ValueError(f'eval_state must be one of {EVAL_STATES}, got {eval_state!r}')
+    for cell in _cells(module).values():
+        cell.eval_state = eval_state
 
 
 def ddp_ignore_latent_states(module: nn.Module) -> List[str]:
