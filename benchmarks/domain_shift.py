@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import add_report_argument, markdown_table, report_path, write_section
 from ptl_timm import create_reid
 from ptl_timm.data.datasets import ReIDDataset, build_dataset
 from ptl_timm.data.loader import ImageDataset, PKSampler, build_transforms
@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--work', help='folder for the generated data (default: a temporary folder)')
     parser.add_argument('--quiet', action='store_true')
+    add_report_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     s = SETTINGS['quick' if args.quick else 'full']
@@ -162,7 +163,8 @@ def main() -> None:
     train_images = len(next(iter(domains.values())).dataset.train)
     body = report(results, s, args.seed, train_images, (time.perf_counter() - started) / 60)
     write_section('domain_shift', 'Synthetic domain shift (issue 4, acceptance 4)', body,
-                  command='python -m benchmarks.domain_shift ' + ' '.join(sys.argv[1:]))
+                  command='python -m benchmarks.domain_shift ' + ' '.join(sys.argv[1:]),
+                  path=report_path(parser, args))
     print(body)
 
 

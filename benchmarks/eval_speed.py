@@ -31,7 +31,7 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import add_report_argument, markdown_table, report_path, write_section
 from ptl_timm.eval.metrics import evaluate_distance_chunks, evaluate_distmat, evaluate_rank
 from ptl_timm.eval.rerank import iter_re_ranking
 
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument('--skip-msmt17', action='store_true', help='no MSMT17-scale evaluation')
     parser.add_argument('--skip-rerank', action='store_true', help='no Market-scale re-ranking')
     parser.add_argument('--child', choices=('msmt17', 'rerank'), help=argparse.SUPPRESS)
+    add_report_argument(parser)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.dim)
@@ -169,7 +170,8 @@ def main() -> None:
                  + markdown_table(['workload', 'features (MB)', 'time (s)', 'peak RSS (MB)',
                                    'peak RSS before evaluating (MB)', 'target'], large))
     print(body)
-    write_section('eval_speed', 'Evaluation: chunked exact metrics vs the full-matrix reference', body)
+    write_section('eval_speed', 'Evaluation: chunked exact metrics vs the full-matrix reference', body,
+                  path=report_path(parser, args))
 
 
 if __name__ == '__main__':

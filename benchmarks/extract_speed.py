@@ -21,7 +21,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import add_report_argument, markdown_table, report_path, write_section
 from ptl_timm.data.loader import read_image
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.eval.extract import FeatureExtractor, embed, image_files
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument('--img-size', type=int, nargs=2, default=(128, 64), metavar=('H', 'W'))
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--repeats', type=int, default=2)
+    add_report_argument(parser)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -90,7 +91,7 @@ def main() -> None:
             f'largest absolute difference of the L2-normalised embeddings against the naive loop.\n\n' + markdown_table(
                 ['method', 'time (s)', 'images/s', 'speed-up', 'max abs Δ vs naive'], rows))
     print(body)
-    write_section('extract_speed', 'Feature extraction throughput (CPU)', body)
+    write_section('extract_speed', 'Feature extraction throughput (CPU)', body, path=report_path(parser, args))
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ import torch
 
 import timm
 import ptl_timm  # noqa: F401  registers the models
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import add_report_argument, markdown_table, report_path, write_section
 
 DEFAULT_PAIRS = ('ptl_resnet50:reid_resnet50', 'ptl_densenet161:reid_densenet161', 'ptl_mgn:mgn_resnet50')
 NUM_CLASSES = 751
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--pairs', nargs='+', default=list(DEFAULT_PAIRS), help='PTL:PLAIN model name pairs')
+    add_report_argument(parser)
     args = parser.parse_args()
 
     available = set(timm.list_models())
@@ -149,7 +150,7 @@ def main() -> None:
             'high-resolution maps, in MGN on three branches) take several times longer per MAC than the '
             'backbone\'s wide ones; this is why the train ratio is above the GMACs ratio.')
     write_section('overhead', 'PTL overhead: parameters and CPU latency against the plain network',
-                  table + '\n' + note)
+                  table + '\n' + note, path=report_path(parser, args))
 
 
 if __name__ == '__main__':

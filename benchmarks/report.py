@@ -3,14 +3,20 @@
 Each benchmark owns the text between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` and rewrites
 only that, so benchmarks can be re-run one at a time without losing the others' tables. Every
 section records the command, the commit and the machine it was measured on.
+
+Only the documented full run of a benchmark (no setting changed) updates the tracked BENCHMARKS.md.
+``--quick`` (CI size) or any other changed setting writes to a scratch report instead
+(:func:`report_path`), so CI-size numbers never overwrite measured ones; ``--report FILE`` names it.
 """
+import argparse
 import os
 import platform
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ptl_timm.utils import atomic_write
 
@@ -21,6 +27,37 @@ HEADER = (
     'Measured with `bash benchmarks/run_all.sh` (or one script at a time; each rewrites only its own '
     'section). Speed targets are ratios measured in one run on one machine, never absolute timings.\n'
 )
+
+
+# arguments that change where or how quietly a benchmark runs, not what it measures
+_NEUTRAL_ARGS = ('help', 'report', 'quiet', 'work', 'out', 'no_report', 'child')
+
+
+def scratch_dir() -> Path:
+    """Where runs that are not the full benchmark write their report and results."""
+    return Path(tempfile.gettempdir()) / 'ptl_timm-benchmarks'
+
+
+def add_report_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--report', metavar='FILE',
+                        help='markdown report whose section this run rewrites (default: BENCHMARKS.md for the full '
+                             'run; a scratch file for --quick or changed settings)')
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    return value == default
+
+
+def report_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--report`` if given; BENCHMARKS.md when every setting is the parser's default (the full run);
+    else a scratch file (``--quick`` and other reduced runs never touch the tracked numbers)."""
+    if getattr(args, 'report', None):
+        return Path(args.report)
+    changed = [a.dest for a in parser._actions
+               if a.dest not in _NEUTRAL_ARGS and not _same(getattr(args, a.dest, a.default), a.default)]
+    return scratch_dir() / 'BENCHMARKS.md' if changed else BENCHMARKS_MD
 
 
 def git_commit() -> str:
@@ -55,14 +92,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return '\n'.join(lines) + '\n'
 
 
-def write_section(name: str, title: str, body: str, command: str = '') -> None:
-    """Replace (or append) the section ``name`` of BENCHMARKS.md with ``body``."""
+def write_section(name: str, title: str, body: str, command: str = '', path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section ``name`` of the report ``path`` (see :func:`report_path`) with ``body``."""
     command = command or 'python ' + ' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
     section = (f'<!-- begin:{name} -->\n## {title}\n\n'
                f'Command: `{command}`  \nCommit: `{git_commit()}`  \nMachine: {machine()}\n\n'
                f'{body.rstrip()}\n<!-- end:{name} -->\n')
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
+    text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(rf'<!-- begin:{re.escape(name)} -->.*?<!-- end:{re.escape(name)} -->\n?', re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + '\n\n' + section
-    with atomic_write(BENCHMARKS_MD, 'w') as f:
+    with atomic_write(path, 'w') as f:
         f.write(text)
+    if path != BENCHMARKS_MD:
+        print(f'report section {name!r} written to {path} (not BENCHMARKS.md: not the full run)', file=sys.stderr)

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import add_report_argument, markdown_table, report_path, write_section
 from ptl_timm.data.datasets import build_dataset
 from ptl_timm.data.synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic
 
@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument('--images-per-id', type=int, default=10)
     parser.add_argument('--img-size', type=int, nargs=2, default=(128, 64), metavar=('H', 'W'))
     parser.add_argument('--quiet', action='store_true')
+    add_report_argument(parser)
     args = parser.parse_args()
     rows = []
     load_before = os.getloadavg()[0]
@@ -42,7 +43,7 @@ def main() -> None:
             f'on {os.cpu_count()} logical cores (other jobs share the machine when it exceeds 1).\n\n'
             + markdown_table(['layout', 'domain', 'files written', 'seconds', 'images / minute',
                               'train / query / gallery read back'], rows))
-    write_section('synth_speed', 'Synthetic generator speed (issue 4)', body)
+    write_section('synth_speed', 'Synthetic generator speed (issue 4)', body, path=report_path(parser, args))
     print(body)
 
 

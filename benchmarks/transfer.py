@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from safetensors.torch import load_file, save_file
 
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
-from ptl_timm.engine import DistillConfig, TrainConfig, distill, fine_tune
+from ptl_timm.engine import DistillConfig, TrainConfig, fine_tune, run_distill
 from ptl_timm.utils import atomic_path, atomic_save_json
 from benchmarks.report import ROOT, markdown_table, write_section
 
@@ -135,7 +135,7 @@ class Experiment:
             return reused
         output = self.work / f'seed{seed}' / name
         started = time.time()
-        result = distill(DistillConfig(
+        result = run_distill(DistillConfig(
             **self._common(seed, epochs=self.s.distill_epochs, lr_step=self.s.distill_epochs),
             model='reid_net', model_args=self._model_args(None), dataset=dataset, teacher=str(teacher),
             init_checkpoint=str(student), lam=lam, output=str(output)))

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from ptl_timm.data.synth import generate_synthetic
-from ptl_timm.engine import DistillConfig, TrainConfig, distill, fine_tune
+from ptl_timm.engine import DistillConfig, TrainConfig, fine_tune, run_distill
 
 
 def main(argv=None) -> dict:
@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
                   lr_step=args.epochs, eval_every=0, num_workers=0, overwrite=True)
     fine_tune(TrainConfig(model='ptl_net', output=str(output / 'teacher'), **common))
     fine_tune(TrainConfig(model='reid_net', output=str(output / 'student_init'), **common))
-    result = distill(DistillConfig(
+    result = run_distill(DistillConfig(
         model='reid_net', teacher=str(output / 'teacher' / 'last'), init_checkpoint=str(output / 'student_init' / 'last'),
         lam=args.lam, output=str(output / 'student'), **dict(common, lr=0.01)))
     metrics = result['last']['eval']['market1501']

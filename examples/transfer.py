@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from ptl_timm.data.synth import generate_synthetic
-from ptl_timm.engine import TransferConfig, transfer
+from ptl_timm.engine import TransferConfig, run_transfer
 
 
 def main(argv=None) -> dict:
@@ -23,7 +23,7 @@ def main(argv=None) -> dict:
     output = Path(args.output)
     domains = [dict(name='market1501', label=domain, root=str(generate_synthetic(
         output / 'data', domain, num_ids=args.num_ids, images_per_id=8))) for domain in ('street', 'mall')]
-    result = transfer(TransferConfig(
+    result = run_transfer(TransferConfig(
         model='ptl_net', model_args=dict(backbone=args.backbone), pretrained=False,
         steps=[dict(dataset=d) for d in domains], test_datasets=domains, img_size=(128, 64), batch_size=16,
         lr=0.05, epochs=args.epochs, lr_step=args.epochs, eval_every=0, num_workers=0,

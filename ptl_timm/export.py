@@ -2,8 +2,10 @@
 
 In eval mode a BConv-Cell treats its latent state as zero and never touches it, so every model of
 the package, PTL models included, is then a plain stateless function of the image batch and exports
-like any CNN. The graph has a dynamic batch axis and a fixed image size; its output is the retrieval
-embedding (``forward_reid(x).embedding``, what a deployment compares) or the identity logits.
+like any CNN. The graph has a dynamic batch axis and a fixed image size (by default the one the
+weights were trained at, from ``pretrained_cfg``); its output is the retrieval embedding,
+L2-normalised by default so that it equals what ``ptl-timm extract`` / ``FeatureExtractor`` give
+for the same preprocessed image (compare with the inner product), or the identity logits.
 ``export_onnx`` checks the file against PyTorch with onnxruntime whenever it is installed.
 """
 import dataclasses
@@ -14,7 +16,10 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from ptl_timm.errors import InputError, MissingExtraError
+from ptl_timm.eval.extract import embed
 from ptl_timm.utils import atomic_path
 
 __all__ = ['OUTPUTS', 'MissingExtraError', 'ExportResult', 'ReIDExportWrapper', 'export_onnx', 'compare_onnx']
@@ -24,34 +29,34 @@ INPUT_NAME = 'images'
 _EXPORT_MODULES = ('onnx', 'onnxscript')
 
 
-class MissingExtraError(RuntimeError):
-    """An optional dependency of the requested feature is not installed."""
-
-
 @dataclasses.dataclass
 class ExportResult:
     path: Path
     output: str
     input_size: Tuple[int, int, int]
+    normalized: bool  # the embedding is L2-normalised (always False for logits)
     max_abs_diff: Optional[float]  # vs PyTorch on a random batch; None when onnxruntime is missing
 
 
 class ReIDExportWrapper(nn.Module):
-    """The part of a ReID model a deployment runs: images → embedding (or logits), eval mode."""
+    """The part of a ReID model a deployment runs: images → embedding (L2-normalised unless not
+    ``normalize``, as :func:`ptl_timm.eval.extract.extract_features` gives it) or logits, eval mode."""
 
-    def __init__(self, model: nn.Module, output: str = 'embedding'):
+    def __init__(self, model: nn.Module, output: str = 'embedding', normalize: bool = True):
         super().__init__()
         if output not in OUTPUTS:
-            raise ValueError(f'export output must be one of {OUTPUTS}, got {output!r}')
+            raise InputError(f'export output must be one of {OUTPUTS}, got {output!r}')
         if output == 'logits' and getattr(model, 'num_classes', 0) <= 0:
-            raise ValueError('the model has no classifier (num_classes=0), so it has no logits to export')
+            raise InputError('the model has no classifier (num_classes=0), so it has no logits to export')
         self.model = model
         self.output = output
+        self.normalize = normalize
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.output == 'embedding':
-            return self.model.forward_reid(images).embedding
-        return self.model(images)
+        if self.output == 'logits':
+            return self.model(images)
+        embedding = embed(self.model, images)
+        return F.normalize(embedding, dim=1) if self.normalize else embedding
 
 
 def _require(modules: Sequence[str], purpose: str) -> None:
@@ -82,6 +87,7 @@ def export_onnx(
         path: Union[str, os.PathLike],
         output: str = 'embedding',
         input_size: Optional[Sequence[int]] = None,
+        normalize: bool = True,
         opset: Optional[int] = None,
         verify: bool = True,
         atol: float = 1e-4,
@@ -94,6 +100,8 @@ def export_onnx(
         path: The ``.onnx`` file; weights are stored inside it.
         output: 'embedding' (retrieval feature) or 'logits' (identity classifier).
         input_size: (C, H, W); default the model's ``pretrained_cfg['input_size']``.
+        normalize: L2-normalise the embedding (the default, as ``ptl-timm extract``); False gives the
+            raw ``forward_reid(x).embedding``.
         opset: ONNX opset; default the exporter's.
         verify: Compare with PyTorch on a random batch of another size than the traced one (needs
             onnxruntime; skipped if it is missing) and raise ``ValueError`` above ``atol``.
@@ -104,7 +112,7 @@ def export_onnx(
     path = Path(path)
     input_size = tuple(input_size or model.pretrained_cfg['input_size'])
     was_training = model.training
-    wrapper = ReIDExportWrapper(model, output).eval()
+    wrapper = ReIDExportWrapper(model, output, normalize).eval()
     try:
         batch = torch.export.Dim('batch', min=1)
         with atomic_path(path) as tmp:
@@ -116,7 +124,7 @@ def export_onnx(
         if verify and importlib.util.find_spec('onnxruntime') is not None:
             max_abs_diff = compare_onnx(path, wrapper, _random_images(3, input_size, seed=1))
             if max_abs_diff > atol:
-                raise ValueError(f'ONNX export {path} differs from PyTorch by {max_abs_diff:.3g} (> {atol:g})')
+                raise RuntimeError(f'ONNX export {path} differs from PyTorch by {max_abs_diff:.3g} (> {atol:g})')
     finally:
         model.train(was_training)
-    return ExportResult(path, output, input_size, max_abs_diff)
+    return ExportResult(path, output, input_size, output == 'embedding' and normalize, max_abs_diff)

@@ -4,7 +4,7 @@
 architecture than the tensors hold, NaN/Inf values), writes ``config.json`` (timm's format) +
 ``model.safetensors`` + a ``README.md`` model card rendered from ``MODEL_CARD.md`` with the run's
 metrics, loads the folder back through timm's ``local-dir:`` route and checks its eval embeddings
-equal the checkpoint's, and returns the ``weights/manifest.json`` entry that makes the weights a
+equal the checkpoint's, and returns the ``ptl_timm/weights_manifest.json`` entry that makes the weights a
 registry tag. Nothing leaves the machine without ``push=True``.
 """
 import dataclasses
@@ -12,38 +12,36 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-import safetensors.torch
+import safetensors
 import timm
 from timm.models._input import get_model_args
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ptl_timm.engine.checkpoint import TRAIN_STATE_NAME
-from ptl_timm.hub import CONFIG_NAME, DATASET_METADATA_KEY, WEIGHTS_NAME, save_pretrained
-from ptl_timm.models.registry import GENERIC_MODELS
-from ptl_timm.utils import atomic_write
-from ptl_timm.weights import hub_repo_id, sha256_file
+from ptl_timm.data.synth import synth_params
+from ptl_timm.errors import PublishError
+from ptl_timm.hub import CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, load_model, save_pretrained
+from ptl_timm.utils import atomic_folder, atomic_write
+from ptl_timm.weights import GENERIC_MODELS, hub_repo_id, sha256_file
 
 __all__ = [
     'PublishError', 'PublishResult', 'publish', 'check_checkpoint', 'find_run_metrics', 'render_model_card',
-    'embedding_difference', 'README_NAME', 'TRAIN_STATE_NAME',
+    'describe_training_data', 'describe_initialisation', 'embedding_difference', 'README_NAME', 'TRAIN_STATE_NAME',
+    'INSTALL_LINE',
 ]
 
 README_NAME = 'README.md'
 MODEL_CARD_NAME = 'MODEL_CARD.md'
-HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, README_NAME)
+RUN_CHECKPOINTS = ('last', 'best')  # the checkpoint folders of a training run, inside the run folder
+# ptl_timm is not on PyPI: the card says how it really installs
+INSTALL_LINE = 'pip install .  # in a checkout of the ptl_timm source (see its README); ptl_timm is not on PyPI'
 # MODEL_CARD.md sections about the repository's state (e.g. "nothing published yet"), not a checkpoint's
 _REPOSITORY_ONLY = re.compile(r'<!-- repository-only:begin.*?<!-- repository-only:end -->\n?', re.DOTALL)
 PathLike = Union[str, os.PathLike]
-
-
-class PublishError(ValueError):
-    """A checkpoint that must not be published as it is (wrong architecture, non-finite weights)."""
 
 
 @dataclasses.dataclass
@@ -57,46 +55,20 @@ class PublishResult:
     pushed: bool
 
 
-def _read_config(checkpoint: Path) -> Dict[str, Any]:
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (checkpoint / name).is_file():
-            raise FileNotFoundError(
-                f'{checkpoint} is not a checkpoint folder: it has no {name} (a checkpoint holds {CONFIG_NAME} + '
-                f'{WEIGHTS_NAME}, written by `ptl-timm train` or ptl_timm.hub.save_pretrained)')
-    config = json.loads((checkpoint / CONFIG_NAME).read_text())
-    if not timm.is_model(config.get('architecture', '')):
-        raise PublishError(
-            f'{checkpoint / CONFIG_NAME} names architecture {config.get("architecture")!r}, which is not a registered '
-            f'timm model (is ptl_timm imported, is it the right folder?)')
-    return config
-
-
 def check_checkpoint(checkpoint: PathLike) -> nn.Module:
-    """The checkpoint's model, built from its ``config.json`` and loaded strictly from its weights.
+    """The checkpoint's model, built from its ``config.json`` (preprocessing included) and loaded
+    strictly from its weights (:func:`ptl_timm.hub.load_model`).
 
-    Raises ``PublishError`` when the tensors do not belong to the configured architecture (names or
-    shapes differ) or any of them holds NaN or Inf.
+    Raises ``CheckpointError`` when the tensors do not belong to the configured architecture and
+    ``PublishError`` when any of them holds NaN or Inf.
     """
     checkpoint = Path(checkpoint)
-    config = _read_config(checkpoint)
-    state_dict = safetensors.torch.load_file(str(checkpoint / WEIGHTS_NAME))
-    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    model = load_model(checkpoint)
+    non_finite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if non_finite:
         raise PublishError(
             f'{checkpoint / WEIGHTS_NAME} has NaN/Inf values in {len(non_finite)} tensors (e.g. {non_finite[:3]}); '
             f'the run diverged: publish an earlier checkpoint')
-    model = timm.create_model(config['architecture'], pretrained=False, **config.get('model_args', {}))
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    reshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or reshaped:
-        raise PublishError(
-            f'the weights in {checkpoint} do not belong to the {config["architecture"]} model its {CONFIG_NAME} '
-            f'describes (model_args {config.get("model_args", {})}): {len(missing)} missing, {len(unexpected)} '
-            f'unexpected and {len(reshaped)} reshaped tensors, e.g. {(missing + unexpected + reshaped)[:3]}; '
-            f'pair the weights with the config.json they were saved with')
-    model.load_state_dict(state_dict)
     return model.eval()
 
 
@@ -141,17 +113,64 @@ def _metrics_table(evaluations: Mapping[str, Mapping[str, float]]) -> List[str]:
     return lines
 
 
+def _describe_dataset(spec: Any, data_root: Any) -> str:
+    name = spec.get('name') if isinstance(spec, Mapping) else spec
+    root = spec.get('root') if isinstance(spec, Mapping) else None
+    if root is None:
+        root = data_root.get(name) if isinstance(data_root, Mapping) else data_root
+    if not root or not Path(root).expanduser().is_dir():
+        return (f'data in the {name} layout (its folder is no longer where training read it, so whether it was the '
+                f'real {name} or synthetic data is not known)')
+    synth = synth_params(root)
+    if synth is None:
+        return str(name)
+    height, width = synth['img_size']
+    return (f"synthetic persons from ptl_timm's generator (domain '{synth['domain']}', {name} layout, "
+            f"{synth['num_ids']} identities, {synth['num_cams']} cameras, {height}×{width} images): no real people, "
+            f'so the weights are meaningless for real images')
+
+
+def describe_training_data(training_config: Mapping[str, Any], recorded: str = '') -> str:
+    """What the weights were trained on, in words: a dataset the synthetic generator wrote (see
+    :func:`ptl_timm.data.synth.synth_params`) is named as synthetic, whatever layout it imitates. ``recorded`` (the dataset
+    name in the weights' metadata) is the fallback when the run's config is not available."""
+    if not training_config or 'dataset' not in training_config:
+        return f'{recorded} (the training configuration is not available to check it)' if recorded else 'not recorded'
+    specs = training_config['dataset']
+    specs = specs if isinstance(specs, list) else [specs]
+    return ' + '.join(_describe_dataset(spec, training_config.get('data_root')) for spec in specs)
+
+
+def describe_initialisation(training_config: Mapping[str, Any], architecture: str, model_args: Mapping[str, Any]) -> str:
+    """Where training started from: a ReID checkpoint, timm's ImageNet weights of the backbone (named
+    by their Hub id), or random weights."""
+    if not training_config or 'pretrained' not in training_config:
+        return 'not recorded'
+    if training_config.get('init_checkpoint'):
+        return f"fine-tuned from the ReID checkpoint `{training_config['init_checkpoint']}`"
+    if not training_config['pretrained']:
+        return 'random weights (trained with `--no-pretrained`: no ImageNet weights)'
+    source = timm.models.get_pretrained_cfg(model_args['backbone'] if architecture in GENERIC_MODELS else architecture)
+    weights = f'`{source.hf_hub_id}`' if source is not None and source.hf_hub_id else "the backbone's timm weights"
+    return f'backbone from ImageNet weights ({weights}); every other layer randomly initialised'
+
+
+def _describe_preprocessing(pretrained_cfg: Mapping[str, Any]) -> str:
+    _, height, width = pretrained_cfg['input_size']
+    return (f"{height}×{width} (height × width), {pretrained_cfg.get('interpolation', 'bilinear')} resize of the whole "
+            f"crop, mean {list(pretrained_cfg['mean'])}, std {list(pretrained_cfg['std'])}; recorded in config.json, "
+            f'so `timm.data.resolve_data_config(model=model)` gives it')
+
+
 def render_model_card(
         model_card: str,
         repo_id: str,
-        architecture: str,
-        model_args: Mapping[str, Any],
+        facts: Mapping[str, str],
         run: Mapping[str, Any],
-        dataset: str,
         license: str,
-        sha256: str,
 ) -> str:
-    """The Hub README: front matter, this checkpoint's facts (metrics, usage), then ``MODEL_CARD.md``."""
+    """The Hub README: front matter, this checkpoint's ``facts`` (label → text) and metrics, usage,
+    then ``MODEL_CARD.md`` less its repository-only sections."""
     lines = [
         '---',
         'library_name: timm',
@@ -161,14 +180,12 @@ def render_model_card(
         '---',
         f'# {repo_id}',
         '',
-        f'`{architecture}` person re-identification weights for the `ptl_timm` package (Progressive Transfer '
-        'Learning, IJCAI-19, on timm; paper code: https://github.com/ZJULearning/PTL).',
+        'Person re-identification weights for the `ptl_timm` package (Progressive Transfer Learning, IJCAI-19, '
+        'on timm; paper code: https://github.com/ZJULearning/PTL).',
         '',
         '## This checkpoint',
         '',
-        f'- Architecture: `{architecture}`, model_args `{json.dumps(dict(model_args))}`',
-        f'- Training data: {dataset or "not recorded"}',
-        f'- `model.safetensors` SHA-256: `{sha256}`',
+        *(f'- {label}: {text}' for label, text in facts.items()),
     ]
     if run.get('eval'):
         lines += ['', f'Evaluation of these weights by ptl_timm (epoch {run["epoch"]}, single query, '
@@ -182,7 +199,7 @@ def render_model_card(
         'timm needs the `ptl_timm` package to build this architecture:',
         '',
         '```bash',
-        'pip install ptl_timm',
+        INSTALL_LINE,
         '```',
         '',
         '```python',
@@ -190,7 +207,7 @@ def render_model_card(
         'import ptl_timm  # registers the ptl_timm architectures in timm',
         '',
         f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True, num_classes=0).eval()",
-        'data_config = timm.data.resolve_data_config({}, model=model)',
+        'data_config = timm.data.resolve_data_config({}, model=model)  # the preprocessing it was trained with',
         'transform = timm.data.create_transform(**data_config)',
         'embedding = model(transform(image).unsqueeze(0))  # image: a PIL person crop',
         '```',
@@ -207,12 +224,22 @@ def _default_model_card() -> Path:
     return Path(__file__).resolve().parent.parent / MODEL_CARD_NAME
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise PublishError(f'{out} exists and is not empty; choose another --out or pass --overwrite')
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _refuse_out_in_source(checkpoint: Path, out: Path) -> None:
+    """An ``out`` that is, contains or lies inside the checkpoint's run folder (the folder holding
+    ``last/``/``best/``, else the checkpoint itself) would be replaced with the run inside it."""
+    checkpoint, target = checkpoint.resolve(), out.resolve()
+    source = checkpoint.parent if checkpoint.name in RUN_CHECKPOINTS else checkpoint
+    if target == source or source in target.parents or target in source.parents:
+        relation = ('is' if target == source else 'lies inside' if source in target.parents else 'contains')
+        raise PublishError(
+            f'--output {out} {relation} the run folder {source} of the checkpoint; publishing replaces --output, which '
+            f'would delete the run (train_state.pt, best/, metrics.jsonl): choose a folder outside it')
+
+
+def _published_cfg(pretrained_cfg: Mapping[str, Any], tag: str, repo_id: str, license: str) -> Dict[str, Any]:
+    """The checkpoint's pretrained cfg (its preprocessing) under the published name: the tag and Hub
+    id replace those of the weights training started from."""
+    return dict(pretrained_cfg, tag=tag, hf_hub_id=repo_id, license=license)
 
 
 def publish(
@@ -231,7 +258,8 @@ def publish(
 
     Args:
         checkpoint: A checkpoint folder (``config.json`` + ``model.safetensors`` [+ ``train_state.pt``]).
-        out: The Hub folder to write; it must be new or empty unless ``overwrite``.
+        out: The Hub folder to write; it must be new or empty unless ``overwrite``, and outside the
+            checkpoint's run folder. It is replaced whole, only once verified.
         tag: The pretrained tag (default: the dataset recorded in the weights' metadata).
         repo_id: The Hub repository (default ``<HUB_ORG>/<architecture>.<tag>``).
         push: Upload to the Hub after verification (needs a Hub login); otherwise a dry run.
@@ -242,59 +270,72 @@ def publish(
         progress: Show a progress bar over the steps.
     """
     checkpoint, out = Path(checkpoint), Path(out)
+    _refuse_out_in_source(checkpoint, out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise PublishError(f'{out} exists and is not empty; choose another --output or pass --overwrite')
     model_card = Path(model_card) if model_card is not None else _default_model_card()
     if not model_card.is_file():
-        raise FileNotFoundError(f'model card template {model_card} does not exist; pass model_card=/--model-card')
+        raise PublishError(f'model card template {model_card} does not exist; pass model_card=/--model-card')
     steps = tqdm(total=4, desc='publish', disable=not progress)
 
     steps.set_postfix_str('checking weights')
     model = check_checkpoint(checkpoint)
-    config = _read_config(checkpoint)
-    architecture, model_args = config['architecture'], config.get('model_args', {})
+    architecture = model.pretrained_cfg['architecture']
+    model_args = json.loads((checkpoint / CONFIG_NAME).read_text()).get('model_args', {})
     with safetensors.safe_open(str(checkpoint / WEIGHTS_NAME), framework='pt') as f:
         metadata = f.metadata() or {}
     dataset = metadata.get(DATASET_METADATA_KEY, '')
     tag = tag or dataset
     if not tag or '.' in tag:
-        raise ValueError(f'the weights record no dataset to name the tag after (got {tag!r}); pass tag=/--tag')
+        raise PublishError(f'the weights record no dataset to name the tag after (got {tag!r}); pass tag=/--tag')
     repo_id = repo_id or hub_repo_id(architecture, tag)
     run = find_run_metrics(checkpoint)
+    training_config = run.get('training_config', {})
     steps.update()
 
     steps.set_postfix_str('writing folder')
-    _prepare_out(out, overwrite)
-    model.pretrained_cfg = dict(model.pretrained_cfg, license=license)
-    save_pretrained(model, out, metadata={k: str(v) for k, v in metadata.items() if k != 'format'})
-    sha256 = sha256_file(out / WEIGHTS_NAME)
-    card = render_model_card(
-        model_card.read_text(), repo_id, architecture, model_args, run, dataset, license, sha256)
-    with atomic_write(out / README_NAME, 'w') as f:
-        f.write(card)
-    steps.update()
+    model.pretrained_cfg = _published_cfg(model.pretrained_cfg, tag, repo_id, license)
+    with atomic_folder(out) as staging:
+        save_pretrained(model, staging, metadata={k: str(v) for k, v in metadata.items() if k != 'format'})
+        sha256 = sha256_file(staging / WEIGHTS_NAME)
+        facts = {
+            'Architecture': f'`{architecture}`, model_args `{json.dumps(dict(model_args))}`',
+            'Training data': describe_training_data(training_config, dataset),
+            'Initialisation': describe_initialisation(training_config, architecture, model_args),
+            'Input': _describe_preprocessing(model.pretrained_cfg),
+            'Pretrained tag': f'`{tag}` (`config.json`)',
+            '`model.safetensors` SHA-256': f'`{sha256}`',
+        }
+        with atomic_write(staging / README_NAME, 'w') as f:
+            f.write(render_model_card(model_card.read_text(), repo_id, facts, run, license))
+        steps.update()
 
-    steps.set_postfix_str('verifying')
-    extra = sorted(p.name for p in out.iterdir() if p.name not in HUB_FILES)
-    if extra:
-        raise PublishError(f'{out} holds files other than {HUB_FILES}: {extra}')
-    reloaded = timm.create_model(f'local-dir:{out.resolve()}', pretrained=True)
-    diff = embedding_difference(model, reloaded)
-    if not math.isclose(diff, 0.0, abs_tol=1e-6):
-        raise PublishError(f'{out} loads back with eval embeddings {diff:.3g} away from the checkpoint\'s')
+        steps.set_postfix_str('verifying')
+        reloaded = timm.create_model(f'local-dir:{staging.resolve()}', pretrained=True)
+        diff = embedding_difference(model, reloaded)
+        if not math.isclose(diff, 0.0, abs_tol=1e-6):
+            raise PublishError(f'{out} loads back with eval embeddings {diff:.3g} away from the checkpoint\'s')
     steps.update()
 
     primary = next(iter(run.get('eval', {})), None)
     no_entry_reason = _tag_limitation(architecture, model_args, model.num_classes)
     entry = None if no_entry_reason else dict(
         model=architecture, tag=tag, hf_hub_id=repo_id, sha256=sha256, num_classes=model.num_classes,
-        dataset=dataset or tag, protocol=protocol, training_config=run.get('training_config', {}),
+        dataset=dataset or tag, protocol=protocol, training_config=training_config,
         metrics={k: run['eval'][primary][k] for k in ('mAP', 'rank1')} if primary else {}, license=license,
     )
+    if entry is not None and tuple(model.pretrained_cfg['input_size']) != _default_input_size(architecture):
+        entry['input_size'] = list(model.pretrained_cfg['input_size'])
     if push:
         steps.set_postfix_str(f'uploading to {repo_id}')
         _upload(out, repo_id)
     steps.update()
     steps.close()
     return PublishResult(out, repo_id, entry, no_entry_reason, diff, push)
+
+
+def _default_input_size(architecture: str) -> tuple:
+    return tuple(timm.models.get_pretrained_cfg(architecture).input_size)
 
 
 def _tag_limitation(architecture: str, model_args: Mapping[str, Any], num_classes: int) -> str:

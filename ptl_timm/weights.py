@@ -1,4 +1,4 @@
-"""Published ReID weights: the manifest in ``weights/manifest.json`` → timm pretrained tags.
+"""Published ReID weights: the manifest in ``ptl_timm/weights_manifest.json`` → timm pretrained tags.
 
 A published weight becomes ``timm.create_model('<arch>.<tag>', pretrained=True)`` by adding one
 manifest entry: each model file splices ``add_manifest_tags`` into its ``generate_default_cfgs``,
@@ -8,17 +8,28 @@ exist; ``require_published`` turns a request for one into an error that says wha
 
 The manifest is read once, when the model modules are imported. ``PTL_TIMM_MANIFEST`` names another
 manifest file (tests, private mirrors); it must be set before ``import ptl_timm``.
+
+Before a download from the Hub, ``require_downloadable`` checks that the file is cached or the Hub
+answers: offline, huggingface_hub would otherwise retry for about a minute and end in an error
+that does not say how to go on without the weights.
 """
 import copy
 import hashlib
 import json
 import os
+from importlib import resources
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from ptl_timm.errors import ManifestError, PTLError
 
 __all__ = [
-    'HUB_ORG', 'MANIFEST_ENV', 'ManifestError', 'UnpublishedWeightsError', 'WeightEntry', 'default_manifest_path',
+    'HUB_ORG', 'MANIFEST_ENV', 'GENERIC_MODELS', 'ManifestError', 'UnpublishedWeightsError', 'WeightEntry',
+    'default_manifest_path',
     'load_manifest', 'manifest_cfgs', 'add_manifest_tags', 'require_published', 'sha256_file', 'hub_repo_id',
+    'WeightsUnavailableError', 'require_downloadable', 'check_pretrained_source',
 ]
 
 # The Hugging Face organisation every published ptl_timm weight lives under; Hub ids are spelled in
@@ -26,7 +37,7 @@ __all__ = [
 HUB_ORG = 'ptl-timm'
 MANIFEST_ENV = 'PTL_TIMM_MANIFEST'
 MANIFEST_FORMAT = 1
-PACKAGED_MANIFEST = 'weights_manifest.json'  # the wheel's copy of weights/manifest.json
+PACKAGED_MANIFEST = 'weights_manifest.json'  # package data of ptl_timm (setup.cfg [options.package_data])
 REQUIRED_FIELDS = (
     'model', 'tag', 'hf_hub_id', 'sha256', 'num_classes', 'dataset', 'protocol', 'training_config', 'metrics',
     'license',
@@ -34,25 +45,28 @@ REQUIRED_FIELDS = (
 # pretrained cfg fields of the architecture's cfg that name *its* weights; a manifest tag replaces them
 _WEIGHT_SOURCE_FIELDS = ('url', 'file', 'hf_hub_id', 'hf_hub_filename', 'state_dict', 'source')
 
+# Entrypoints that wrap a backbone chosen at call time (kwarg ``backbone``): no pretrained tag can name
+# their weights. Defined here, below the models (which import this module), and re-exported by
+# ptl_timm.models.registry.
+GENERIC_MODELS = ('ptl_net', 'reid_net')
 WeightEntry = Dict[str, Any]
 
 
-class ManifestError(ValueError):
-    """The manifest file is malformed (bad JSON, missing fields, Hub id outside the organisation)."""
-
-
-class UnpublishedWeightsError(ValueError):
+class UnpublishedWeightsError(ManifestError):
     """A pretrained tag was requested that has no published weights."""
 
 
+class WeightsUnavailableError(PTLError, FileNotFoundError):
+    """Pretrained weights that are not in the local Hub cache and cannot be downloaded now."""
+
+
 def default_manifest_path() -> Path:
-    """``$PTL_TIMM_MANIFEST`` if set; else ``weights/manifest.json`` of a source checkout (editable
-    installs); else the copy that ``setup.py`` places inside the package of an installed wheel."""
+    """``$PTL_TIMM_MANIFEST`` if set; else the package data file ``ptl_timm/weights_manifest.json``,
+    found through ``importlib.resources`` the same way in a wheel and in an editable install."""
     override = os.environ.get(MANIFEST_ENV)
     if override:
         return Path(override).expanduser()
-    checkout = Path(__file__).resolve().parent.parent / 'weights' / 'manifest.json'
-    return checkout if checkout.exists() else Path(__file__).resolve().parent / PACKAGED_MANIFEST
+    return Path(str(resources.files('ptl_timm').joinpath(PACKAGED_MANIFEST)))
 
 
 def hub_repo_id(model: str, tag: str, org: str = HUB_ORG) -> str:
@@ -68,8 +82,6 @@ def _validate_entry(entry: Mapping[str, Any], org: str, where: str) -> None:
         raise ManifestError(
             f'{where}: {entry["model"]}.{entry["tag"]} has hf_hub_id {entry["hf_hub_id"]!r}, which is not under the '
             f'organisation {org!r}; spell it in full as {hub_repo_id(entry["model"], entry["tag"], org)!r}')
-    from ptl_timm.models.registry import GENERIC_MODELS  # deferred: the model modules import this one
-
     if entry['model'] in GENERIC_MODELS:
         raise ManifestError(
             f'{where}: {entry["model"]} takes its backbone as an argument, which a pretrained tag cannot carry; '
@@ -187,3 +199,56 @@ def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str
         for chunk in iter(lambda: f.read(chunk_size), b''):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+HUB_PROBE_TIMEOUT = 5.0  # seconds the Hub has to answer one request before it counts as unreachable
+
+
+def _hub_unreachable(endpoint: str) -> str:
+    """Why ``endpoint`` cannot be reached ('' if it answers at all, even with an HTTP error)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method='HEAD'), timeout=HUB_PROBE_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return ''  # the server answered
+    except (urllib.error.URLError, OSError) as e:
+        return str(getattr(e, 'reason', e))
+    return ''
+
+
+def require_downloadable(repo_id: str, filenames: Sequence[str], what: str) -> None:
+    """Raise ``WeightsUnavailableError`` at once unless one of ``filenames`` of the Hub repo ``repo_id``
+    is in the local Hub cache or the Hub answers now; the message says how to go on without it."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in filenames):
+        return
+    if constants.HF_HUB_OFFLINE:
+        reason = 'HF_HUB_OFFLINE is set'
+    else:
+        reason = _hub_unreachable(constants.ENDPOINT)
+        if not reason:
+            return
+        reason = f'the Hub ({constants.ENDPOINT}) cannot be reached: {reason}'
+    raise WeightsUnavailableError(
+        f'cannot load {what} from {repo_id}: it is not in the local Hub cache ({constants.HF_HUB_CACHE}) and '
+        f'{reason}. Go on without it: train from random weights (`--no-pretrained`, pretrained=False), load a local copy '
+        f"(pretrained_cfg_overlay=dict(file='path/to/model.safetensors')), or download it once while online "
+        f'and then set HF_HUB_OFFLINE=1')
+
+
+def check_pretrained_source(variant: str, pretrained: bool, kwargs: Mapping[str, Any]) -> None:
+    """What every model constructor of the package checks before building: a pretrained tag must be
+    published, and weights that come from the Hub must be cached or downloadable now."""
+    if isinstance(kwargs.get('pretrained_cfg'), str):  # a tag: say clearly when it is not published
+        require_published(f"{variant}.{kwargs['pretrained_cfg']}")
+    if not pretrained:
+        return
+    from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    load_from, location = _resolve_pretrained_source(cfg.to_dict())
+    if load_from == 'hf-hub':
+        repo_id, filename = (location, None) if isinstance(location, str) else location
+        filenames = (filename,) if filename else ('model.safetensors', 'pytorch_model.bin')
+        require_downloadable(repo_id.split('@')[0], filenames, what=f'the pretrained weights of {variant}')

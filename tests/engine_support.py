@@ -6,6 +6,10 @@ import timm
 
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.engine.checkpoint import save_checkpoint
+from ptl_timm.engine.distributed import DistContext
+from ptl_timm.engine.trainer import build_model, prepare_session, run_training
+from ptl_timm.layers import BConvCell
+from ptl_timm.losses import ReIDLoss
 
 IMG_SIZE = (64, 32)
 # a ptl_net on timm's smallest ResNet with narrow neck and classifier: ~0.6M parameters
@@ -26,6 +30,18 @@ def tiny_config(output: Path, dataset: Any, **overrides) -> Dict[str, Any]:
         model='ptl_net', model_args=dict(TINY_MODEL_ARGS), pretrained=False, dataset=dataset,
         img_size=IMG_SIZE, batch_size=8, epochs=1, lr=0.05, lr_step=10, eval_every=0, eval_batch_size=32,
         num_workers=0, output=str(output), progress=False, device='cpu'), **overrides)
+
+
+def states_seen_by_training_forwards(cfg) -> list:
+    """Train ``cfg`` and return the latent state each training forward of the first BConv-Cell reads
+    (an empty tensor: a zero state)."""
+    session = prepare_session(cfg, DistContext(), lambda n, label: build_model(cfg, n, label))
+    cell = next(m for m in session.model.modules() if isinstance(m, BConvCell))
+    seen = []
+    cell.register_forward_pre_hook(lambda module, args: seen.append(module.latent_state.clone()) if module.training else None)
+    criterion = ReIDLoss()
+    run_training(session, lambda module, images, pids: criterion(module(images), pids))
+    return seen
 
 
 def save_untrained(path: Path, model_name: str, num_classes: int = 8, **model_args) -> Path:

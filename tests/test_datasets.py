@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ptl_timm.data.datasets import (
-    DatasetFormatError, DatasetNotFoundError, ReIDRecord, build_dataset, build_union,
+    DatasetFormatError, DatasetNotFoundError, ReIDRecord, build_dataset, build_union, labels_from_names,
 )
 from ptl_timm.data.loader import CorruptImageError, ImageDataset, build_transforms
 from ptl_timm.data.synth import LAYOUTS, generate_synthetic
@@ -201,3 +201,35 @@ def test_training_transforms_keep_size_and_vary_images(layouts):
     batch = torch.stack([images[i][0] for i in range(4)])
     assert batch.shape == (4, 3, 48, 24)
     assert not any(torch.equal(batch[0], other) for other in batch[1:])
+
+
+def test_msmt17_camera_0_is_a_format_error_not_the_unknown_camera(layouts, tmp_path):
+    root = _copy(layouts('msmt17'), tmp_path / 'msmt')
+    lines = (root / 'list_query.txt').read_text().splitlines()
+    path, pid = lines[0].split()
+    fields = path.split('_')
+    fields[2] = '00'
+    lines[0] = f'{"_".join(fields)} {pid}'
+    (root / 'list_query.txt').write_text('\n'.join(lines) + '\n')
+    with pytest.raises(DatasetFormatError, match=r'line 1 of .*list_query.txt.*camera from 1'):
+        build_dataset('msmt17', root)
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_no_parser_gives_a_query_or_gallery_image_the_unknown_camera(layouts, layout):
+    dataset = build_dataset(layout, layouts(layout))
+    assert min(r.camid for r in dataset.query + dataset.gallery) >= 0
+
+
+@pytest.mark.parametrize('layout', ['market1501', 'msmt17'])
+def test_labels_from_names_read_a_dataset_naming(layouts, layout):
+    dataset = build_dataset(layout, layouts(layout))
+    pids, camids = labels_from_names([r.path for r in dataset.gallery])
+    assert pids == [r.pid for r in dataset.gallery] and camids == [r.camid for r in dataset.gallery]
+
+
+def test_labels_from_names_need_every_name_to_follow_one_naming():
+    assert labels_from_names(['0002_c1s1_000451_01.jpg', '0007_c2s3_000101_02.jpg']) == ([2, 7], [0, 1])
+    assert labels_from_names(['0002_c1s1_000451_01.jpg', 'holiday.jpg']) is None
+    assert labels_from_names(['0002_c0s1_000451_01.jpg']) is None  # cameras count from 1
+    assert labels_from_names([]) is None

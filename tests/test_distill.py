@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptl_timm.engine import DistillConfig, distill
+from ptl_timm.engine import DistillConfig, run_distill
 from ptl_timm.engine.distill import distillation_step, load_teacher
 from ptl_timm.engine.trainer import ReIDTrainModule
 from ptl_timm.hub import load_model
@@ -58,7 +58,7 @@ def test_teacher_stays_frozen_in_eval_mode_with_zero_state(tmp_path, domain, tea
     teacher = load_teacher(str(teacher_dir), torch.device('cpu'))
     before = copy.deepcopy(teacher.state_dict())
     monkeypatch.setattr(distill_module, 'load_teacher', lambda source, device: teacher)
-    distill(_distill_config(tmp_path, domain, teacher_dir, student_dir, epochs=2))
+    run_distill(_distill_config(tmp_path, domain, teacher_dir, student_dir, epochs=2))
     assert not teacher.training
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     for name, value in teacher.state_dict().items():
@@ -68,7 +68,7 @@ def test_teacher_stays_frozen_in_eval_mode_with_zero_state(tmp_path, domain, tea
 
 
 def test_student_starts_from_its_own_weights_and_stands_alone(tmp_path, domain, teacher_dir, student_dir):
-    result = distill(_distill_config(tmp_path, domain, teacher_dir, student_dir))
+    result = run_distill(_distill_config(tmp_path, domain, teacher_dir, student_dir))
     student = load_model(tmp_path / 'out' / 'last')
     assert not any(isinstance(m, BConvCell) for m in student.modules())
     assert student.num_features == load_model(teacher_dir).num_features
@@ -78,7 +78,7 @@ def test_student_starts_from_its_own_weights_and_stands_alone(tmp_path, domain, 
 def test_adapter_bridges_different_embedding_widths(tmp_path, domain, teacher_dir):
     narrow = save_untrained(tmp_path / 'narrow', 'reid_net', **dict(TINY_MODEL_ARGS, embed_dim=32))
     cfg = _distill_config(tmp_path, domain, teacher_dir, narrow, model_args=dict(TINY_MODEL_ARGS, embed_dim=32))
-    distill(cfg)
+    run_distill(cfg)
     state = torch.load(tmp_path / 'out' / 'last' / 'train_state.pt', weights_only=True)
     assert state['adapter']['weight'].shape == (64, 32)
     assert not any('adapter' in key for key in load_model(tmp_path / 'out' / 'last').state_dict())
@@ -86,4 +86,4 @@ def test_adapter_bridges_different_embedding_widths(tmp_path, domain, teacher_di
 
 def test_missing_teacher_is_a_clear_error(tmp_path, domain, student_dir):
     with pytest.raises(ValueError, match='teacher'):
-        distill(_distill_config(tmp_path, domain, '', student_dir))
+        run_distill(_distill_config(tmp_path, domain, '', student_dir))

@@ -12,29 +12,28 @@ from PIL import Image
 from ptl_timm.cli import main
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.engine import (
-    CheckpointError, ConfigError, TrainConfig, build_config, distill, fine_tune, load_train_state, transfer)
+    CheckpointError, ConfigError, TrainConfig, build_config, fine_tune, load_train_state, run_distill, run_transfer)
 from ptl_timm.engine.config import TASKS, config_task, load_config
 from ptl_timm.engine.data import load_dataset
 from ptl_timm.engine.demo import DemoScale, run_demo
 from ptl_timm.engine.distributed import DistContext
 from ptl_timm.engine.evaluate import evaluate_split
-from ptl_timm.engine.trainer import build_model, prepare_session, run_training
+from ptl_timm.engine.trainer import build_model
 from ptl_timm.hub import load_model
-from ptl_timm.layers import BConvCell
-from ptl_timm.losses import ReIDLoss
 
-from engine_support import IMG_SIZE, make_domain, save_untrained, tiny_config
+from engine_support import IMG_SIZE, make_domain, save_untrained, states_seen_by_training_forwards, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(REPO.glob('configs/**/*.yaml'))
 EXAMPLES = ('finetune', 'distill', 'transfer', 'retrieval')
-RUNNERS = {'finetune': fine_tune, 'distill': distill, 'transfer': transfer}
+RUNNERS = {'finetune': fine_tune, 'distill': run_distill, 'transfer': run_transfer}
 TEACHER_OF = {'reid_densenet161': 'ptl_densenet161', 'reid_resnet50': 'ptl_resnet50'}
 # the same entrypoints with one block per stage and a narrow neck: the configs' architectures in miniature
 _SMALL_DENSENET = dict(backbone_args=dict(growth_rate=8, block_config=(1, 1, 1, 1)), embed_dim=64)
 _SMALL_RESNET = dict(backbone_args=dict(layers=(1, 1, 1, 1)), embed_dim=64)
 MINIATURE = {'ptl_densenet161': _SMALL_DENSENET, 'reid_densenet161': _SMALL_DENSENET,
-             'ptl_resnet50': _SMALL_RESNET, 'reid_resnet50': _SMALL_RESNET}
+             'ptl_resnet50': _SMALL_RESNET, 'reid_resnet50': _SMALL_RESNET,
+             'bot_resnet50': dict(backbone_args=dict(layers=(1, 1, 1, 1))), 'ptl_bot_resnet50': _SMALL_RESNET}
 
 
 @pytest.fixture(scope='module')
@@ -77,6 +76,12 @@ def test_side_lr_mult_scales_only_the_side_network_steps(tmp_path, domain):
     assert largest_change('side.') < 1e-5 < largest_change('backbone.')
 
 
+def test_cross_batch_memory_keys_reach_the_loss(tmp_path, domain):
+    result = fine_tune(TrainConfig(**tiny_config(
+        tmp_path / 'out', domain, triplet_weight=1.0, xbm_size=16, xbm_weight=0.5, max_steps_per_epoch=3)))
+    assert result['history'][0]['xbm'] > 0, 'the xbm term is trained (memory filled by the earlier batches)'
+
+
 def test_non_positive_side_lr_mult_is_a_config_error(tmp_path, domain):
     with pytest.raises(ConfigError, match='side_lr_mult'):
         build_config(TrainConfig, overrides=tiny_config(tmp_path / 'out', domain, side_lr_mult=0))
@@ -111,13 +116,7 @@ def test_last_checkpoint_rebuilds_the_trained_model(trained_run, domain):
 
 def _state_sizes_seen_by_training_forwards(cfg: TrainConfig) -> list:
     """The latent-state size each training forward of the first BConv-Cell reads (0: zero state)."""
-    session = prepare_session(cfg, DistContext(), lambda n, label: build_model(cfg, n, label))
-    cell = next(m for m in session.model.modules() if isinstance(m, BConvCell))
-    seen = []
-    cell.register_forward_pre_hook(lambda module, args: seen.append(module.latent_state.numel()) if module.training else None)
-    criterion = ReIDLoss()
-    run_training(session, lambda module, images, pids: criterion(module(images), pids))
-    return seen
+    return [state.numel() for state in states_seen_by_training_forwards(cfg)]
 
 
 def test_every_training_epoch_starts_from_zero_latent_state(tmp_path, domain):
@@ -155,7 +154,7 @@ def test_cli_trains_with_amp_and_channels_last(tmp_path, domain):
 def test_unknown_config_key_is_a_clear_cli_error(capsys):
     assert main(['train', '--set', 'learning_rate=0.1']) == 2
     err = capsys.readouterr().err
-    assert "unknown config key(s) ['learning_rate']" in err and 'lr' in err
+    assert "unknown key 'learning_rate'" in err and 'lr' in err
 
 
 def test_missing_dataset_root_leaves_existing_checkpoints_untouched(trained_run, domain):

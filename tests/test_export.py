@@ -12,6 +12,7 @@ from ptl_timm.export import MissingExtraError, ReIDExportWrapper, export_onnx
 from ptl_timm.hub import save_pretrained
 
 SMALL = (3, 64, 32)
+BACKBONE = 'test_resnet'  # timm's smallest ResNet: the exporter traces it in seconds
 needs_exporter = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ('onnx', 'onnxscript')),
     reason='the onnx extra (onnx, onnxscript) is not installed: pip install "ptl_timm[onnx]"')
@@ -19,7 +20,7 @@ needs_exporter = pytest.mark.skipif(
 
 def tiny_model(name: str = 'ptl_net', num_classes: int = 7) -> torch.nn.Module:
     torch.manual_seed(0)
-    return timm.create_model(name, backbone='resnet18', num_classes=num_classes)
+    return timm.create_model(name, backbone=BACKBONE, num_classes=num_classes)
 
 
 def run_onnx(path, images: torch.Tensor) -> torch.Tensor:
@@ -42,6 +43,7 @@ def exported(request, tmp_path_factory):
     return model, path
 
 
+@pytest.mark.slow
 @needs_exporter
 @pytest.mark.parametrize('batch_size', [1, 5])
 def test_export_matches_pytorch_for_any_batch_size(exported, batch_size):
@@ -50,6 +52,7 @@ def test_export_matches_pytorch_for_any_batch_size(exported, batch_size):
     assert (run_onnx(path, images) - pytorch_output(model, images)).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 @needs_exporter
 def test_export_of_a_trained_ptl_model_ignores_its_latent_state(tmp_path):
     model = tiny_model()
@@ -65,6 +68,7 @@ def test_export_of_a_trained_ptl_model_ignores_its_latent_state(tmp_path):
     assert result.max_abs_diff <= 1e-4
 
 
+@pytest.mark.slow
 @needs_exporter
 def test_logits_output_matches_the_classifier(tmp_path):
     model = tiny_model(num_classes=7)
@@ -88,12 +92,46 @@ def test_missing_extra_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / 'm.onnx').exists()
 
 
+@pytest.mark.slow
 @needs_exporter
 def test_cli_exports_a_checkpoint_folder(tmp_path, capsys):
     model = tiny_model()
     save_pretrained(model, tmp_path / 'ckpt')
-    args = ['export', str(tmp_path / 'ckpt'), '--out', str(tmp_path / 'm.onnx'), '--input-size', '64', '32', '--quiet']
+    args = ['export', '--model', str(tmp_path / 'ckpt'), '--output', str(tmp_path / 'm.onnx'), '--img-size', '64', '32', '--quiet']
     assert main(args) == 0
     images = torch.randn(2, *SMALL)
     assert np.allclose(run_onnx(tmp_path / 'm.onnx', images), pytorch_output(model, images), atol=1e-4)
     assert 'max abs difference vs PyTorch' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@needs_exporter
+def test_exported_embedding_is_the_feature_extract_saves(tmp_path):
+    """ONNX and `ptl-timm extract` give the same unit-norm embedding of the same preprocessed image."""
+    from ptl_timm.eval.extract import FeatureExtractor
+    from ptl_timm.hub import set_preprocessing
+
+    model = tiny_model()
+    set_preprocessing(model, SMALL[1:])
+    result = export_onnx(model, tmp_path / 'm.onnx', verify=False)
+    assert result.normalized and result.input_size == SMALL
+    images = torch.randn(3, *SMALL)
+    onnx_feats = run_onnx(tmp_path / 'm.onnx', images)
+    torch.testing.assert_close(onnx_feats.norm(dim=1), torch.ones(3))
+    extracted = FeatureExtractor(model, device='cpu')(images)
+    assert (onnx_feats - extracted).abs().max() <= 1e-5
+
+
+@pytest.mark.slow
+@needs_exporter
+def test_raw_embedding_option_exports_the_embedding_before_normalisation(tmp_path, capsys):
+    model = tiny_model()
+    save_pretrained(model, tmp_path / 'ckpt')
+    args = ['export', '--model', str(tmp_path / 'ckpt'), '--output', str(tmp_path / 'm.onnx'), '--img-size', '64', '32',
+            '--raw-embedding', '--quiet']
+    assert main(args) == 0
+    images = torch.randn(2, *SMALL)
+    with torch.inference_mode():
+        raw = model.eval().forward_reid(images).embedding
+    assert (run_onnx(tmp_path / 'm.onnx', images) - raw).abs().max() <= 1e-4
+    assert 'L2-normalised' not in capsys.readouterr().out

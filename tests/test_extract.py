@@ -173,8 +173,8 @@ def cli_model_args(model_dir):
 
 def test_extract_command_saves_query_and_gallery_sets(model_dir, dataset_root, tmp_path):
     out = tmp_path / 'feats.safetensors'
-    assert main(['extract', *cli_model_args(model_dir), '--dataset', 'market1501', '--root', str(dataset_root),
-                 '--out', str(out)]) == 0
+    assert main(['extract', *cli_model_args(model_dir), '--dataset', 'market1501', '--data-root', str(dataset_root),
+                 '--output', str(out)]) == 0
     sets = load_features(out)
     dataset = build_dataset('market1501', dataset_root)
     assert sets['query'].paths == [r.path for r in dataset.query]
@@ -183,9 +183,9 @@ def test_extract_command_saves_query_and_gallery_sets(model_dir, dataset_root, t
 
 def test_eval_command_from_features_equals_eval_from_model(model_dir, dataset_root, tmp_path):
     feats = tmp_path / 'feats.npz'
-    main(['extract', *cli_model_args(model_dir), '--dataset', 'market1501', '--root', str(dataset_root), '--out', str(feats)])
+    main(['extract', *cli_model_args(model_dir), '--dataset', 'market1501', '--data-root', str(dataset_root), '--output', str(feats)])
     assert main(['eval', '--features', str(feats), '--json', str(tmp_path / 'a.json'), '--quiet']) == 0
-    assert main(['eval', *cli_model_args(model_dir), '--dataset', 'market1501', '--root', str(dataset_root),
+    assert main(['eval', *cli_model_args(model_dir), '--dataset', 'market1501', '--data-root', str(dataset_root),
                  '--json', str(tmp_path / 'b.json')]) == 0
     from_features, from_model = (json.loads((tmp_path / name).read_text()) for name in ('a.json', 'b.json'))
     assert from_features['mAP'] == pytest.approx(from_model['mAP'], abs=1e-4)
@@ -194,7 +194,7 @@ def test_eval_command_from_features_equals_eval_from_model(model_dir, dataset_ro
 
 def test_eval_command_re_ranks(model_dir, tmp_path):
     root = generate_synthetic(tmp_path, SYNTH_DOMAINS[1], num_ids=12, images_per_id=4, num_cams=2, img_size=IMG_SIZE)
-    args = ['eval', *cli_model_args(model_dir), '--dataset', 'market1501', '--root', str(root)]
+    args = ['eval', *cli_model_args(model_dir), '--dataset', 'market1501', '--data-root', str(root)]
     assert main([*args, '--rerank', '--json', str(tmp_path / 'rerank.json')]) == 0
     assert main([*args, '--json', str(tmp_path / 'plain.json')]) == 0
     reranked, plain = (json.loads((tmp_path / f'{n}.json').read_text()) for n in ('rerank', 'plain'))
@@ -205,3 +205,14 @@ def test_eval_command_re_ranks(model_dir, tmp_path):
 def test_eval_command_without_a_source_is_a_clear_error(capsys):
     assert main(['eval', '--quiet']) == 2
     assert '--features' in capsys.readouterr().err
+
+
+def test_eval_command_refuses_unknown_query_cameras(tmp_path, capsys):
+    """Camera -1 would keep same-camera gallery images as matches (issue: mAP 19.92 -> 33.94, exit 0)."""
+    g = torch.Generator().manual_seed(0)
+    gallery = FeatureSet(F.normalize(torch.randn(8, 4, generator=g), dim=1), torch.arange(8) % 4, torch.arange(8) % 2,
+                         [f'g{i}.jpg' for i in range(8)])
+    query = FeatureSet(gallery.feats[:4].clone(), torch.arange(4), torch.full((4,), -1), [f'q{i}.jpg' for i in range(4)])
+    save_features({'query': query, 'gallery': gallery}, tmp_path / 'feats.safetensors')
+    assert main(['eval', '--features', str(tmp_path / 'feats.safetensors'), '--quiet']) == 2
+    assert 'identities and cameras' in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Loading and saving: folders, files, pretrained tags from the weights manifest, ImageNet backbone
-weights, the offline Hub cache, classifier changes and the latent state."""
+weights, the offline Hub cache, classifier changes, strict loading, the saved preprocessing, the
+fail-fast check of Hub downloads and the latent state."""
 import json
 import logging
 import os
@@ -7,19 +8,24 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from PIL import Image
 
 import timm
 import ptl_timm
-from ptl_timm.hub import WEIGHTS_NAME, load_model, save_pretrained
+from ptl_timm.cli import main
+from ptl_timm.errors import CheckpointError
+from ptl_timm.eval.features import load_features
+from ptl_timm.hub import WEIGHTS_NAME, load_model, save_pretrained, set_preprocessing
 from ptl_timm.publish import publish
 from ptl_timm.weights import (
-    HUB_ORG, MANIFEST_ENV, ManifestError, UnpublishedWeightsError, add_manifest_tags, load_manifest, manifest_cfgs,
-    sha256_file,
+    HUB_ORG, MANIFEST_ENV, ManifestError, UnpublishedWeightsError, WeightsUnavailableError, add_manifest_tags,
+    load_manifest, manifest_cfgs, sha256_file,
 )
 
 SMALL = (3, 64, 32)
@@ -124,7 +130,7 @@ def test_unpublished_tag_error_says_how_to_load_a_folder():
 
 
 def test_shipped_manifest_is_valid():
-    entries = load_manifest(Path(ptl_timm.__file__).parent.parent / 'weights' / 'manifest.json')
+    entries = load_manifest(Path(ptl_timm.__file__).parent / 'weights_manifest.json')
     assert all(e['hf_hub_id'].startswith(f'{HUB_ORG}/') for e in entries)
 
 
@@ -225,3 +231,145 @@ def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
            'HF_HUB_OFFLINE': '1'}
     proc = run_python(code, env)
     assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
+
+
+def test_hub_is_an_attribute_after_a_plain_import():
+    proc = run_python("import ptl_timm; print(ptl_timm.hub.load_model.__name__, ptl_timm.weights.HUB_ORG)", {})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ['load_model', HUB_ORG]
+
+
+def test_loaded_model_keeps_the_saved_pretrained_cfg(tmp_path):
+    model = tiny_model()
+    set_preprocessing(model, SMALL[1:])
+    save_pretrained(model, tmp_path)
+    for source in (tmp_path, tmp_path / WEIGHTS_NAME, f'local-dir:{tmp_path}'):
+        loaded = load_model(source, num_classes=0)
+        assert loaded.pretrained_cfg['input_size'] == SMALL, source
+        data_config = timm.data.resolve_data_config({}, model=loaded)
+        assert data_config['input_size'] == SMALL and data_config['crop_mode'] == 'squash', source
+
+
+def test_local_dir_prefix_with_an_absolute_path_is_honoured(tmp_path):
+    model = tiny_model()
+    save_pretrained(model, tmp_path / 'run' / 'last')
+    loaded = load_model(f'local-dir:{(tmp_path / "run" / "last").resolve()}')
+    assert torch.equal(embeddings(loaded), embeddings(model))
+    with pytest.raises(CheckpointError, match='does not exist'):
+        load_model(f'local-dir:{tmp_path / "absent"}')
+
+
+def _strip_tensors(folder: Path, keep: int) -> list:
+    weights = safetensors.torch.load_file(str(folder / WEIGHTS_NAME))
+    removed = sorted(weights)[keep:]
+    safetensors.torch.save_file({k: weights[k] for k in sorted(weights)[:keep]}, str(folder / WEIGHTS_NAME))
+    return removed
+
+
+@pytest.mark.parametrize('num_classes', [None, 0, 5])
+def test_weights_with_tensors_removed_are_refused_naming_them(tmp_path, num_classes):
+    save_pretrained(tiny_model(), tmp_path)
+    removed = _strip_tensors(tmp_path, keep=len(tiny_model().state_dict()) // 2)
+    kwargs = {} if num_classes is None else dict(num_classes=num_classes)
+    with pytest.raises(CheckpointError, match=r'\d+ missing \(e\.g\. ') as info:
+        load_model(tmp_path, **kwargs)
+    assert any(key in str(info.value) for key in removed)
+
+
+def test_config_naming_another_architecture_is_refused_naming_the_tensors(tmp_path):
+    save_pretrained(tiny_model(), tmp_path)
+    resnet_config = tmp_path / 'resnet18'
+    save_pretrained(timm.create_model('resnet18', num_classes=7), resnet_config)
+    shutil.copyfile(resnet_config / 'config.json', tmp_path / 'config.json')
+    with pytest.raises(CheckpointError, match=r'resnet18 model .*missing.*unexpected \(e\.g\. backbone\.'):
+        load_model(tmp_path, num_classes=0)
+
+
+def test_only_the_classifier_may_be_dropped(tmp_path):
+    """num_classes=0 drops the whole head (hidden layers too), another count only the last layer."""
+    model = tiny_model()
+    save_pretrained(model, tmp_path)
+    weights = safetensors.torch.load_file(str(tmp_path / WEIGHTS_NAME))
+    weights = {k: v for k, v in weights.items() if not k.startswith('head.fc.')}
+    safetensors.torch.save_file(weights, str(tmp_path / WEIGHTS_NAME))
+    assert load_model(tmp_path, num_classes=5).head.fc.out_features == 5
+    assert torch.equal(embeddings(load_model(tmp_path, num_classes=0)), embeddings(model))
+    with pytest.raises(CheckpointError, match='head.fc.bias'):
+        load_model(tmp_path)  # the same num_classes: the classifier is part of the weights
+
+
+def _offline_hub(monkeypatch, cache: Path) -> None:
+    """An empty Hub cache and an endpoint that refuses connections (loopback, nothing listens on 9)."""
+    import huggingface_hub.constants as constants
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
+
+
+@pytest.mark.parametrize('build', [
+    lambda: ptl_timm.create_ptl('resnet18', pretrained=True, num_classes=3),
+    lambda: timm.create_model('reid_resnet50', pretrained=True, num_classes=3),
+    lambda: load_model('resnet18.a1_in1k'),
+], ids=['create_ptl', 'timm.create_model', 'load_model'])
+def test_pretrained_weights_fail_fast_when_the_hub_is_unreachable(tmp_path, monkeypatch, build):
+    _offline_hub(monkeypatch, tmp_path / 'cache')
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        build()
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    for advice in ('cannot be reached', '--no-pretrained', 'pretrained=False', 'HF_HUB_OFFLINE=1',
+                   "pretrained_cfg_overlay=dict(file="):
+        assert advice in message
+
+
+def test_pretrained_weights_in_the_cache_load_although_the_hub_is_unreachable(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    source = timm.create_model('resnet18', num_classes=1000)
+    save_pretrained(source, tmp_path / 'resnet18')
+    _build_hub_cache(tmp_path / 'resnet18', tmp_path / 'cache', 'timm/resnet18.a1_in1k')
+    _offline_hub(monkeypatch, tmp_path / 'cache')
+    model = ptl_timm.create_ptl('resnet18', pretrained=True, num_classes=3)
+    assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+
+
+def test_hub_ids_with_a_slash_load_through_load_model_and_the_cli(tmp_path):
+    """``hf-hub:ORG/NAME`` from an offline Hub cache, through the library and ``ptl-timm extract``."""
+    model = tiny_model()
+    set_preprocessing(model, SMALL[1:])
+    save_pretrained(model, tmp_path / 'folder')
+    repo_id = f'{HUB_ORG}/ptl_net.tiny'
+    _build_hub_cache(tmp_path / 'folder', tmp_path / 'cache', repo_id)
+    images = tmp_path / 'images'
+    images.mkdir()
+    for i in range(2):
+        Image.new('RGB', (32, 64), (40 * i, 90, 200)).save(images / f'{i}.png')
+    expected = ptl_timm.FeatureExtractor(model, device='cpu')(str(images))
+    torch.save(expected, tmp_path / 'expected.pt')
+    code = f"""
+        import torch, ptl_timm
+        from ptl_timm.cli import main
+        from ptl_timm.eval.features import load_features
+        model = ptl_timm.hub.load_model('hf-hub:{repo_id}', num_classes=0)
+        assert model.pretrained_cfg['input_size'] == {SMALL}
+        assert main(['extract', '--model', 'hf-hub:{repo_id}', '--folder', {str(images)!r},
+                     '--output', {str(tmp_path / 'feats.safetensors')!r}, '--device', 'cpu', '--quiet']) == 0
+        feats = load_features({str(tmp_path / 'feats.safetensors')!r})['images'].feats
+        assert torch.allclose(feats, torch.load({str(tmp_path / 'expected.pt')!r}), atol=1e-6)
+        print('ok')
+    """
+    proc = run_python(code, {'HF_HUB_CACHE': str(tmp_path / 'cache'), 'HF_HUB_OFFLINE': '1'})
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
+
+
+def test_local_dir_ids_load_through_the_cli(tmp_path):
+    model = tiny_model()
+    set_preprocessing(model, SMALL[1:])
+    save_pretrained(model, tmp_path / 'run' / 'last')
+    images = tmp_path / 'images'
+    images.mkdir()
+    Image.new('RGB', (32, 64), (10, 90, 200)).save(images / 'a.png')
+    out = tmp_path / 'feats.safetensors'
+    assert main(['extract', '--model', f'local-dir:{(tmp_path / "run" / "last").resolve()}', '--folder', str(images),
+                 '--output', str(out), '--device', 'cpu', '--quiet']) == 0
+    expected = ptl_timm.FeatureExtractor(model, device='cpu')(str(images))
+    assert torch.allclose(load_features(out)['images'].feats, expected, atol=1e-6)

@@ -170,3 +170,46 @@ def test_invalid_hyperparameters_raise_value_error():
 def test_cross_entropy_equals_torch_for_epsilon_zero():
     logits, targets = torch.randn(4, 7), torch.tensor([1, 6, 0, 3])
     torch.testing.assert_close(CrossEntropyLabelSmooth()(logits, targets), F.cross_entropy(logits, targets))
+
+
+def bot_center_loss(features: torch.Tensor, centers: torch.Tensor, targets: torch.Tensor) -> float:
+    """BoT's ``CenterLoss.forward``: the masked N × C distance matrix, clamped, summed over the batch."""
+    distmat = (features.pow(2).sum(1, keepdim=True) + centers.pow(2).sum(1)[None] - 2 * features @ centers.t())
+    mask = targets[:, None] == torch.arange(len(centers))[None]
+    return float((distmat * mask).clamp(min=1e-12, max=1e12).sum() / len(targets))
+
+
+def test_center_loss_matches_bot():
+    from ptl_timm.losses import CenterLoss
+    torch.manual_seed(0)
+    features, targets = pk_batch()
+    center = CenterLoss(num_classes=5, feat_dim=8, dtype=torch.float64)
+    # BoT's clamp lifts each masked-out zero to 1e-12: (C - 1) of them per row
+    expected = bot_center_loss(features, center.centers.detach(), targets) - 4 * 1e-12
+    assert float(center(features, targets)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_reid_loss_adds_the_weighted_center_term_and_bot_center_step_ignores_the_weight():
+    from ptl_timm.losses import CenterLoss
+    torch.manual_seed(0)
+    features, targets = pk_batch()
+    features = features.float().requires_grad_()
+    logits = torch.randn(len(targets), 4, requires_grad=True)
+    center = CenterLoss(4, 8)
+    output = ReIDOutput(features, [logits], [features])
+    total, parts = ReIDLoss(center_loss=center, center_weight=5e-4)(output, targets)
+    torch.testing.assert_close(total, parts['ce'] + 5e-4 * parts['center'])
+    torch.testing.assert_close(parts['center'], center(features, targets).detach())
+    total.backward()
+    center.unweight_center_grads(5e-4)
+    unweighted = torch.autograd.grad(center(features.detach(), targets), center.centers)[0]
+    torch.testing.assert_close(center.centers.grad, unweighted)
+    before = (features.detach() - center.centers.detach()[targets]).norm(dim=1).mean()
+    center.center_optimizer(lr=0.5).step()
+    assert (features.detach() - center.centers.detach()[targets]).norm(dim=1).mean() < before
+
+
+def test_reid_loss_without_center_loss_has_no_center_term():
+    features, targets = pk_batch()
+    _, parts = ReIDLoss()(ReIDOutput(features, [torch.randn(len(targets), 4)], [features]), targets)
+    assert 'center' not in parts

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ptl_timm.eval import metrics
+from ptl_timm.errors import InputError
 from ptl_timm.eval.metrics import evaluate_distmat, evaluate_rank
 
 TOL = 1e-6
@@ -220,3 +221,17 @@ def test_nan_features_are_rejected():
     q_feats = np.array([[np.nan, 1.0]], dtype=np.float32)
     with pytest.raises(ValueError, match='NaN'):
         evaluate_rank(q_feats, np.ones((2, 2), dtype=np.float32), [0], [0, 1], [0], [1, 1], device='cpu')
+
+
+@pytest.mark.parametrize('side', ['query', 'gallery'])
+def test_unknown_camera_is_refused(side):
+    """Camera -1 would switch off the same-camera exclusion for those images and inflate the metrics."""
+    distmat = np.array([[0.1, 0.2, 0.3]], dtype=np.float32)
+    q_camids, g_camids = np.array([0]), np.array([0, 1, 1])
+    if side == 'query':
+        q_camids = np.array([-1])
+    else:
+        g_camids = np.array([0, -1, 1])
+    with pytest.raises(InputError, match=f'{int(side == "query")} query and {int(side == "gallery")} gallery '
+                                          r'images have an unknown camera'):
+        evaluate_distmat(distmat, np.array([1]), np.array([1, 1, 2]), q_camids, g_camids, device='cpu')

@@ -236,3 +236,18 @@ def test_save_pretrained_round_trip_keeps_the_variant(tmp_path):
     images = torch.randn(2, 3, *TINY)
     with torch.no_grad():
         torch.testing.assert_close(restored(images), model(images))
+
+
+@pytest.mark.parametrize('ptl', [False, True])
+def test_last_stride_one_keeps_the_global_branch_on_the_part_grid(ptl):
+    torch.manual_seed(0)
+    model = timm.create_model('ptl_mgn' if ptl else 'mgn_resnet50', num_classes=5, last_stride=1).eval()
+    assert model.branches[0].layer4[0].conv2.stride == (1, 1)
+    if ptl:
+        assert model.side.branch_cells[0].gates.stride == (1, 1)
+    x = torch.randn(2, 3, 96, 32)
+    with torch.no_grad():
+        maps = [branch(model._forward_trunk(x)[-1]) for branch in model.branches]
+        out = model.forward_reid(x)
+    assert {tuple(m.shape[-2:]) for m in maps} == {(6, 2)}  # stride 16: no upsampling of the global branch
+    assert out.embedding.shape == (2, 2048) and len(out.logits) == 8

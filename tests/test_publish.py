@@ -11,15 +11,17 @@ from timm.models._hub import load_model_config_from_path
 
 from ptl_timm.cli import main
 from ptl_timm.hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
-from ptl_timm.publish import PublishError, TRAIN_STATE_NAME, find_run_metrics, publish
+from ptl_timm.errors import CheckpointError
+from ptl_timm.publish import INSTALL_LINE, PublishError, TRAIN_STATE_NAME, find_run_metrics, publish
 
+BACKBONE = 'test_resnet'  # timm's smallest ResNet: seconds per publish
 DATASET = {'ptl_timm_dataset': 'market1501'}
 RUN_METRICS = {'mAP': 81.25, 'rank1': 92.5, 'rank5': 97.0, 'mINP': 50.0}
 
 
 def tiny_checkpoint(folder: Path, name: str = 'ptl_net', num_classes: int = 7) -> Path:
     torch.manual_seed(0)
-    save_pretrained(timm.create_model(name, backbone='resnet18', num_classes=num_classes), folder, metadata=DATASET)
+    save_pretrained(timm.create_model(name, backbone=BACKBONE, num_classes=num_classes), folder, metadata=DATASET)
     return folder
 
 
@@ -34,7 +36,7 @@ def add_train_state(folder: Path, evaluated: bool = True) -> None:
 @pytest.fixture(scope='module')
 def published(tmp_path_factory):
     root = tmp_path_factory.mktemp('publish')
-    checkpoint = tiny_checkpoint(root / 'last')
+    checkpoint = tiny_checkpoint(root / 'run' / 'last')
     add_train_state(checkpoint)
     return publish(checkpoint, root / 'hub', progress=False)
 
@@ -46,7 +48,7 @@ def test_hub_folder_holds_only_config_safetensors_and_readme(published):
 def test_config_parses_with_timm_and_model_args_are_json(published):
     pretrained_cfg, architecture, model_args = load_model_config_from_path(published.folder)
     assert architecture == 'ptl_net'
-    assert model_args['backbone'] == 'resnet18'
+    assert model_args['backbone'] == BACKBONE
     assert json.loads(json.dumps(model_args)) == model_args
     assert pretrained_cfg['num_classes'] == 7 and pretrained_cfg['classifier'] == 'head.fc'
 
@@ -58,7 +60,7 @@ def test_published_folder_reloads_with_identical_features(published):
 def test_readme_has_the_run_metrics_and_the_usage(published):
     readme = (published.folder / 'README.md').read_text()
     assert '| market1501 | 81.25 | 92.50 | 97.00 | 50.00 |' in readme
-    assert 'pip install ptl_timm' in readme and 'import ptl_timm' in readme
+    assert INSTALL_LINE in readme and 'pip install ptl_timm\n' not in readme and 'import ptl_timm' in readme
     assert f"timm.create_model('hf-hub:{published.repo_id}', pretrained=True" in readme
 
 
@@ -77,6 +79,7 @@ def test_generic_architecture_gets_no_manifest_entry(published):
     assert published.manifest_entry is None and 'backbone' in published.no_entry_reason
 
 
+@pytest.mark.slow  # builds a ResNet-50
 def test_non_default_model_args_get_no_manifest_entry(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model('reid_resnet50', num_classes=5, global_pool='max')
@@ -85,8 +88,9 @@ def test_non_default_model_args_get_no_manifest_entry(tmp_path):
     assert result.manifest_entry is None and "'global_pool': 'max'" in result.no_entry_reason
 
 
+@pytest.mark.slow  # builds a ResNet-50
 def test_named_architecture_gets_a_manifest_entry_with_hash_and_metrics(tmp_path):
-    checkpoint = tmp_path / 'last'
+    checkpoint = tmp_path / 'run' / 'last'
     torch.manual_seed(0)
     save_pretrained(timm.create_model('reid_resnet50', num_classes=5), checkpoint, metadata=DATASET)
     add_train_state(checkpoint)
@@ -99,9 +103,9 @@ def test_named_architecture_gets_a_manifest_entry_with_hash_and_metrics(tmp_path
 
 def test_wrong_architecture_is_refused(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / 'ckpt')
-    other = timm.create_model('reid_net', backbone='resnet18', num_classes=7).state_dict()
+    other = timm.create_model('reid_net', backbone=BACKBONE, num_classes=7).state_dict()
     safetensors.torch.save_file(other, str(checkpoint / WEIGHTS_NAME))
-    with pytest.raises(PublishError, match='do not belong to the ptl_net model'):
+    with pytest.raises(CheckpointError, match='do not fit the ptl_net model'):
         publish(checkpoint, tmp_path / 'hub', progress=False)
     assert not (tmp_path / 'hub').exists()
 
@@ -127,7 +131,7 @@ def test_non_empty_out_is_refused_without_overwrite(tmp_path):
 
 def test_missing_tag_is_an_error_when_no_dataset_is_recorded(tmp_path):
     torch.manual_seed(0)
-    save_pretrained(timm.create_model('ptl_net', backbone='resnet18', num_classes=7), tmp_path / 'ckpt')
+    save_pretrained(timm.create_model('ptl_net', backbone=BACKBONE, num_classes=7), tmp_path / 'ckpt')
     with pytest.raises(ValueError, match='--tag'):
         publish(tmp_path / 'ckpt', tmp_path / 'hub', progress=False)
 
@@ -168,13 +172,68 @@ def test_dry_run_uploads_nothing_and_push_uploads_the_verified_folder(tmp_path, 
 def test_cli_turns_a_refusal_into_one_error_line_and_status_2(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / 'ckpt')
     (checkpoint / CONFIG_NAME).write_text(json.dumps({'architecture': 'no_such_model'}))
-    assert main(['publish', str(checkpoint), '--out', str(tmp_path / 'hub'), '--quiet']) == 2
+    assert main(['publish', '--model', str(checkpoint), '--output', str(tmp_path / 'hub'), '--quiet']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('ptl-timm publish: error:') and 'no_such_model' in err[0]
 
 
 def test_cli_dry_run_writes_the_folder_and_the_manifest_entry(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / 'ckpt')
-    assert main(['publish', str(checkpoint), '--out', str(tmp_path / 'hub'), '--quiet', '--dry-run']) == 0
+    assert main(['publish', '--model', str(checkpoint), '--output', str(tmp_path / 'hub'), '--quiet', '--dry-run']) == 0
     assert (tmp_path / 'hub' / WEIGHTS_NAME).is_file()
     assert 'dry run: nothing uploaded' in capsys.readouterr().out
+
+
+def _run_folder(root: Path) -> Path:
+    """A training run as the trainer leaves it: last/ (with train_state.pt), best/, metrics.jsonl."""
+    add_train_state(tiny_checkpoint(root / 'last'))
+    tiny_checkpoint(root / 'best')
+    (root / 'metrics.jsonl').write_text('{"epoch": 3}\n')
+    return root
+
+
+@pytest.mark.parametrize('out', ['.', 'last', 'last/hub', 'hub', '..'])
+def test_out_that_is_contains_or_lies_inside_the_run_is_refused_before_writing(tmp_path, capsys, out):
+    run = _run_folder(tmp_path / 'runs' / 'p')
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))
+    target = (run / out).resolve()
+    assert main(['publish', '--model', str(run / 'last'), '--output', str(target), '--overwrite', '--quiet']) == 2
+    assert 'run folder' in capsys.readouterr().err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*')) == before
+    assert (run / 'last' / TRAIN_STATE_NAME).is_file() and (run / 'best' / WEIGHTS_NAME).is_file()
+
+
+def _synthetic_run(tmp_path: Path, pretrained: bool) -> Path:
+    from ptl_timm.data.synth import generate_synthetic
+
+    data = generate_synthetic(tmp_path / 'data', 'street', num_ids=4, images_per_id=2, num_cams=2, img_size=(32, 16))
+    checkpoint = tiny_checkpoint(tmp_path / 'run' / 'last')
+    torch.save(dict(epoch=1, history=[{'epoch': 1}], config=dict(
+        model='ptl_net', dataset={'name': 'market1501', 'root': str(data)}, pretrained=pretrained,
+        init_checkpoint=None)), checkpoint / TRAIN_STATE_NAME)
+    return checkpoint
+
+
+def test_card_states_synthetic_data_random_initialisation_and_the_tag(tmp_path):
+    result = publish(_synthetic_run(tmp_path, pretrained=False), tmp_path / 'hub', tag='synthstreet', progress=False)
+    readme = (result.folder / 'README.md').read_text()
+    assert "- Training data: synthetic persons from ptl_timm's generator (domain 'street', market1501 layout" in readme
+    assert '- Training data: market1501\n' not in readme
+    assert '- Initialisation: random weights (trained with `--no-pretrained`' in readme
+    config = json.loads((result.folder / CONFIG_NAME).read_text())
+    assert config['pretrained_cfg']['tag'] == 'synthstreet'
+    assert result.repo_id == 'ptl-timm/ptl_net.synthstreet'
+
+
+def test_card_names_the_imagenet_weights_training_started_from(tmp_path):
+    result = publish(_synthetic_run(tmp_path, pretrained=True), tmp_path / 'hub', tag='synthstreet', progress=False)
+    readme = (result.folder / 'README.md').read_text()
+    assert f'- Initialisation: backbone from ImageNet weights (`{timm.models.get_pretrained_cfg(BACKBONE).hf_hub_id}`)' \
+        in readme
+
+
+def test_card_without_a_training_config_claims_nothing_about_data_or_initialisation(tmp_path):
+    result = publish(tiny_checkpoint(tmp_path / 'ckpt'), tmp_path / 'hub', progress=False)
+    readme = (result.folder / 'README.md').read_text()
+    assert '- Training data: market1501 (the training configuration is not available to check it)' in readme
+    assert '- Initialisation: not recorded' in readme

@@ -66,10 +66,12 @@ def test_resume_continues_history_and_optimizer_state(tmp_path):
     assert load_train_state(tmp_path / 'out' / 'last')['scheduler']['last_epoch'] == 2
 
 
-def test_deterministic_mode_is_restored_after_the_run(tmp_path):
+def test_deterministic_mode_is_restored_after_the_run(tmp_path, monkeypatch):
+    monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
     before = torch.are_deterministic_algorithms_enabled()
     fine_tune(build_config(TrainConfig, _config(tmp_path, tmp_path / 'out'), {'epochs': 1, 'max_steps_per_epoch': 1}))
     assert torch.are_deterministic_algorithms_enabled() == before
+    assert 'CUBLAS_WORKSPACE_CONFIG' not in os.environ
 
 
 def test_interrupted_folder_swap_is_recovered(tmp_path):

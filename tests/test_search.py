@@ -155,8 +155,8 @@ def model_args(model_dir):
 
 def test_search_command_on_a_dataset_writes_ranked_list_and_picture(synthetic, tmp_path):
     data, model_dir = synthetic
-    status = main(['search', *model_args(model_dir), '--dataset', 'market1501', '--root', str(data), '--top-k', '4',
-                   '--worst-first', '--out', str(tmp_path / 'ranks.json')])
+    status = main(['search', *model_args(model_dir), '--dataset', 'market1501', '--data-root', str(data), '--top-k', '4',
+                   '--worst-first', '--output', str(tmp_path / 'ranks.json')])
     assert status == 0
     rankings = json.loads((tmp_path / 'ranks.json').read_text())
     assert rankings and all(len(r['results']) == 4 and r['query'].endswith('.jpg') for r in rankings)
@@ -168,18 +168,45 @@ def test_search_command_on_a_dataset_writes_ranked_list_and_picture(synthetic, t
 def test_search_command_with_query_images_and_saved_gallery_features(synthetic, tmp_path):
     data, model_dir = synthetic
     features = tmp_path / 'gallery.npz'
-    assert main(['extract', *model_args(model_dir), '--folder', str(data / 'bounding_box_test'), '--out', str(features)]) == 0
+    assert main(['extract', *model_args(model_dir), '--folder', str(data / 'bounding_box_test'), '--output', str(features)]) == 0
     query = sorted((data / 'query').iterdir())[0]
     status = main(['search', *model_args(model_dir), '--query', str(query), '--features', str(features), '--top-k', '3',
-                   '--out', str(tmp_path / 'ranks.csv'), '--png', str(tmp_path / 'picture.png')])
+                   '--output', str(tmp_path / 'ranks.csv'), '--png', str(tmp_path / 'picture.png')])
     assert status == 0
     with open(tmp_path / 'ranks.csv') as f:
         rows = list(csv.DictReader(f))
-    assert [r['rank'] for r in rows] == ['1', '2', '3'] and all(r['correct'] == '' for r in rows)
+    # the files are named as Market-1501 names them, so identities and cameras are known on both sides
+    assert [r['rank'] for r in rows] == ['1', '2', '3'] and all(r['correct'] in ('0', '1') for r in rows)
     assert (tmp_path / 'picture.png').is_file()
 
 
 def test_search_command_without_a_gallery_is_a_clear_error(synthetic, tmp_path, capsys):
     data, model_dir = synthetic
-    status = main(['search', *model_args(model_dir), '--query', str(data / 'query'), '--out', str(tmp_path / 'r.json')])
+    status = main(['search', *model_args(model_dir), '--query', str(data / 'query'), '--output', str(tmp_path / 'r.json')])
     assert status == 2 and 'no gallery images' in capsys.readouterr().err
+
+
+def test_num_queries_with_worst_first_picks_the_worst_of_all_queries():
+    query, gallery = random_set(30, seed=5), random_set(60, seed=6)
+    everything = search(query, gallery, top_k=3, backend='torch', worst_first=True)
+    worst = search(query, gallery, top_k=3, backend='torch', worst_first=True, num_queries=4)
+    assert worst == everything[:4]
+    first_four = {f'img{i}.jpg' for i in range(4)}
+    assert {r['query'] for r in worst} != first_four  # not the first four queries re-ordered
+    assert [r['query'] for r in search(query, gallery, top_k=3, backend='torch', num_queries=4)] == sorted(first_four)
+
+
+def test_search_command_marks_matches_of_folders_named_like_a_dataset(synthetic, tmp_path):
+    """--query/--gallery folders whose files follow Market-1501's naming: right/wrong, junk skipped, the
+    worst queries of all with --worst-first --num-queries."""
+    data, model_dir = synthetic
+    common = ['search', *model_args(model_dir), '--query', str(data / 'query'), '--gallery',
+              str(data / 'bounding_box_test'), '--top-k', '5', '--worst-first']
+    assert main([*common, '--output', str(tmp_path / 'all.json')]) == 0
+    assert main([*common, '--num-queries', '4', '--output', str(tmp_path / 'worst.json')]) == 0
+    everything = json.loads((tmp_path / 'all.json').read_text())
+    assert all(item['correct'] in (True, False) for r in everything for item in r['results'])
+    assert not [item for r in everything for item in r['results']
+                if item['pid'] == r['pid'] and item['camid'] == r['camid']]  # same identity and camera: junk
+    worst = json.loads((tmp_path / 'worst.json').read_text())
+    assert worst == everything[:4] and len(everything) > 4

@@ -81,8 +81,23 @@ def test_bad_arguments_are_rejected(tmp_path):
         generate_synthetic(tmp_path, 'street', **dict(SMALL, num_cams=1))
 
 
-def test_cli_writes_a_readable_dataset(tmp_path, capsys):
-    status = main(['synth', '--root', str(tmp_path), '--domain', 'night', '--layout', 'msmt17', '--num-ids', '4',
-                   '--images-per-id', '3', '--num-cams', '2', '--img-size', '32', '16', '--quiet'])
+def test_cli_writes_a_readable_dataset_at_its_data_root(tmp_path, capsys):
+    """``synth --data-root X`` writes the dataset at X, so ``--data-root X`` reads it everywhere (issue 12.4)."""
+    status = main(['synth', '--data-root', str(tmp_path / 'market1501'), '--domain', 'night', '--layout', 'msmt17',
+                   '--num-ids', '4', '--images-per-id', '3', '--num-cams', '2', '--img-size', '32', '16', '--quiet'])
     assert status == 0 and capsys.readouterr().out == ''
-    assert build_dataset('msmt17', tmp_path / 'night').num_train_pids == 2
+    assert build_dataset('msmt17', tmp_path / 'market1501').num_train_pids == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['market1501']
+
+
+def test_cli_old_root_flag_keeps_its_meaning_and_warns(tmp_path, capsys):
+    status = main(['synth', '--root', str(tmp_path), '--domain', 'night', '--num-ids', '4', '--images-per-id', '3',
+                   '--num-cams', '2', '--img-size', '32', '16', '--quiet'])
+    assert status == 0
+    assert '--root is deprecated; use --data-root ROOT/DOMAIN' in capsys.readouterr().err
+    assert build_dataset('market1501', tmp_path / 'night').num_train_pids == 2
+
+
+def test_cli_needs_the_folder(capsys):
+    assert main(['synth', '--quiet']) == 2
+    assert 'error: give the dataset folder to write with --data-root FOLDER' in capsys.readouterr().err

@@ -118,3 +118,13 @@ def test_timm_script_runner_registers_ptl_models_for_the_script(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert out.read_text() == 'ReIDNet'
+
+
+def test_timm_script_runner_gives_back_the_callers_argv_and_path(tmp_path):
+    from ptl_timm.engine.timm_script import run_timm_script
+    script = tmp_path / 'script.py'
+    script.write_text(f'import sys\nassert sys.argv == [{str(script)!r}, "--model", "ptl_net"]\n'
+                      f'assert sys.path[0] == {str(tmp_path.resolve())!r}\n')
+    argv, path = list(sys.argv), list(sys.path)
+    run_timm_script(str(script), ['--model', 'ptl_net'])
+    assert sys.argv == argv and sys.path == path

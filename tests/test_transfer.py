@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ptl_timm.engine import TransferConfig, transfer
+from ptl_timm.engine import CheckpointError, TransferConfig, run_transfer
 
 from engine_support import TINY_MODEL_ARGS, make_domain, save_untrained, tiny_config
 
@@ -33,7 +33,7 @@ def test_each_step_starts_from_the_previous_steps_weights(tmp_path, domains, mon
         return original(model, path, skip)
 
     monkeypatch.setattr(trainer_module, 'load_checkpoint_weights', spy)
-    result = transfer(_transfer_config(tmp_path, domains))
+    result = run_transfer(_transfer_config(tmp_path, domains))
     step1 = tmp_path / 'out' / f'step1-{domains[0]["label"]}'
     assert loaded == [(step1 / 'last', ('head.fc',))], 'step 2 loads step 1 and re-initialises the classifier'
     assert [row['route'] for row in result['rows']] == [
@@ -41,7 +41,7 @@ def test_each_step_starts_from_the_previous_steps_weights(tmp_path, domains, mon
 
 
 def test_table_reports_every_step_on_every_test_set(tmp_path, domains):
-    result = transfer(_transfer_config(tmp_path, domains))
+    result = run_transfer(_transfer_config(tmp_path, domains))
     labels = [d['label'] for d in domains]
     assert result['test_sets'] == labels
     for row in result['rows']:
@@ -55,17 +55,25 @@ def test_transfer_then_distillation_adds_a_student_row(tmp_path, domains):
     student = save_untrained(tmp_path / 'student', 'reid_net', **TINY_MODEL_ARGS)
     cfg = _transfer_config(tmp_path, domains, distill=dict(
         model='reid_net', model_args=dict(TINY_MODEL_ARGS), init_checkpoint=str(student)))
-    result = transfer(cfg)
+    result = run_transfer(cfg)
     assert [row['step'] for row in result['rows']] == [1, 2, 'STD']
     assert (tmp_path / 'out' / 'distill' / 'last' / 'model.safetensors').is_file()
 
 
 def test_resumed_transfer_continues_finished_steps_without_training_them_again(tmp_path, domains):
-    first = transfer(_transfer_config(tmp_path, domains))
-    again = transfer(_transfer_config(tmp_path, domains, resume=True))
+    first = run_transfer(_transfer_config(tmp_path, domains))
+    again = run_transfer(TransferConfig(output=str(tmp_path / 'out'), resume=True))  # from its config.yaml alone
     assert [row['eval'] for row in again['rows']] == [row['eval'] for row in first['rows']]
+
+
+def test_transfer_into_a_finished_transfer_is_refused_and_its_config_kept(tmp_path, domains):
+    run_transfer(_transfer_config(tmp_path, domains))
+    saved = (tmp_path / 'out' / 'config.yaml').read_bytes()
+    with pytest.raises(CheckpointError, match='--resume'):
+        run_transfer(_transfer_config(tmp_path, domains, lr=0.01))
+    assert (tmp_path / 'out' / 'config.yaml').read_bytes() == saved
 
 
 def test_transfer_without_steps_is_a_clear_error(tmp_path, domains):
     with pytest.raises(ValueError, match='at least one step'):
-        transfer(TransferConfig(**tiny_config(tmp_path / 'out', domains[0])))
+        run_transfer(TransferConfig(**tiny_config(tmp_path / 'out', domains[0])))

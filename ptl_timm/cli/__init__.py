@@ -2,18 +2,26 @@
 
 Each sub-command lives in its own module of this package and exposes
 ``add_parser(subparsers) -> argparse.ArgumentParser`` that sets ``func=run`` on its parser.
-``run(args) -> int`` returns the exit status. Errors a user can fix (bad paths, bad configs,
-wrong checkpoints) are raised as ``ValueError``/``FileNotFoundError``/``KeyError`` subclasses by the
-library; here they become one clear ``error:`` line and exit status 2, never a traceback.
+``run(args) -> int`` returns the exit status. Shared flags come from :mod:`ptl_timm.cli.options`.
+
+The error contract (:mod:`ptl_timm.errors`): a :class:`~ptl_timm.errors.PTLError` (a problem the user
+can fix) is printed as one ``error:`` line with exit status 2; any other exception is a bug and keeps
+its traceback (exit status 1). ``--debug`` or ``PTL_TIMM_DEBUG=1`` prints the traceback of user errors too.
 """
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from typing import List, Optional
+
+from ptl_timm.errors import DEBUG_ENV, PTLError
+from .options import add_debug
 
 # Sub-command modules, in the order ``ptl-timm --help`` lists them.
 COMMAND_MODULES = (
     'info',
+    'actmap',
     'publish',
     'export',
     'synth',
@@ -35,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from ptl_timm.version import __version__
     parser.add_argument('--version', action='version', version=f'ptl_timm {__version__}')
+    add_debug(parser)
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
     subparsers.required = True
     for name in COMMAND_MODULES:
@@ -47,9 +56,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, RuntimeError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f'ptl-timm {args.command}: error: {message}', file=sys.stderr)
+    except PTLError as e:
+        if getattr(args, 'debug', False) or os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+            traceback.print_exc()
+        print(f'ptl-timm {args.command}: error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'ptl-timm {args.command}: interrupted', file=sys.stderr)

@@ -2,21 +2,25 @@
 import argparse
 
 from ptl_timm.engine.demo import run_demo
+from .options import add_command, add_output, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        'demo', help='synthetic end-to-end demo: fine-tune baseline and PTL, distil, evaluate on two domains',
-        description='Generates two synthetic ReID domains, trains on the first, evaluates on both; CPU-friendly.')
-    parser.add_argument('--output', default='ptl_timm_demo', help='folder for data, checkpoints, curves and table')
+    parser = add_command(
+        subparsers, 'demo',
+        help='synthetic end-to-end demo: fine-tune baseline and PTL, distil, evaluate on two domains',
+        description='Generates two synthetic ReID domains, trains on the first from random weights (nothing is '
+                    'downloaded), evaluates on both; CPU-friendly.',
+        example='ptl-timm demo --output ptl_timm_demo')
+    add_output(parser, help='folder for data, checkpoints, curves and table', default='ptl_timm_demo')
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument('--quick', dest='quick', action='store_true', default=True,
-                       help='the small setting, a few CPU minutes (default)')
+                       help='the small setting, a few CPU minutes (the default)')
     scale.add_argument('--full', dest='quick', action='store_false',
                        help='more identities and epochs (tens of CPU minutes, clearer PTL/STD differences)')
     parser.add_argument('--backbone', default='resnet18', help='timm backbone of both networks')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    parser.add_argument('--seed', type=int, default=0, help='the data and the initial weights')
+    add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -1,30 +1,53 @@
 """``ptl-timm eval``: mAP, CMC and mINP of a model on a dataset's query/gallery split, or of saved
-features (``ptl-timm extract``), optionally with k-reciprocal re-ranking."""
+features (``ptl-timm extract``), optionally after average query expansion and/or with k-reciprocal
+re-ranking; ``--roc`` adds TPR at low FPR and ``--camera-pairs`` the per-camera-pair mAP table."""
 import argparse
+import math
+from typing import Any, Dict
 
-from ptl_timm.eval.extract import evaluate_features
+from ptl_timm.errors import InputError
+from ptl_timm.eval.aqe import query_expansion
+from ptl_timm.eval.analysis import camera_pair_map
+from ptl_timm.eval.extract import evaluate_features, resolve_device
 from ptl_timm.eval.features import load_features
 from ptl_timm.eval.metrics import AP_MODES, METRICS
 from ptl_timm.utils import atomic_save_json
 from .extract import add_dataset_args, add_model_args, load_dataset, make_extractor, split_features
+from .options import add_command, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser('eval', help='mAP / CMC / mINP of a model on a dataset, or of saved features',
-                                   description=__doc__)
+    parser = add_command(
+        subparsers, 'eval', help='mAP / CMC / mINP of a model on a dataset, or of saved features',
+        description='mAP, CMC and mINP of a model on a dataset\'s query/gallery split (at the image size its '
+                    'config.json records), or of saved features (ptl-timm extract), optionally re-ranked.',
+        example='ptl-timm eval --model runs/x/best --dataset market1501 --data-root data/market1501')
     add_model_args(parser, required=False)
     add_dataset_args(parser)
     parser.add_argument('--features', help='saved features with query and gallery sets (instead of model + dataset)')
-    parser.add_argument('--metric', choices=METRICS, default='cosine')
+    parser.add_argument('--metric', choices=METRICS, default='cosine', help='distance between embeddings')
     parser.add_argument('--ap-mode', choices=AP_MODES, default='default',
                         help='default: torchreid/fast-reid AP; official: Market-1501 trapezoid AP')
-    parser.add_argument('--rerank', action='store_true', help='k-reciprocal re-ranking (k1=20, k2=6, λ=0.3)')
+    parser.add_argument('--rerank', action='store_true', help='k-reciprocal re-ranking (Zhong et al. 2017)')
+    parser.add_argument('--k1', type=int, default=20, help='re-ranking: size of the k-reciprocal neighbourhoods')
+    parser.add_argument('--k2', type=int, default=6, help='re-ranking: neighbours averaged by its local query expansion')
+    parser.add_argument('--lambda', dest='lambda_value', type=float, default=0.3,
+                        help='re-ranking: weight of the original distance against the Jaccard distance')
+    parser.add_argument('--aqe', action='store_true',
+                        help='average query expansion (fast-reid\'s αQE) of query and gallery features before ranking')
+    parser.add_argument('--aqe-k', type=int, default=10, help='αQE: neighbours averaged per feature, itself included')
+    parser.add_argument('--aqe-alpha', type=float, default=3.0, help='αQE: exponent of the similarity weights')
+    parser.add_argument('--aqe-times', type=int, default=1, help='αQE: rounds of expansion')
+    parser.add_argument('--roc', action='store_true',
+                        help='also TPR at FPR 1e-4, 1e-3, 1e-2 over every query-gallery pair (fast-reid\'s ROC report)')
+    parser.add_argument('--camera-pairs', action='store_true',
+                        help='also the mAP of each query camera against each gallery camera alone (plain distances, after αQE)')
     parser.add_argument('--single-gallery-shot', action='store_true',
                         help='classic CUHK03 CMC: one random gallery image per identity, averaged over draws')
     parser.add_argument('--seed', type=int, default=0, help='seed of the single-gallery-shot draws')
-    parser.add_argument('--max-rank', type=int, default=50)
+    parser.add_argument('--max-rank', type=int, default=50, help='length of the CMC curve')
     parser.add_argument('--json', metavar='FILE', help='also write the metrics (percent) as JSON')
-    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -32,29 +55,57 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args)
     if (dataset is None) == (args.features is None) or (dataset is not None and not args.model):
-        raise ValueError('give either --model with --dataset/--data-root, or --features')
+        raise InputError('give either --model with --dataset/--data-root, or --features')
     if args.features:
         sets = load_features(args.features)
         if not {'query', 'gallery'} <= set(sets):
-            raise ValueError(f'{args.features} holds the sets {sorted(sets)}; evaluation needs query and gallery '
+            raise InputError(f'{args.features} holds the sets {sorted(sets)}; evaluation needs query and gallery '
                              f'(extract them from a dataset)')
     else:
         sets = split_features(make_extractor(args), dataset)
     query, gallery = sets['query'], sets['gallery']
     if not (query.has_labels and gallery.has_labels):
-        raise ValueError('evaluation needs the identities and cameras of every query and gallery image')
+        raise InputError('evaluation needs the identities and cameras of every query and gallery image')
+    device = resolve_device(args.device)
+    q_feats, g_feats = query.feats, gallery.feats
+    if args.aqe:
+        q_feats, g_feats = query_expansion(q_feats, g_feats, args.aqe_k, args.aqe_alpha, args.aqe_times, device=device)
+    rerank_args = dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
     result = evaluate_features(
-        query.feats, gallery.feats, query.pids, gallery.pids, query.camids, gallery.camids, metric=args.metric,
-        rerank=args.rerank, device=args.device, ap_mode=args.ap_mode, max_rank=args.max_rank,
-        single_gallery_shot=args.single_gallery_shot, seed=args.seed, progress=not args.quiet)
+        q_feats, g_feats, query.pids, gallery.pids, query.camids, gallery.camids, metric=args.metric,
+        rerank=args.rerank, device=device, rerank_args=rerank_args, roc=args.roc, ap_mode=args.ap_mode,
+        max_rank=args.max_rank, single_gallery_shot=args.single_gallery_shot, seed=args.seed, progress=not args.quiet)
     cmc = result['cmc']
     metrics = dict(mAP=100 * result['mAP'], **{f'rank{r}': 100 * float(cmc[min(r, len(cmc)) - 1]) for r in (1, 5, 10)},
                    mINP=100 * result['mINP'], num_query=len(query.feats), num_gallery=len(gallery.feats),
                    num_valid_queries=result['num_valid_queries'], rerank=args.rerank, ap_mode=args.ap_mode,
                    cmc=[100 * float(c) for c in cmc])
+    if args.rerank:
+        metrics['rerank_args'] = rerank_args
+    if args.aqe:
+        metrics['aqe_args'] = dict(k=args.aqe_k, alpha=args.aqe_alpha, times=args.aqe_times)
     print(f'mAP {metrics["mAP"]:.2f}  Rank-1 {metrics["rank1"]:.2f}  Rank-5 {metrics["rank5"]:.2f}  '
           f'Rank-10 {metrics["rank10"]:.2f}  mINP {metrics["mINP"]:.2f}  '
           f'({metrics["num_valid_queries"]} queries × {metrics["num_gallery"]} gallery{", re-ranked" if args.rerank else ""})')
+    if args.roc:
+        metrics['tpr_at_fpr'] = {f'{fpr:.0e}': 100 * tpr for fpr, tpr in result['tpr_at_fpr'].items()}
+        print('  '.join(f'TPR@FPR={fpr} {tpr:.2f}' for fpr, tpr in metrics['tpr_at_fpr'].items()))
+    if args.camera_pairs:
+        table = camera_pair_map(q_feats, g_feats, query.pids, gallery.pids, query.camids, gallery.camids,
+                                metric=args.metric, device=device)
+        metrics['camera_pairs'] = _print_camera_table(table)
     if args.json:
         atomic_save_json(metrics, args.json)
     return 0
+
+
+def _print_camera_table(table: Dict[str, Any]) -> Dict[str, Any]:
+    """Print the query camera × gallery camera mAP table ('-': no valid query); return it for the JSON."""
+    cams = [str(c) for c in table['gallery_cameras']]
+    print('mAP by camera pair (rows: query camera, columns: gallery camera, -: no query with a match there)')
+    print('q\\g ' + ' '.join(f'{c:>6}' for c in cams))
+    for cam, row in zip(table['query_cameras'], table['map']):
+        print(f'{cam:>4} ' + ' '.join('     -' if math.isnan(v) else f'{100 * v:6.2f}' for v in row))
+    return dict(query_cameras=[int(c) for c in table['query_cameras']], gallery_cameras=[int(c) for c in cams],
+                mAP=[[None if math.isnan(v) else 100 * float(v) for v in row] for row in table['map']],
+                num_valid_queries=table['num_valid_queries'].tolist())

@@ -1,20 +1,26 @@
 """``ptl-timm export-imagefolder``: a ReID training split as an ImageFolder tree for timm's train.py."""
 import argparse
 
+from ptl_timm.data.datasets import DATASETS
 from ptl_timm.engine.data import load_dataset
 from ptl_timm.engine.imagefolder import LINK_MODES, export_imagefolder
+from .options import add_command, add_data_root, add_dataset, add_output, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        'export-imagefolder', help='write a ReID training split as train/ and validation/ class folders',
-        description='One class folder per training identity, for `python train.py --device-modules ptl_timm ...`.')
-    parser.add_argument('--dataset', required=True, help='market1501, dukemtmc, msmt17, cuhk03_np, folder')
-    parser.add_argument('--data-root', required=True, help="the dataset's folder")
-    parser.add_argument('--output', required=True, help='folder to create (holds train/ and validation/)')
+    parser = add_command(
+        subparsers, 'export-imagefolder', help='write a ReID training split as train/ and validation/ class folders',
+        description='One class folder per training identity, for `python train.py --device-modules ptl_timm ...`. '
+                    'An existing output is replaced whole (--overwrite), never left half-written.',
+        example='ptl-timm export-imagefolder --dataset market1501 --data-root data/market1501 '
+                '--output data/market1501_if')
+    add_dataset(parser, choices=sorted(DATASETS), required=True)
+    add_data_root(parser, required=True)
+    add_output(parser, help='folder to create (holds train/ and validation/)', required=True)
     parser.add_argument('--val-per-id', type=int, default=1, help='images per identity held out for validation')
     parser.add_argument('--mode', choices=LINK_MODES, default='copy', help='copy the images or link to them')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
+    add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -22,6 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_root, {})
     counts = export_imagefolder(dataset, args.output, args.val_per_id, args.mode, args.overwrite)
-    print(f'{args.output}: {counts["classes"]} classes, {counts["train"]} train and '
-          f'{counts["validation"]} validation images (--num-classes {counts["classes"]})')
+    if not args.quiet:
+        print(f'{args.output}: {counts["classes"]} classes, {counts["train"]} train and '
+              f'{counts["validation"]} validation images (--num-classes {counts["classes"]})')
     return 0

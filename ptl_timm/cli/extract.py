@@ -4,33 +4,36 @@ folder of images, saved as ``.safetensors`` or ``.npz`` for ``ptl-timm eval`` / 
 The model and dataset options defined here are shared by ``eval`` and ``search``.
 """
 import argparse
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
-from ptl_timm.data.datasets import DATASETS, ReIDDataset, build_dataset
+from ptl_timm.data.datasets import DATASETS, ReIDDataset, build_dataset, labels_from_names
+from ptl_timm.errors import InputError
 from ptl_timm.eval.extract import FeatureExtractor, image_files
 from ptl_timm.eval.features import FeatureSet, save_features
+from .options import (
+    add_batch_size, add_command, add_data_root, add_dataset, add_device, add_img_size, add_model, add_output, add_quiet,
+    add_workers,
+)
 
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_argument_group('model')
-    group.add_argument('--model', required=required,
-                       help='timm name (with pretrained tag), hf-hub:/local-dir: id, checkpoint folder or .safetensors')
-    group.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
-                       help="input size (default: the model's pretrained_cfg)")
-    group.add_argument('--batch-size', type=int, default=64)
+    add_model(group, required=required)
+    add_img_size(group, help="input height and width (default: the one the model's config.json records, i.e. its "
+                             'training size; another size warns)')
+    add_batch_size(group, 64)
     group.add_argument('--flip', action='store_true', help='flip test-time augmentation (sum with the mirror image)')
-    group.add_argument('--device', help='cuda or cpu (default: cuda when available)')
-    group.add_argument('--workers', type=int, default=0, help='DataLoader workers decoding images')
-    group.add_argument('--channels-last', action='store_true')
+    add_device(group)
+    add_workers(group)
+    group.add_argument('--channels-last', action='store_true', help='channels-last memory format')
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('dataset')
-    group.add_argument('--dataset', choices=sorted(DATASETS), help='dataset layout of --data-root')
-    # --data-root as in `ptl-timm train`; --root kept as a short alias
-    group.add_argument('--data-root', '--root', dest='root', help='folder holding the dataset')
+    add_dataset(group, choices=sorted(DATASETS))
+    add_data_root(group)
     group.add_argument('--variant', choices=('detected', 'labeled'), help='cuhk03_np boxes')
 
 
@@ -42,11 +45,11 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
 
 def load_dataset(args: argparse.Namespace) -> Optional[ReIDDataset]:
     """The dataset named by --dataset/--data-root, or None when neither is given."""
-    if not args.dataset and not args.root:
+    if not args.dataset and not args.data_root:
         return None
-    if not (args.dataset and args.root):
-        raise ValueError('--dataset and --data-root go together (the layout and the folder holding it)')
-    return build_dataset(args.dataset, args.root, **({'variant': args.variant} if args.variant else {}))
+    if not (args.dataset and args.data_root):
+        raise InputError('--dataset and --data-root go together (the layout and the folder holding it)')
+    return build_dataset(args.dataset, args.data_root, **({'variant': args.variant} if args.variant else {}))
 
 
 def split_features(extractor: FeatureExtractor, dataset: ReIDDataset, splits=('query', 'gallery')) -> Dict[str, FeatureSet]:
@@ -58,24 +61,34 @@ def split_features(extractor: FeatureExtractor, dataset: ReIDDataset, splits=('q
     return sets
 
 
+def image_features(extractor: FeatureExtractor, paths: List[str]) -> FeatureSet:
+    """Features of image files, with identities and cameras when the file names carry them in a
+    dataset's convention (``0002_c1s1_000451_01.jpg``), else unknown (-1)."""
+    labels = labels_from_names(paths)
+    pids, camids = (torch.tensor(x, dtype=torch.int64) for x in labels) if labels else (
+        torch.full((len(paths),), -1, dtype=torch.int64) for _ in range(2))
+    return FeatureSet(extractor(paths), pids, camids, paths)
+
+
 def folder_features(extractor: FeatureExtractor, folder: str) -> FeatureSet:
-    """Features of every image under ``folder``; identities and cameras unknown (-1)."""
-    paths = image_files(folder)
-    feats = extractor(paths)
-    unknown = torch.full((len(paths),), -1, dtype=torch.int64)
-    return FeatureSet(feats, unknown, unknown.clone(), paths)
+    """Features of every image under ``folder`` (see :func:`image_features`)."""
+    return image_features(extractor, image_files(folder))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser('extract', help='save a model\'s embeddings of a dataset split or an image folder',
-                                   description=__doc__.split('\n\n')[0])
+    parser = add_command(
+        subparsers, 'extract', help="save a model's embeddings of a dataset split or an image folder",
+        description="A model's L2-normalised embeddings of a dataset's splits or of a folder of images, saved as "
+                    '.safetensors or .npz for ptl-timm eval / search.',
+        example='ptl-timm extract --model runs/x/best --dataset market1501 --data-root data/market1501 '
+                '--output feats.safetensors')
     add_model_args(parser)
     add_dataset_args(parser)
     parser.add_argument('--folder', help='a folder of images instead of a dataset (saved as the set "images")')
     parser.add_argument('--splits', nargs='+', default=['query', 'gallery'], choices=('train', 'query', 'gallery'),
                         help='dataset splits to extract')
-    parser.add_argument('--out', required=True, help='output file (.safetensors or .npz)')
-    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_output(parser, 'output file (.safetensors or .npz)', required=True)
+    add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -83,11 +96,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args)
     if (dataset is None) == (args.folder is None):
-        raise ValueError('give either --dataset/--data-root or --folder')
+        raise InputError('give either --dataset/--data-root or --folder')
     extractor = make_extractor(args)
     sets = split_features(extractor, dataset, args.splits) if dataset else {'images': folder_features(extractor, args.folder)}
-    save_features(sets, args.out)
+    save_features(sets, args.output)
     if not args.quiet:
         sizes = ', '.join(f'{name} {tuple(s.feats.shape)}' for name, s in sets.items())
-        print(f'wrote {args.out}: {sizes}')
+        print(f'wrote {args.output}: {sizes}')
     return 0

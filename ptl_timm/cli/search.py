@@ -3,37 +3,47 @@ ranked-list picture (PNG).
 
 Queries: image files or folders (--query), or the query split of --dataset / saved --features.
 Gallery: an image folder (--gallery), or the gallery split of --dataset / saved --features. With
-identities known on both sides (dataset splits), junk is skipped, results are framed green/red and
---worst-first lists the queries with the lowest AP first.
+identities known on both sides (dataset splits, or image files named as a dataset names them, e.g.
+0002_c1s1_000451_01.jpg), junk is skipped, results are framed green/red and --worst-first lists the
+queries with the lowest AP first.
 """
 import argparse
 from pathlib import Path
 from typing import Dict
 
-import torch
-
+from ptl_timm.errors import InputError
 from ptl_timm.eval.extract import image_files
 from ptl_timm.eval.features import FeatureSet, load_features
 from ptl_timm.eval.retrieval import BACKENDS, draw_rankings, search, write_rankings
-from .extract import add_dataset_args, add_model_args, folder_features, load_dataset, make_extractor, split_features
+from .extract import (
+    add_dataset_args, add_model_args, folder_features, image_features, load_dataset, make_extractor, split_features,
+)
+from .options import add_command, add_output, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser('search', help='rank a gallery for query images (JSON/CSV + PNG)',
-                                   description=__doc__.split('\n\n')[0])
+    parser = add_command(
+        subparsers, 'search', help='rank a gallery for query images (JSON/CSV + PNG)',
+        description='Query images -> ranked gallery images with scores (JSON or CSV) and a ranked-list picture (PNG). '
+                    'Queries: image files or folders (--query), or the query split of --dataset / saved --features. '
+                    'Gallery: an image folder (--gallery), or the gallery split of --dataset / saved --features. When '
+                    'identities and cameras are known on both sides (dataset splits, or file names in a dataset\'s '
+                    'naming such as 0002_c1s1_000451_01.jpg), same-camera matches are skipped, results are framed '
+                    'green/red and --worst-first lists the queries with the lowest AP first.',
+        example='ptl-timm search --model runs/x/best --query me.jpg --gallery photos/ --output ranks.json')
     add_model_args(parser, required=False)
     add_dataset_args(parser)
     parser.add_argument('--query', nargs='+', help='query image files or folders')
     parser.add_argument('--gallery', help='gallery image folder')
     parser.add_argument('--features', help='saved features (query/gallery sets, or images as the gallery)')
-    parser.add_argument('--num-queries', type=int, help='only the first N queries')
-    parser.add_argument('--top-k', type=int, default=10)
-    parser.add_argument('--worst-first', action='store_true', help='queries with the lowest AP first')
+    parser.add_argument('--num-queries', type=int, help='only N queries: the first N, or with --worst-first the N worst')
+    parser.add_argument('--top-k', type=int, default=10, help='results per query')
+    parser.add_argument('--worst-first', action='store_true', help='queries with the lowest AP first (of all queries)')
     parser.add_argument('--backend', choices=BACKENDS, default='auto', help='gallery index (auto: faiss when installed)')
-    parser.add_argument('--out', required=True, help='ranked lists: a .json or .csv file')
-    parser.add_argument('--png', help='ranked-list picture (default: next to --out, .png)')
+    add_output(parser, 'ranked lists: a .json or .csv file', required=True)
+    parser.add_argument('--png', help='ranked-list picture (default: next to --output, .png)')
     parser.add_argument('--max-rows', type=int, default=20, help='queries drawn in the picture')
-    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -50,29 +60,25 @@ def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
     dataset = load_dataset(args)
     needs_model = dataset is not None or args.query or args.gallery
     if needs_model and not args.model:
-        raise ValueError('extracting features of images needs --model')
+        raise InputError('extracting features of images needs --model')
     extractor = make_extractor(args) if needs_model else None
     if dataset is not None:
         sets.update(split_features(extractor, dataset))
     if args.gallery:
         sets['gallery'] = folder_features(extractor, args.gallery)
     if args.query:
-        paths = _query_paths(args.query)
-        unknown = torch.full((len(paths),), -1, dtype=torch.int64)
-        sets['query'] = FeatureSet(extractor(paths), unknown, unknown.clone(), paths)
+        sets['query'] = image_features(extractor, _query_paths(args.query))
     missing = [name for name in ('query', 'gallery') if name not in sets]
     if missing:
-        raise ValueError(f'no {" and no ".join(missing)} images: give --query/--gallery, --dataset/--data-root or --features')
+        raise InputError(f'no {" and no ".join(missing)} images: give --query/--gallery, --dataset/--data-root or --features')
     return sets
 
 
 def run(args: argparse.Namespace) -> int:
     sets = _sets(args)
-    query = sets['query']
-    if args.num_queries:
-        query = FeatureSet(*(x[:args.num_queries] for x in query))
-    rankings = search(query, sets['gallery'], top_k=args.top_k, backend=args.backend, worst_first=args.worst_first)
-    out = write_rankings(rankings, args.out)
+    rankings = search(sets['query'], sets['gallery'], top_k=args.top_k, backend=args.backend,
+                      worst_first=args.worst_first, num_queries=args.num_queries)
+    out = write_rankings(rankings, args.output)
     picture = draw_rankings(rankings, args.png or out.with_suffix('.png'), max_queries=args.max_rows)
     if not args.quiet:
         print(f'wrote {out} ({len(rankings)} queries, top {args.top_k}) and {picture}')

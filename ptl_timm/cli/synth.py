@@ -1,34 +1,44 @@
 """``ptl-timm synth``: write a synthetic ReID dataset of one domain in a real dataset layout."""
 import argparse
 import time
+from pathlib import Path
 
 from ptl_timm.data.datasets import build_dataset
 from ptl_timm.data.synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic
+from ptl_timm.errors import InputError
+from .options import add_command, add_data_root, add_deprecated, add_img_size, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        'synth', help='generate a synthetic ReID dataset (a domain, in a real on-disk layout)',
-        description='Identities with persistent appearance seen by several cameras of one synthetic domain; '
-                    'written to ROOT/DOMAIN in the chosen layout, readable with --dataset LAYOUT.')
-    parser.add_argument('--root', required=True, help='parent folder; the dataset goes to ROOT/DOMAIN')
+    parser = add_command(
+        subparsers, 'synth', help='generate a synthetic ReID dataset (a domain, in a real on-disk layout)',
+        description='Identities with persistent appearance seen by several cameras of one synthetic domain, '
+                    'written to --data-root in the chosen layout; read it back with the same '
+                    '--dataset LAYOUT --data-root FOLDER in train, eval, extract and search.',
+        example='ptl-timm synth --data-root data/street --domain street --num-ids 100')
+    add_data_root(parser, help='the dataset folder to write (it holds the layout\'s split folders)', old_root=False)
+    add_deprecated(parser, '--root', '--data-root ROOT/DOMAIN', dest='parent')  # the parent folder, as before
     parser.add_argument('--domain', choices=SYNTH_DOMAINS, default=SYNTH_DOMAINS[0], help='imaging domain')
-    parser.add_argument('--layout', choices=LAYOUTS, default='market1501', help='on-disk format to write')
+    parser.add_argument('--layout', choices=LAYOUTS, default='market1501',
+                        help='on-disk format to write (the --dataset name that reads it)')
     parser.add_argument('--num-ids', type=int, default=100, help='identities (alternately train and test)')
     parser.add_argument('--images-per-id', type=int, default=8, help='images of each identity')
     parser.add_argument('--num-cams', type=int, default=4, help='cameras of the domain')
-    parser.add_argument('--img-size', type=int, nargs=2, default=(128, 64), metavar=('H', 'W'), help='image size')
+    add_img_size(parser, default=(128, 64), help='image height and width')
     parser.add_argument('--seed', type=int, default=0, help='the people and their images')
-    parser.add_argument('--quiet', action='store_true', help='no progress bar or summary')
+    add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.data_root is None) == (args.parent is None):
+        raise InputError('give the dataset folder to write with --data-root FOLDER')
+    folder = (Path(args.data_root) if args.data_root else Path(args.parent) / args.domain).expanduser().resolve()
     started = time.perf_counter()
     path = generate_synthetic(
-        args.root, args.domain, layout=args.layout, num_ids=args.num_ids, images_per_id=args.images_per_id,
-        num_cams=args.num_cams, img_size=args.img_size, seed=args.seed, progress=not args.quiet)
+        folder.parent, args.domain, layout=args.layout, num_ids=args.num_ids, images_per_id=args.images_per_id,
+        num_cams=args.num_cams, img_size=args.img_size, seed=args.seed, progress=not args.quiet, name=folder.name)
     if not args.quiet:
         print(build_dataset(args.layout, path).summary())
         print(f'written in {time.perf_counter() - started:.1f}s; '

@@ -1,74 +1,114 @@
 """``ptl-timm train``: fine-tune a model on a ReID dataset (``ptl_timm.engine.fine_tune``).
 
-Settings come from the recipe defaults, then ``--config FILE``, then the flags below and
-``--set key=value`` (any config key). ``torchrun --nproc_per_node N -m ptl_timm train ...`` runs DDP.
-The helpers here are shared by ``distill`` and ``transfer``.
+Settings come from the recipe defaults, then ``--config FILE``, then ``--set key=value`` (any config
+key) and the flags below, resolved and checked by the same constructor as ``TrainConfig(...)`` in
+Python; ``--print-config`` prints the result as YAML and exits. ``--output DIR --resume`` alone
+continues a run from its saved ``config.yaml``. ``torchrun --nproc_per_node N -m ptl_timm train ...``
+runs DDP. The helpers here are shared by ``distill`` and ``transfer``.
 """
 import argparse
-from typing import Any, Dict, Type
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 from ptl_timm.engine import TrainConfig, build_config, fine_tune, load_config, parse_overrides
-from ptl_timm.engine.config import T, config_task
+from ptl_timm.engine.config import RECIPES, T, config_task, config_to_yaml
+from ptl_timm.errors import ConfigError
+from .options import add_command, add_data_root, add_device, add_img_size, add_output, add_quiet, add_workers
 
-# flag → config key, for the settings changed most often
-_VALUE_FLAGS = (
+# flag → config key, type and help, for the settings changed most often (the others: --set)
+ValueFlag = Tuple[str, str, type, str]
+_VALUE_FLAGS: Tuple[ValueFlag, ...] = (
     ('--model', 'model', str, 'timm model name, e.g. ptl_resnet50, ptl_net (with --set model_args={backbone: ...})'),
     ('--dataset', 'dataset', str, 'dataset name: market1501, dukemtmc, msmt17, cuhk03_np, folder'),
-    ('--data-root', 'data_root', str, "the dataset's folder (or a folder holding <dataset>/)"),
-    ('--output', 'output', str, 'folder for last/, best/, metrics.jsonl, curves.png'),
     ('--init-checkpoint', 'init_checkpoint', str, 'ReID checkpoint folder to fine-tune from'),
-    ('--epochs', 'epochs', int, None),
-    ('--batch-size', 'batch_size', int, 'per process'),
-    ('--lr', 'lr', float, None),
-    ('--seed', 'seed', int, None),
-    ('--workers', 'num_workers', int, 'data loader workers'),
-    ('--device', 'device', str, "'auto', 'cpu', 'cuda', 'cuda:1', ..."),
+    ('--epochs', 'epochs', int, 'training epochs'),
+    ('--batch-size', 'batch_size', int, 'images per batch and process'),
+    ('--lr', 'lr', float, 'learning rate'),
+    ('--seed', 'seed', int, 'random seed'),
 )
 _SWITCHES = (
-    ('--resume', 'resume', 'continue the run in --output from last/'),
+    ('--resume', 'resume', 'continue the run in --output from its config.yaml and last/ (no other flag needed)'),
     ('--overwrite', 'overwrite', 'replace the checkpoints of an earlier run in --output'),
     ('--amp', 'amp', 'mixed precision (float16 on GPU, bfloat16 on CPU)'),
     ('--channels-last', 'channels_last', 'channels_last memory format'),
     ('--deterministic', 'deterministic', 'deterministic algorithms (bit-exact resume)'),
 )
+# keys set by the shared flags of cli.options
+_SHARED_KEYS = ('output', 'data_root', 'img_size', 'device', 'num_workers')
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _default_text(key: str, cls: Type[TrainConfig]) -> str:
+    """' (default: 50; the mgn recipe: 80)': the dataclass default and the recipes that change it."""
+    def show(value: Any) -> str:
+        return ' '.join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    default = cls.__dataclass_fields__[key].default
+    if default is None:
+        return ''
+    recipes = ''.join(f'; the {name} recipe: {show(values[key])}' for name, values in RECIPES.items() if key in values)
+    return f' (default: {show(default)}{recipes})'
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig],
+                         extra: Sequence[ValueFlag] = ()) -> None:
+    """The config flags of ``train``, ``distill`` and ``transfer``; ``extra``: the command's own."""
     parser.add_argument('--config', metavar='FILE', help='YAML or JSON config (configs/ holds the paper recipes)')
     parser.add_argument('--set', metavar='KEY=VALUE', action='append', default=[], dest='overrides',
                         help='override any config key (value parsed as YAML), repeatable')
-    for flag, key, kind, help_text in _VALUE_FLAGS:
-        parser.add_argument(flag, dest=key, type=kind, help=help_text)
+    parser.add_argument('--print-config', action='store_true',
+                        help='print the resolved config as YAML and exit (reads no data, writes nothing)')
+    add_output(parser, help='run folder for config.yaml, last/, best/, metrics.jsonl, curves.png'
+                            + _default_text('output', cls))
+    add_data_root(parser, help="the dataset's folder (or a folder holding <dataset>/)")
+    add_img_size(parser, help=f'training and evaluation input height and width{_default_text("img_size", cls)}')
+    add_device(parser, default=None)
+    add_workers(parser, dest='num_workers', from_config=True)
+    for flag, key, kind, help_text in (*_VALUE_FLAGS, *extra):
+        parser.add_argument(flag, dest=key, type=kind, help=help_text + _default_text(key, cls))
     for flag, key, help_text in _SWITCHES:
         parser.add_argument(flag, dest=key, action='store_true', default=None, help=help_text)
     parser.add_argument('--no-pretrained', dest='pretrained', action='store_false', default=None,
                         help='start from random weights instead of the backbone\'s ImageNet weights')
-    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_quiet(parser)
 
 
-def config_from_args(cls: Type[T], args: argparse.Namespace, task: str) -> T:
-    """Recipe → ``--config`` → ``--set`` → flags, validated into ``cls``."""
+def config_from_args(cls: Type[T], args: argparse.Namespace, task: str, extra: Sequence[ValueFlag] = (),
+                     values: Optional[Dict[str, Any]] = None) -> T:
+    """Recipe → ``--config`` → ``--set`` → flags (and ``values`` the command derived from its own),
+    resolved and checked into ``cls`` exactly as ``cls(...)`` would."""
     file_data: Dict[str, Any] = load_config(args.config) if args.config else {}
     if config_task(file_data, task) != task:
-        raise ValueError(f'{args.config} is a {file_data["task"]!r} config; run it with `ptl-timm {file_data["task"]}`')
+        other = file_data['task']
+        raise ConfigError(f'{args.config} is a {other!r} config; run it with `ptl-timm {other}`')
     overrides = parse_overrides(args.overrides)
-    keys = [key for _, key, _, _ in _VALUE_FLAGS] + [key for _, key, _ in _SWITCHES] + ['pretrained']
+    keys = [*_SHARED_KEYS, *(key for _, key, _, _ in (*_VALUE_FLAGS, *extra)), *(key for _, key, _ in _SWITCHES),
+            'pretrained']
     overrides.update({key: getattr(args, key) for key in keys if getattr(args, key, None) is not None})
+    overrides.update(values or {})
     if args.quiet:
         overrides['progress'] = False
-    return build_config(cls, file_data, overrides)
+    return build_config(cls, file_data, overrides, source=args.config)
+
+
+def print_config(cfg: TrainConfig) -> int:
+    """``--print-config``: the resolved config, readable back with ``--config``."""
+    print(config_to_yaml(cfg), end='')
+    return 0
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        'train', help='fine-tune a PTL (or any) model on a ReID dataset',
-        description='Fine-tune with the paper recipe (or MGN\'s for MGN models); see configs/.')
-    add_config_arguments(parser)
+    parser = add_command(
+        subparsers, 'train', help='fine-tune a PTL (or any) model on a ReID dataset',
+        description='Fine-tune with the paper recipe (or MGN\'s for MGN models); see configs/.',
+        example='ptl-timm train --model ptl_resnet50 --dataset market1501 --data-root data/market1501 '
+                '--output runs/ptl_r50')
+    add_config_arguments(parser, TrainConfig)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    result = fine_tune(config_from_args(TrainConfig, args, 'finetune'))
+    cfg = config_from_args(TrainConfig, args, 'finetune')
+    if args.print_config:
+        return print_config(cfg)
+    result = fine_tune(cfg)
     print(f'checkpoints: {result["output"]}/last (best: {result["output"]}/best)')
     return 0

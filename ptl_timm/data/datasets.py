@@ -23,7 +23,8 @@ One small parser per on-disk layout, in the spirit of torchreid's dataset files,
   splits. ``train`` may be absent (evaluation only).
 
 Conventions shared by every parser: training pids are relabelled to ``0..N-1`` in sorted order of the
-original ids (reproducible classifier heads); query/gallery keep the original pids; camids are 0-based;
+original ids (reproducible classifier heads); query/gallery keep the original pids; camids are 0-based
+and never -1 (a file naming camera 0 or none is a format error: evaluation needs every camera);
 pid ``-1`` (junk boxes) is dropped at parse time and pid ``0`` (Market distractors) is kept in the
 gallery as an ordinary negative. Problems a user can fix raise :class:`DatasetNotFoundError`
 (a ``FileNotFoundError``) or :class:`DatasetFormatError` (a ``ValueError``) naming the path and the fix.
@@ -34,25 +35,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError
+from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
+
 __all__ = [
     'ReIDRecord', 'ReIDDataset', 'DatasetNotFoundError', 'DatasetFormatError', 'IMAGE_EXTENSIONS', 'DATASETS',
-    'build_dataset', 'build_union', 'market1501', 'dukemtmc', 'msmt17', 'cuhk03_np', 'image_folder',
+    'build_dataset', 'build_union', 'market1501', 'dukemtmc', 'msmt17', 'cuhk03_np', 'image_folder', 'FILE_NAMINGS',
+    'labels_from_names',
 ]
 
 PathLike = Union[str, Path]
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 MARKET_SPLITS = (('train', 'bounding_box_train'), ('query', 'query'), ('gallery', 'bounding_box_test'))
 # ``0002_c1s1_000451_01.jpg`` (Market, CUHK03-NP) and ``0001_c2_f0046182.jpg`` (Duke): pid, camera
 MARKET_NAME = re.compile(r'^(-?\d+)_c(\d+)')
+# ``0000_000_01_0303morning_0015_0.jpg`` (MSMT17): pid, index, camera
+MSMT_NAME = re.compile(r'^(\d+)_\d+_(\d+)_')
+# the file-name conventions that carry identity and camera (from 1), for images outside a dataset layout
+FILE_NAMINGS = {'market1501': MARKET_NAME, 'msmt17': MSMT_NAME}
 JUNK_PID = -1
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset root, split folder or list file is missing."""
-
-
-class DatasetFormatError(ValueError):
-    """A dataset's files are there but cannot be read as the layout: bad names, lines or empty splits."""
 
 
 class ReIDRecord(NamedTuple):
@@ -105,7 +105,7 @@ def _find_root(root: PathLike, name: str, required: Sequence[str], subfolders: S
 
 
 def _list_images(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return list_images(folder)
 
 
 def _require(records: List[ReIDRecord], name: str, where: Path) -> List[ReIDRecord]:
@@ -175,10 +175,11 @@ def _parse_msmt_list(list_file: Path, image_dir: Path) -> List[ReIDRecord]:
             continue
         parts = line.split()
         fields = Path(parts[0]).name.split('_')
-        if len(parts) != 2 or len(fields) < 3 or not parts[1].lstrip('-').isdigit() or not fields[2].isdigit():
+        if (len(parts) != 2 or len(fields) < 3 or not parts[1].lstrip('-').isdigit() or not fields[2].isdigit()
+                or int(fields[2]) < 1):  # cameras count from 1: camera 0 would become the unknown camera -1
             raise DatasetFormatError(
                 f'msmt17: line {line_no} of {list_file} is {line!r}; '
-                f'expected "<pid>/<pid>_<n>_<camera>_<...>.jpg <pid>"; '
+                f'expected "<pid>/<pid>_<n>_<camera from 1>_<...>.jpg <pid>"; '
                 f'restore the original list file')
         records.append(ReIDRecord(str(image_dir / parts[0]), int(parts[1]), int(fields[2]) - 1))
     return _require(records, 'msmt17', list_file)
@@ -232,6 +233,17 @@ def image_folder(root: PathLike) -> ReIDDataset:
         return [ReIDRecord(str(path), ids[pid], cameras[cam]) for pid, cam, path in splits.get(split, [])]
     return ReIDDataset('folder', str(base), records('train', train_ids), records('query', test_ids),
                        records('gallery', test_ids))
+
+
+def labels_from_names(paths: Sequence[PathLike]) -> Optional[Tuple[List[int], List[int]]]:
+    """Identities and 0-based cameras of images whose file names all follow one dataset's convention
+    (:data:`FILE_NAMINGS`, cameras from 1), e.g. a copy of Market-1501's ``query``; else None."""
+    names = [Path(p).name for p in paths]
+    for pattern in FILE_NAMINGS.values():
+        matches = [pattern.match(name) for name in names]
+        if names and all(m is not None and int(m.group(2)) >= 1 for m in matches):
+            return [int(m.group(1)) for m in matches], [int(m.group(2)) - 1 for m in matches]
+    return None
 
 
 DATASETS: Dict[str, Callable[..., ReIDDataset]] = {

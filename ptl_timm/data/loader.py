@@ -12,16 +12,18 @@ import numpy as np
 import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
-from .datasets import DatasetFormatError, ReIDRecord
+from ptl_timm.errors import ConfigError, CorruptFileError, DatasetError, DatasetFormatError, DatasetNotFoundError
+from .datasets import ReIDRecord
 
-__all__ = ['CorruptImageError', 'ImageDataset', 'PKSampler', 'build_transforms', 'read_image']
+__all__ = ['CorruptImageError', 'ImageDataset', 'PKSampler', 'build_transforms', 'timm_augmentation', 'read_image']
 
 
-class CorruptImageError(DatasetFormatError):
+class CorruptImageError(DatasetFormatError, CorruptFileError):
     """An image file of a dataset cannot be decoded."""
 
 
@@ -31,9 +33,13 @@ def read_image(path: str) -> Image.Image:
         with Image.open(path) as image:
             return image.convert('RGB')
     except FileNotFoundError as e:
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f'image {path} listed in the dataset does not exist; the dataset folder changed after it was read: '
             f'rebuild the dataset') from e
+    except Image.DecompressionBombError as e:
+        raise CorruptImageError(
+            f'cannot decode image {path} ({e}); a person crop is never this large: resize the image or remove the '
+            f'file') from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise CorruptImageError(
             f'cannot decode image {path} ({e}); the file is truncated or not an image: re-extract the dataset or '
@@ -79,7 +85,7 @@ class PKSampler(Sampler[int]):
             rank: Optional[int] = None,
     ):
         if num_instances < 1 or batch_size % num_instances:
-            raise ValueError(
+            raise ConfigError(
                 f'batch_size ({batch_size}) must be a positive multiple of num_instances ({num_instances})')
         if num_replicas is None:
             num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -91,7 +97,7 @@ class PKSampler(Sampler[int]):
         self.identities = [np.flatnonzero(pids == pid) for pid in np.unique(pids)]
         self.num_identities = batch_size // num_instances
         if len(self.identities) < self.num_identities:
-            raise ValueError(
+            raise DatasetError(
                 f'a P×K batch of {batch_size} with K={num_instances} needs {self.num_identities} identities, but the '
                 f'training set has {len(self.identities)}; lower batch_size or raise num_instances')
         self.batch_size = batch_size
@@ -144,6 +150,22 @@ class PKSampler(Sampler[int]):
         return len(self.global_batches()) // self.num_replicas * self.batch_size
 
 
+def timm_augmentation(augment: str, img_size: Sequence[int], mean: Sequence[float] = IMAGENET_DEFAULT_MEAN) -> Any:
+    """timm's RandAugment ('rand-m9-mstd0.5'), AugMix ('augmix-m5-w4-d2') or AutoAugment ('original',
+    'v0', '3a', ...) from its config string, with the hyper-parameters timm's transform factory gives them."""
+    hparams = dict(translate_const=int(min(img_size) * 0.45), img_mean=tuple(round(255 * m) for m in mean))
+    try:
+        if augment.startswith('rand'):
+            return rand_augment_transform(augment, hparams)
+        if augment.startswith('augmix'):
+            return augment_and_mix_transform(augment, dict(hparams, translate_pct=0.3))
+        return auto_augment_transform(augment, hparams)
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ConfigError(
+            f'augment {augment!r} is not a timm augmentation string ({e!r}); use e.g. \'rand-m9-mstd0.5\' '
+            f'(RandAugment), \'augmix-m5-w4-d2\' (AugMix) or \'original\' (AutoAugment)') from e
+
+
 def build_transforms(
         img_size: Sequence[int],
         is_training: bool,
@@ -152,15 +174,23 @@ def build_transforms(
         padding: int = 10,
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        augment: str = '',
+        color_jitter: float = 0.0,
 ) -> T.Compose:
     """The ReID transforms (BoT recipe): resize to ``img_size`` (height, width); for training also
-    horizontal flip, pad-and-random-crop and random erasing (timm's, filled with the mean colour)."""
+    horizontal flip, pad-and-random-crop and random erasing (timm's, filled with the mean colour), and
+    optionally colour jitter (brightness, contrast and saturation by ``color_jitter``) and a timm
+    augmentation (``timm_augmentation``) after the crop."""
     size = (int(img_size[0]), int(img_size[1]))
     steps: List[Any] = [T.Resize(size, interpolation=T.InterpolationMode.BILINEAR)]
     if is_training:
         steps += [T.RandomHorizontalFlip(flip)]
         if padding:
             steps += [T.Pad(padding), T.RandomCrop(size)]
+        if color_jitter:
+            steps += [T.ColorJitter(color_jitter, color_jitter, color_jitter)]
+        if augment:
+            steps += [timm_augmentation(augment, size, mean)]
     steps += [T.ToTensor(), T.Normalize(mean=mean, std=std)]
     if is_training and random_erasing > 0:
         steps += [RandomErasing(probability=random_erasing, mode='const', device='cpu')]

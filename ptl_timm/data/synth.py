@@ -26,19 +26,22 @@ seed. :func:`generate_synthetic` writes Market-1501, DukeMTMC-reID, MSMT17 (with
 import colorsys
 import json
 import os
-import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from ptl_timm.utils import atomic_save_json
+from ptl_timm.errors import InputError, reading
+from ptl_timm.utils import atomic_folder, atomic_save_json, recover_folder
 
-__all__ = ['SynthDomain', 'DOMAIN_STYLES', 'SYNTH_DOMAINS', 'LAYOUTS', 'generate_synthetic', 'render_person']
+__all__ = [
+    'SynthDomain', 'DOMAIN_STYLES', 'SYNTH_DOMAINS', 'LAYOUTS', 'MANIFEST', 'generate_synthetic', 'synth_params',
+    'render_person',
+]
 
 JPEG_QUALITY = 90
 MANIFEST = 'synth.json'
@@ -354,6 +357,16 @@ def _save(picture: Image.Image, path: Path) -> None:
         picture.save(path, format='JPEG', quality=JPEG_QUALITY)
 
 
+def synth_params(folder: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """The generation recorded in ``folder/synth.json`` (domain, layout, sizes, seed), or None for a
+    folder the generator did not write: how labels and model cards tell synthetic data from real."""
+    manifest = Path(folder).expanduser() / MANIFEST
+    if not manifest.is_file():
+        return None
+    with reading(manifest, 'synthetic dataset marker', f'delete the folder {manifest.parent} and regenerate it'):
+        return json.loads(manifest.read_text())
+
+
 def generate_synthetic(
         root: Union[str, os.PathLike],
         domain: str,
@@ -364,9 +377,10 @@ def generate_synthetic(
         img_size: Sequence[int] = (128, 64),
         seed: int = 0,
         progress: bool = False,
+        name: Optional[str] = None,
 ) -> Path:
-    """Write a synthetic dataset of ``domain`` in ``layout`` to ``root/<domain>`` and return that folder
-    (pass it to ``build_dataset(layout, folder)``).
+    """Write a synthetic dataset of ``domain`` in ``layout`` to ``root/<name>`` (``name`` defaults to the
+    domain) and return that folder (pass it to ``build_dataset(layout, folder)``).
 
     Args:
         root: parent folder; several domains can share it.
@@ -378,43 +392,43 @@ def generate_synthetic(
         img_size: (height, width) of the images.
         seed: the people and their images; the cameras are a fixed property of the domain.
         progress: show a progress bar.
+        name: the dataset folder's name under ``root`` (``ptl-timm synth --data-root`` names the folder itself).
 
-    The folder is written under a hidden name and renamed into place when complete. A folder already
-    holding the same generation (same arguments, recorded in ``synth.json``) is returned as is.
+    The folder is written under a hidden name, its marker ``synth.json`` last, and swapped into place
+    whole (:func:`ptl_timm.utils.atomic_folder`): a regeneration killed at any point leaves the old
+    dataset or the new one, never a partial folder with a marker. A folder already holding the same
+    generation (same arguments, recorded in ``synth.json``) is returned as is.
     """
     if domain not in DOMAIN_STYLES:
-        raise ValueError(f'unknown synthetic domain {domain!r}; choose one of {", ".join(SYNTH_DOMAINS)}')
+        raise InputError(f'unknown synthetic domain {domain!r}; choose one of {", ".join(SYNTH_DOMAINS)}')
     if layout not in LAYOUTS:
-        raise ValueError(f'unknown layout {layout!r}; choose one of {", ".join(LAYOUTS)}')
+        raise InputError(f'unknown layout {layout!r}; choose one of {", ".join(LAYOUTS)}')
     if num_ids < 2 or images_per_id < 2 or num_cams < 2:
-        raise ValueError(
+        raise InputError(
             f'need num_ids >= 2 (train and test identities), images_per_id >= 2 and num_cams >= 2 (cross-camera '
             f'matches), got {num_ids}, {images_per_id}, {num_cams}')
     height, width = (int(s) for s in img_size)
     params = dict(generator=GENERATOR_VERSION, domain=domain, layout=layout, num_ids=num_ids,
                   images_per_id=images_per_id, num_cams=num_cams, img_size=[height, width], seed=seed)
-    target = Path(root).expanduser() / domain
-    manifest = target / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()) == params:
+    target = recover_folder(Path(root).expanduser() / (name or domain))
+    existing = synth_params(target)
+    if existing == params:
         return target
-    if target.exists() and not manifest.is_file():
-        raise ValueError(f'{target} exists and was not written by the synthetic generator; choose another root')
+    if existing is None and target.exists():
+        raise InputError(f'{target} exists and was not written by the synthetic generator; choose another folder')
 
-    staging = target.with_name(f'.{domain}.partial')
-    shutil.rmtree(staging, ignore_errors=True)
     style = DOMAIN_STYLES[domain]
     cameras = {cam: _camera(domain, cam) for cam in range(1, num_cams + 1)}
     identities: Dict[int, Identity] = {}
     shots = _plan(domain, layout, num_ids, images_per_id, num_cams, seed)
-    for shot in tqdm(shots, desc=f'synth {domain} ({layout})', unit='img', disable=not progress):
-        identity = identities.setdefault(shot.person, _identity(domain, seed, shot.person))
-        for name, jitter in _file_names(layout, shot):
-            rng = np.random.default_rng([seed, _key(domain), 4, shot.person, shot.index])
-            _save(render_person(identity, cameras[shot.cam], style, (height, width), rng, jitter), staging / name)
-    if layout == 'msmt17':
-        _write_msmt_lists(staging, shots)
-    atomic_save_json(params, staging / MANIFEST)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
+    with atomic_folder(target) as staging:
+        for shot in tqdm(shots, desc=f'synth {domain} ({layout})', unit='img', disable=not progress):
+            identity = identities.setdefault(shot.person, _identity(domain, seed, shot.person))
+            for file_name, jitter in _file_names(layout, shot):
+                rng = np.random.default_rng([seed, _key(domain), 4, shot.person, shot.index])
+                picture = render_person(identity, cameras[shot.cam], style, (height, width), rng, jitter)
+                _save(picture, staging / file_name)
+        if layout == 'msmt17':
+            _write_msmt_lists(staging, shots)
+        atomic_save_json(params, staging / MANIFEST)  # last: the marker of a complete folder
     return target

@@ -1,10 +1,9 @@
 """Training checkpoints: a folder = ``config.json`` + ``model.safetensors`` (``ptl_timm.hub``) +
 ``train_state.pt`` (optimizer, scheduler, RNG, sampler epoch, metrics).
 
-A folder is replaced as a whole: the new one is written into a hidden sibling, the old one is
-renamed aside, the new one renamed into place and the old one deleted. A crash between the two
-renames leaves the old folder aside under a known name, and ``recover_folder`` puts it back, so a
-reader always finds a complete checkpoint. ``train_state.pt`` is read with
+A folder is replaced as a whole by :func:`ptl_timm.utils.atomic_folder` (written beside, synced, the
+old one renamed aside, the new one renamed in); ``recover_folder`` (called by every reader here) finishes
+an interrupted swap, so a reader always finds a complete checkpoint. ``train_state.pt`` is read with
 ``torch.load(weights_only=True)``: it holds tensors, numbers, strings, lists and dicts only.
 """
 import json
@@ -20,36 +19,17 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from ptl_timm.hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
-from ptl_timm.utils import atomic_path
+from ptl_timm.errors import CheckpointError, CorruptFileError, reading
+from ptl_timm.hub import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, save_pretrained
+from ptl_timm.utils import atomic_folder, atomic_path, recover_folder
 
 __all__ = [
-    'TRAIN_STATE_NAME', 'CheckpointError', 'save_checkpoint', 'copy_weights', 'recover_folder', 'load_train_state',
+    'TRAIN_STATE_NAME', 'CheckpointError', 'save_checkpoint', 'write_train_state', 'copy_weights', 'recover_folder',
+    'load_train_state',
     'read_checkpoint_info', 'load_checkpoint_weights', 'rng_state', 'set_rng_state',
 ]
 
-TRAIN_STATE_NAME = 'train_state.pt'
 PathLike = Union[str, os.PathLike]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used here (wrong architecture, incomplete folder)."""
-
-
-def _aside(path: Path) -> Path:
-    return path.with_name(f'.{path.name}.old')
-
-
-def _staging(path: Path) -> Path:
-    return path.with_name(f'.{path.name}.new')
-
-
-def recover_folder(path: PathLike) -> Path:
-    """Undo an interrupted swap: if ``path`` is missing but its old copy is aside, restore it."""
-    path = Path(path)
-    if not path.exists() and _aside(path).exists():
-        os.replace(_aside(path), path)
-    return path
 
 
 def save_checkpoint(
@@ -59,46 +39,37 @@ def save_checkpoint(
         metadata: Optional[Dict[str, str]] = None,
 ) -> Path:
     """Write ``model`` (and ``train_state``) as the checkpoint folder ``path``, replacing it whole."""
-    path = Path(path)
-    recover_folder(path)
-    staging = _staging(path)
-    shutil.rmtree(staging, ignore_errors=True)
-    save_pretrained(model, staging, metadata=metadata)
-    if train_state is not None:
-        with atomic_path(staging / TRAIN_STATE_NAME) as tmp:
-            torch.save(train_state, tmp)
-    return _swap_into_place(staging, path)
+    with atomic_folder(path) as staging:
+        save_pretrained(model, staging, metadata=metadata)
+        if train_state is not None:
+            write_train_state(staging, train_state)
+    return Path(path)
+
+
+def write_train_state(path: PathLike, train_state: Dict[str, Any]) -> None:
+    """Replace the ``train_state.pt`` of checkpoint folder ``path`` (its weights unchanged): the
+    evaluation results of an epoch saved before it was evaluated."""
+    with atomic_path(Path(path) / TRAIN_STATE_NAME) as tmp:
+        torch.save(train_state, tmp)
 
 
 def copy_weights(source: PathLike, path: PathLike) -> Path:
     """Make checkpoint folder ``path`` hold the weights of ``source`` (``best/`` from ``last/``):
     hard links where the file system allows (no second write of a large file), else copies."""
-    source, path = recover_folder(source), Path(path)
-    recover_folder(path)
-    staging = _staging(path)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        try:
-            os.link(source / name, staging / name)
-        except OSError:
-            shutil.copy2(source / name, staging / name)
-    return _swap_into_place(staging, path)
-
-
-def _swap_into_place(staging: Path, path: Path) -> Path:
-    shutil.rmtree(_aside(path), ignore_errors=True)
-    if path.exists():
-        os.replace(path, _aside(path))
-    os.replace(staging, path)
-    shutil.rmtree(_aside(path), ignore_errors=True)
-    return path
+    source = recover_folder(source)
+    with atomic_folder(path) as staging:
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            try:
+                os.link(source / name, staging / name)
+            except OSError:
+                shutil.copy2(source / name, staging / name)
+    return Path(path)
 
 
 def _require_folder(path: Path) -> None:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f'{path} is not a checkpoint folder: it has no {name} (a checkpoint holds {CONFIG_NAME} + '
                 f'{WEIGHTS_NAME}, written by `ptl-timm train` or ptl_timm.hub.save_pretrained)')
 
@@ -109,17 +80,24 @@ def load_train_state(path: PathLike) -> Dict[str, Any]:
     _require_folder(path)
     state_file = path / TRAIN_STATE_NAME
     if not state_file.is_file():
-        raise FileNotFoundError(f'{path} holds weights only (no {TRAIN_STATE_NAME}), so a run cannot resume from it')
-    return torch.load(state_file, map_location='cpu', weights_only=True)
+        raise CheckpointError(f'{path} holds weights only (no {TRAIN_STATE_NAME}), so a run cannot resume from it')
+    fix = 'the run cannot resume from it; start it again with --overwrite'
+    with reading(state_file, what='training state', fix=fix):
+        try:
+            return torch.load(state_file, map_location='cpu', weights_only=True)
+        except RuntimeError as e:  # torch's reader of a truncated zip archive
+            raise CorruptFileError(f'cannot read training state {state_file}: {e}; {fix}') from e
 
 
 def read_checkpoint_info(path: PathLike) -> Dict[str, Any]:
     """Architecture, model_args and the safetensors metadata (dataset, classes) of a checkpoint."""
     path = recover_folder(path)
     _require_folder(path)
-    config = json.loads((path / CONFIG_NAME).read_text())
-    with safetensors.safe_open(str(path / WEIGHTS_NAME), framework='pt') as f:
-        metadata = f.metadata() or {}
+    with reading(path / CONFIG_NAME, what='checkpoint config'):
+        config = json.loads((path / CONFIG_NAME).read_text())
+    with reading(path / WEIGHTS_NAME, what='checkpoint weights'):
+        with safetensors.safe_open(str(path / WEIGHTS_NAME), framework='pt') as f:
+            metadata = f.metadata() or {}
     return dict(architecture=config.get('architecture'), model_args=config.get('model_args', {}),
                 num_classes=config.get('num_classes'), metadata=metadata)
 
@@ -130,7 +108,8 @@ def load_checkpoint_weights(model: nn.Module, path: PathLike, skip: Tuple[str, .
     naming both architectures, and ``model`` is left unchanged."""
     path = recover_folder(path)
     _require_folder(path)
-    state_dict = safetensors.torch.load_file(str(path / WEIGHTS_NAME))
+    with reading(path / WEIGHTS_NAME, what='checkpoint weights'):
+        state_dict = safetensors.torch.load_file(str(path / WEIGHTS_NAME))
     own = model.state_dict()
 
     prefixes = tuple(f'{name}.' for name in skip)

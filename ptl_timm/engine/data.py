@@ -7,18 +7,20 @@ of their training sets (``build_union``: the Market-Duke setting), tested on the
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ptl_timm.data.datasets import ReIDDataset, build_dataset, build_union
 from ptl_timm.data.loader import ImageDataset, PKSampler, build_transforms
-from .config import ConfigError, DataRoot, TrainConfig
+from ptl_timm.data.synth import synth_params
+from ptl_timm.errors import ConfigError, DatasetError, DatasetNotFoundError
+from .config import DataRoot, DatasetName, TrainConfig
 from .distributed import DistContext
 
 __all__ = ['DatasetSpec', 'TrainData', 'spec_label', 'load_dataset', 'build_train_data', 'eval_loader']
 
-DatasetSpec = Union[str, Dict[str, Any], List[Union[str, Dict[str, Any]]]]
+DatasetSpec = DatasetName
 
 
 def _parts(spec: Union[str, Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
@@ -30,13 +32,20 @@ def _parts(spec: Union[str, Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
     return spec['name'], options
 
 
-def spec_label(spec: DatasetSpec) -> str:
-    """Display name of a spec: its ``label``, else its name (a union joins them with '+')."""
+def spec_label(spec: DatasetSpec, data_root: Optional[DataRoot] = None) -> str:
+    """Display name of a spec: its ``label``; else ``synth-<domain>`` when its folder (the spec's root,
+    or found in ``data_root``) holds synthetic data, so two synthetic domains in one layout do not both
+    read "market1501"; else its name. A union joins the labels with '+'."""
     if isinstance(spec, list):
-        return '+'.join(spec_label(s) for s in spec)
-    if isinstance(spec, dict):
-        return str(spec.get('label', spec.get('name')))
-    return spec
+        return '+'.join(spec_label(s, data_root) for s in spec)
+    if isinstance(spec, dict) and 'label' in spec:
+        return str(spec['label'])
+    name, options = _parts(spec)
+    root = options.get('root')
+    if root is None and data_root and (not isinstance(data_root, dict) or name in data_root):
+        root = _root(name, data_root)
+    synth = synth_params(root) if root else None
+    return f'synth-{synth["domain"]}' if synth else name
 
 
 def _root(name: str, data_root: DataRoot) -> Path:
@@ -50,7 +59,7 @@ def _root(name: str, data_root: DataRoot) -> Path:
 
 
 def load_dataset(spec: DatasetSpec, data_root: DataRoot, dataset_args: Dict[str, Any]) -> ReIDDataset:
-    """Build one dataset, or the union of a list of them; a missing root is a ``FileNotFoundError``."""
+    """Build one dataset, or the union of a list of them; a missing root is a ``DatasetNotFoundError``."""
     if isinstance(spec, list):
         if not spec:
             raise ConfigError('dataset is an empty list')
@@ -58,7 +67,7 @@ def load_dataset(spec: DatasetSpec, data_root: DataRoot, dataset_args: Dict[str,
     name, options = _parts(spec)
     root = Path(options.pop('root')).expanduser() if 'root' in options else _root(name, data_root)
     if not root.exists():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f'dataset {name!r}: root folder {root} does not exist; set data_root (or the spec\'s root) to the '
             f'folder holding the dataset')
     return build_dataset(name, root, **{**dataset_args, **options})
@@ -80,14 +89,15 @@ def build_train_data(cfg: TrainConfig, ctx: DistContext) -> TrainData:
     seed and epoch) and loader. ``batch_size`` is per process, as in timm's train.py."""
     dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_args)
     if not dataset.train:
-        raise ValueError(
+        raise DatasetError(
             f'dataset {spec_label(cfg.dataset)!r} at {dataset.root} has an empty training split; check the folder '
             f'layout of the dataset')
     if len(dataset.train) < cfg.batch_size:
-        raise ValueError(
+        raise DatasetError(
             f'dataset {spec_label(cfg.dataset)!r} has {len(dataset.train)} training images, fewer than one batch '
             f'of {cfg.batch_size}; lower batch_size')
-    transform = build_transforms(cfg.img_size, is_training=True, random_erasing=cfg.random_erasing)
+    transform = build_transforms(cfg.img_size, is_training=True, random_erasing=cfg.random_erasing,
+                                 augment=cfg.augment, color_jitter=cfg.color_jitter)
     images = ImageDataset(dataset.train, transform)
     if cfg.sampler == 'pk':
         sampler = PKSampler(dataset.train, cfg.batch_size, cfg.num_instances, seed=cfg.seed,

@@ -17,7 +17,7 @@ from ptl_timm.eval import FeatureExtractor, FeatureSet
 from ptl_timm.eval.retrieval import draw_rankings, search
 from ptl_timm.utils import atomic_write
 from .config import DistillConfig, TrainConfig
-from .distill import distill
+from .distill import run_distill
 from .trainer import fine_tune
 from .transfer import results_table
 
@@ -55,17 +55,27 @@ def run_demo(
     for offset, domain in enumerate(SYNTH_DOMAINS[:2]):
         root = generate_synthetic(
             output / 'data', domain, layout='market1501', num_ids=scale.num_ids, images_per_id=scale.images_per_id,
-            img_size=img_size, seed=seed + offset)
+            img_size=img_size, seed=seed + offset, progress=progress)
         domains.append(dict(name='market1501', root=str(root), label=f'synth-{domain}'))
+    home, away = domains[0]['label'], domains[1]['label']
+    say = print if progress else (lambda *args, **kwargs: None)
+    say(f'Two synthetic domains in the Market-1501 layout: {home} (trained on) and {away} (never seen in '
+        f'training). Every network starts from random weights (nothing is downloaded), so the table compares '
+        f'baseline, PTL and PTL+STD with each other, not with the paper\'s ImageNet-initialised numbers.')
     common = dict(
         dataset=domains[0], test_datasets=domains[1:], img_size=img_size, pretrained=False, batch_size=16,
         lr=0.05, epochs=scale.epochs, lr_step=scale.epochs, eval_every=0, eval_batch_size=64, num_workers=0,
         seed=seed, progress=progress, overwrite=True)
+    say(f'\n[1/3] baseline: reid_net ({backbone}) from random weights, fine-tuned on {home} for {scale.epochs} epochs')
     baseline = fine_tune(TrainConfig(
         **common, model='reid_net', model_args=dict(backbone=backbone), output=str(output / 'baseline')))
+    say(f'\n[2/3] PTL: ptl_net ({backbone} with BConv-Cells) from random weights, fine-tuned on {home} for '
+        f'{scale.epochs} epochs')
     ptl = fine_tune(TrainConfig(
         **common, model='ptl_net', model_args=dict(backbone=backbone), output=str(output / 'ptl')))
-    student = distill(DistillConfig(**{
+    say(f'\n[3/3] PTL+STD: the baseline distilled from the PTL model (λ=0.8) on {home} for '
+        f'{scale.distill_epochs} epochs\n')
+    student = run_distill(DistillConfig(**{
         **common, 'epochs': scale.distill_epochs, 'lr_step': scale.distill_epochs, 'lr': 0.01}, model='reid_net',
         model_args=dict(backbone=backbone), teacher=str(output / 'ptl' / 'last'),
         init_checkpoint=str(output / 'baseline' / 'last'), output=str(output / 'ptl_std')))
@@ -76,13 +86,14 @@ def run_demo(
     table = results_table(rows, [d['label'] for d in domains])
     with atomic_write(output / 'demo.md', 'w') as f:
         f.write(table)
-    picture = _draw_ranked_lists(output / 'ptl_std' / 'last', domains[0]['root'], img_size, output / 'ranked.png')
+    picture = _draw_ranked_lists(output / 'ptl_std' / 'last', domains[0]['root'], output / 'ranked.png')
     return dict(table=table, rows=rows, output=str(output), ranked=str(picture))
 
 
-def _draw_ranked_lists(checkpoint: Path, root: str, img_size, path: Path) -> Path:
+def _draw_ranked_lists(checkpoint: Path, root: str, path: Path) -> Path:
+    """The student's ranked lists, at the input size its checkpoint records (the training size)."""
     dataset = build_dataset('market1501', root)
-    extractor = FeatureExtractor(checkpoint, img_size=img_size)
+    extractor = FeatureExtractor(checkpoint)
     query, gallery = (FeatureSet(*extractor.extract_records(records), [r.path for r in records])
                       for records in (dataset.query, dataset.gallery))
     return draw_rankings(search(query, gallery, top_k=8), path, max_queries=8)

@@ -16,11 +16,12 @@ import torch.nn as nn
 
 from ptl_timm.hub import load_model
 from ptl_timm.losses import DistillationLoss
-from .config import ConfigError, DistillConfig
+from ptl_timm.errors import ConfigError
+from .config import DistillConfig
 from .distributed import setup_distributed
 from .trainer import LossStep, build_model, prepare_session, run_training
 
-__all__ = ['distill', 'load_teacher', 'distillation_step']
+__all__ = ['run_distill', 'load_teacher', 'distillation_step']
 
 
 def load_teacher(source: str, device: torch.device) -> nn.Module:
@@ -30,7 +31,8 @@ def load_teacher(source: str, device: torch.device) -> nn.Module:
     teacher = load_model(source).to(device).eval()
     teacher.requires_grad_(False)
     if not hasattr(teacher, 'forward_reid'):
-        raise ConfigError(f'teacher {source} ({type(teacher).__name__}) has no forward_reid: it is not a ptl_timm ReID model')
+        raise ConfigError(
+            f'teacher {source} ({type(teacher).__name__}) has no forward_reid: it is not a ptl_timm ReID model')
     return teacher
 
 
@@ -43,7 +45,7 @@ def distillation_step(teacher: nn.Module, criterion: DistillationLoss) -> LossSt
     return loss_step
 
 
-def distill(cfg: DistillConfig) -> Dict[str, Any]:
+def run_distill(cfg: DistillConfig) -> Dict[str, Any]:
     """Distil ``cfg.teacher`` into the student ``cfg.model`` on ``cfg.dataset``; returns the run summary."""
     ctx = setup_distributed(cfg.device)
     try:

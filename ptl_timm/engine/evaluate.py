@@ -4,18 +4,36 @@ Each rank extracts the features of its contiguous shard of the query and gallery
 every BConv-Cell state is zero); the shards are gathered in rank order, so rank 0 ranks exactly
 the features a single process would have, then shares the metrics with every rank.
 """
-from typing import Dict
+from collections import defaultdict
+from typing import Dict, Set
 
 import torch.nn as nn
 
 from ptl_timm.data.datasets import ReIDDataset
+from ptl_timm.errors import DatasetError
 from ptl_timm.eval.extract import extract_features
 from ptl_timm.eval.metrics import evaluate_rank
 from .config import TrainConfig
 from .data import eval_loader
 from .distributed import DistContext, broadcast_object, gather_rows
 
-__all__ = ['evaluate_split']
+__all__ = ['check_evaluable', 'evaluate_split']
+
+
+def check_evaluable(dataset: ReIDDataset, label: str) -> None:
+    """Refuse, before any training, a split that evaluation would fail on: no query or gallery
+    images, or no query whose identity the gallery shows from another camera (the protocol
+    ignores same-camera matches, so such a split has no answer to rank)."""
+    if not dataset.query or not dataset.gallery:
+        raise DatasetError(f'dataset {label!r} at {dataset.root} has no query or no gallery images to evaluate on')
+    cameras: Dict[int, Set[int]] = defaultdict(set)
+    for record in dataset.gallery:
+        cameras[record.pid].add(record.camid)
+    if not any(cameras[q.pid] - {q.camid} for q in dataset.query):
+        raise DatasetError(
+            f'dataset {label!r} at {dataset.root}: no query identity appears in the gallery under another camera, '
+            f'so there is nothing to evaluate (the protocol ignores same-camera matches); check the query and '
+            f'gallery folders and their camera ids')
 
 
 def _features(model: nn.Module, records, cfg: TrainConfig, ctx: DistContext):
@@ -28,8 +46,6 @@ def _features(model: nn.Module, records, cfg: TrainConfig, ctx: DistContext):
 def evaluate_split(model: nn.Module, dataset: ReIDDataset, cfg: TrainConfig, ctx: DistContext) -> Dict[str, float]:
     """mAP, Rank-1/5/10 and mINP (percent) of ``model`` on ``dataset``'s query/gallery split, and
     how many query and gallery features were ranked."""
-    if not dataset.query or not dataset.gallery:
-        raise ValueError(f'dataset at {dataset.root} has no query or no gallery images to evaluate on')
     q_feats, q_pids, q_camids = _features(model, dataset.query, cfg, ctx)
     g_feats, g_pids, g_camids = _features(model, dataset.gallery, cfg, ctx)
     metrics = None

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Union
 
 from ptl_timm.data.datasets import ReIDDataset, ReIDRecord
+from ptl_timm.errors import DatasetError, InputError
+from ptl_timm.utils import atomic_folder, recover_folder
 
 __all__ = ['export_imagefolder', 'LINK_MODES']
 
@@ -37,36 +39,33 @@ def export_imagefolder(
 ) -> Dict[str, int]:
     """Write ``dataset.train`` as ``output/{train,validation}/<pid>/``; returns the counts.
 
-    The folder appears complete or not at all: it is written under a hidden sibling name and
-    renamed into place at the end.
+    The folder is replaced whole (:func:`ptl_timm.utils.atomic_folder`): an interrupted export leaves
+    the earlier folder or the new one complete, never a mix.
     """
     if mode not in LINK_MODES:
-        raise ValueError(f'mode must be one of {LINK_MODES}, got {mode!r}')
+        raise InputError(f'mode must be one of {LINK_MODES}, got {mode!r}')
     if not dataset.train:
-        raise ValueError(f'dataset at {dataset.root} has an empty training split: nothing to export')
-    output = Path(output)
+        raise DatasetError(f'dataset at {dataset.root} has an empty training split: nothing to export')
+    output = recover_folder(output)
     if output.exists() and not overwrite:
-        raise ValueError(f'{output} already exists; choose another folder or pass overwrite')
+        raise InputError(f'{output} already exists; choose another folder or pass overwrite (--overwrite)')
     by_id: Dict[int, List[ReIDRecord]] = defaultdict(list)
     for record in dataset.train:
         by_id[record.pid].append(record)
     width = max(5, len(str(max(by_id))))
-    staging = output.with_name(f'.{output.name}.new')
-    shutil.rmtree(staging, ignore_errors=True)
     counts = {'classes': len(by_id), 'train': 0, 'validation': 0}
-    for pid, records in sorted(by_id.items()):
-        records = sorted(records, key=lambda r: r.path)
-        held_out = val_per_id if len(records) > val_per_id else 0
-        for split, chunk in (('train', records[:len(records) - held_out]), ('validation', records[len(records) - held_out:])):
-            if not chunk:
-                continue
-            folder = staging / split / f'{pid:0{width}d}'
-            folder.mkdir(parents=True, exist_ok=True)
-            for index, record in enumerate(chunk):
-                # camera and index keep names unique when two source folders share a file name
-                _place(record.path, folder / f'c{record.camid}_{index:04d}{Path(record.path).suffix}', mode)
-            counts[split] += len(chunk)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(staging, output)
+    with atomic_folder(output) as staging:
+        for pid, records in sorted(by_id.items()):
+            records = sorted(records, key=lambda r: r.path)
+            held_out = val_per_id if len(records) > val_per_id else 0
+            for split, chunk in (('train', records[:len(records) - held_out]),
+                                 ('validation', records[len(records) - held_out:])):
+                if not chunk:
+                    continue
+                folder = staging / split / f'{pid:0{width}d}'
+                folder.mkdir(parents=True, exist_ok=True)
+                for index, record in enumerate(chunk):
+                    # camera and index keep names unique when two source folders share a file name
+                    _place(record.path, folder / f'c{record.camid}_{index:04d}{Path(record.path).suffix}', mode)
+                counts[split] += len(chunk)
     return counts

@@ -1,31 +1,49 @@
 """Training curves: loss per epoch and mAP / Rank-1 of every evaluated dataset, one PNG."""
 import os
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from ptl_timm.utils import atomic_path
 
 __all__ = ['plot_curves']
 
 
-def plot_curves(history: List[Dict[str, Any]], path: Union[str, os.PathLike]) -> None:
-    """Write the loss and the evaluation curves of ``history`` (the metrics.jsonl records) atomically."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+def _eval_points(history: List[Dict[str, Any]]) -> Dict[str, List[Tuple[int, Dict[str, float]]]]:
+    """(epoch, metrics) of every evaluated dataset, by dataset label."""
+    labels = sorted({name for r in history for name in r.get('eval', {})})
+    return {name: [(r['epoch'], r['eval'][name]) for r in history if name in r.get('eval', {})] for name in labels}
 
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.6))
+
+def plot_curves(history: List[Dict[str, Any]], path: Union[str, os.PathLike]) -> None:
+    """Write the loss and the evaluation curves of ``history`` (the metrics.jsonl records) atomically.
+
+    The evaluation panel appears once some dataset was evaluated at two epochs or more; a single
+    evaluation is written as text under the loss curve instead of a lone point on an epoch axis.
+    Drawn on a ``matplotlib.figure.Figure`` (no pyplot), so the caller's matplotlib backend and open
+    figures are left alone.
+    """
+    from matplotlib.figure import Figure
+
+    points = _eval_points(history)
+    curves = any(len(p) > 1 for p in points.values())
+    fig = Figure(figsize=(10 if curves else 5.5, 3.6))
+    ax_loss, *rest = fig.subplots(1, 2 if curves else 1, squeeze=False)[0]
     ax_loss.plot([r['epoch'] for r in history], [r['loss'] for r in history], marker='o', label='loss')
     ax_loss.set(xlabel='epoch', ylabel='training loss', title='loss')
-    labels = sorted({name for r in history for name in r.get('eval', {})})
-    for name in labels:
-        points = [(r['epoch'], r['eval'][name]) for r in history if name in r.get('eval', {})]
-        epochs = [e for e, _ in points]
-        ax_eval.plot(epochs, [m['mAP'] for _, m in points], marker='o', label=f'{name} mAP')
-        ax_eval.plot(epochs, [m['rank1'] for _, m in points], marker='s', linestyle='--', label=f'{name} Rank-1')
-    ax_eval.set(xlabel='epoch', ylabel='%', title='evaluation')
-    if labels:
+    if curves:
+        ax_eval = rest[0]
+        for name, evaluated in points.items():
+            epochs = [e for e, _ in evaluated]
+            ax_eval.plot(epochs, [m['mAP'] for _, m in evaluated], marker='o', label=f'{name} mAP')
+            ax_eval.plot(epochs, [m['rank1'] for _, m in evaluated], marker='s', linestyle='--',
+                         label=f'{name} Rank-1')
+        ax_eval.set(xlabel='epoch', ylabel='%', title='evaluation')
         ax_eval.legend(fontsize='small')
-    fig.tight_layout()
+    elif points:
+        text = '; '.join(f'{name} (epoch {e}): mAP {m["mAP"]:.1f}, Rank-1 {m["rank1"]:.1f}'
+                         for name, ((e, m),) in points.items())
+        fig.text(0.5, 0.01, text, ha='center', va='bottom', fontsize='small', wrap=True)
+        fig.subplots_adjust(bottom=0.28)
+    if curves or not points:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=100)
-    plt.close(fig)

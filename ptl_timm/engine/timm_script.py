@@ -15,19 +15,27 @@ from pathlib import Path
 from typing import List, Optional
 
 import ptl_timm  # noqa: F401  (registers the models)
+from ptl_timm.errors import InputError
 
 __all__ = ['run_timm_script']
 
 
 def run_timm_script(script: str, args: List[str]) -> None:
+    """Run ``script`` as ``__main__`` with ``args`` as its command line. ``sys.argv`` and ``sys.path``
+    (the script's folder is put first: the scripts import their siblings) are the script's while it
+    runs and the caller's again afterwards."""
     path = Path(script)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f'timm script {path} does not exist; clone https://github.com/huggingface/pytorch-image-models at the '
             f'tag of your timm version and pass the path of its train.py / validate.py')
-    sys.path.insert(0, str(path.parent.resolve()))  # the scripts import their siblings
+    saved = sys.argv, list(sys.path)
+    sys.path.insert(0, str(path.parent.resolve()))
     sys.argv = [str(path)] + list(args)
-    runpy.run_path(str(path), run_name='__main__')
+    try:
+        runpy.run_path(str(path), run_name='__main__')
+    finally:
+        sys.argv, sys.path[:] = saved[0], saved[1]
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -1,44 +1,59 @@
 """The training loop shared by fine-tuning and distillation, and ``fine_tune``.
 
-One epoch: ``model.train()`` (which zeroes every BConv-Cell state, paper §3.2) → P×K or shuffled
-batches → ``forward_reid`` → loss → step; then the scheduler steps, the query/gallery splits are
-evaluated every ``eval_every`` epochs (eval mode: zero state), and rank 0 writes ``last/`` (and
-``best/`` when the training set's mAP improved), ``metrics.jsonl`` and ``curves.png``.
-Everything a resumed run needs is in ``last/train_state.pt``: the epoch, optimizer, scheduler,
-gradient scaler, every rank's RNG states and the metric history. The samplers are deterministic per
-seed and epoch, so a resumed run replays the interrupted epoch exactly.
+A run (``run_training``): lock the output folder, save the resolved ``config.yaml``, then
+``_epoch_loop``. One epoch (``_train_one_epoch``): ``model.train()`` (which zeroes every BConv-Cell
+state, paper §3.2) → P×K or shuffled batches → ``forward_reid`` → loss → step; the scheduler steps;
+rank 0 saves ``last/`` (``_save_epoch``) before the query/gallery splits are evaluated every
+``eval_every`` epochs (``_evaluate_epoch``: eval mode, zero state), so a failed evaluation never
+loses the epoch; ``best/`` follows the training set's mAP (``_update_best``).
+Everything a resumed run needs is in ``last/train_state.pt`` (``TrainState.to_dict``): the epoch,
+optimizer, scheduler, gradient scaler, every rank's RNG states, the metric history and the
+BConv-Cell states after the epoch's last batch (``latent_states``, name → tensor: what
+``state_reset='never'`` continues from, and the warm state for evaluation). The samplers are
+deterministic per seed and epoch, so a resumed run replays the interrupted epoch exactly.
 """
+import contextlib
 import json
+import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from ptl_timm.hub import DATASET_METADATA_KEY
+from ptl_timm.hub import DATASET_METADATA_KEY, set_preprocessing
 from ptl_timm.layers import ddp_ignore_latent_states, restore_latent_states, snapshot_latent_states
-from ptl_timm.losses import ReIDLoss
+from ptl_timm.losses import CenterLoss, ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
 from ptl_timm.utils import atomic_write
 from .checkpoint import (
-    CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, recover_folder, rng_state, save_checkpoint,
-    set_rng_state)
-from .config import TrainConfig, config_to_dict
+    CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, recover_folder,
+    rng_state, save_checkpoint, set_rng_state, write_train_state)
+from .config import TrainConfig, check_config, config_to_dict, save_run_config
 from .data import TrainData, build_train_data, load_dataset, spec_label
 from .distributed import DistContext, setup_distributed, sync_buffers
-from .evaluate import evaluate_split
+from .evaluate import check_evaluable, evaluate_split
 from .plots import plot_curves
+from .run_lock import run_lock
+from .schedule import lr_factor
+from .tensorboard_log import TENSORBOARD_DIR, TensorBoardLog
 
-__all__ = ['ReIDTrainModule', 'TrainSession', 'build_model', 'run_training', 'fine_tune', 'DATASET_METADATA_KEY']
+__all__ = [
+    'ReIDTrainModule', 'TrainSession', 'TrainState', 'build_model', 'prepare_session', 'run_training', 'fine_tune']
+
+_logger = logging.getLogger(__name__)
+_CUBLAS_WORKSPACE = 'CUBLAS_WORKSPACE_CONFIG'  # cuBLAS needs it set for deterministic algorithms
 
 LossStep = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 _GENERIC_MODELS = {'ptl_net': True, 'reid_net': False}
@@ -87,14 +102,9 @@ def build_model(cfg: TrainConfig, num_classes: int, dataset_label: str) -> nn.Mo
 
 
 def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up, then ×gamma every ``lr_step`` epochs (or at each of ``lr_milestones``)."""
-    def factor(epoch: int) -> float:
-        if epoch < cfg.warmup_epochs:
-            return (epoch + 1) / (cfg.warmup_epochs + 1)
-        decays = (sum(epoch >= m for m in cfg.lr_milestones) if cfg.lr_milestones
-                  else epoch // max(1, cfg.lr_step))
-        return cfg.lr_gamma ** decays
-    return factor
+    """Warm-up from ``warmup_factor``, then step decay or a cosine (``engine.schedule``)."""
+    return lr_factor(cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs, cfg.warmup_factor, cfg.lr_step,
+                     cfg.lr_milestones, cfg.lr_gamma, cfg.min_lr_factor)
 
 
 def _param_groups(cfg: TrainConfig, module: nn.Module) -> List[Dict[str, Any]]:
@@ -143,10 +153,52 @@ class TrainSession:
     data: TrainData
     eval_sets: Dict[str, Any]  # label → ReIDDataset; the first is the training set's own split
     adapter: Optional[nn.Module] = None  # extra trainable module (distillation)
+    center_loss: Optional[CenterLoss] = None  # its centres train with their own optimiser (BoT)
+
+    @property
+    def output(self) -> Path:
+        return Path(self.cfg.output)
+
+    @property
+    def primary(self) -> str:
+        """The training set's own split: its mAP picks the best epoch."""
+        return next(iter(self.eval_sets))
 
 
-def prepare_session(cfg: TrainConfig, ctx: DistContext, model_fn: Callable[[int, str], nn.Module]) -> TrainSession:
-    """Validate everything that can be wrong (paths, splits, checkpoints) before anything is written."""
+@dataclass
+class TrainState:
+    """What a run changes as it trains; ``train_state.pt`` is its saved form (``to_dict``)."""
+    module: ReIDTrainModule
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    epoch: int = 0  # epochs completed
+    history: List[Dict[str, Any]] = field(default_factory=list)  # one record per epoch (metrics.jsonl)
+    best: Optional[Dict[str, Any]] = None  # the record of the best evaluated epoch
+    latent_states: Dict[str, torch.Tensor] = field(default_factory=dict)  # after the last epoch's last batch
+    center_loss: Optional[CenterLoss] = None
+    center_optimizer: Optional[torch.optim.Optimizer] = None  # SGD of the centres (BoT)
+    ema: Optional[ModelEmaV3] = None  # the weights that are evaluated and saved when ema_decay > 0
+
+    def evaluated_model(self) -> nn.Module:
+        """What evaluation measures and ``last/`` / ``best/`` hold: the EMA weights when on, else the model."""
+        return self.ema.module if self.ema is not None else self.module.model
+
+    def to_dict(self, cfg: TrainConfig, rngs: List[Dict[str, Any]]) -> Dict[str, Any]:
+        center = self.center_loss is not None
+        return dict(
+            epoch=self.epoch, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), rng=rngs, history=self.history, best=self.best,
+            config=config_to_dict(cfg), latent_states=self.latent_states,
+            adapter=self.module.adapter.state_dict() if self.module.adapter is not None else {},
+            # with EMA, last/ holds the EMA weights; the trained ones are kept here to resume from
+            model=self.module.model.state_dict() if self.ema is not None else {},
+            centers=self.center_loss.state_dict() if center else {},
+            center_optimizer=self.center_optimizer.state_dict() if center else {})
+
+
+def _check_output(cfg: TrainConfig) -> None:
+    """An earlier run's checkpoints are replaced only when asked to, and resuming needs one."""
     output = Path(cfg.output)
     last = recover_folder(output / 'last')
     if not cfg.resume and not cfg.overwrite and last.exists():
@@ -154,13 +206,25 @@ def prepare_session(cfg: TrainConfig, ctx: DistContext, model_fn: Callable[[int,
             f'{output} already holds the checkpoints of a run ({last}); pass --resume to continue it, '
             f'--overwrite to replace it, or choose another output')
     if cfg.resume and not last.exists():
-        raise FileNotFoundError(f'nothing to resume: {last} does not exist (was the run started with output={output}?)')
+        raise CheckpointError(f'nothing to resume: {last} does not exist (the run was stopped before its first '
+                              f'epoch ended); start it again without --resume')
+
+
+def prepare_session(cfg: TrainConfig, ctx: DistContext, model_fn: Callable[[int, str], nn.Module]) -> TrainSession:
+    """Check everything that can be wrong (config, paths, splits, checkpoints) before anything is written;
+    the model records the preprocessing it is trained with (``config.json``'s ``pretrained_cfg``)."""
+    check_config(cfg)
+    _check_output(cfg)
     data = build_train_data(cfg, ctx)
-    label = spec_label(cfg.dataset)
+    label = spec_label(cfg.dataset, cfg.data_root)
     eval_sets = {label: data.dataset}
     for spec in cfg.test_datasets:
-        eval_sets.setdefault(spec_label(spec), load_dataset(spec, cfg.data_root, cfg.dataset_args))
+        eval_sets.setdefault(spec_label(spec, cfg.data_root), load_dataset(spec, cfg.data_root, cfg.dataset_args))
+    for name, dataset in eval_sets.items():
+        check_evaluable(dataset, name)
     model = model_fn(data.num_classes, label)
+    # what data.loader.build_transforms does at evaluation: bilinear resize to img_size, ImageNet mean/std
+    set_preprocessing(model, cfg.img_size, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     return TrainSession(cfg, ctx, model, data, eval_sets)
 
 
@@ -170,130 +234,224 @@ def _should_evaluate(cfg: TrainConfig, epoch: int) -> bool:
 
 
 def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
-    """Train ``session.model`` for ``cfg.epochs`` epochs (resuming from ``output/last`` if asked).
+    """Train ``session.model`` for ``cfg.epochs`` epochs (resuming from ``output/last`` if asked),
+    holding the run folder's lock; the resolved config is saved there first (``config.yaml``).
 
     Returns the output folder, the metric history, and the best and last evaluation results.
-    ``deterministic`` switches torch to deterministic algorithms for the run only.
     """
+    cfg = session.cfg
+    with _deterministic(cfg.deterministic):
+        with run_lock(session.output) if session.ctx.is_main else contextlib.nullcontext():
+            if session.ctx.is_main:
+                _check_output(cfg)  # again, now that no other run can write here
+                save_run_config(cfg)
+            return _epoch_loop(session, _start_state(session), loss_step)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms for the block only: torch's switch, cuDNN benchmarking and
+    ``CUBLAS_WORKSPACE_CONFIG`` (process-wide settings) are restored afterwards, also on an exception."""
     previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    if session.cfg.deterministic:
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    workspace = os.environ.get(_CUBLAS_WORKSPACE)
+    if enabled:
+        os.environ.setdefault(_CUBLAS_WORKSPACE, ':4096:8')
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     try:
-        return _train_epochs(session, loss_step)
+        yield
     finally:
         torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark = previous[1]
+        if workspace is None:
+            os.environ.pop(_CUBLAS_WORKSPACE, None)
 
 
-def _train_epochs(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
+def _start_state(session: TrainSession) -> TrainState:
+    """Optimizer, scheduler and gradient scaler of a new run, or of the run being resumed."""
     cfg, ctx, model = session.cfg, session.ctx, session.model
-    output = Path(cfg.output)
     model.to(ctx.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     module = ReIDTrainModule(model, session.adapter).to(ctx.device)
     optimizer = _optimizer(cfg, _param_groups(cfg, module))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
-    amp_dtype = torch.float16 if ctx.device.type == 'cuda' else torch.bfloat16
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp and _amp_dtype(ctx) == torch.float16)
     _seed_everything(cfg, ctx)
-
-    start_epoch, history, best = 0, [], None
+    state = TrainState(module, optimizer, scheduler, scaler)
+    if session.center_loss is not None:
+        state.center_loss = session.center_loss.to(ctx.device)
+        state.center_optimizer = state.center_loss.center_optimizer(cfg.center_lr)
+    if cfg.ema_decay:
+        state.ema = ModelEmaV3(model, decay=cfg.ema_decay)
     if cfg.resume:
-        state = load_train_state(output / 'last')
-        if len(state['rng']) != ctx.world_size:
-            raise CheckpointError(
-                f'{output / "last"} was written by a run of {len(state["rng"])} process(es); resume it with the same '
-                f'number (this run has {ctx.world_size}) so that every rank continues its own random streams')
-        load_checkpoint_weights(model, output / 'last')
-        if session.adapter is not None:
-            session.adapter.load_state_dict(state['adapter'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        scaler.load_state_dict(state['scaler'])
-        set_rng_state(state['rng'][ctx.rank])
-        start_epoch, history, best = state['epoch'], state['history'], state['best']
+        _resume(state, session)
+    return state
 
-    train_module = module
+
+def _resume(state: TrainState, session: TrainSession) -> None:
+    last = session.output / 'last'
+    saved = load_train_state(last)
+    if len(saved['rng']) != session.ctx.world_size:
+        raise CheckpointError(
+            f'{last} was written by a run of {len(saved["rng"])} process(es); resume it with the same '
+            f'number (this run has {session.ctx.world_size}) so that every rank continues its own random streams')
+    load_checkpoint_weights(session.model, last)
+    if state.ema is not None:  # last/ holds the EMA weights, train_state the trained ones
+        state.ema.module.load_state_dict(session.model.state_dict())
+        session.model.load_state_dict(saved['model'])
+    if state.center_loss is not None:
+        state.center_loss.load_state_dict(saved['centers'])
+        state.center_optimizer.load_state_dict(saved['center_optimizer'])
+    if state.module.adapter is not None:
+        state.module.adapter.load_state_dict(saved['adapter'])
+    state.optimizer.load_state_dict(saved['optimizer'])
+    state.scheduler.load_state_dict(saved['scheduler'])
+    state.scaler.load_state_dict(saved['scaler'])
+    set_rng_state(saved['rng'][session.ctx.rank])
+    state.epoch, state.history, state.best = saved['epoch'], saved['history'], saved['best']
+    state.latent_states = saved.get('latent_states', {})
+
+
+def _epoch_loop(session: TrainSession, state: TrainState, loss_step: LossStep) -> Dict[str, Any]:
+    """Each epoch is trained, saved, then evaluated (when due), so a failed evaluation keeps the
+    epoch, and ``--resume`` evaluates it before going on."""
+    cfg, ctx = session.cfg, session.ctx
+    train_module: nn.Module = state.module
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == 'cuda' else None
-        train_module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
-    primary = next(iter(session.eval_sets))
-    metadata = {DATASET_METADATA_KEY: primary}
-
-    kept: Optional[Dict[str, torch.Tensor]] = None  # state_reset='never': the states at the end of the last epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.time()
-        session.data.sampler.set_epoch(epoch)
-        train_module.train()  # zeroes every latent state: PTL resets at each epoch start
-        if kept is not None:
-            restore_latent_states(model, kept)
-        totals: Dict[str, float] = {}
-        steps = len(session.data.loader)
-        if cfg.max_steps_per_epoch:
-            steps = min(steps, cfg.max_steps_per_epoch)
-        bar = tqdm(total=steps, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (cfg.progress and ctx.is_main),
-                   leave=False, dynamic_ncols=True)
-        for step, (images, pids, _, _) in enumerate(session.data.loader):
-            if step >= steps:
-                break
-            images = images.to(ctx.device, non_blocking=True)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            pids = pids.to(ctx.device, non_blocking=True)
-            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=cfg.amp):
-                loss, parts = loss_step(train_module, images, pids)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            for name, value in {'loss': loss.detach(), **parts}.items():
-                totals[name] = totals.get(name, 0.0) + float(value)
-            bar.set_postfix(loss=f'{totals["loss"] / (step + 1):.4f}')
-            bar.update()
-        bar.close()
-        record = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'],
-                  **{name: value / max(1, steps) for name, value in totals.items()}}
-        states = snapshot_latent_states(model)  # after the last batch, before evaluation's train()/eval() switches
-        if cfg.state_reset == 'never':
-            kept = states
-        scheduler.step()
-        sync_buffers(model, ctx)
-        if _should_evaluate(cfg, epoch):
-            record['eval'] = {name: evaluate_split(model, dataset, cfg, ctx)
-                              for name, dataset in session.eval_sets.items()}
-        record['time_s'] = round(time.time() - started, 3)
-        history.append(record)
-        improved = 'eval' in record and (best is None or record['eval'][primary]['mAP'] > best['eval'][primary]['mAP'])
-        if improved:
-            best = record
-        rngs = _gather_objects(rng_state(), ctx)
-        if ctx.is_main:
-            _write_epoch(output, model, session.adapter, optimizer, scheduler, scaler, rngs, cfg, epoch + 1,
-                         history, best, improved, metadata, states)
-            _log(record)
-        ctx.barrier()
-    return dict(output=str(output), history=history, best=best,
-                last=next((r for r in reversed(history) if 'eval' in r), None))
+        # a frozen backbone has no gradients for DDP to wait for
+        train_module = nn.parallel.DistributedDataParallel(
+            state.module, device_ids=device_ids, find_unused_parameters=cfg.freeze_epochs > 0)
+    if state.history and 'eval' not in state.history[-1] and _should_evaluate(cfg, state.epoch - 1):
+        _evaluate_epoch(session, state)
+    board = TensorBoardLog(session.output / TENSORBOARD_DIR) if cfg.tensorboard and ctx.is_main else None
+    try:
+        for epoch in range(state.epoch, cfg.epochs):
+            _train_one_epoch(session, state, train_module, loss_step)
+            _save_epoch(session, state)
+            if _should_evaluate(cfg, epoch):
+                _evaluate_epoch(session, state)
+            if ctx.is_main:
+                _log(state.history[-1])
+            if board is not None:
+                board.log(state.history[-1])
+            ctx.barrier()
+    finally:
+        if board is not None:
+            board.close()
+    return dict(output=str(session.output), history=state.history, best=state.best,
+                last=next((r for r in reversed(state.history) if 'eval' in r), None))
 
 
-def _write_epoch(output, model, adapter, optimizer, scheduler, scaler, rngs, cfg, epoch, history, best, improved,
-                 metadata, latent_states) -> None:
-    """Rank 0's end of epoch: ``last/`` (and ``best/``), metrics.jsonl, curves.png, all atomically."""
-    train_state = dict(
-        latent_states=latent_states,  # BConv-Cell states after the epoch's last batch (warm-state evaluation)
-        epoch=epoch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-        scaler=scaler.state_dict(), rng=rngs, history=history, best=best, config=config_to_dict(cfg),
-        adapter=adapter.state_dict() if adapter is not None else {})
-    save_checkpoint(output / 'last', model, train_state, metadata=metadata)
+def _amp_dtype(ctx: DistContext) -> torch.dtype:
+    return torch.float16 if ctx.device.type == 'cuda' else torch.bfloat16
+
+
+def _train_one_epoch(session: TrainSession, state: TrainState, train_module: nn.Module, loss_step: LossStep) -> None:
+    """One pass over the training loader; appends the epoch's record to ``state.history``."""
+    cfg, model = session.cfg, session.model
+    started = time.time()
+    session.data.sampler.set_epoch(state.epoch)
+    train_module.train()  # zeroes every latent state: PTL resets at each epoch start
+    if cfg.freeze_epochs:
+        model.freeze_backbone(state.epoch < cfg.freeze_epochs)
+    if cfg.state_reset == 'never' and state.latent_states:
+        restore_latent_states(model, state.latent_states)
+    lr = state.optimizer.param_groups[0]['lr']
+    means = _train_steps(session, state, train_module, loss_step)
+    state.latent_states = snapshot_latent_states(model)  # after the last batch, before evaluation's mode switches
+    state.scheduler.step()
+    sync_buffers(model, session.ctx)
+    state.epoch += 1
+    state.history.append({'epoch': state.epoch, 'lr': lr, **means, 'time_s': round(time.time() - started, 3)})
+
+
+def _train_steps(session: TrainSession, state: TrainState, train_module: nn.Module,
+                 loss_step: LossStep) -> Dict[str, float]:
+    """The optimisation steps of one epoch; returns the mean of each loss term."""
+    cfg, ctx = session.cfg, session.ctx
+    steps = len(session.data.loader)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    totals: Dict[str, float] = {}
+    bar = tqdm(total=steps, desc=f'epoch {state.epoch + 1}/{cfg.epochs}', disable=not (cfg.progress and ctx.is_main),
+               leave=False, dynamic_ncols=True)
+    for step, (images, pids, _, _) in zip(range(steps), session.data.loader):
+        images = images.to(ctx.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        pids = pids.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=_amp_dtype(ctx), enabled=cfg.amp):
+            loss, parts = loss_step(train_module, images, pids)
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.center_loss is not None:
+            state.center_optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            state.scaler.unscale_(state.optimizer)
+            nn.utils.clip_grad_norm_(state.module.parameters(), cfg.clip_grad)
+        state.scaler.step(state.optimizer)
+        if state.center_loss is not None:
+            _center_step(session, state)
+        state.scaler.update()
+        if state.ema is not None:
+            state.ema.update(session.model)
+        for name, value in {'loss': loss.detach(), **parts}.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+        bar.set_postfix(loss=f'{totals["loss"] / (step + 1):.4f}')
+        bar.update()
+    bar.close()
+    return {name: value / max(1, steps) for name, value in totals.items()}
+
+
+def _center_step(session: TrainSession, state: TrainState) -> None:
+    """BoT's step of the centres: their own SGD on the unweighted gradient (averaged over the ranks,
+    which DDP does not do for the loss's parameters)."""
+    centers = state.center_loss.centers
+    state.scaler.unscale_(state.center_optimizer)
+    if centers.grad is not None and session.ctx.distributed:
+        dist.all_reduce(centers.grad)
+        centers.grad.div_(session.ctx.world_size)
+    state.center_loss.unweight_center_grads(session.cfg.center_weight)
+    state.scaler.step(state.center_optimizer)
+
+
+def _evaluate_epoch(session: TrainSession, state: TrainState) -> None:
+    """Evaluate the last trained epoch on every split, update the best epoch, save the results."""
+    record = state.history[-1]
+    record['eval'] = {name: evaluate_split(state.evaluated_model(), dataset, session.cfg, session.ctx)
+                      for name, dataset in session.eval_sets.items()}
+    improved = _update_best(state, record, session.primary)
+    _save_epoch(session, state, weights=False, improved=improved)
+
+
+def _update_best(state: TrainState, record: Dict[str, Any], primary: str) -> bool:
+    """Whether ``record`` beats the best epoch so far on the training set's own split (mAP)."""
+    if state.best is not None and record['eval'][primary]['mAP'] <= state.best['eval'][primary]['mAP']:
+        return False
+    state.best = record
+    return True
+
+
+def _save_epoch(session: TrainSession, state: TrainState, weights: bool = True, improved: bool = False) -> None:
+    """Rank 0 writes ``last/`` (the weights, or with ``weights=False`` only its ``train_state.pt``),
+    ``best/`` when ``improved``, metrics.jsonl and curves.png, each atomically."""
+    rngs = _gather_objects(rng_state(), session.ctx)  # a collective: every rank takes part
+    if not session.ctx.is_main:
+        return
+    last = session.output / 'last'
+    train_state = state.to_dict(session.cfg, rngs)
+    if weights:
+        save_checkpoint(last, state.evaluated_model(), train_state, metadata={DATASET_METADATA_KEY: session.primary})
+    else:
+        write_train_state(last, train_state)
     if improved:
-        copy_weights(output / 'last', output / 'best')
-    with atomic_write(output / 'metrics.jsonl', 'w') as f:
-        for record in history:
+        copy_weights(last, session.output / 'best')
+    with atomic_write(session.output / 'metrics.jsonl', 'w') as f:
+        for record in state.history:
             f.write(json.dumps(record) + '\n')
-    plot_curves(history, output / 'curves.png')
+    plot_curves(state.history, session.output / 'curves.png')
 
 
 def _log(record: Dict[str, Any]) -> None:
@@ -304,14 +462,19 @@ def _log(record: Dict[str, Any]) -> None:
 
 
 def fine_tune(cfg: TrainConfig) -> Dict[str, Any]:
-    """Fine-tune ``cfg.model`` on ``cfg.dataset`` with ``ReIDLoss`` (CE, plus triplet for MGN).
+    """Fine-tune ``cfg.model`` on ``cfg.dataset`` with ``ReIDLoss`` (CE, plus triplet for MGN, plus the
+    cross-batch memory term with ``xbm_size > 0``).
 
     Works in one process or under torchrun (DDP). Returns ``run_training``'s summary.
     """
     ctx = setup_distributed(cfg.device)
     try:
         session = prepare_session(cfg, ctx, lambda num_classes, label: build_model(cfg, num_classes, label))
-        criterion = ReIDLoss(cfg.ce_weight, cfg.triplet_weight, cfg.triplet_margin, cfg.label_smoothing)
+        if cfg.center_weight:
+            session.center_loss = CenterLoss(session.data.num_classes, session.model.head_hidden_size)
+        criterion = ReIDLoss(cfg.ce_weight, cfg.triplet_weight, cfg.triplet_margin, cfg.label_smoothing,
+                             xbm_size=cfg.xbm_size, xbm_weight=cfg.xbm_weight, center_loss=session.center_loss,
+                             center_weight=cfg.center_weight).to(ctx.device)
 
         def loss_step(module: nn.Module, images: torch.Tensor, pids: torch.Tensor):
             return criterion(module(images), pids)

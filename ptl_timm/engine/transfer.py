@@ -6,22 +6,27 @@ Step *i* writes its checkpoints to ``<output>/step<i>-<dataset>/`` and starts fr
 ``last/`` (the classifier is re-initialised for the new identities); the table goes to
 ``<output>/transfer.md`` and ``<output>/transfer.json``.
 """
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from ptl_timm.errors import CheckpointError, ConfigError
 from ptl_timm.utils import atomic_save_json, atomic_write
 from .checkpoint import recover_folder
-from .config import DistillConfig, TrainConfig, TransferConfig
+from .config import DistillConfig, TrainConfig, TransferConfig, check_config, save_run_config
 from .data import spec_label
-from .distill import distill
+from .distill import run_distill
 from .distributed import DistContext, setup_distributed
+from .run_lock import run_lock
 from .trainer import fine_tune
 
-__all__ = ['transfer', 'results_table']
+__all__ = ['run_transfer', 'results_table']
 
 
 def _base_fields(cfg: TransferConfig, cls) -> Dict[str, Any]:
+    """The transfer's values a step (``TrainConfig``) or the distill section (``DistillConfig``)
+    starts from; the section's own values, resolved with the transfer config, come on top."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if f.name in names}
 
@@ -49,25 +54,35 @@ def _row(step: Any, model: str, route: List[str], result: Dict[str, Any]) -> Dic
                 output=result['output'])
 
 
-def transfer(cfg: TransferConfig) -> Dict[str, Any]:
-    """Run every step of ``cfg.steps`` (then ``cfg.distill``); returns the rows and the table."""
+def run_transfer(cfg: TransferConfig) -> Dict[str, Any]:
+    """Run every step of ``cfg.steps`` (then ``cfg.distill``); returns the rows and the table.
+    The transfer folder is locked meanwhile and holds the resolved ``config.yaml``."""
+    check_config(cfg)
     if not cfg.steps:
-        raise ValueError('a transfer needs at least one step: set steps to a list of {dataset: ...} mappings')
+        raise ConfigError('a transfer needs at least one step: set steps to a list of {dataset: ...} mappings')
+    earlier = sorted(Path(cfg.output).glob('*/last'))
+    if earlier and not (cfg.resume or cfg.overwrite):
+        raise CheckpointError(f'{cfg.output} already holds the steps of a transfer ({earlier[0].parent}); pass '
+                              f'--resume to continue it, --overwrite to replace it, or choose another output')
     ctx = setup_distributed(cfg.device)  # one process group for every step (they join it)
     try:
-        return _run_steps(cfg, ctx)
+        with run_lock(cfg.output) if ctx.is_main else contextlib.nullcontext():
+            if ctx.is_main:
+                save_run_config(cfg)
+            return _run_steps(cfg, ctx)
     finally:
         ctx.close()
 
 
 def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
     output = Path(cfg.output)
-    test_specs = list(cfg.test_datasets) or list({spec_label(s['dataset']): s['dataset'] for s in cfg.steps}.values())
-    test_sets = [spec_label(s) for s in test_specs]
+    test_specs = list(cfg.test_datasets) or list(
+        {spec_label(s['dataset'], s.get('data_root', cfg.data_root)): s['dataset'] for s in cfg.steps}.values())
+    test_sets = [spec_label(s, cfg.data_root) for s in test_specs]
     base = _base_fields(cfg, TrainConfig)
     rows, route, previous = [], [], cfg.init_checkpoint
     for i, step in enumerate(cfg.steps, 1):
-        label = spec_label(step['dataset'])
+        label = spec_label(step['dataset'], step.get('data_root', cfg.data_root))
         route.append(label)
         step_output = output / f'step{i}-{label}'
         step_cfg = TrainConfig(**{
@@ -82,7 +97,7 @@ def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
             'init_checkpoint': None, 'output': str(output / 'distill'), 'teacher': previous,
             'resume': _resumable(cfg, output / 'distill'),
             **{k: cfg.steps[-1][k] for k in ('data_root', 'dataset_args') if k in cfg.steps[-1]}, **cfg.distill})
-        result = distill(distill_cfg)
+        result = run_distill(distill_cfg)
         rows.append(_row('STD', distill_cfg.model, route, result))
     table = results_table(rows, test_sets)
     if ctx.is_main:

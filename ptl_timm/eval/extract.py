@@ -7,27 +7,33 @@ pooled pre-logits feature (``forward_head(..., pre_logits=True)``) for any other
 test-time augmentation sums the embeddings of the image and its mirror before normalising (as the
 official PTL code and layumi's baseline do).
 """
+import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ptl_timm.data.datasets import ReIDDataset
-from ptl_timm.data.loader import ImageDataset, build_transforms, read_image
-from .metrics import evaluate_distance_chunks, evaluate_rank
+from ptl_timm.data.loader import ImageDataset, read_image
+from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError
+from ptl_timm.hub import load_model
+from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
+from .analysis import VerificationRates
+from .metrics import evaluate_distance_chunks, pairwise_distance_chunks
 from .rerank import iter_re_ranking
 
 __all__ = [
-    'embed', 'extract_features', 'FeatureExtractor', 'evaluate_model', 'evaluate_features', 'image_files',
-    'IMAGE_EXTENSIONS']
+    'embed', 'extract_features', 'eval_data_config', 'resolve_device', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
+    'image_files', 'IMAGE_EXTENSIONS']
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+_logger = logging.getLogger(__name__)
 ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor, Sequence[Union[str, os.PathLike, Image.Image]]]
 
 
@@ -36,6 +42,13 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     if hasattr(model, 'forward_reid'):
         return model.forward_reid(images).embedding
     return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """``device``, where None or 'auto' means CUDA when available, else CPU."""
+    if device is None or device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(device)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -77,7 +90,7 @@ def extract_features(
     finally:
         model.train(was_training)
     if not feats:
-        raise ValueError('no images to extract features from (the loader is empty)')
+        raise InputError('no images to extract features from (the loader is empty)')
     return torch.cat(feats), torch.cat(pids), torch.cat(camids)
 
 
@@ -85,11 +98,27 @@ def image_files(folder: Union[str, os.PathLike]) -> List[str]:
     """Every image under ``folder`` (recursively), in sorted path order."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f'image folder {folder} does not exist')
-    files = sorted(str(p) for p in folder.rglob('*') if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        raise DatasetNotFoundError(f'image folder {folder} does not exist')
+    files = [str(p) for p in list_images(folder, recursive=True)]
     if not files:
-        raise FileNotFoundError(f'{folder} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
+        raise DatasetNotFoundError(f'{folder} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
     return files
+
+
+def eval_data_config(pretrained_cfg: Mapping[str, Any], img_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """The preprocessing a model's weights expect, as timm's data config (input size, interpolation,
+    crop, mean/std): exactly what ``timm.data.resolve_data_config(model=m)`` gives for its
+    ``pretrained_cfg``. ``img_size`` (height, width) replaces the input size, with a warning naming
+    both when they differ (features at another size than the weights were trained at are worse)."""
+    data_cfg = resolve_data_config({}, pretrained_cfg=dict(pretrained_cfg))
+    if img_size is not None:
+        recorded = tuple(data_cfg['input_size'][1:])
+        if tuple(int(s) for s in img_size) != recorded:
+            _logger.warning(
+                f'image size {tuple(img_size)} differs from the {recorded} that the model\'s pretrained_cfg (its '
+                f'config.json) records for its weights; leave the size unset to use the recorded one')
+        data_cfg['input_size'] = (data_cfg['input_size'][0], int(img_size[0]), int(img_size[1]))
+    return data_cfg
 
 
 class _Images(Dataset):
@@ -114,9 +143,11 @@ class FeatureExtractor:
         model: a module, a timm model name (with pretrained tag), an ``hf-hub:``/``local-dir:`` id,
             a checkpoint folder or a ``.safetensors`` file beside its ``config.json``
             (see :func:`ptl_timm.hub.load_model`; the classifier is not built).
-        device: default CUDA when available, else CPU.
+        device: default (None or 'auto') CUDA when available, else CPU.
         batch_size: images per forward pass.
-        img_size: (height, width); default the model's ``pretrained_cfg['input_size']``.
+        img_size: (height, width); default the model's ``pretrained_cfg['input_size']`` (a checkpoint's
+            training size); another size warns. Interpolation, crop and mean/std always come from the
+            ``pretrained_cfg`` (see :func:`eval_data_config`).
         flip: sum the embeddings of each image and its mirror (flip test-time augmentation).
         num_workers: DataLoader workers decoding images.
         channels_last: run in channels-last memory format (faster convolutions on many CPUs/GPUs).
@@ -139,17 +170,14 @@ class FeatureExtractor:
             progress: bool = False,
     ):
         if not isinstance(model, nn.Module):
-            from ptl_timm.hub import load_model
             model = load_model(model, num_classes=0)
-        self.device = torch.device(device) if device is not None else torch.device(
-            'cuda' if torch.cuda.is_available() else 'cpu')
+        self.device = resolve_device(device)
         self.model = model.to(self.device)  # extract_features switches to eval mode and back
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        cfg = getattr(model, 'pretrained_cfg', None) or {}
-        self.img_size = tuple(img_size or cfg.get('input_size', (3, 256, 128))[1:])
-        self.transform = build_transforms(self.img_size, is_training=False, **{
-            k: cfg[k] for k in ('mean', 'std') if k in cfg})
+        self.data_config = eval_data_config(getattr(model, 'pretrained_cfg', None) or {}, img_size)
+        self.img_size = tuple(self.data_config['input_size'][1:])
+        self.transform = create_transform(**self.data_config, is_training=False)
         self.batch_size, self.flip, self.num_workers = batch_size, flip, num_workers
         self.channels_last, self.progress = channels_last, progress
 
@@ -157,7 +185,7 @@ class FeatureExtractor:
         if isinstance(images, torch.Tensor):
             batch = images.unsqueeze(0) if images.ndim == 3 else images
             if batch.ndim != 4:
-                raise ValueError(f'an image tensor must be 3 × H × W or B × 3 × H × W, got shape {tuple(images.shape)}')
+                raise InputError(f'an image tensor must be 3 × H × W or B × 3 × H × W, got shape {tuple(images.shape)}')
             return batch.split(self.batch_size)
         if isinstance(images, (str, os.PathLike)):
             images = image_files(images) if Path(images).expanduser().is_dir() else [images]
@@ -166,7 +194,7 @@ class FeatureExtractor:
         missing = [str(p) for p in images if not isinstance(p, Image.Image) and not os.path.isfile(p)]
         if missing:
             more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
-            raise FileNotFoundError(f'image {missing[0]} does not exist{more}')
+            raise DatasetNotFoundError(f'image {missing[0]} does not exist{more}')
         return DataLoader(_Images(images, self.transform), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
 
@@ -204,7 +232,7 @@ def evaluate_model(
     go to :func:`ptl_timm.eval.metrics.evaluate_distance_chunks` (``ap_mode``, ``max_rank``, ...).
     """
     if not dataset.query or not dataset.gallery:
-        raise ValueError(f'dataset {dataset.name!r} at {dataset.root} has no query or no gallery images')
+        raise DatasetFormatError(f'dataset {dataset.name!r} at {dataset.root} has no query or no gallery images')
     extractor = FeatureExtractor(model, device=device, batch_size=batch_size, img_size=img_size, flip=flip,
                                  num_workers=num_workers, progress=progress)
     q_feats, q_pids, q_camids = extractor.extract_records(dataset.query)
@@ -216,11 +244,28 @@ def evaluate_model(
 def evaluate_features(
         q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
         q_camids: torch.Tensor, g_camids: torch.Tensor, metric: str = 'cosine', rerank: bool = False,
-        device: Optional[Union[str, torch.device]] = None, **metric_kwargs,
+        device: Optional[Union[str, torch.device]] = None, rerank_args: Optional[Mapping[str, Any]] = None,
+        roc: bool = False, **metric_kwargs,
 ) -> Dict[str, Any]:
-    """Metrics of saved or extracted features, optionally re-ranked (streamed, bounded memory)."""
+    """Metrics of saved or extracted features, optionally re-ranked (streamed, bounded memory).
+
+    ``rerank_args``: ``k1``, ``k2``, ``lambda_value`` of the re-ranking (default 20, 6, 0.3). ``roc``
+    adds ``tpr_at_fpr`` ({fpr: tpr}, :class:`~ptl_timm.eval.analysis.VerificationRates`), taken from the
+    same pass over the (re-ranked) distances."""
     if rerank:
-        chunks = iter_re_ranking(q_feats, g_feats, device=device)
-        return evaluate_distance_chunks(chunks, q_pids, g_pids, q_camids, g_camids, **metric_kwargs)
-    return evaluate_rank(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, device=device,
-                         **metric_kwargs)
+        chunks = iter_re_ranking(q_feats, g_feats, device=device, **(rerank_args or {}))
+    else:
+        chunks = pairwise_distance_chunks(q_feats, g_feats, metric=metric, device=device)
+    rates = VerificationRates(q_pids, g_pids, q_camids, g_camids) if roc else None
+    if rates is not None:
+        chunks = _observed(chunks, rates)
+    result = evaluate_distance_chunks(chunks, q_pids, g_pids, q_camids, g_camids, **metric_kwargs)
+    if rates is not None:
+        result['tpr_at_fpr'] = rates.result()
+    return result
+
+
+def _observed(chunks: Iterable[Tuple[slice, torch.Tensor]], rates: VerificationRates) -> Iterator[Tuple[slice, torch.Tensor]]:
+    for rows, dist in chunks:
+        rates.update(rows, dist)
+        yield rows, dist

@@ -15,6 +15,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from ptl_timm.errors import InputError, reading
 from ptl_timm.utils import atomic_path
 
 __all__ = ['FeatureSet', 'save_features', 'load_features', 'FEATURE_SUFFIXES']
@@ -33,12 +34,13 @@ class FeatureSet(NamedTuple):
 
     @property
     def has_labels(self) -> bool:
-        return bool(len(self.pids)) and bool((self.pids >= 0).all())
+        """Every image has a known identity and camera (what the evaluation protocol needs)."""
+        return bool(len(self.pids)) and bool((self.pids >= 0).all()) and bool((self.camids >= 0).all())
 
 
 def _check_suffix(path: Path) -> None:
     if path.suffix not in FEATURE_SUFFIXES:
-        raise ValueError(f'features file {path} must end in {" or ".join(FEATURE_SUFFIXES)}')
+        raise InputError(f'features file {path} must end in {" or ".join(FEATURE_SUFFIXES)}')
 
 
 def save_features(sets: Dict[str, FeatureSet], path: PathLike) -> Path:
@@ -63,19 +65,20 @@ def load_features(path: PathLike) -> Dict[str, FeatureSet]:
     path = Path(path)
     _check_suffix(path)
     if not path.is_file():
-        raise FileNotFoundError(f'features file {path} does not exist; write it with `ptl-timm extract`')
-    if path.suffix == '.safetensors':
-        tensors = safetensors.torch.load_file(str(path))
-        with safetensors.safe_open(str(path), framework='pt') as f:
-            metadata = f.metadata() or {}
-        paths = {key: json.loads(value) for key, value in metadata.items() if key.endswith('.paths')}
-    else:
-        with np.load(path, allow_pickle=False) as data:
-            tensors = {key: torch.from_numpy(data[key]) for key in data.files if not key.endswith('.paths')}
-            paths = {key: data[key].tolist() for key in data.files if key.endswith('.paths')}
+        raise InputError(f'features file {path} does not exist; write it with `ptl-timm extract`')
+    with reading(path, what='features file', fix='re-run `ptl-timm extract`'):
+        if path.suffix == '.safetensors':
+            tensors = safetensors.torch.load_file(str(path))
+            with safetensors.safe_open(str(path), framework='pt') as f:
+                metadata = f.metadata() or {}
+            paths = {key: json.loads(value) for key, value in metadata.items() if key.endswith('.paths')}
+        else:
+            with np.load(path, allow_pickle=False) as data:
+                tensors = {key: torch.from_numpy(data[key]) for key in data.files if not key.endswith('.paths')}
+                paths = {key: data[key].tolist() for key in data.files if key.endswith('.paths')}
     names = sorted({key.rsplit('.', 1)[0] for key in tensors})
     missing = [f'{n}.{field}' for n in names for field in _ARRAYS if f'{n}.{field}' not in tensors]
     if not names or missing:
-        raise ValueError(f'{path} is not a ptl_timm features file (missing {missing or "every feature set"}); '
+        raise InputError(f'{path} is not a ptl_timm features file (missing {missing or "every feature set"}); '
                          f'write it with `ptl-timm extract`')
     return {n: FeatureSet(*(tensors[f'{n}.{field}'] for field in _ARRAYS), paths.get(f'{n}.paths', [])) for n in names}

@@ -18,6 +18,10 @@ Conventions (torchreid/fast-reid, see reid-protocol notes):
     stay on the full list, as in torchreid's ``eval_cuhk03``.
 
 Distances: ``'cosine'`` (1 - cos) or ``'euclidean'`` (squared, which ranks identically).
+
+Every camera id must be known (>= 0): the protocol removes the gallery images of the query's camera,
+and an "unknown" camera (-1, as for images without a camera in their name) would silently turn that
+rule off for those images and inflate the metrics, so it is refused.
 """
 import contextlib
 from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
@@ -26,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from ptl_timm.errors import InputError
 
 __all__ = ['evaluate_rank', 'evaluate_distmat', 'evaluate_distance_chunks', 'pairwise_distance_chunks', 'METRICS']
 
@@ -61,12 +67,12 @@ def pairwise_distance_chunks(
     products by the gallery norms) so no normalised copy of the gallery is ever made.
     """
     if metric not in METRICS:
-        raise ValueError(f'metric must be one of {METRICS}, got {metric!r}')
+        raise InputError(f'metric must be one of {METRICS}, got {metric!r}')
     device = torch.device(device) if device is not None else default_device()
     g = _as_tensor(g_feats, torch.float32, device)
     q_all = q_feats if isinstance(q_feats, torch.Tensor) else torch.from_numpy(np.asarray(q_feats))
     if q_all.ndim != 2 or g.ndim != 2 or q_all.shape[1] != g.shape[1]:
-        raise ValueError(
+        raise InputError(
             f'query and gallery features must be 2-D with the same width, got {tuple(q_all.shape)} and {tuple(g.shape)}')
     g_sq = _squared_norms(g)
     g_scale = g_sq.sqrt().clamp_min(1e-12).reciprocal() if metric == 'cosine' else None
@@ -98,7 +104,9 @@ def _ordered_keys(dist: torch.Tensor, index: Optional[torch.Tensor] = None) -> t
 def _small_op_threads(device: torch.device) -> Iterator[None]:
     """One CPU thread for the per-block bookkeeping: its tensors are a few thousand elements, where
     waking a thread pool costs more than it saves (and stalls when another process holds a core).
-    The distance matmul, outside this context, keeps every thread."""
+    The distance matmul, outside this context, keeps every thread. torch's thread count is
+    process-wide: the caller's value is restored on exit (also on an exception), and torch work in
+    the caller's other threads runs on one thread meanwhile."""
     previous = torch.get_num_threads()
     if device.type == 'cpu':
         torch.set_num_threads(1)
@@ -144,7 +152,7 @@ def _count_ahead_sorted_rows(dist: torch.Tensor, members: torch.Tensor, num_vali
     rows, members = dist.numpy(), members.numpy()
     sorted_rows = np.sort(rows, axis=1)
     if np.isnan(sorted_rows[:, -1]).any():  # NaN sorts last
-        raise ValueError('distances contain NaN; check the features for NaN/inf')
+        raise InputError('distances contain NaN; check the features for NaN/inf')
     member_dist = np.take_along_axis(rows, members, axis=1)
     ahead = np.zeros(members.shape, dtype=np.int64)
     for i, count in enumerate(num_valid.tolist()):
@@ -161,7 +169,7 @@ def _count_ahead_keys(dist: torch.Tensor, member_keys: torch.Tensor) -> torch.Te
     """Accelerators: items ranked ahead of each sorted member key, from one batched binary search of
     every item's key among the members' keys and a histogram of the resulting positions."""
     if torch.isnan(dist).any():
-        raise ValueError('distances contain NaN; check the features for NaN/inf')
+        raise InputError('distances contain NaN; check the features for NaN/inf')
     buckets = torch.searchsorted(member_keys, _ordered_keys(dist), right=True)
     histogram = torch.zeros(dist.shape[0], member_keys.shape[1] + 1, dtype=torch.int64, device=dist.device)
     histogram.scatter_add_(1, buckets, torch.ones_like(buckets))
@@ -218,6 +226,15 @@ def _single_shot_first_ranks(
     return (chosen & (keys < match_key[:, None])).sum(1) + 1
 
 
+def _require_cameras(q_camids: ArrayLike, g_camids: ArrayLike) -> None:
+    unknown = {side: int((np.asarray(camids) < 0).sum()) for side, camids in (('query', q_camids), ('gallery', g_camids))}
+    if any(unknown.values()):
+        raise InputError(
+            f'{unknown["query"]} query and {unknown["gallery"]} gallery images have an unknown camera (id < 0); the '
+            f'protocol excludes same-camera gallery images, so every camera must be known: name the cameras '
+            f'(a dataset layout or file names like 0002_c1s1_000451_01.jpg) or leave those images out')
+
+
 def evaluate_distance_chunks(
         chunks: Iterable[Tuple[slice, torch.Tensor]],
         q_pids: ArrayLike,
@@ -238,12 +255,13 @@ def evaluate_distance_chunks(
     ``progress`` shows a bar counting the ranked queries.
     """
     if ap_mode not in AP_MODES:
-        raise ValueError(f'ap_mode must be one of {AP_MODES}, got {ap_mode!r}')
+        raise InputError(f'ap_mode must be one of {AP_MODES}, got {ap_mode!r}')
     num_q, num_g = len(q_pids), len(g_pids)
     if len(q_camids) != num_q or len(g_camids) != num_g:
-        raise ValueError(f'{num_q} query pids vs {len(q_camids)} camids, {num_g} gallery pids vs {len(g_camids)} camids')
+        raise InputError(f'{num_q} query pids vs {len(q_camids)} camids, {num_g} gallery pids vs {len(g_camids)} camids')
     if num_g == 0:
-        raise ValueError('the gallery is empty')
+        raise InputError('the gallery is empty')
+    _require_cameras(q_camids, g_camids)
     max_rank = min(max_rank, num_g)
     cmc_total = torch.zeros(max_rank, dtype=torch.float64)
     per_query_ap = torch.full((num_q,), float('nan'), dtype=torch.float64)
@@ -291,7 +309,7 @@ def evaluate_distance_chunks(
         raise ValueError(f'distance blocks covered {int(seen.sum())} of {num_q} queries')
     num_valid = int((~torch.isnan(per_query_ap)).sum())
     if num_valid == 0:
-        raise ValueError('no query has a true match in the gallery (same identity, another camera); check pids/camids')
+        raise InputError('no query has a true match in the gallery (same identity, another camera); check pids/camids')
     return dict(
         mAP=float(torch.nansum(per_query_ap) / num_valid),
         cmc=(cmc_total / num_valid).numpy(),
@@ -344,7 +362,7 @@ def evaluate_distmat(
     distmat = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.asarray(distmat))
     device = torch.device(device) if device is not None else default_device()
     if distmat.ndim != 2 or distmat.shape[0] != len(q_pids):
-        raise ValueError(f'distmat must be (num_query, num_gallery), got {tuple(distmat.shape)} for {len(q_pids)} queries')
+        raise InputError(f'distmat must be (num_query, num_gallery), got {tuple(distmat.shape)} for {len(q_pids)} queries')
     chunks = ((slice(s, min(s + chunk_size, distmat.shape[0])), distmat[s:s + chunk_size].to(device=device, dtype=torch.float32))
               for s in range(0, distmat.shape[0], chunk_size))
     return evaluate_distance_chunks(chunks, q_pids, g_pids, q_camids, g_camids, **kwargs)

@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ptl_timm.errors import InputError
 from .metrics import ArrayLike, _squared_norms, default_device
 
 __all__ = ['re_ranking', 'iter_re_ranking']
@@ -27,7 +28,7 @@ class _Features:
     def __init__(self, q_feats: ArrayLike, g_feats: ArrayLike, device: torch.device):
         q, g = (torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x) for x in (q_feats, g_feats))
         if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-            raise ValueError(f'query and gallery features must be 2-D with the same width, got {tuple(q.shape)}, {tuple(g.shape)}')
+            raise InputError(f'query and gallery features must be 2-D with the same width, got {tuple(q.shape)}, {tuple(g.shape)}')
         self.x = torch.cat([q, g]).to(device=device, dtype=torch.float32)
         self.sq = _squared_norms(self.x)
         self.num_query = q.shape[0]
@@ -162,7 +163,7 @@ def iter_re_ranking(
     device = torch.device(device) if device is not None else default_device()
     features = _Features(q_feats, g_feats, device)
     if k1 < 1 or k2 < 1 or k1 + 1 > len(features) or k2 > k1 + 1:
-        raise ValueError(f'need 1 <= k2 <= k1 + 1 <= number of images ({len(features)}), got k1={k1}, k2={k2}')
+        raise InputError(f'need 1 <= k2 <= k1 + 1 <= number of images ({len(features)}), got k1={k1}, k2={k2}')
     initial_rank, row_max = _neighbours(features, k1 + 1, chunk_size)
     encoding = _encoding(features, *_expansion_sets(initial_rank, k1), row_max)
     if k2 > 1:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
+from ptl_timm.errors import InputError, MissingExtraError
 from ptl_timm.utils import atomic_path, atomic_save_json, atomic_write
 from .features import FeatureSet
 from .metrics import _ordered_keys, evaluate_rank
@@ -52,9 +53,9 @@ class GalleryIndex:
 
     def __init__(self, feats: torch.Tensor, backend: str = 'auto', block_size: int = 256):
         if backend not in BACKENDS:
-            raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+            raise InputError(f'backend must be one of {BACKENDS}, got {backend!r}')
         if backend == 'faiss' and not faiss_available():
-            raise ValueError('backend faiss needs faiss installed: pip install faiss-cpu (or ptl_timm[faiss])')
+            raise MissingExtraError('backend faiss needs faiss installed: pip install faiss-cpu (or ptl_timm[faiss])')
         self.backend = 'faiss' if backend == 'auto' and faiss_available() else backend.replace('auto', 'torch')
         self.feats = torch.as_tensor(feats, dtype=torch.float32).contiguous()
         self.block_size = block_size
@@ -107,14 +108,21 @@ def search(
         top_k: int = 10,
         backend: str = 'auto',
         worst_first: bool = False,
+        num_queries: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """Ranked gallery lists, one per query: ``{query, pid, camid, ap, results: [{rank, path, score,
     pid, camid, correct}]}``. With known identities on both sides junk is skipped, ``correct`` is
-    set and ``ap`` is the query's AP (None when it has no true match); otherwise both are None."""
+    set and ``ap`` is the query's AP (None when it has no true match); otherwise both are None.
+
+    ``worst_first`` orders the queries by AP, lowest first (those without a true match last);
+    ``num_queries`` keeps the first N lists of that order: the N worst of all queries, or, without
+    ``worst_first``, the first N queries."""
     labelled = query.has_labels and gallery.has_labels
     if worst_first and not labelled:
-        raise ValueError('--worst-first needs the identities of queries and gallery (dataset splits or features '
-                         'extracted from a dataset)')
+        raise InputError('--worst-first needs the identities and cameras of queries and gallery (dataset splits, '
+                         'features extracted from a dataset, or images named as a dataset names them)')
+    if num_queries is not None and not worst_first:
+        query = FeatureSet(*(x[:num_queries] for x in query))
     index = GalleryIndex(gallery.feats, backend=backend)
     junk = valid = torch.zeros(len(query.feats), dtype=torch.int64)
     if labelled:
@@ -140,7 +148,7 @@ def search(
                              results=results))
     if worst_first:
         rankings.sort(key=lambda r: math.inf if r['ap'] is None else r['ap'])
-    return rankings
+    return rankings[:num_queries]
 
 
 def _path(features: FeatureSet, i: int) -> str:
@@ -151,7 +159,7 @@ def write_rankings(rankings: Sequence[Dict[str, Any]], path: PathLike) -> Path:
     """Write ranked lists atomically as JSON (nested) or CSV (one row per query and rank)."""
     path = Path(path)
     if path.suffix not in RANKING_FORMATS:
-        raise ValueError(f'ranking file {path} must end in {" or ".join(RANKING_FORMATS)}')
+        raise InputError(f'ranking file {path} must end in {" or ".join(RANKING_FORMATS)}')
     if path.suffix == '.json':
         atomic_save_json(list(rankings), path)
         return path
@@ -191,7 +199,7 @@ def draw_rankings(
     score (and the query with its AP). Written atomically as PNG."""
     rows = list(rankings)[:max_queries]
     if not rows:
-        raise ValueError('no ranked lists to draw')
+        raise InputError('no ranked lists to draw')
     height, width = thumb_size
     caption, gap = 14, 12
     columns = 1 + max(len(r['results']) for r in rows)

@@ -49,7 +49,7 @@ from timm.layers import ConvNormAct, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
-from ptl_timm.weights import add_manifest_tags, require_published
+from ptl_timm.weights import add_manifest_tags, check_pretrained_source
 from .fused_levels import FusedLevelsMixin
 from .reid_output import ReIDOutput
 
@@ -164,6 +164,9 @@ class MGN(FusedLevelsMixin, nn.Module):
             seathiefwang/MGN-pytorch reads it, 70.4m).
         reduction_bias: Bias in the reduction conv (the official MGN_PTL has one).
         ptl: Add the BConv-Cell side network (``ptl_mgn``).
+        last_stride: None keeps MGN's stride-2 conv5 in the global branch; 1 gives it stride 1 like the
+            part branches (BoT's last stride 1; its branch cell follows). The other BoT options do not apply:
+            MGN max-pools stripes, and its reductions already end in BatchNorm.
         state_mode: Latent state mode of every cell ('batch', 'sample', 'none').
         drop_rate: Dropout before the classifiers.
         drop_path_rate: Stochastic depth of the ResNet blocks.
@@ -178,6 +181,7 @@ class MGN(FusedLevelsMixin, nn.Module):
             shared_reduction: bool = True,
             reduction_bias: bool = False,
             ptl: bool = False,
+            last_stride: Optional[int] = None,
             state_mode: str = 'batch',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
@@ -185,6 +189,8 @@ class MGN(FusedLevelsMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
+        if last_stride not in (None, 1):
+            raise ValueError(f'last_stride must be None (MGN\'s stride-2 global branch) or 1, got {last_stride!r}')
         dd = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -202,7 +208,8 @@ class MGN(FusedLevelsMixin, nn.Module):
         self.branches = nn.ModuleList([
             nn.Sequential(OrderedDict([
                 ('layer3', copy.deepcopy(resnet.layer3[1:])),
-                ('layer4', copy.deepcopy(resnet.layer4) if stripes == 1 else _conv5_without_stride(resnet.layer4)),
+                ('layer4', copy.deepcopy(resnet.layer4) if stripes == 1 and last_stride is None
+                 else _conv5_without_stride(resnet.layer4)),
             ]))
             for stripes in BRANCH_STRIPES])
         self.branch_stripes: List[int] = list(BRANCH_STRIPES)
@@ -211,7 +218,8 @@ class MGN(FusedLevelsMixin, nn.Module):
         trunk_reductions = [4, 4, 8, 16]
         if ptl:
             self.side = MGNSideNetwork(
-                in_chans, trunk_chs, trunk_reductions, [2 if n == 1 else 1 for n in BRANCH_STRIPES],
+                in_chans, trunk_chs, trunk_reductions,
+                [2 if n == 1 and last_stride is None else 1 for n in BRANCH_STRIPES],
                 state_mode=state_mode, **dd)
             ddp_ignore_latent_states(self)
         else:
@@ -264,6 +272,13 @@ class MGN(FusedLevelsMixin, nn.Module):
             stem=r'^stem\.',
             blocks=[(r'^trunk\.layer(\d+)\.', None), (r'^branches\.', (4,)), (r'^side\.', (5,))],
         )
+
+    @torch.jit.ignore
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Stop (or resume) training the ResNet-50 copies (stem, trunk, branches), which ImageNet weights
+        initialise, so the cells, reductions and classifiers train first; only ``requires_grad`` changes."""
+        for part in (self.stem, self.trunk, self.branches):
+            part.requires_grad_(not frozen)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -413,8 +428,7 @@ def filter_resnet_pretrained(state_dict: Dict[str, torch.Tensor], model: MGN) ->
 
 
 def _create_mgn(variant: str, pretrained: bool = False, **kwargs) -> MGN:
-    if isinstance(kwargs.get('pretrained_cfg'), str):  # a tag: say clearly when it is not published
-        require_published(f"{variant}.{kwargs['pretrained_cfg']}")
+    check_pretrained_source(variant, pretrained, kwargs)  # published tag; Hub weights cached or reachable
     return build_model_with_cfg(
         MGN,
         variant,
@@ -432,6 +446,7 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
         'input_size': (3, 384, 128),
         'pool_size': (24, 8),
         'crop_pct': 1.0,
+        'crop_mode': 'squash',  # ReID resizes a crop to exactly input_size, as ptl_timm.data.build_transforms
         'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD,

@@ -13,6 +13,15 @@ classifier of three fully connected layers sits on top for training.
 ``ReIDNet(..., ptl=False)`` is the same network without the side network: the paper's baselines
 and the Student-Teacher Distillation students (``reid_*``), whose embedding has the teacher's
 width so the distillation L1 loss needs no adapter.
+
+The strong baseline of the field is an option set of the same class (``bot_*``; paper: `Bag of
+Tricks and A Strong Baseline for Deep Person Re-identification`, Luo et al., CVPR-W 2019,
+https://arxiv.org/abs/1903.07071): ``last_stride=1`` (the last stage keeps its input resolution;
+the cell strides follow the taps' reductions, so the side network still meets every stage),
+``neck='bnneck'`` (BatchNorm without shift after pooling: the triplet feature is the pooled one, the
+classifier and the retrieval embedding the normalised one), ``classifier_dims=()`` (one linear
+classifier), ``embed_dim=0`` (no 1×1 conv: the last stage is the feature map) and
+``global_pool='gem'`` (generalised-mean pooling with a learnable exponent).
 """
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -20,18 +29,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvNormAct, SelectAdaptivePool2d, get_device_dtype, register_notrace_module
+from timm.layers import Conv2dSame, ConvNormAct, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
-from ptl_timm.weights import add_manifest_tags, require_published
+from ptl_timm.layers import BConvCell, create_global_pool, ddp_ignore_latent_states, reset_latent_states
+from ptl_timm.weights import add_manifest_tags, check_pretrained_source
 from .fused_levels import FusedLevelsMixin
 from .reid_output import ReIDOutput
 
-__all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'create_ptl', 'create_reid']
+__all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'BNNeck', 'NECKS', 'create_ptl', 'create_reid']
+
+NECKS = ('', 'bnneck')  # what follows the pooling: nothing, or BoT's BatchNorm neck
 
 
 @register_notrace_module  # shape-dependent branch: FX keeps it a leaf
@@ -112,36 +124,101 @@ class PTLSideNetwork(nn.Module):
 
 
 class ReIDClassifier(nn.Module):
-    """Three fully connected layers (paper §3.2): fc1 → BN → ReLU → dropout → fc2 → BN → ReLU → fc.
+    """Hidden fully connected layers (Linear → BN → ReLU, dropout between them), then the identity
+    classifier ``fc``. The paper's head (§3.2) has two: fc1 → BN → ReLU → dropout → fc2 → BN → ReLU → fc;
+    BoT's has none, and its ``fc`` has no bias and starts from N(0, 0.001²) weights.
 
-    Only the identity classifier ``fc`` depends on the dataset; a change of ``num_classes`` (a new
-    target dataset) re-initialises it and keeps the hidden layers.
+    Only ``fc`` depends on the dataset; a change of ``num_classes`` (a new target dataset)
+    re-initialises it and keeps the hidden layers.
     """
 
     def __init__(
             self,
             in_features: int,
             num_classes: int,
-            hidden_dims: Tuple[int, int] = (256, 128),
+            hidden_dims: Sequence[int] = (256, 128),
             drop_rate: float = 0.,
+            bias: bool = True,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.hidden = nn.Sequential(
-            nn.Linear(in_features, hidden_dims[0], **dd),
-            nn.BatchNorm1d(hidden_dims[0], **dd),
-            nn.ReLU(inplace=True),
-            nn.Dropout(drop_rate),
-            nn.Linear(hidden_dims[0], hidden_dims[1], **dd),
-            nn.BatchNorm1d(hidden_dims[1], **dd),
-            nn.ReLU(inplace=True),
-        )
-        self.fc = nn.Linear(hidden_dims[1], num_classes, **dd)
+        layers: List[nn.Module] = []
+        for i, width in enumerate(hidden_dims):
+            if i:
+                layers.append(nn.Dropout(drop_rate))
+            layers += [nn.Linear(in_features, width, **dd), nn.BatchNorm1d(width, **dd), nn.ReLU(inplace=True)]
+            in_features = width
+        self.hidden = nn.Sequential(*layers) if layers else nn.Identity()
+        self.fc = nn.Linear(in_features, num_classes, bias=bias, **dd)
+        if not bias:
+            nn.init.normal_(self.fc.weight, std=0.001)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(x))
+
+
+@register_notrace_module  # a leaf for FX like the torch BatchNorm it extends (its input check branches on dim())
+class BNNeck(nn.BatchNorm1d):
+    """BoT's BNNeck: BatchNorm of the pooled feature with a scale and no shift (BoT freezes the shift at
+    zero; leaving the parameter out is the same function, and every parameter then has a gradient)."""
+
+    def __init__(self, num_features: int, device=None, dtype=None):
+        super().__init__(num_features, device=device, dtype=dtype)
+        self.register_parameter('bias', None)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.ones_(self.weight)
+
+
+def _strided_layers(backbone: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """Convolutions and poolings with a stride above 1 in the last stage: the modules after the
+    second-to-last feature tap, up to the end of the last one (in the feature wrapper's module order)."""
+    *_, before, last = [_normalized_name(n) for n in backbone.feature_info.module_name()]
+    modules = list(backbone.named_modules())
+
+    def end_of(tap: str) -> int:
+        found = [i for i, (n, _) in enumerate(modules) if _normalized_name(n) == tap or
+                 _normalized_name(n).startswith(tap + '.')]
+        return found[-1] if found else -1
+
+    start, end = end_of(before), end_of(last)
+    return [
+        (name, m) for name, m in modules[start + 1:end + 1] if start >= 0
+        and isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and max(_pair(m.stride)) > 1]
+
+
+def _keep_last_stage_resolution(backbone: nn.Module, backbone_name: str) -> None:
+    """``last_stride=1``: every strided layer of the last stage runs at stride 1 without dilation, as in BoT.
+
+    A padded convolution or pooling ('same' geometry) keeps the map's size at stride 1; a pooling whose
+    window equals its stride only downsamples and becomes an identity (DenseNet transitions, ResNet-D
+    shortcuts). A patchify convolution (kernel = stride, e.g. ConvNeXt) has no stride-1 equivalent and is
+    refused. The last tap's reduction becomes the previous one's, which sets the cell strides.
+    """
+    layers = _strided_layers(backbone)
+    for name, module in layers:
+        kernel, padding = _pair(module.kernel_size), _pair(module.padding)
+        dilation = _pair(getattr(module, 'dilation', 1))
+        same = isinstance(module, Conv2dSame) or all(2 * p == d * (k - 1) for p, d, k in zip(padding, dilation, kernel))
+        if same:
+            module.stride = (1, 1) if isinstance(module, nn.Conv2d) else 1
+        elif not isinstance(module, nn.Conv2d) and kernel == _pair(module.stride) and padding == (0, 0):
+            parent, _, child = name.rpartition('.')
+            setattr(backbone.get_submodule(parent) if parent else backbone, child, nn.Identity())
+        else:
+            raise ValueError(
+                f'last_stride=1 needs a last stage that downsamples with padded convolutions or poolings; '
+                f'{backbone_name} downsamples with {name} ({module}), which has no stride-1 form that keeps the '
+                f'map size; drop last_stride for this backbone')
+    if not layers:
+        raise ValueError(
+            f'last_stride=1: found no strided convolution or pooling in the last stage of {backbone_name} '
+            f'(between feature taps {backbone.feature_info.module_name()[-2:]}); drop last_stride for this backbone')
+    info = backbone.feature_info.info
+    info[-1]['reduction'] = info[-2]['reduction']
 
 
 class ReIDNet(FusedLevelsMixin, nn.Module):
@@ -151,9 +228,14 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
         backbone: Any timm model name with ``features_only`` support (CNNs and NHWC models alike).
         num_classes: Training identities; 0 gives the embedding (the timm way).
         in_chans: Image channels.
-        global_pool: Pooling of the fused feature map ('avg', 'max', 'avgmax', 'catavgmax', '').
-        embed_dim: Channels of the fused feature map, i.e. the ReID embedding width.
-        classifier_dims: Widths of the two hidden fully connected layers.
+        global_pool: Pooling of the fused feature map ('avg', 'max', 'avgmax', 'catavgmax', 'gem', '').
+        embed_dim: Channels of the fused feature map, i.e. the ReID embedding width; 0 (only without
+            cells) drops the 1×1 conv, so the last stage's map is the feature (BoT).
+        classifier_dims: Widths of the hidden fully connected layers ((): one linear classifier, BoT).
+        neck: '' or 'bnneck' (BatchNorm after pooling: the triplet feature is the pooled one, the
+            classifier and the embedding the normalised one; the classifier then has no bias if it has
+            no hidden layers, as in BoT).
+        last_stride: None keeps the backbone's; 1 runs its last stage at stride 1 (BoT).
         ptl: Add the BConv-Cell side network.
         cell_chs: Cell widths: the image cell, then one per paired stage.
         fuse_chs: 1×1 fuse conv widths, one per paired stage.
@@ -171,7 +253,9 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
             in_chans: int = 3,
             global_pool: str = 'avg',
             embed_dim: int = 2048,
-            classifier_dims: Tuple[int, int] = (256, 128),
+            classifier_dims: Sequence[int] = (256, 128),
+            neck: str = '',
+            last_stride: Optional[int] = None,
             ptl: bool = True,
             cell_chs: Optional[Sequence[int]] = None,
             fuse_chs: Optional[Sequence[int]] = None,
@@ -184,6 +268,14 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
+        if neck not in NECKS:
+            raise ValueError(f'neck must be one of {NECKS}, got {neck!r}')
+        if last_stride not in (None, 1):
+            raise ValueError(f'last_stride must be None (the backbone\'s) or 1, got {last_stride!r}')
+        if not embed_dim and ptl:
+            raise ValueError(
+                'embed_dim=0 (no 1×1 conv) needs ptl=False: the 1×1 conv fuses the last stage with the side '
+                'network\'s output; give embed_dim (e.g. 2048)')
         dd = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -196,6 +288,8 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
             backbone_args['drop_path_rate'] = drop_path_rate
         self.backbone = timm.create_model(
             backbone, pretrained=False, features_only=True, in_chans=in_chans, **backbone_args, **dd)
+        if last_stride == 1:
+            _keep_last_stage_resolution(self.backbone, backbone)
         taps = self.backbone.feature_info
         tap_chs, tap_reductions = taps.channels(), taps.reduction()
         self.backbone_nhwc = getattr(self.backbone, 'output_fmt', 'NCHW') == 'NHWC'
@@ -209,11 +303,15 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
             ddp_ignore_latent_states(self)
         else:
             self.side = None
-        # the paper's "1x1 Conv-layer" whose output is the discriminative feature
-        self.neck = ConvNormAct(neck_in, embed_dim, 1, **dd)
+        if not embed_dim:
+            self.neck = nn.Identity()
+            embed_dim = neck_in
+        else:  # the paper's "1x1 Conv-layer" whose output is the discriminative feature
+            self.neck = ConvNormAct(neck_in, embed_dim, 1, **dd)
         self.num_features = embed_dim
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.global_pool = create_global_pool(global_pool, **dd)
         self.head_hidden_size = embed_dim * self.global_pool.feat_mult()
+        self.bnneck = BNNeck(self.head_hidden_size, **dd) if neck == 'bnneck' else nn.Identity()
         self.head = self._create_head(num_classes, **dd)
 
         self.feature_info = [
@@ -224,8 +322,9 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
     def _create_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
+        bias = bool(self.classifier_dims) or not isinstance(self.bnneck, BNNeck)
         return ReIDClassifier(
-            self.head_hidden_size, num_classes, self.classifier_dims, self.drop_rate, device=device, dtype=dtype)
+            self.head_hidden_size, num_classes, self.classifier_dims, self.drop_rate, bias, device=device, dtype=dtype)
 
     @torch.jit.ignore
     def reset_state(self) -> None:
@@ -240,6 +339,13 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
             blocks=[(rf'^backbone\.{re.escape(n)}\.', (i,)) for i, n in enumerate(names[1:], 1)]
             + [(r'^side\.', (len(names),))],
         )
+
+    @torch.jit.ignore
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Stop (or resume) training the backbone, the part ImageNet weights initialise, so the new layers
+        (cells, fuses, 1×1 conv, BNNeck, classifier) train first (the official code's ``--freeze``). Only
+        ``requires_grad`` changes: its BatchNorm statistics still follow the data in train mode."""
+        self.backbone.requires_grad_(not frozen)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -257,13 +363,17 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New identity classifier (``num_classes=0``: embeddings); ``global_pool=None`` keeps the
-        pooling, '' returns the unpooled map (only meaningful with ``num_classes=0``)."""
+        """New identity classifier (``num_classes=0``: embeddings); ``global_pool=None`` or the current
+        type keeps the pooling (and a learnt GeM exponent), '' returns the unpooled map (only meaningful
+        with ``num_classes=0``). A BNNeck is rebuilt only if the pooled width changes."""
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        dd = get_device_dtype(self)
+        if global_pool is not None and global_pool != self.global_pool.pool_type:
+            self.global_pool = create_global_pool(global_pool, **dd)
             self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.head = self._create_head(num_classes, **get_device_dtype(self)).train(self.training)
+            if isinstance(self.bnneck, BNNeck) and self.bnneck.num_features != self.head_hidden_size:
+                self.bnneck = BNNeck(self.head_hidden_size, **dd).train(self.training)
+        self.head = self._create_head(num_classes, **dd).train(self.training)
 
     def _backbone_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         features = self.backbone(x)
@@ -282,6 +392,8 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
+        if not self.global_pool.is_identity():  # '' pooling passes the map through, past the BNNeck too
+            x = self.bnneck(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,10 +401,12 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
 
     @torch.jit.ignore
     def forward_reid(self, x: torch.Tensor) -> ReIDOutput:
-        """One pass giving the embedding, the logits and the triplet feature (the embedding)."""
-        embedding = self.forward_head(self.forward_features(x), pre_logits=True)
+        """One pass giving the embedding, the logits and the triplet feature: the pooled feature, which
+        is the embedding itself unless a BNNeck normalises the embedding after it."""
+        pooled = self.global_pool(self.forward_features(x))
+        embedding = self.bnneck(pooled)
         logits = [self.head(embedding)] if self.num_classes > 0 else []
-        return ReIDOutput(embedding, logits, [embedding])
+        return ReIDOutput(embedding, logits, [pooled])
 
     @torch.jit.ignore
     def _levels(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -361,9 +475,22 @@ def filter_backbone_pretrained(state_dict: Dict[str, torch.Tensor], model: ReIDN
     return out
 
 
+def _with_fixed_input_size(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """A backbone built for one input size (ViT, Swin: ``fixed_input_size`` in timm's cfg) is built for
+    the ReID input size this model reports (its cfg's, or a ``pretrained_cfg_overlay``'s), unless
+    ``backbone_args`` sets ``img_size``."""
+    backbone_cfg = timm.models.get_pretrained_cfg(kwargs.get('backbone', 'resnet50'))
+    backbone_args = dict(kwargs.get('backbone_args') or {})
+    if backbone_cfg is None or not backbone_cfg.fixed_input_size or 'img_size' in backbone_args:
+        return kwargs
+    input_size = (kwargs.get('pretrained_cfg_overlay') or {}).get('input_size') \
+        or timm.models.get_pretrained_cfg(variant).input_size
+    return dict(kwargs, backbone_args=dict(backbone_args, img_size=tuple(input_size[-2:])))
+
+
 def _create_reid_net(variant: str, pretrained: bool = False, **kwargs) -> ReIDNet:
-    if isinstance(kwargs.get('pretrained_cfg'), str):  # a tag: say clearly when it is not published
-        require_published(f"{variant}.{kwargs['pretrained_cfg']}")
+    check_pretrained_source(variant, pretrained, kwargs)  # published tag; Hub weights cached or reachable
+    kwargs = _with_fixed_input_size(variant, kwargs)
     return build_model_with_cfg(
         ReIDNet,
         variant,
@@ -405,6 +532,7 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
         'input_size': (3, 256, 128),
         'pool_size': (8, 4),
         'crop_pct': 1.0,
+        'crop_mode': 'squash',  # ReID resizes a crop to exactly input_size, as ptl_timm.data.build_transforms
         'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD,
@@ -415,6 +543,17 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
         'origin_url': 'https://github.com/ZJULearning/PTL',
         **kwargs,
     }
+
+
+def _bot_cfg(**kwargs) -> Dict[str, Any]:
+    """BoT: stride 16 at 256×128 (last stride 1); the paper of the baseline, and of PTL for ``ptl_bot_*``."""
+    return _cfg(
+        pool_size=(16, 8),
+        paper_ids='arXiv:1903.07071',
+        paper_name='Bag of Tricks and A Strong Baseline for Deep Person Re-identification',
+        origin_url='https://github.com/michuanhaohao/reid-strong-baseline',
+        **kwargs,
+    )
 
 
 # Untagged defaults start from timm's ImageNet weights of the backbone (the paper's starting point),
@@ -428,6 +567,9 @@ default_cfgs = generate_default_cfgs(add_manifest_tags({
     'reid_densenet161.tv_in1k': _cfg(hf_hub_id='timm/densenet161.tv_in1k', first_conv='backbone.features_conv0'),
     'ptl_net': _cfg(first_conv=('backbone.conv1', 'side.stem_cell.gates')),
     'reid_net': _cfg(first_conv='backbone.conv1'),
+    'bot_resnet50.tv_in1k': _bot_cfg(hf_hub_id='timm/resnet50.tv_in1k', first_conv='backbone.conv1'),
+    'ptl_bot_resnet50.tv_in1k': _bot_cfg(
+        hf_hub_id='timm/resnet50.tv_in1k', first_conv=('backbone.conv1', 'side.stem_cell.gates')),
 }))
 
 
@@ -472,3 +614,21 @@ def reid_densenet161(pretrained: bool = False, **kwargs) -> ReIDNet:
     """DenseNet-161 baseline and distillation student (paper's DenseNet-161+PTL+STD)."""
     model_args = dict(backbone='densenet161', ptl=False)
     return _create_reid_net('reid_densenet161', pretrained, **dict(model_args, **kwargs))
+
+
+# BoT (Luo et al., CVPR-W 2019): last stride 1, BNNeck, one bias-free linear classifier on the BNNeck
+_BOT_ARGS = dict(last_stride=1, neck='bnneck', classifier_dims=())
+
+
+@register_model
+def bot_resnet50(pretrained: bool = False, **kwargs) -> ReIDNet:
+    """The BoT strong baseline: ResNet-50, last stride 1, BNNeck, a linear classifier, 256×128 input."""
+    model_args = dict(backbone='resnet50', ptl=False, embed_dim=0, **_BOT_ARGS)
+    return _create_reid_net('bot_resnet50', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def ptl_bot_resnet50(pretrained: bool = False, **kwargs) -> ReIDNet:
+    """BoT + PTL: ``bot_resnet50`` with the BConv-Cell side network, fused with the last stage by the 1×1 conv."""
+    model_args = dict(backbone='resnet50', ptl=True, **_BOT_ARGS)
+    return _create_reid_net('ptl_bot_resnet50', pretrained, **dict(model_args, **kwargs))

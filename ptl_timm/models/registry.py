@@ -4,10 +4,9 @@ from typing import List
 import timm
 from timm.models import model_entrypoint
 
-__all__ = ['list_models', 'GENERIC_MODELS']
+from ptl_timm.weights import GENERIC_MODELS
 
-# Entrypoints that wrap a backbone chosen at call time (kwarg ``backbone``).
-GENERIC_MODELS = ('ptl_net', 'reid_net')
+__all__ = ['list_models', 'GENERIC_MODELS']
 
 
 def list_models(include_generic: bool = False) -> List[str]:

@@ -1,1 +1,3 @@
-from .io import atomic_path, atomic_save_json, atomic_write
+from .images import IMAGE_EXTENSIONS, list_images
+from .io import atomic_folder, atomic_path, atomic_save_json, atomic_write, current_umask, recover_folder
+from .system import cpu_count, default_workers

@@ -1,0 +1,142 @@
+"""The command line's one vocabulary: every flag that means the same thing in several sub-commands is
+defined here once, with one spelling, one default and one help text.
+
+``--output`` (what a command writes), ``--data-root`` (a dataset's own folder), ``--model``,
+``--img-size H W``, ``--device``, ``--workers``, ``--batch-size`` and ``--quiet``. Spellings the
+project used before (``--out``, ``--root``, ``--input-size``) still parse as deprecated aliases that
+print a warning naming the new flag.
+"""
+import argparse
+import sys
+import textwrap
+from typing import Any, Optional, Sequence
+
+from ptl_timm.utils import default_workers
+
+__all__ = [
+    'HelpFormatter', 'add_command', 'add_deprecated', 'add_output', 'add_data_root', 'add_dataset', 'add_model',
+    'add_img_size', 'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug',
+]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps each line of a description or epilog on its own (so the example stays on its line) and
+    appends every meaningful default to its flag's help (``None`` and switches that are off say nothing)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            lead = indent + line[:len(line) - len(line.lstrip())]
+            more = '    ' if line[:1].isspace() else ''  # a wrapped command line is indented further
+            lines.append(textwrap.fill(line.strip(), width, initial_indent=lead, subsequent_indent=lead + more)
+                         if line.strip() else '')
+        return '\n'.join(lines)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or '', action.default
+        if (default is None or default is False or default == [] or default == argparse.SUPPRESS
+                or 'default' in text or not action.option_strings):
+            return text
+        shown = ' '.join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f'{text} (default: {shown.replace("%", "%%")})'.lstrip()
+
+
+def add_command(subparsers, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command's parser with the shared help layout and an ``example:`` line in its epilog."""
+    parser = subparsers.add_parser(name, help=help, description=description, formatter_class=HelpFormatter,
+                                   epilog=f'example:\n  {example}')
+    add_debug(parser)
+    return parser
+
+
+class _DeprecatedAlias(argparse.Action):
+    """Stores like the flag it stands for, and says once on stderr which flag to use instead."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, replacement: str, **kwargs: Any) -> None:
+        self.replacement = replacement
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string: Optional[str] = None) -> None:
+        print(f'{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}', file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(parser: argparse.ArgumentParser, flag: str, replacement: str, dest: str,
+                   **kwargs: Any) -> argparse.Action:
+    """An old spelling, hidden from ``--help``, that still works and warns to use ``replacement``."""
+    return parser.add_argument(flag, dest=dest, action=_DeprecatedAlias, replacement=replacement, **kwargs)
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, aliases: Sequence[str], required: bool = False,
+         **kwargs: Any) -> argparse.Action:
+    if required and aliases:  # either spelling satisfies a required flag
+        parser = parser.add_mutually_exclusive_group(required=True)
+    action = parser.add_argument(flag, required=required and not aliases, **kwargs)
+    for alias in aliases:
+        add_deprecated(parser, alias, flag, action.dest, type=action.type, nargs=action.nargs, metavar=action.metavar)
+    return action
+
+
+def add_output(parser: argparse.ArgumentParser, help: str, required: bool = False, default: Optional[str] = None,
+               dest: str = 'output') -> argparse.Action:
+    """``--output``: the file or folder a command writes (``--out`` is a deprecated alias)."""
+    return _add(parser, '--output', ('--out',), dest=dest, required=required, default=default, help=help)
+
+
+def add_data_root(parser: argparse.ArgumentParser, help: str = "the dataset's own folder",
+                  required: bool = False, dest: str = 'data_root', old_root: bool = True) -> argparse.Action:
+    """``--data-root``: the folder that holds one dataset's files; ``--root`` is a deprecated alias
+    (``old_root=False`` where ``--root`` meant something else and keeps its own deprecated meaning)."""
+    return _add(parser, '--data-root', ('--root',) if old_root else (), dest=dest, required=required, help=help)
+
+
+def add_dataset(parser: argparse.ArgumentParser, choices: Optional[Sequence[str]] = None,
+                required: bool = False, dest: str = 'dataset') -> argparse.Action:
+    """``--dataset``: the layout of ``--data-root`` (market1501, dukemtmc, msmt17, cuhk03_np, folder)."""
+    return parser.add_argument('--dataset', dest=dest, choices=choices, required=required,
+                               help='dataset layout of --data-root')
+
+
+def add_model(parser: argparse.ArgumentParser, required: bool = False, dest: str = 'model',
+              help: str = 'checkpoint folder, hf-hub:ORG/NAME, local-dir:FOLDER or timm name[.tag]') -> argparse.Action:
+    """``--model``: a flag everywhere, never positional."""
+    return parser.add_argument('--model', dest=dest, required=required, help=help)
+
+
+def add_img_size(parser: argparse.ArgumentParser, default: Optional[Sequence[int]] = None,
+                 help: str = "input height and width (default: the model's pretrained_cfg)",
+                 dest: str = 'img_size') -> argparse.Action:
+    """``--img-size H W`` (``--input-size`` is a deprecated alias)."""
+    return _add(parser, '--img-size', ('--input-size',), dest=dest, type=int, nargs=2, metavar=('H', 'W'),
+                default=None if default is None else list(default), help=help)
+
+
+def add_device(parser: argparse.ArgumentParser, default: Optional[str] = 'auto',
+               dest: str = 'device') -> argparse.Action:
+    """``--device``: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."""
+    return parser.add_argument('--device', dest=dest, default=default,
+                               help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+
+
+def add_workers(parser: argparse.ArgumentParser, dest: str = 'workers', from_config: bool = False) -> argparse.Action:
+    """``--workers``: data-loader processes, by default :func:`ptl_timm.utils.default_workers` (``from_config``:
+    no default here, the config's ``num_workers`` has the same one)."""
+    return parser.add_argument('--workers', dest=dest, type=int, default=None if from_config else default_workers(),
+                               help='data-loader worker processes decoding images (default: min(4, CPU cores))')
+
+
+def add_batch_size(parser: argparse.ArgumentParser, default: Optional[int], dest: str = 'batch_size',
+                   help: str = 'images per batch') -> argparse.Action:
+    """``--batch-size``."""
+    return parser.add_argument('--batch-size', dest=dest, type=int, default=default, help=help)
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> argparse.Action:
+    """``--quiet``: no progress bars or summaries (scripts, CI)."""
+    return parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def add_debug(parser: argparse.ArgumentParser) -> argparse.Action:
+    """``--debug``: tracebacks for user errors too (also ``PTL_TIMM_DEBUG=1``)."""
+    return parser.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
+                               help='show the traceback of user errors too (or set PTL_TIMM_DEBUG=1)')

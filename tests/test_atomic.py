@@ -1,0 +1,194 @@
+"""Crash-safe replace (ptl_timm.utils.io): a writer SIGKILLed at any file-system step leaves the old or
+the new output complete (after the recover step), failures leave no staging files, and write errors
+of the machine become one-line user errors naming the file."""
+import errno
+import hashlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Dict
+
+import pytest
+
+from ptl_timm.data.synth import generate_synthetic
+from ptl_timm.errors import OutputError, PTLError
+from ptl_timm.utils import atomic_folder, atomic_path, atomic_save_json, current_umask, recover_folder
+
+# every file-system call a replace makes; the child process is killed at the n-th one
+_STEPS = (
+    (os, 'replace'), (os, 'rename'), (os, 'unlink'), (os, 'rmdir'), (os, 'mkdir'), (os, 'fsync'), (os, 'open'),
+    (os, 'link'), (os, 'close'),
+)
+
+
+def _tree(folder: Path) -> Dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def _run_killed_at(step: int, work: Callable[[], None]) -> bool:
+    """Run ``work`` in a forked child that SIGKILLs itself at its ``step``-th file-system call;
+    True if it was killed (False: it finished before reaching that step)."""
+    pid = os.fork()
+    if pid == 0:  # child: never returns to pytest
+        calls = [0]
+
+        def killing(function):
+            def wrapper(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return function(*args, **kwargs)
+            return wrapper
+        try:
+            for module, name in _STEPS:
+                setattr(module, name, killing(getattr(module, name)))
+            work()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _write_tree(folder: Path, files: Dict[str, str]) -> None:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+def _kill_at_every_step(tmp_path: Path, write_old: Callable[[Path], None], write_new: Callable[[Path], None],
+                        target_name: str) -> int:
+    """Kill ``write_new`` at each of its steps over a target holding ``write_old``'s output; after the
+    recover step the target is exactly the old or the new output. Returns the number of steps."""
+    reference_old, reference_new = tmp_path / 'ref_old', tmp_path / 'ref_new'
+    write_old(reference_old)
+    write_new(reference_new)
+    old_tree = _tree(reference_old / target_name)
+    new_tree = _tree(reference_new / target_name)
+    assert old_tree != new_tree
+    step, seen = 0, set()
+    while True:
+        step += 1
+        root = tmp_path / f'run{step}'
+        write_old(root)
+        if not _run_killed_at(step, lambda: write_new(root)):
+            break
+        found = _tree(recover_folder(root / target_name))
+        assert found in (old_tree, new_tree), f'killed at step {step}: neither the old nor the new output'
+        seen.add('new' if found == new_tree else 'old')
+        leftovers = sorted(p.name for p in root.iterdir() if p.name != target_name and not p.name.endswith('.new'))
+        assert not leftovers, f'killed at step {step}: {leftovers} besides the output after recovery'
+    assert _tree(root / target_name) == new_tree
+    assert seen == {'old', 'new'}, 'the kills fell on both sides of the swap'
+    return step
+
+
+def test_folder_replace_killed_at_each_step_leaves_old_or_new_complete(tmp_path):
+    def writer(files: Dict[str, str]) -> Callable[[Path], None]:
+        def write(root: Path) -> None:
+            with atomic_folder(root / 'out') as staging:
+                _write_tree(staging, files)
+        return write
+    steps = _kill_at_every_step(tmp_path, writer({'a.txt': 'old a', 'sub/b.txt': 'old b'}),
+                                writer({'a.txt': 'new a', 'sub/c.txt': 'new c', 'd.txt': 'new d'}), 'out')
+    assert steps > 10
+
+
+@pytest.mark.slow
+def test_synth_regeneration_killed_at_each_step_is_never_accepted_half_written(tmp_path):
+    """The issue's case: a regeneration killed while the old folder is deleted must not leave a folder
+    whose marker makes a rerun accept it; after a kill, a rerun returns the old or new dataset whole."""
+    small = dict(num_ids=4, images_per_id=2, num_cams=2, img_size=(16, 8))
+
+    def generate(seed: int) -> Callable[[Path], None]:
+        return lambda root: generate_synthetic(root, 'street', seed=seed, **small)
+    steps = _kill_at_every_step(tmp_path, generate(0), generate(1), 'street')
+    assert steps > 20
+    # a rerun after a kill in the middle accepts only a complete folder (old or new) and completes the job
+    killed = tmp_path / 'rerun'
+    generate(0)(killed)
+    assert _run_killed_at(steps // 2, lambda: generate(1)(killed))
+    assert _tree(generate_synthetic(killed, 'street', seed=1, **small)) == _tree(tmp_path / 'ref_new' / 'street')
+
+
+def test_failed_folder_write_leaves_the_old_folder_and_no_staging(tmp_path):
+    target = tmp_path / 'out'
+    with atomic_folder(target) as staging:
+        (staging / 'old.txt').write_text('old')
+    with pytest.raises(KeyError):
+        with atomic_folder(target) as staging:
+            (staging / 'new.txt').write_text('new')
+            raise KeyError('the writer failed')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+    assert _tree(target) == {'old.txt': hashlib.sha256(b'old').hexdigest()}
+
+
+def test_recover_folder_puts_back_the_old_folder_or_drops_it_once_the_new_one_is_in(tmp_path):
+    (tmp_path / '.out.old').mkdir()
+    (tmp_path / '.out.old' / 'x').write_text('old')
+    assert (recover_folder(tmp_path / 'out') / 'x').read_text() == 'old'
+    (tmp_path / '.out.old').mkdir()
+    recover_folder(tmp_path / 'out')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders')
+def test_read_only_output_is_a_user_error_naming_the_file(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match=r'cannot write .*out\.json: permission denied'):
+            atomic_save_json({}, tmp_path / 'out.json')
+        with pytest.raises(OutputError, match=r'cannot write .*\.d\.new'):
+            with atomic_folder(tmp_path / 'd'):
+                pass
+    finally:
+        tmp_path.chmod(0o755)
+
+
+@pytest.mark.parametrize('error', [
+    OSError(errno.ENOSPC, 'No space left on device'),
+    OSError(errno.EROFS, 'Read-only file system'),
+    RuntimeError('[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0: '
+                 'file write failed'),
+    RuntimeError('unexpected pos 1125760 vs 1125648'),
+])
+def test_machine_write_failures_become_output_errors_and_leave_nothing(tmp_path, error):
+    with pytest.raises(OutputError) as caught:
+        with atomic_path(tmp_path / 'model.pt') as tmp:
+            tmp.write_bytes(b'half')
+            raise error
+    assert str(tmp_path / 'model.pt') in str(caught.value) and '\n' not in str(caught.value)
+    assert isinstance(caught.value, PTLError) and isinstance(caught.value, OSError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_program_errors_inside_a_write_stay_what_they_are(tmp_path):
+    with pytest.raises(RuntimeError, match='shape mismatch'):
+        with atomic_path(tmp_path / 'x.pt'):
+            raise RuntimeError('shape mismatch')
+    with pytest.raises(FileNotFoundError):
+        with atomic_path(tmp_path / 'x.pt'):
+            raise FileNotFoundError(errno.ENOENT, 'gone')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_umask_is_read_without_changing_it(tmp_path, monkeypatch):
+    """``os.umask`` is only readable by setting it (a race with other threads): the writers never call it."""
+    calls = []
+    monkeypatch.setattr(os, 'umask', lambda mask: calls.append(mask) or 0o22)
+    atomic_save_json({'a': 1}, tmp_path / 'x.json')
+    with atomic_folder(tmp_path / 'd') as staging:
+        (staging / 'f').write_text('f')
+    assert calls == [] and json.loads((tmp_path / 'x.json').read_text()) == {'a': 1}
+    assert (tmp_path / 'x.json').stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='/proc')
+def test_umask_from_proc_matches_the_process(tmp_path):
+    previous = os.umask(0o27)
+    try:
+        assert current_umask() == 0o27
+    finally:
+        os.umask(previous)

@@ -1,0 +1,86 @@
+"""One command-line vocabulary: one spelling, meaning and default per concept in every sub-command,
+defaults and an example in every --help, old spellings as warned aliases (issue 13.4)."""
+import argparse
+import contextlib
+import io
+import os
+import shlex
+
+import pytest
+
+from ptl_timm.cli import build_parser
+from ptl_timm.cli import options
+from ptl_timm.cli.options import add_command
+from ptl_timm.utils import default_workers
+
+PARSER = build_parser()
+COMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
+# the concepts shared by several sub-commands: flag → the name its value has in the namespace
+SHARED = {'--output': 'output', '--data-root': 'data_root', '--img-size': 'img_size', '--device': 'device',
+          '--batch-size': 'batch_size', '--model': 'model', '--quiet': 'quiet', '--dataset': 'dataset'}
+OLD_SPELLINGS = ('--out', '--root', '--input-size')
+
+
+def _visible(parser: argparse.ArgumentParser):
+    return [a for a in parser._actions if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+
+
+@pytest.mark.parametrize('name', sorted(COMMANDS))
+def test_every_command_has_an_example_that_parses(name):
+    parser = COMMANDS[name]
+    assert parser.epilog and parser.epilog.startswith('example:\n  ptl-timm '), name
+    example = shlex.split(parser.epilog.split('\n', 1)[1].strip())
+    assert example[1] == name
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        PARSER.parse_args(example[1:])
+    assert 'deprecated' not in err.getvalue()
+
+
+@pytest.mark.parametrize('name', sorted(COMMANDS))
+def test_every_help_shows_the_defaults(name):
+    text = COMMANDS[name].format_help()
+    for action in _visible(COMMANDS[name]):
+        default = action.default
+        if action.option_strings and default not in (None, False, [], argparse.SUPPRESS) and action.nargs != 0:
+            assert 'default' in (action.help or '') or '(default: ' in text, (name, action.option_strings)
+    assert '--debug' in text
+
+
+@pytest.mark.parametrize('name', sorted(COMMANDS))
+def test_shared_concepts_have_one_spelling_and_no_positionals(name):
+    parser = COMMANDS[name]
+    visible = {s for a in _visible(parser) for s in a.option_strings}
+    assert not visible & set(OLD_SPELLINGS), f'{name} shows an old spelling'
+    assert not [a.dest for a in _visible(parser) if not a.option_strings], f'{name} has positional arguments'
+    for action in _visible(parser):
+        for flag in action.option_strings:
+            if flag in SHARED and flag != '--workers':
+                assert action.dest in (SHARED[flag], 'num_workers'), (name, flag, action.dest)
+
+
+def test_workers_and_device_have_one_default_everywhere():
+    from ptl_timm.engine import TrainConfig
+    for name, parser in COMMANDS.items():
+        for action in _visible(parser):
+            if '--workers' in action.option_strings:
+                assert action.default in (default_workers(), None), name  # None: the config's, the same rule
+            if '--device' in action.option_strings:
+                assert action.default in ('auto', None), name
+    assert TrainConfig().num_workers == default_workers() and TrainConfig().device == 'auto'
+    assert default_workers() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize('old, new', [('--out', '--output'), ('--root', '--data-root'), ('--input-size', '--img-size')])
+def test_old_spellings_still_work_and_warn(old, new, capsys):
+    parser = argparse.ArgumentParser(prog='ptl-timm x')
+    subparsers = parser.add_subparsers()
+    command = add_command(subparsers, 'x', help='', description='', example='ptl-timm x')
+    options.add_output(command, help='out', required=old == '--out')  # a required flag accepts the old spelling
+    options.add_data_root(command)
+    options.add_img_size(command)
+    value = ['256', '128'] if new == '--img-size' else ['somewhere']
+    args = parser.parse_args(['x', old, *value])
+    assert getattr(args, new[2:].replace('-', '_')) == ([256, 128] if new == '--img-size' else 'somewhere')
+    assert f'{old} is deprecated; use {new}' in capsys.readouterr().err
+

@@ -1,0 +1,180 @@
+"""One configuration path: every door resolves the same config, and bad values are refused early."""
+import importlib
+import types
+
+import pytest
+import yaml
+
+from ptl_timm.cli import main
+from ptl_timm.engine import DistillConfig, TrainConfig, TransferConfig, build_config, fine_tune, load_config
+from ptl_timm.engine.config import CHOICES, RECIPES, check_config, config_to_yaml
+from ptl_timm.errors import ConfigError, PTLError
+
+# (--set value(s), the key the error must name): bad types, unknown keys and choices, out-of-range values
+BAD_VALUES = [
+    (['epochs=abc'], 'epochs'),
+    (['lr=abc'], 'lr'),
+    (['lr=-0.1'], 'lr'),
+    (['epochs=0'], 'epochs'),
+    (['epochs=2.5'], 'epochs'),
+    (['sampler=bogus'], 'sampler'),
+    (['optimizer=adamm'], 'optimizer'),
+    (['state_reset=sometimes'], 'state_reset'),
+    (['reset_classifier=maybe'], 'reset_classifier'),
+    (['eval_metric=manhattan'], 'eval_metric'),
+    (['recipe=fast'], 'recipe'),
+    (['lrr=0.1'], 'lrr'),
+    (['pretrained=perhaps'], 'pretrained'),
+    (['num_workers=-1'], 'num_workers'),
+    (['img_size=[0, 64]'], 'img_size'),
+    (['img_size=[64]'], 'img_size'),
+    (['random_erasing=1.5'], 'random_erasing'),
+    (['model_args=[1, 2]'], 'model_args'),
+    (['test_datasets=5'], 'test_datasets'),
+    (['sampler=pk', 'batch_size=10', 'num_instances=4'], 'num_instances'),
+    (['model_args={state_mode: bogus}'], 'state_mode'),
+]
+
+
+def _values(items):
+    return {item.partition('=')[0]: yaml.safe_load(item.partition('=')[2]) for item in items}
+
+
+@pytest.mark.parametrize('items,key', BAD_VALUES, ids=lambda v: v if isinstance(v, str) else '+'.join(v))
+def test_bad_value_is_one_cli_line_naming_the_key_exit_2_and_nothing_written(items, key, tmp_path, capsys):
+    output = tmp_path / 'run'
+    argv = ['train', '--output', str(output), '--data-root', str(tmp_path / 'nowhere')]
+    assert main([*argv, *(a for item in items for a in ('--set', item))]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('ptl-timm train: error:') and key in err, err
+    assert not output.exists()
+
+
+@pytest.mark.parametrize('items,key', BAD_VALUES, ids=lambda v: v if isinstance(v, str) else '+'.join(v))
+def test_bad_value_is_a_config_error_naming_the_key_in_python(items, key):
+    with pytest.raises(ConfigError, match=key):
+        TrainConfig(**_values(items))
+
+
+def test_config_error_is_the_projects_user_error():
+    assert issubclass(ConfigError, PTLError)
+
+
+def test_error_lists_the_allowed_values_and_the_closest_name():
+    with pytest.raises(ConfigError, match="one of sgd, adam, adamw, got 'adamm' \\(did you mean 'adam'\\?\\)"):
+        TrainConfig(optimizer='adamm')
+    with pytest.raises(ConfigError, match="unknown key 'epoch' \\(did you mean 'epochs'\\?\\)"):
+        TrainConfig(epoch=3)
+
+
+def test_values_are_coerced_where_unambiguous():
+    cfg = TrainConfig(epochs='5', lr='1e-3', img_size=[64, 32], pretrained='false', max_steps_per_epoch=3.0)
+    assert (cfg.epochs, cfg.lr, cfg.img_size, cfg.pretrained, cfg.max_steps_per_epoch) == (5, 0.001, (64, 32), False, 3)
+    assert type(cfg.epochs) is int and type(cfg.lr) is float
+
+
+def test_yaml_exponent_without_a_dot_is_a_number(tmp_path):
+    """PyYAML reads ``1e-3`` as a string (YAML 1.1); the config reads it as the number it means."""
+    path = tmp_path / 'run.yaml'
+    path.write_text('lr: 1e-3\nepochs: "5"\n')
+    cfg = build_config(TrainConfig, load_config(path), source=path)
+    assert (cfg.lr, cfg.epochs) == (0.001, 5)
+
+
+def test_error_from_a_config_file_names_the_file_and_the_key(tmp_path, capsys):
+    path = tmp_path / 'bad.yaml'
+    path.write_text('model: ptl_resnet50\nsampler: bogus\n')
+    assert main(['train', '--config', str(path), '--output', str(tmp_path / 'run')]) == 2
+    err = capsys.readouterr().err
+    assert f'config file {path}: sampler must be one of random, pk' in err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_unreadable_yaml_file_names_the_file(tmp_path, capsys):
+    path = tmp_path / 'broken.yaml'
+    path.write_text('model: [unclosed\n')
+    assert main(['train', '--config', str(path)]) == 2
+    assert f'config file {path} is not valid yaml' in capsys.readouterr().err
+
+
+def test_bad_value_inside_a_transfer_step_names_the_step(tmp_path, capsys):
+    path = tmp_path / 'transfer.yaml'
+    path.write_text('task: transfer\nsteps:\n  - {dataset: dukemtmc}\n  - {dataset: market1501, lr: abc}\n')
+    assert main(['transfer', '--config', str(path), '--output', str(tmp_path / 'run')]) == 2
+    assert f'config file {path}: transfer step 2: lr must be a number' in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="transfer step 1: sampler must be one of random, pk, got 'bogus'"):
+        TransferConfig(steps=[{'dataset': 'market1501', 'sampler': 'bogus'}])
+    with pytest.raises(ConfigError, match="the distill section: lam must be in \\[0, 1\\]"):
+        TransferConfig(steps=[{'dataset': 'market1501'}], distill={'lam': 2})
+    with pytest.raises(ConfigError, match='transfer step 1 has no dataset'):
+        TransferConfig(steps=[{'lr': 0.1}])
+
+
+def test_distill_lambda_out_of_range_through_the_cli(tmp_path, capsys):
+    assert main(['distill', '--lam', '1.5', '--output', str(tmp_path / 'run')]) == 2
+    assert 'lam must be in [0, 1], got 1.5' in capsys.readouterr().err
+    with pytest.raises(ConfigError, match='lam'):
+        DistillConfig(lam=-0.1)
+
+
+def _printed_config(argv, capsys) -> dict:
+    assert main(argv) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_python_api_and_cli_resolve_identical_mgn_configs(capsys):
+    printed = _printed_config(['train', '--model', 'ptl_mgn', '--print-config'], capsys)
+    assert printed == yaml.safe_load(config_to_yaml(TrainConfig(model='ptl_mgn')))
+    for key, value in RECIPES['mgn'].items():
+        assert printed[key] == (list(value) if isinstance(value, tuple) else value), key
+
+
+def test_print_config_reads_no_data_and_writes_nothing(tmp_path, capsys):
+    output = tmp_path / 'run'
+    printed = _printed_config(['train', '--data-root', str(tmp_path / 'missing'), '--output', str(output),
+                               '--img-size', '64', '32', '--set', 'lr=2e-2', '--print-config'], capsys)
+    assert printed['task'] == 'finetune' and printed['img_size'] == [64, 32] and printed['lr'] == 0.02
+    assert not output.exists()
+
+
+def test_printed_config_reads_back_to_the_same_config(tmp_path, capsys):
+    printed = _printed_config(['transfer', '--steps', 'dukemtmc', 'market1501', '--model', 'ptl_mgn',
+                               '--print-config'], capsys)
+    path = tmp_path / 'printed.yaml'
+    path.write_text(yaml.safe_dump(printed))
+    again = build_config(TransferConfig, load_config(path), source=path)
+    assert yaml.safe_load(config_to_yaml(again)) == printed
+
+
+def test_each_transfer_step_and_the_distill_section_gets_its_own_models_recipe():
+    cfg = TransferConfig(model='ptl_resnet50', lr=0.02, steps=[
+        {'dataset': 'dukemtmc'}, {'dataset': 'market1501', 'model': 'ptl_mgn'}], distill={'model': 'reid_mgn'})
+    assert cfg.img_size == (256, 128)
+    assert cfg.steps[0] == {'dataset': 'dukemtmc'}, 'the same model: nothing differs from the transfer config'
+    step = TrainConfig(**{**{k: v for k, v in vars(cfg).items() if k not in ('steps', 'distill')}, **cfg.steps[1]})
+    assert step == TrainConfig(model='ptl_mgn', lr=0.02, dataset='market1501', output=cfg.output)
+    assert cfg.distill['img_size'] == (384, 128) and cfg.distill['lam'] == 0.8
+
+
+def test_training_entry_checks_a_config_changed_after_construction(tmp_path):
+    cfg = TrainConfig(output=str(tmp_path / 'run'), data_root=str(tmp_path))
+    cfg.sampler = 'bogus'
+    with pytest.raises(ConfigError, match='sampler'):
+        fine_tune(cfg)
+    assert not (tmp_path / 'run').exists()
+    cfg.sampler, cfg.epochs = 'pk', '3'
+    assert check_config(cfg).epochs == 3
+
+
+def test_choices_are_defined_once_where_they_live():
+    from ptl_timm.eval.metrics import METRICS
+    assert CHOICES['eval_metric'] is METRICS
+
+
+@pytest.mark.parametrize('name', ['ptl_timm.engine.transfer', 'ptl_timm.engine.distill', 'ptl_timm.engine.trainer',
+                                  'ptl_timm.engine.config'])
+def test_engine_modules_are_not_shadowed_by_functions(name):
+    module = importlib.import_module(name)
+    assert isinstance(module, types.ModuleType)
+    package, _, attr = name.rpartition('.')
+    assert getattr(importlib.import_module(package), attr) is module

@@ -1,0 +1,36 @@
+"""The demo says what it runs: each block is labelled before its epochs, with the domain's own name
+and the fact that the networks start from random weights."""
+from ptl_timm.engine import demo
+from ptl_timm.engine.demo import DemoScale, run_demo
+
+
+def test_demo_labels_each_block_and_says_the_weights_are_random(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_run(cfg):
+        calls.append(cfg)
+        print(f'epoch 1 of {cfg.model}')  # stands for the trainer's progress lines
+        evaluation = {'synth-street': dict(mAP=1.0, rank1=2.0, mINP=0.5), 'synth-mall': dict(mAP=1.0, rank1=2.0, mINP=0.5)}
+        return dict(output=cfg.output, last=dict(eval=evaluation))
+    monkeypatch.setattr(demo, 'fine_tune', fake_run)
+    monkeypatch.setattr(demo, 'run_distill', fake_run)
+    monkeypatch.setattr(demo, '_draw_ranked_lists', lambda *args: tmp_path / 'ranked.png')
+    run_demo(tmp_path, DemoScale(num_ids=4, images_per_id=2, epochs=2, distill_epochs=1), backbone='test_resnet')
+    out = capsys.readouterr().out
+    assert 'random weights' in out and 'synth-street' in out and 'synth-mall' in out
+    blocks = [line for line in out.splitlines() if line.startswith('[')]
+    assert [b.split(':')[0] for b in blocks] == ['[1/3] baseline', '[2/3] PTL', '[3/3] PTL+STD']
+    # every label comes right before its own block's epochs
+    order = [line for line in out.splitlines() if line.startswith(('[', 'epoch'))]
+    assert order == [blocks[0], 'epoch 1 of reid_net', blocks[1], 'epoch 1 of ptl_net', blocks[2],
+                     'epoch 1 of reid_net']
+    assert all(not cfg.pretrained for cfg in calls)
+
+
+def test_quiet_demo_prints_no_labels(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, 'fine_tune', lambda cfg: dict(output=cfg.output, last=dict(eval={})))
+    monkeypatch.setattr(demo, 'run_distill', lambda cfg: dict(output=cfg.output, last=dict(eval={})))
+    monkeypatch.setattr(demo, '_draw_ranked_lists', lambda *args: tmp_path / 'ranked.png')
+    run_demo(tmp_path, DemoScale(num_ids=4, images_per_id=2, epochs=2, distill_epochs=1), backbone='test_resnet',
+             progress=False)
+    assert capsys.readouterr().out == ''

@@ -1,0 +1,86 @@
+"""TPR at FPR against a direct scan of every threshold, and the per-camera-pair mAP table on a hand-made case."""
+import numpy as np
+import pytest
+import torch
+
+from ptl_timm.eval import camera_pair_map, evaluate_rank, tpr_at_fpr
+
+
+def direct_tpr_at_fpr(dist, q_pids, g_pids, q_cams, g_cams, fpr):
+    """Best TPR over every threshold t (accept distance < t) whose FPR is at most ``fpr``."""
+    same = q_pids[:, None] == g_pids[None]
+    genuine = dist[same & (q_cams[:, None] != g_cams[None])]
+    impostor = dist[~same]
+    best = 0.0
+    for t in np.concatenate([np.unique(dist), [np.inf]]):
+        if (impostor < t).mean() <= fpr:
+            best = max(best, (genuine < t).mean())
+    return best
+
+
+def random_split(seed, num_q=30, num_g=120, ids=12, cams=3, dim=8):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, dim))
+    q_pids, g_pids = rng.integers(0, ids, num_q), rng.integers(0, ids, num_g)
+    q = centres[q_pids] + 0.8 * rng.normal(size=(num_q, dim))
+    g = centres[g_pids] + 0.8 * rng.normal(size=(num_g, dim))
+    return q, g, q_pids, g_pids, rng.integers(0, cams, num_q), rng.integers(0, cams, num_g)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+@pytest.mark.parametrize('chunk_size', [4, 256])
+def test_tpr_at_fpr_matches_a_direct_threshold_scan(seed, chunk_size):
+    q, g, q_pids, g_pids, q_cams, g_cams = random_split(seed)
+    fprs = (1e-3, 1e-2, 0.05, 0.3)
+    got = tpr_at_fpr(q, g, q_pids, g_pids, q_cams, g_cams, fprs=fprs, metric='euclidean', chunk_size=chunk_size,
+                     device='cpu')
+    diff = q[:, None] - g[None]
+    dist = (diff ** 2).sum(-1).astype(np.float32)
+    for f in fprs:
+        assert got[f] == pytest.approx(direct_tpr_at_fpr(dist, q_pids, g_pids, q_cams, g_cams, f), abs=1e-12)
+    assert got[1e-3] <= got[1e-2] <= got[0.05] <= got[0.3]
+
+
+def test_tpr_at_fpr_rejects_rates_outside_zero_one():
+    q, g, q_pids, g_pids, q_cams, g_cams = random_split(0)
+    with pytest.raises(ValueError, match='false-positive rates'):
+        tpr_at_fpr(q, g, q_pids, g_pids, q_cams, g_cams, fprs=(0.0,))
+
+
+def test_camera_pair_table_on_a_hand_made_case():
+    """Identities 0 and 1, cameras 0 and 1 in the query, 0, 1, 2 in the gallery (1-d features).
+
+    Query (pid 0, cam 0) at 0.0 and query (pid 1, cam 1) at 10.0. Gallery camera 1: pid 0 at 0.1 and
+    pid 1 at 0.05 (a confuser closer than the match), camera 2: pid 0 at 0.2, camera 0: pid 1 at 10.1.
+    """
+    q = np.array([[1.0, 0.0], [1.0, 10.0]])
+    q_pids, q_cams = np.array([0, 1]), np.array([0, 1])
+    g = np.array([[1.0, 0.1], [1.0, 0.05], [1.0, 0.2], [1.0, 10.1], [1.0, 10.05]])
+    g_pids, g_cams = np.array([0, 1, 0, 1, 1]), np.array([1, 1, 2, 0, 1])
+    table = camera_pair_map(q, g, q_pids, g_pids, q_cams, g_cams, metric='euclidean', device='cpu')
+    assert list(table['query_cameras']) == [0, 1] and list(table['gallery_cameras']) == [0, 1, 2]
+    expected = np.array([
+        [np.nan, 0.5, 1.0],   # query cam 0 (pid 0): in cam 1 the pid-1 confuser ranks first; in cam 2 alone
+        [1.0, np.nan, np.nan],  # query cam 1 (pid 1): its match in cam 0; cam 1 is its own; cam 2 has no pid 1
+    ])
+    np.testing.assert_allclose(table['map'], expected)
+    np.testing.assert_array_equal(table['num_valid_queries'], [[0, 1, 1], [1, 0, 0]])
+
+
+def test_camera_pair_table_cells_are_sub_gallery_evaluations():
+    """Cell (a, b) is the mAP of camera a's queries ranked against camera b's gallery alone; its count
+    is the queries of a whose identity appears in b (b != a)."""
+    q, g, q_pids, g_pids, q_cams, g_cams = random_split(3)
+    table = camera_pair_map(q, g, q_pids, g_pids, q_cams, g_cams, device='cpu')
+    for i, a in enumerate(table['query_cameras']):
+        for j, b in enumerate(table['gallery_cameras']):
+            queries = np.flatnonzero(q_cams == a)
+            gallery = np.flatnonzero(g_cams == b)
+            expected_count = 0 if a == b else int(np.isin(q_pids[queries], g_pids[gallery]).sum())
+            assert table['num_valid_queries'][i, j] == expected_count
+            if expected_count:
+                sub = evaluate_rank(q[queries], g[gallery], q_pids[queries], g_pids[gallery], q_cams[queries],
+                                    g_cams[gallery], device='cpu')
+                assert table['map'][i, j] == pytest.approx(sub['mAP'])
+            else:
+                assert np.isnan(table['map'][i, j])

@@ -1,0 +1,170 @@
+"""A package without cycles: the import graph between ptl_timm's parts, read from the source (imports
+inside functions included), only points down the layers; no package attribute hides a sub-module;
+the weights manifest is package data, read the same way from a wheel and from the checkout."""
+import ast
+import importlib
+import pkgutil
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+
+import ptl_timm
+
+PACKAGE = Path(ptl_timm.__file__).parent
+# Each part may import only parts of a lower rank (and itself). Data flows down:
+# errors → utils → layers → weights → models → hub → data / losses → eval → export / publish →
+# the package's API (``import ptl_timm``) → engine → cli.
+RANKS = {
+    'errors': 0, 'version': 0, 'utils': 1, 'layers': 2, 'weights': 3, 'models': 4, 'hub': 5, 'data': 6,
+    'losses': 6, 'eval': 7, 'export': 8, 'publish': 8, 'api': 9, 'engine': 10, 'cli': 11, '__main__': 12,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix('').parts)
+    return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob('*.py')}
+
+
+def _part(module: str) -> str:
+    return 'api' if module == 'ptl_timm' else module.split('.')[1]
+
+
+def _imports(module: str) -> Set[str]:
+    """Every ptl_timm module ``module`` imports, at the top or inside a function."""
+    path = MODULES[module]
+    package = module if path.name == '__init__.py' else module.rsplit('.', 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split('.')[0] == 'ptl_timm')
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                anchor = package.split('.')[:len(package.split('.')) - node.level + 1]
+                base = '.'.join(anchor + ([node.module] if node.module else []))
+            if base.split('.')[0] != 'ptl_timm':
+                continue
+            for alias in node.names:  # ``from ptl_timm.x import y`` imports the module x.y when there is one
+                found.add(f'{base}.{alias.name}' if f'{base}.{alias.name}' in MODULES else base)
+    return found - {module}
+
+
+GRAPH = {module: _imports(module) for module in MODULES}
+
+
+def _cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_every_part_has_a_rank():
+    assert {_part(m) for m in MODULES} <= set(RANKS), 'a new part of the package needs a place in RANKS'
+
+
+def test_parts_import_only_downwards():
+    upward = sorted(f'{module} ({_part(module)}) imports {target} ({_part(target)})'
+                    for module, targets in GRAPH.items() for target in targets
+                    if RANKS[_part(target)] > RANKS[_part(module)]
+                    or (RANKS[_part(target)] == RANKS[_part(module)] and _part(target) != _part(module)))
+    assert not upward, 'imports against the layering:\n' + '\n'.join(upward)
+
+
+def test_no_import_cycles_between_parts_or_modules():
+    parts: Dict[str, Set[str]] = defaultdict(set)
+    for module, targets in GRAPH.items():
+        parts[_part(module)].update(_part(t) for t in targets if _part(t) != _part(module))
+    assert _cycles(parts) == []
+    # a module importing its own package's __init__ is how packages work, not a cycle
+    modules = {m: {t for t in ts if not m.startswith(t + '.')} for m, ts in GRAPH.items()}
+    assert _cycles(modules) == []
+
+
+def test_the_graph_sees_imports_inside_functions(tmp_path):
+    """The checker itself: an import inside a function counts (the bug it must catch)."""
+    assert any(_part(t) == 'utils' for t in GRAPH['ptl_timm.cli.options'])
+    assert 'ptl_timm' in GRAPH['ptl_timm.engine.timm_script']
+    assert _cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
+
+
+def test_no_package_attribute_shadows_a_submodule():
+    """``import ptl_timm.engine.transfer`` must give the module, not a function of the same name."""
+    shadowed = []
+    for info in pkgutil.walk_packages(ptl_timm.__path__, 'ptl_timm.'):
+        if info.name.endswith('__main__'):
+            continue
+        module = importlib.import_module(info.name)
+        package = sys.modules[info.name.rsplit('.', 1)[0]]
+        if getattr(package, info.name.rsplit('.', 1)[1]) is not module:
+            shadowed.append(info.name)
+    assert not shadowed, f'package attributes hide these modules: {shadowed}'
+
+
+def test_manifest_is_package_data_found_through_importlib_resources(monkeypatch):
+    from importlib import resources
+
+    from ptl_timm.weights import MANIFEST_ENV, default_manifest_path
+    monkeypatch.delenv(MANIFEST_ENV, raising=False)
+    path = default_manifest_path()
+    assert path == Path(str(resources.files('ptl_timm') / 'weights_manifest.json')) and path.is_file()
+    assert path.parent == PACKAGE
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_same_manifest(tmp_path):
+    """A wheel built from the checkout holds the manifest as package data, byte-identical."""
+    root = PACKAGE.parent
+    if not (root / 'setup.cfg').is_file():
+        pytest.skip('not a source checkout')
+    source = tmp_path / 'src'  # a copy, so the build leaves no build/ folder in the checkout
+    shutil.copytree(PACKAGE, source / 'ptl_timm', ignore=shutil.ignore_patterns('__pycache__'))
+    for name in ('setup.py', 'setup.cfg', 'README.md', 'MANIFEST.in', 'MODEL_CARD.md'):
+        shutil.copy(root / name, source / name)
+    built = subprocess.run(
+        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '-q', '-w',
+         str(tmp_path), str(source)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(tmp_path.glob('ptl_timm-*.whl'))
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read('ptl_timm/weights_manifest.json') == (PACKAGE / 'weights_manifest.json').read_bytes()
+
+
+def test_plain_import_gives_every_documented_entry_point():
+    """``import ptl_timm`` alone makes ``ptl_timm.hub.load_model`` usable (README recommends it)."""
+    code = 'import ptl_timm; print(callable(ptl_timm.hub.load_model), callable(ptl_timm.FeatureExtractor))'
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.stdout.split() == ['True', 'True'], result.stderr[-1000:]
