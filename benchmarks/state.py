@@ -4,14 +4,17 @@ design could detect.
 
 Same domains, pre-training and fine-tuning as the transfer benchmark (ResNet-18 at 128×64,
 pre-trained on 'street', fine-tuned on 'campus'), except that one pre-trained backbone serves every
-seed (the seeds vary the target data, the new layers' initialisation and the batch order), and every
-run is also scored on a large test split
-of the target domain: unseen identities (drawn with another seed), 700 queries and 2,000 gallery
-images, the same split for every run of a seed. Tables, most important first:
+seed (the seeds vary the target data, the new layers' initialisation and the batch order). Every
+run is also scored on a large test split of the target domain: 230 unseen identities (drawn with
+another seed), about 700 queries and 2,000 gallery images, the same split for every run of a seed;
+ranked against the whole gallery, and (comparable with the old small split's numbers) averaged over
+galleries of the small split's 25 identities. Tables, most important first:
 
 * ``key``: plain vs PTL state 'batch' vs PTL state 'none' (stateless), ``key_seeds`` seeds;
 * ``warm``: the same PTL 'batch' checkpoints evaluated with the zero state (the paper) and with the
   warm state (the cells' state after the last training batch, frozen), no retraining;
+* ``post``: the gain of average query expansion (AQE) and of k-reciprocal re-ranking on the same
+  plain and PTL 'batch' runs (no retraining);
 * ``small-batch``: batch 8 and 16 at the same epochs, plain / 'batch' / 'none', where the paper's
   argument (the state stands in for data a small batch does not see) predicts the largest benefit;
 * ``xbm``: a cross-batch memory of embeddings for the triplet loss (XBM, Wang et al., CVPR 2020) on
@@ -20,9 +23,9 @@ images, the same split for every run of a seed. Tables, most important first:
   epochs) with and without PTL, against the paper's baseline, and the gain of average query
   expansion and of k-reciprocal re-ranking on BoT's features.
 
-``precision`` compares the spread on the old small split (74 queries, 126 gallery) with the large one.
+A last table compares the spread on the old small split (74 queries, 126 gallery) with the large one.
 
-    python -m benchmarks.state --reuse       # full setting, about two hours on 2 CPU cores
+    python -m benchmarks.state --reuse       # full setting: about 10 CPU-core hours; add seeds later with --reuse
     python -m benchmarks.state --quick       # CI-size, writes only under --work
 """
 import argparse
@@ -43,15 +46,12 @@ from ptl_timm.eval import FeatureExtractor, evaluate_features, query_expansion
 from ptl_timm.hub import load_model
 from ptl_timm.layers import restore_latent_states, set_eval_state
 from ptl_timm.utils import atomic_path, atomic_save_json
-from benchmarks.report import ROOT, markdown_table, write_section
+from benchmarks.report import ROOT, add_report_argument, markdown_table, report_path, write_section
 from benchmarks.transfer import Experiment
 
 RESULTS_DIR = ROOT / 'benchmarks' / 'results' / 'state'
 TEST_SEED_OFFSET = 10_000  # the large test split's people are drawn with seed + this: unseen identities
 SEED_COUNTS = ('key_seeds', 'seeds')  # may grow between invocations of --reuse
-# how a run is scored: zero state (the paper), warm state (the cells' state after the last training
-# batch, frozen), and the zero-state features with average query expansion or k-reciprocal re-ranking
-EVALS = ('zero', 'warm', 'aqe', 'rerank')
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,10 @@ class StateExperiment(Experiment):
         return build_dataset('market1501', root)
 
     def score(self, name: str, seed: int, test_set: Any, evals: Sequence[str] = ('zero',)) -> None:
-        """Metrics of run ``name`` on the large split for each of ``evals`` (see ``EVALS``): over the
-        whole gallery, and averaged over galleries of ``num_ids // 2`` identities (``*_groups``)."""
+        """Metrics of run ``name`` on the large split for each of ``evals``: 'zero' (the paper's zero
+        state), 'warm' (the cells' state after the last training batch, frozen), 'aqe' / 'rerank' (the
+        zero-state features after average query expansion / k-reciprocal re-ranking). Each over the
+        whole gallery and averaged over galleries of ``num_ids // 2`` identities (``*_groups``)."""
         record = self.runs[f'{name}/seed{seed}']
         scores = record.setdefault('test', {})
         missing = [key for key in evals if 'mAP_groups' not in scores.get(key, {})]
@@ -260,6 +262,9 @@ def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -
         run('plain', None)
         run('ptl-batch', 'batch', ('zero', 'warm'))
         run('ptl-none', 'none')
+    elif table == 'post':
+        run('plain', None, ('zero', 'aqe', 'rerank'))
+        run('ptl-batch', 'batch', ('zero', 'aqe', 'rerank'))
     elif table == 'small-batch':
         for batch in s.small_batches:
             run(f'plain-bs{batch}', None, batch_size=batch)
@@ -308,6 +313,10 @@ def tables(setting: Setting) -> Dict[str, Table]:
                       'key_seeds', [('ptl-batch', 'zero', "PTL 'batch', zero state (the paper)"),
                                     ('ptl-batch', 'warm', "PTL 'batch', warm state (frozen after training)"),
                                     ('plain', 'zero', 'plain')], [(1, 0), (1, 2)]),
+        'post': Table('Retrieval post-processing: average query expansion and k-reciprocal re-ranking', 'key_seeds', [
+            ('plain', 'zero', 'plain'), ('plain', 'aqe', 'plain + AQE'), ('plain', 'rerank', 'plain + re-ranking'),
+            ('ptl-batch', 'zero', "PTL 'batch'"), ('ptl-batch', 'aqe', "PTL 'batch' + AQE"),
+            ('ptl-batch', 'rerank', "PTL 'batch' + re-ranking")], [(1, 0), (2, 0), (4, 3), (5, 3)]),
         'small-batch': Table('Small batches, same epochs: plain vs PTL with and without state', 'seeds',
                              _trio('', f', batch {setting.batch_size}') + small,
                              [(i + 3 * k, 3 * k) for k in range(len(setting.small_batches) + 1) for i in (1, 2)]
@@ -352,10 +361,6 @@ def _mean_sd(xs: List[float]) -> str:
     return f'{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}' if len(xs) > 1 else f'{xs[0]:.2f}'
 
 
-def _sd(xs: List[float]) -> str:
-    return f'{statistics.stdev(xs):.2f}' if len(xs) > 1 else '–'
-
-
 def render_table(runs: Dict[str, Dict[str, Any]], setting: Setting, table: Table) -> Tuple[str, list]:
     seeds = getattr(setting, table.seeds)
     values = [_values(runs, name, state, seeds) for name, state, _ in table.rows]
@@ -372,11 +377,11 @@ def render_table(runs: Dict[str, Dict[str, Any]], setting: Setting, table: Table
         deltas = [paired_difference([values[row][s][i] for s in common], [values[ref][s][i] for s in common])
                   for i in range(len(MEASURES))]
         contrast_rows.append([label] + [_ci(d) for d in deltas] + [f'{deltas[0].sd:.2f}', len(common)])
-        forest.append((label, deltas[0]))
+        forest.append((label, deltas))
     text += '\n' + markdown_table(['contrast (paired by seed)'] + [f'Δ {m} [95% CI]' for m, _ in MEASURES]
                                   + ['sd of Δ mAP', 'seeds'], contrast_rows)
     if forest:
-        detectable = sorted(p.detectable for _, p in forest)
+        detectable = sorted(deltas[0].detectable for _, deltas in forest)
         text += (f'\nPower: from the observed spread of the paired differences, a true Δ mAP of '
                  f'{detectable[0]:.2f} to {detectable[-1]:.2f} points (depending on the contrast) is detected with '
                  f'80% power at α = 0.05, two-sided.\n')
@@ -384,39 +389,44 @@ def render_table(runs: Dict[str, Dict[str, Any]], setting: Setting, table: Table
 
 
 def render_precision(runs: Dict[str, Dict[str, Any]], setting: Setting, large: Tuple[int, int]) -> str:
-    """How much the large split (``large``: seed 0's query and gallery sizes) shrinks the spread: sd
-    over seeds of mAP and of the paired Δ mAP, on the small split, the large one and its 25-identity
-    galleries (the small split's difficulty)."""
+    """How much the large split (``large``: seed 0's query and gallery sizes) shrinks the spread: mean
+    and sd over seeds of mAP and of the paired Δ mAP on the small split, the large one and its
+    galleries of the small split's size (the small split's difficulty): the sd next to its mean,
+    since the larger gallery also lowers every mAP."""
     seeds, rows = setting.key_seeds, []
     trio = _trio('', '')
     columns = [('small', 0), ('large', 0), ('large', 2)]
     per_split = {split: [_values(runs, name, state, seeds, split) for name, state, _ in trio]
                  for split in ('small', 'large')}
     for index, (_, _, label) in enumerate(trio):
-        rows.append([f'mAP of {label}'] + [_sd([v[i] for v in per_split[split][index].values()])
+        rows.append([f'mAP of {label}'] + [_mean_sd([v[i] for v in per_split[split][index].values()])
                                            for split, i in columns])
     for row, ref in TRIO_CONTRASTS:
-        sds = []
+        cells = []
         for split, i in columns:
             a, b = per_split[split][row], per_split[split][ref]
-            sds.append(_sd([a[s][i] - b[s][i] for s in sorted(set(a) & set(b))]))
-        rows.append([f'Δ mAP {trio[row][2]} − {trio[ref][2]}'] + sds)
+            cells.append(_mean_sd([a[s][i] - b[s][i] for s in sorted(set(a) & set(b))]))
+        rows.append([f'Δ mAP {trio[row][2]} − {trio[ref][2]}'] + cells)
     small = next(r['eval'][SYNTH_DOMAINS[3]] for r in runs.values() if r['name'] == 'plain')
-    return markdown_table(['sd over seeds (key table runs)',
+    return markdown_table(['mean ± sd over seeds (key table runs)',
                            f'small split ({small["num_query"]} queries / {small["num_gallery"]} gallery)',
                            f'large split ({large[0]} queries / {large[1]} gallery)',
                            'large split, mean over galleries of the old size'], rows)
 
 
-def plot_forest(forest: list, title: str, path: Path) -> None:
+def plot_forest(forest: List[Tuple[str, List[Paired]]], title: str, path: Path) -> None:
+    """Each contrast's Δ mAP with its 95% CI, over the whole large split and over its small galleries."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(forest) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(forest) + 1.4))
     ys = list(range(len(forest)))[::-1]
-    ax.errorbar([p.mean for _, p in forest], ys, xerr=[[p.mean - p.low for _, p in forest],
-                                                       [p.high - p.mean for _, p in forest]], fmt='o', capsize=3)
+    for offset, index, marker in ((0.12, 0, 'o'), (-0.12, 2, 's')):
+        deltas = [d[index] for _, d in forest]
+        ax.errorbar([p.mean for p in deltas], [y + offset for y in ys], fmt=marker, capsize=3,
+                    xerr=[[p.mean - p.low for p in deltas], [p.high - p.mean for p in deltas]], label=MEASURES[index][0])
     ax.axvline(0, color='grey', lw=0.8)
+    ax.legend(fontsize=7)
     ax.set_yticks(ys, [label for label, _ in forest], fontsize=7)
     ax.set_xlabel('Δ mAP (points, paired by seed, 95% CI)', fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -460,7 +470,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                              'run only the missing ones (a table or seeds added later)')
     parser.add_argument('--no-train', action='store_true',
                         help='with --reuse: train nothing, only score the runs already there and write the tables')
-    parser.add_argument('--no-report', action='store_true', help='do not write BENCHMARKS.md')
+    parser.add_argument('--no-report', action='store_true', help='write no report at all')
+    add_report_argument(parser)
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
 
@@ -490,9 +501,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     compute = sum(r['seconds'] + r.get('eval_seconds', 0) for r in runs.values())
     body = (f'Setting: `{json.dumps(asdict(setting))}`  \nCompute: {compute / 3600:.1f} h of training and '
             f'evaluation over {len(runs)} runs.\n\n' + body)
-    if not (args.quick or args.no_report):
+    if not args.no_report:  # BENCHMARKS.md for the full setting, a scratch report for --quick
         write_section('state', 'Does the state matter? The miniature, powered', body,
-                      command='python -m benchmarks.state --reuse')
+                      command='python -m benchmarks.state --reuse', path=report_path(parser, args))
     if not args.quiet:
         print(body)
     return dict(setting=setting, runs=runs, body=body)

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.engine import DistillConfig, TrainConfig, fine_tune, run_distill
 from ptl_timm.utils import atomic_path, atomic_save_json
-from benchmarks.report import ROOT, markdown_table, write_section
+from benchmarks.report import ROOT, add_report_argument, markdown_table, report_path, write_section
 
 RESULTS_DIR = ROOT / 'benchmarks' / 'results' / 'transfer'
 LAMBDAS = (0.0, 0.3, 0.5, 0.8, 1.0)
@@ -295,7 +295,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--reuse', action='store_true',
                         help='keep the runs in <out>/runs.json (same setting) whose checkpoints are still in --work; '
                              'run only the missing ones (e.g. a table added later)')
-    parser.add_argument('--no-report', action='store_true', help='do not write BENCHMARKS.md')
+    parser.add_argument('--no-report', action='store_true', help='write no report at all')
+    add_report_argument(parser)
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
 
@@ -318,7 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     body = render(exp.runs, setting, args.tables, out)
     if not args.no_report:
         write_section('transfer', 'Does PTL work? Miniature of the paper\'s experiments on synthetic domain shift',
-                      f'Setting: `{json.dumps(asdict(setting))}`\n\n' + body)
+                      f'Setting: `{json.dumps(asdict(setting))}`\n\n' + body, path=report_path(parser, args))
     if not args.quiet:
         print(body)
     return dict(setting=setting, runs=exp.runs, body=body)

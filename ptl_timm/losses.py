@@ -228,7 +228,8 @@ class ReIDLoss(nn.Module):
                 f'ReIDLoss weights must be >= 0 and not both 0, got ce_weight={ce_weight}, '
                 f'triplet_weight={triplet_weight}')
         if xbm_size < 0 or xbm_weight < 0:
-            raise ValueError(f'xbm_size and xbm_weight must be >= 0 (xbm_size 0: no memory), got {xbm_size}, {xbm_weight}')
+            raise ValueError(
+                f'xbm_size and xbm_weight must be >= 0 (xbm_size 0: no memory), got {xbm_size}, {xbm_weight}')
         self.ce_weight = ce_weight
         self.triplet_weight = triplet_weight
         self.xbm_weight = xbm_weight if xbm_size else 0.0

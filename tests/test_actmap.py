@@ -72,3 +72,18 @@ def test_cli_refuses_a_missing_or_bad_image_source(tmp_path, capsys, extra, mess
     assert main(['actmap', '--model', 'bot_resnet50', '--output', str(tmp_path / 'a.png'), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'a.png').exists()
+
+
+def test_cli_spreads_the_images_over_a_dataset_split(tmp_path, capsys):
+    from engine_support import make_domain
+    domain = make_domain(tmp_path / 'synth')
+    model = timm.create_model('reid_net', backbone='resnet18', num_classes=0,
+                              pretrained_cfg_overlay=dict(input_size=(3, 64, 32)))
+    save_pretrained(model, tmp_path / 'model')
+    out = tmp_path / 'grid.png'
+    assert main(['actmap', '--model', str(tmp_path / 'model'), '--dataset', 'market1501', '--data-root',
+                 domain['root'], '--split', 'gallery', '--num-images', '3', '--columns', '3', '--device', 'cpu',
+                 '--output', str(out)]) == 0
+    with Image.open(out) as grid:
+        assert grid.size == (3 * (2 * 32 + 8 + 8) - 8, 64)
+    assert '(3 images)' in capsys.readouterr().out

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import timm
 from ptl_timm import BConvCell, create_ptl
+from ptl_timm.errors import InputError
 from ptl_timm.export import export_onnx
 from ptl_timm.hub import load_model, save_pretrained
 from ptl_timm.models.ptl_net import BNNeck
@@ -84,7 +85,7 @@ def test_last_stride_one_keeps_the_last_stage_resolution_and_the_cells_follow(ba
 
 
 def test_last_stride_one_refuses_a_patchify_downsampler():
-    with pytest.raises(ValueError, match=r'last_stride=1 .*test_convnext downsamples with stages_3\.downsample'):
+    with pytest.raises(InputError, match=r'last_stride=1 .*test_convnext downsamples with stages_3\.downsample'):
         create_ptl('test_convnext', last_stride=1)
 
 
@@ -93,8 +94,8 @@ def test_last_stride_one_refuses_a_patchify_downsampler():
     (dict(last_stride=2), 'last_stride must be None'),
     (dict(embed_dim=0), 'embed_dim=0 .* needs ptl=False'),
 ])
-def test_invalid_options_raise_value_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_invalid_options_are_user_errors(kwargs, match):
+    with pytest.raises(InputError, match=match):
         timm.create_model('ptl_net', backbone='resnet18', device='meta', **kwargs)
 
 

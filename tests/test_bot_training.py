@@ -32,7 +32,8 @@ def bot_config(tmp_path, domain, **overrides) -> TrainConfig:
 def test_bot_recipe_resolves_for_bot_models():
     cfg = TrainConfig(model='bot_resnet50')
     assert (cfg.optimizer, cfg.lr, cfg.warmup_epochs, cfg.warmup_factor) == ('adam', 3.5e-4, 10, 0.1)
-    assert (cfg.lr_milestones, cfg.epochs, cfg.batch_size, cfg.num_instances, cfg.sampler) == ([40, 70], 120, 64, 4, "pk")
+    assert (cfg.lr_milestones, cfg.epochs, cfg.sampler) == ([40, 70], 120, 'pk')
+    assert (cfg.batch_size, cfg.num_instances) == (64, 4)
     assert (cfg.random_erasing, cfg.label_smoothing, cfg.triplet_weight, cfg.triplet_margin) == (0.5, 0.1, 1.0, 0.3)
     assert (cfg.center_weight, cfg.center_lr, cfg.img_size) == (5e-4, 0.5, (256, 128))
     assert TrainConfig(model='ptl_bot_resnet50').center_weight == 5e-4
@@ -85,3 +86,27 @@ def test_tensorboard_log_beside_metrics(tmp_path, domain):
     tags = set(events.Tags()['scalars'])
     assert {'train/loss', 'train/lr', 'train/center'} <= tags
     assert any(t.startswith('eval/') and t.endswith('/mAP') for t in tags)
+
+
+def test_training_evaluation_takes_aqe_and_rerank_from_the_config(tmp_path, domain):
+    import timm
+    from ptl_timm.data.datasets import build_dataset
+    from ptl_timm.engine.data import eval_loader
+    from ptl_timm.engine.distributed import DistContext
+    from ptl_timm.engine.evaluate import evaluate_split
+    from ptl_timm.eval import evaluate_distmat, evaluate_rank, query_expansion, re_ranking
+    from ptl_timm.eval.extract import extract_features
+    torch.manual_seed(0)
+    model = timm.create_model('reid_net', num_classes=0, **BOT_ARGS).eval()
+    dataset = build_dataset('market1501', domain['root'])
+    ctx = DistContext()
+    cfg = bot_config(tmp_path, domain, eval_aqe=True, aqe_k=3, aqe_alpha=1.0)
+    q, q_pids, q_cams = extract_features(model, eval_loader(dataset.query, cfg, ctx), progress=False)
+    g, g_pids, g_cams = extract_features(model, eval_loader(dataset.gallery, cfg, ctx), progress=False)
+    labels = (q_pids, g_pids, q_cams, g_cams)
+    q_exp, g_exp = query_expansion(q, g, k=3, alpha=1.0)
+    expected = evaluate_rank(q_exp, g_exp, *labels, device='cpu')['mAP']
+    assert evaluate_split(model, dataset, cfg, ctx)['mAP'] == pytest.approx(100 * expected)
+    cfg = bot_config(tmp_path, domain, eval_rerank=True, rerank_k1=5, rerank_k2=2, rerank_lambda=0.5)
+    expected = evaluate_distmat(re_ranking(q, g, k1=5, k2=2, lambda_value=0.5), *labels, device='cpu')['mAP']
+    assert evaluate_split(model, dataset, cfg, ctx)['mAP'] == pytest.approx(100 * expected)

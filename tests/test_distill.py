@@ -54,6 +54,7 @@ def test_distillation_objective_is_eq4(lam, teacher_dir, student_dir):
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.slow
 def test_teacher_stays_frozen_in_eval_mode_with_zero_state(tmp_path, domain, teacher_dir, student_dir, monkeypatch):
     teacher = load_teacher(str(teacher_dir), torch.device('cpu'))
     before = copy.deepcopy(teacher.state_dict())

@@ -54,6 +54,7 @@ def _digest(folder: Path) -> dict:
             for p in sorted(folder.rglob('*')) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_one_epoch_of_fine_tuning_improves_map_over_the_untrained_model(tmp_path, domain):
     cfg = TrainConfig(**tiny_config(tmp_path / 'out', domain, epochs=1, lr=0.05))
     dataset = load_dataset(domain, cfg.data_root, {})
@@ -63,6 +64,7 @@ def test_one_epoch_of_fine_tuning_improves_map_over_the_untrained_model(tmp_path
     assert after > before + 5.0, (before, after)
 
 
+@pytest.mark.slow
 def test_side_lr_mult_scales_only_the_side_network_steps(tmp_path, domain):
     """With a vanishing side_lr_mult the cells and fuses barely move while the backbone trains."""
     cfg = TrainConfig(**tiny_config(tmp_path / 'out', domain, side_lr_mult=1e-6))
@@ -76,6 +78,7 @@ def test_side_lr_mult_scales_only_the_side_network_steps(tmp_path, domain):
     assert largest_change('side.') < 1e-5 < largest_change('backbone.')
 
 
+@pytest.mark.slow
 def test_cross_batch_memory_keys_reach_the_loss(tmp_path, domain):
     result = fine_tune(TrainConfig(**tiny_config(
         tmp_path / 'out', domain, triplet_weight=1.0, xbm_size=16, xbm_weight=0.5, max_steps_per_epoch=3)))
@@ -127,6 +130,7 @@ def test_every_training_epoch_starts_from_zero_latent_state(tmp_path, domain):
     assert seen[1] > 0 and seen[3] > 0, 'state carried to the next batch within an epoch'
 
 
+@pytest.mark.slow
 def test_state_reset_never_carries_the_state_across_epochs_and_evaluation(tmp_path, domain):
     seen = _state_sizes_seen_by_training_forwards(TrainConfig(**tiny_config(
         tmp_path / 'out', domain, epochs=2, max_steps_per_epoch=2, eval_every=1, state_reset='never')))
@@ -143,6 +147,7 @@ def test_reid_checkpoint_start_reinitialises_the_classifier_only(tmp_path, domai
     torch.testing.assert_close(model.head.hidden.state_dict(), reference.head.hidden.state_dict())
 
 
+@pytest.mark.slow
 def test_cli_trains_with_amp_and_channels_last(tmp_path, domain):
     config_file = tmp_path / 'run.yaml'
     config_file.write_text(yaml.safe_dump(tiny_config(tmp_path / 'out', domain, max_steps_per_epoch=2)))
@@ -228,6 +233,7 @@ def layout_root(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
 def test_reproduction_config_runs_one_tiny_step(path, layout_root, tmp_path):
     """The config's task, recipe, datasets and model entrypoints (DenseNet/ResNet backbones in
@@ -254,6 +260,7 @@ def test_reproduction_config_runs_one_tiny_step(path, layout_root, tmp_path):
         assert result['last']['eval'] and (tmp_path / 'out' / 'last' / 'model.safetensors').is_file()
 
 
+@pytest.mark.slow
 def test_demo_trains_baseline_ptl_and_student_and_draws_ranked_lists(tmp_path):
     result = run_demo(tmp_path, DemoScale(num_ids=12, images_per_id=3, epochs=1, distill_epochs=1),
                       backbone='test_resnet', progress=False)
@@ -265,6 +272,7 @@ def test_demo_trains_baseline_ptl_and_student_and_draws_ranked_lists(tmp_path):
         assert picture.format == 'PNG'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', EXAMPLES)
 def test_example_runs_end_to_end_at_tiny_scale(name, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / 'examples'))  # retrieval.py reuses finetune.py

@@ -84,3 +84,43 @@ def test_camera_pair_table_cells_are_sub_gallery_evaluations():
                 assert table['map'][i, j] == pytest.approx(sub['mAP'])
             else:
                 assert np.isnan(table['map'][i, j])
+
+
+@pytest.fixture
+def feature_file(tmp_path):
+    """Saved query/gallery features with identities and cameras, as ``ptl-timm extract`` writes them."""
+    from ptl_timm.eval.features import FeatureSet, save_features
+    q, g, q_pids, g_pids, q_cams, g_cams = random_split(5)
+    sets = {name: FeatureSet(torch.tensor(f, dtype=torch.float32), torch.tensor(p), torch.tensor(c), [''] * len(p))
+            for name, f, p, c in (('query', q, q_pids, q_cams), ('gallery', g, g_pids, g_cams))}
+    return save_features(sets, tmp_path / 'feats.safetensors'), sets
+
+
+def run_eval(tmp_path, features, *flags):
+    import json
+    from ptl_timm.cli import main
+    assert main(['eval', '--features', str(features), '--device', 'cpu', '--quiet', '--json',
+                 str(tmp_path / 'm.json'), *flags]) == 0
+    return json.loads((tmp_path / 'm.json').read_text())
+
+
+def test_cli_aqe_rerank_parameters_roc_and_camera_table_are_the_library_results(tmp_path, feature_file):
+    from ptl_timm.eval import evaluate_distmat, query_expansion, re_ranking
+    path, sets = feature_file
+    q, g = sets['query'], sets['gallery']
+    labels = (q.pids, g.pids, q.camids, g.camids)
+    got = run_eval(tmp_path, path, '--aqe', '--aqe-k', '4', '--aqe-alpha', '2', '--roc', '--camera-pairs')
+    q_exp, g_exp = query_expansion(q.feats, g.feats, k=4, alpha=2.0)
+    assert got['mAP'] == pytest.approx(100 * evaluate_rank(q_exp, g_exp, *labels, device='cpu')['mAP'])
+    expected_roc = tpr_at_fpr(q_exp, g_exp, *labels, device='cpu')
+    assert got['tpr_at_fpr'] == pytest.approx({f'{f:.0e}': 100 * v for f, v in expected_roc.items()})
+    table = camera_pair_map(q_exp, g_exp, *labels, device='cpu')
+    expected_table = [[None if np.isnan(v) else pytest.approx(100 * v) for v in row] for row in table['map']]
+    assert got['camera_pairs']['mAP'] == expected_table
+
+    got = run_eval(tmp_path, path, '--rerank', '--k1', '8', '--k2', '3', '--lambda', '0.5')
+    reranked = re_ranking(q.feats, g.feats, k1=8, k2=3, lambda_value=0.5, device='cpu')
+    assert got['mAP'] == pytest.approx(100 * evaluate_distmat(reranked, *labels, device='cpu')['mAP'])
+    assert got['rerank_args'] == dict(k1=8, k2=3, lambda_value=0.5)
+    default = run_eval(tmp_path, path, '--rerank')
+    assert default['mAP'] != pytest.approx(got['mAP'])

@@ -31,7 +31,7 @@ from ptl_timm.weights import (
 SMALL = (3, 64, 32)
 
 
-def tiny_model(name: str = 'ptl_net', backbone: str = 'resnet18', num_classes: int = 7, seed: int = 0):
+def tiny_model(name: str = 'ptl_net', backbone: str = 'test_resnet', num_classes: int = 7, seed: int = 0):
     torch.manual_seed(seed)
     return timm.create_model(name, backbone=backbone, num_classes=num_classes)
 
@@ -203,6 +203,7 @@ def _build_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
     """Acceptance 1: publish → Hub cache → hf-hub:ORG/NAME and the manifest tag, offline."""
     torch.manual_seed(0)
@@ -233,6 +234,7 @@ def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_hub_is_an_attribute_after_a_plain_import():
     proc = run_python("import ptl_timm; print(ptl_timm.hub.load_model.__name__, ptl_timm.weights.HUB_ORG)", {})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -332,6 +334,7 @@ def test_pretrained_weights_in_the_cache_load_although_the_hub_is_unreachable(tm
     assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_hub_ids_with_a_slash_load_through_load_model_and_the_cli(tmp_path):
     """``hf-hub:ORG/NAME`` from an offline Hub cache, through the library and ``ptl-timm extract``."""
     model = tiny_model()

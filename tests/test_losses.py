@@ -186,7 +186,7 @@ def test_center_loss_matches_bot():
     center = CenterLoss(num_classes=5, feat_dim=8, dtype=torch.float64)
     # BoT's clamp lifts each masked-out zero to 1e-12: (C - 1) of them per row
     expected = bot_center_loss(features, center.centers.detach(), targets) - 4 * 1e-12
-    assert float(center(features, targets)) == pytest.approx(expected, rel=1e-12)
+    assert float(center(features, targets).detach()) == pytest.approx(expected, rel=1e-12)
 
 
 def test_reid_loss_adds_the_weighted_center_term_and_bot_center_step_ignores_the_weight():

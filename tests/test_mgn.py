@@ -251,3 +251,9 @@ def test_last_stride_one_keeps_the_global_branch_on_the_part_grid(ptl):
         out = model.forward_reid(x)
     assert {tuple(m.shape[-2:]) for m in maps} == {(6, 2)}  # stride 16: no upsampling of the global branch
     assert out.embedding.shape == (2, 2048) and len(out.logits) == 8
+
+
+def test_last_stride_other_than_one_is_a_user_error():
+    from ptl_timm.errors import InputError
+    with pytest.raises(InputError, match='last_stride must be None'):
+        timm.create_model('mgn_resnet50', last_stride=2, device='meta')

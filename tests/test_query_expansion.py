@@ -20,7 +20,8 @@ def fast_reid_aqe(q: np.ndarray, g: np.ndarray, k: int, alpha: float, times: int
     return features[:len(q)], features[len(q):]
 
 
-@pytest.mark.parametrize('k, alpha, times, chunk_size', [(10, 3.0, 1, 1024), (4, 3.0, 2, 7), (1, 1.0, 1, 5), (6, 2.0, 1, 3)])
+@pytest.mark.parametrize('k, alpha, times, chunk_size', [
+    (10, 3.0, 1, 1024), (4, 3.0, 2, 7), (1, 1.0, 1, 5), (6, 2.0, 1, 3)])
 def test_matches_fast_reid_aqe(k, alpha, times, chunk_size):
     rng = np.random.default_rng(0)
     q, g = rng.normal(size=(9, 16)), rng.normal(size=(23, 16))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import safetensors.torch
 import torch
 import yaml
@@ -40,6 +41,7 @@ def _kill_after_first_epoch(config_file, output):
     assert process.returncode == -signal.SIGKILL, f'the run ended before it was killed: {err.decode()[-2000:]}'
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     killed, straight = tmp_path / 'killed', tmp_path / 'straight'
     values = _config(tmp_path, killed)
@@ -57,6 +59,7 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
         assert torch.equal(value, reference[name]), name
 
 
+@pytest.mark.slow
 def test_resume_continues_history_and_optimizer_state(tmp_path):
     values = _config(tmp_path, tmp_path / 'out')
     first = fine_tune(build_config(TrainConfig, dict(values, epochs=1)))

@@ -22,7 +22,6 @@ from ptl_timm.hub import load_model
 
 from engine_support import IMG_SIZE, make_domain, states_seen_by_training_forwards, tiny_config
 
-pytestmark = pytest.mark.slow
 trainer_module = import_module('ptl_timm.engine.trainer')
 
 
@@ -43,6 +42,7 @@ def cli_run(tmp_path_factory, domain):
     return root / 'out', config_file
 
 
+@pytest.mark.slow
 def test_checkpoint_config_records_the_training_input_size(cli_run):
     output, _ = cli_run
     pretrained_cfg = json.loads((output / 'last' / 'config.json').read_text())['pretrained_cfg']
@@ -52,6 +52,18 @@ def test_checkpoint_config_records_the_training_input_size(cli_run):
     assert data_config['input_size'] == (3, *IMG_SIZE)
 
 
+@pytest.mark.slow
+def test_eval_with_default_flags_reproduces_the_training_number(cli_run, domain, capsys):
+    """Issue 12.1's case in miniature: the checkpoint alone says how to preprocess (64×32 here)."""
+    output, _ = cli_run
+    trained = json.loads((output / 'metrics.jsonl').read_text().splitlines()[0])['eval'][domain['label']]
+    capsys.readouterr()
+    assert main(['eval', '--model', str(output / 'last'), '--dataset', 'market1501', '--data-root', domain['root'],
+                 '--device', 'cpu', '--workers', '0', '--quiet']) == 0
+    assert f'mAP {trained["mAP"]:.2f}' in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_every_run_saves_its_resolved_config(cli_run):
     output, config_file = cli_run
     saved = load_config(output / 'config.yaml')
@@ -60,6 +72,7 @@ def test_every_run_saves_its_resolved_config(cli_run):
     assert build_config(TrainConfig, saved) == expected
 
 
+@pytest.mark.slow
 def test_resume_needs_only_the_output_folder(cli_run, caplog):
     """The issue's case: flags forgotten on resume are taken from the saved config (not the defaults)."""
     output, _ = cli_run
@@ -72,6 +85,17 @@ def test_resume_needs_only_the_output_folder(cli_run, caplog):
     assert load_config(output / 'config.yaml')['epochs'] == 2
 
 
+@pytest.mark.slow
+def test_resume_repeating_the_flags_but_one_continues_at_the_saved_image_size(cli_run):
+    """The issue's report: --config repeated, --img-size forgotten; the run went on at 256×128."""
+    output, config_file = cli_run
+    assert main(['train', '--config', str(config_file), '--resume', '--epochs', '3', '--quiet']) == 0
+    state = load_train_state(output / 'last')
+    assert state['epoch'] == 3 and state['config']['img_size'] == list(IMG_SIZE)
+    assert load_config(output / 'config.yaml')['img_size'] == list(IMG_SIZE)
+
+
+@pytest.mark.slow
 def test_resume_flag_that_contradicts_the_saved_config_names_both_values(cli_run, capsys):
     output, _ = cli_run
     before = (output / 'config.yaml').read_bytes()
@@ -96,6 +120,7 @@ def _hold_lock(output: Path) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.slow
 def test_second_training_into_a_folder_in_use_fails_fast(tmp_path, domain):
     output = tmp_path / 'out'
     holder = _hold_lock(output)
@@ -108,6 +133,7 @@ def test_second_training_into_a_folder_in_use_fails_fast(tmp_path, domain):
     assert sorted(p.name for p in output.iterdir()) == [], 'nothing written, the lock released'
 
 
+@pytest.mark.slow
 def test_stale_lock_of_a_killed_run_is_reported_and_taken_over(tmp_path, domain, caplog):
     output = tmp_path / 'out'
     dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
@@ -164,6 +190,7 @@ def test_split_without_a_cross_camera_match_is_refused_before_training(tmp_path,
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.slow
 def test_resumed_state_reset_never_run_continues_with_its_saved_states(tmp_path, domain):
     values = tiny_config(tmp_path / 'out', domain, max_steps_per_epoch=2, state_reset='never')
     fine_tune(TrainConfig(**values))

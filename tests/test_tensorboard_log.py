@@ -27,7 +27,8 @@ def test_record_becomes_train_and_eval_scalars_at_its_epoch(tmp_path):
 
 def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'tensorboard' else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'tensorboard' else real_find_spec(name, *a))
     with pytest.raises(MissingExtraError, match=r'pip install "ptl_timm\[tensorboard\]"'):
         TensorBoardLog(tmp_path / 'tb')
     assert not (tmp_path / 'tb').exists()

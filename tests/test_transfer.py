@@ -24,6 +24,7 @@ def _transfer_config(tmp_path, domains, **overrides):
     return TransferConfig(**values)
 
 
+@pytest.mark.slow
 def test_each_step_starts_from_the_previous_steps_weights(tmp_path, domains, monkeypatch):
     loaded = []
     original = trainer_module.load_checkpoint_weights
@@ -40,6 +41,7 @@ def test_each_step_starts_from_the_previous_steps_weights(tmp_path, domains, mon
         domains[0]['label'], f'{domains[0]["label"]} → {domains[1]["label"]}']
 
 
+@pytest.mark.slow
 def test_table_reports_every_step_on_every_test_set(tmp_path, domains):
     result = run_transfer(_transfer_config(tmp_path, domains))
     labels = [d['label'] for d in domains]
@@ -51,6 +53,7 @@ def test_table_reports_every_step_on_every_test_set(tmp_path, domains):
     assert len(table.strip().splitlines()) == 2 + len(domains)
 
 
+@pytest.mark.slow
 def test_transfer_then_distillation_adds_a_student_row(tmp_path, domains):
     student = save_untrained(tmp_path / 'student', 'reid_net', **TINY_MODEL_ARGS)
     cfg = _transfer_config(tmp_path, domains, distill=dict(
@@ -60,18 +63,32 @@ def test_transfer_then_distillation_adds_a_student_row(tmp_path, domains):
     assert (tmp_path / 'out' / 'distill' / 'last' / 'model.safetensors').is_file()
 
 
+@pytest.mark.slow
 def test_resumed_transfer_continues_finished_steps_without_training_them_again(tmp_path, domains):
     first = run_transfer(_transfer_config(tmp_path, domains))
     again = run_transfer(TransferConfig(output=str(tmp_path / 'out'), resume=True))  # from its config.yaml alone
     assert [row['eval'] for row in again['rows']] == [row['eval'] for row in first['rows']]
 
 
+@pytest.mark.slow
 def test_transfer_into_a_finished_transfer_is_refused_and_its_config_kept(tmp_path, domains):
     run_transfer(_transfer_config(tmp_path, domains))
     saved = (tmp_path / 'out' / 'config.yaml').read_bytes()
     with pytest.raises(CheckpointError, match='--resume'):
         run_transfer(_transfer_config(tmp_path, domains, lr=0.01))
     assert (tmp_path / 'out' / 'config.yaml').read_bytes() == saved
+
+
+@pytest.mark.slow
+def test_steps_named_alike_in_different_folders_are_each_evaluated_on_their_own_data(tmp_path):
+    """Two steps 'market1501' under different data_root: every step evaluates both folders."""
+    domains = [make_domain(tmp_path / 'a', 0, num_ids=8), make_domain(tmp_path / 'b', 1, num_ids=12)]
+    values = tiny_config(tmp_path / 'out', 'market1501', max_steps_per_epoch=1, steps=[
+        {'dataset': 'market1501', 'data_root': d['root']} for d in domains])
+    result = run_transfer(TransferConfig(**values))
+    assert result['test_sets'] == [d['label'] for d in domains]
+    for row in result['rows']:
+        assert [row['eval'][d['label']]['num_query'] for d in domains] == [8, 12], row['step']
 
 
 def test_transfer_without_steps_is_a_clear_error(tmp_path, domains):

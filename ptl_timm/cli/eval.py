@@ -30,7 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help='default: torchreid/fast-reid AP; official: Market-1501 trapezoid AP')
     parser.add_argument('--rerank', action='store_true', help='k-reciprocal re-ranking (Zhong et al. 2017)')
     parser.add_argument('--k1', type=int, default=20, help='re-ranking: size of the k-reciprocal neighbourhoods')
-    parser.add_argument('--k2', type=int, default=6, help='re-ranking: neighbours averaged by its local query expansion')
+    parser.add_argument('--k2', type=int, default=6,
+                        help='re-ranking: neighbours averaged by its local query expansion')
     parser.add_argument('--lambda', dest='lambda_value', type=float, default=0.3,
                         help='re-ranking: weight of the original distance against the Jaccard distance')
     parser.add_argument('--aqe', action='store_true',
@@ -41,7 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--roc', action='store_true',
                         help='also TPR at FPR 1e-4, 1e-3, 1e-2 over every query-gallery pair (fast-reid\'s ROC report)')
     parser.add_argument('--camera-pairs', action='store_true',
-                        help='also the mAP of each query camera against each gallery camera alone (plain distances, after αQE)')
+                        help='also the mAP of each query camera against each gallery camera alone '
+                             '(plain distances, after αQE)')
     parser.add_argument('--single-gallery-shot', action='store_true',
                         help='classic CUHK03 CMC: one random gallery image per identity, averaged over draws')
     parser.add_argument('--seed', type=int, default=0, help='seed of the single-gallery-shot draws')
@@ -65,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
         sets = split_features(make_extractor(args), dataset)
     query, gallery = sets['query'], sets['gallery']
     if not (query.has_labels and gallery.has_labels):
-        raise InputError('evaluation needs the identities and cameras of every query and gallery image')
+        unknown = [int(((s.pids < 0) | (s.camids < 0)).sum()) for s in (query, gallery)]
+        raise InputError(
+            f'{unknown[0]} query and {unknown[1]} gallery images have no identity or no camera (-1); evaluation needs '
+            f'both for every image (same-camera matches are excluded): extract the features from a dataset layout or '
+            f'from files named like 0002_c1s1_000451_01.jpg')
     device = resolve_device(args.device)
     q_feats, g_feats = query.feats, gallery.feats
     if args.aqe:

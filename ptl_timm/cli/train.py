@@ -7,6 +7,7 @@ continues a run from its saved ``config.yaml``. ``torchrun --nproc_per_node N -m
 runs DDP. The helpers here are shared by ``distill`` and ``transfer``.
 """
 import argparse
+import dataclasses
 from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 from ptl_timm.engine import TrainConfig, build_config, fine_tune, load_config, parse_overrides
@@ -41,7 +42,7 @@ def _default_text(key: str, cls: Type[TrainConfig]) -> str:
     def show(value: Any) -> str:
         return ' '.join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
     default = cls.__dataclass_fields__[key].default
-    if default is None:
+    if default in (None, '', dataclasses.MISSING):
         return ''
     recipes = ''.join(f'; the {name} recipe: {show(values[key])}' for name, values in RECIPES.items() if key in values)
     return f' (default: {show(default)}{recipes})'

@@ -56,7 +56,8 @@ RESET_CLASSIFIER = ('auto', 'yes', 'no')
 
 def _config_class(cls):
     """``@dataclass(kw_only=True)`` whose ``__init__`` resolves and checks its values (``resolve_values``),
-    so ``TrainConfig(model='ptl_mgn')`` is the config ``ptl-timm train --model ptl_mgn`` trains with."""
+    so ``TrainConfig(model='ptl_mgn')`` is the config ``ptl-timm train --model ptl_mgn`` trains with.
+    ``dataclasses.replace`` passes every field, so it re-checks values but applies no recipe."""
     cls = dataclass(kw_only=True)(cls)
     cls._init_fields = cls.__init__
 
@@ -127,6 +128,14 @@ class TrainConfig:
     eval_batch_size: int = 128
     eval_flip: bool = False
     eval_metric: str = 'cosine'
+    eval_aqe: bool = False  # average query expansion (fast-reid's αQE) before ranking
+    aqe_k: int = 10
+    aqe_alpha: float = 3.0
+    aqe_times: int = 1
+    eval_rerank: bool = False  # k-reciprocal re-ranking (`ptl-timm eval --rerank --k1 --k2 --lambda`)
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
     # run
     output: str = 'output/train'
     seed: int = 0
@@ -207,7 +216,8 @@ RANGES: Dict[str, _Rule] = dict(
     label_smoothing=(lambda v: 0 <= v < 1, 'in [0, 1)'), xbm_size=_AT_LEAST_0, xbm_weight=_AT_LEAST_0,
     color_jitter=_AT_LEAST_0, min_lr_factor=_FRACTION, warmup_factor=_FRACTION, freeze_epochs=_AT_LEAST_0,
     clip_grad=_AT_LEAST_0, ema_decay=(lambda v: 0 <= v < 1, 'in [0, 1)'), center_weight=_AT_LEAST_0,
-    center_lr=_POSITIVE,
+    center_lr=_POSITIVE, aqe_k=_AT_LEAST_1, aqe_alpha=_AT_LEAST_0, aqe_times=_AT_LEAST_1, rerank_k1=_AT_LEAST_1,
+    rerank_k2=_AT_LEAST_1, rerank_lambda=_FRACTION,
     eval_every=_AT_LEAST_0, eval_batch_size=_AT_LEAST_1, lam=_FRACTION,
     img_size=(lambda v: min(v) >= 1, 'two positive sizes'),
     lr_milestones=(lambda v: all(m >= 1 for m in v) and list(v) == sorted(set(v)), 'increasing epochs >= 1'),

@@ -18,7 +18,7 @@ from ptl_timm.errors import ConfigError, DatasetError, DatasetNotFoundError
 from .config import DataRoot, DatasetName, TrainConfig
 from .distributed import DistContext
 
-__all__ = ['DatasetSpec', 'TrainData', 'spec_label', 'load_dataset', 'build_train_data', 'eval_loader']
+__all__ = ['DatasetSpec', 'TrainData', 'spec_label', 'located_spec', 'load_dataset', 'build_train_data', 'eval_loader']
 
 DatasetSpec = DatasetName
 
@@ -56,6 +56,17 @@ def _root(name: str, data_root: DataRoot) -> Path:
         return Path(data_root[name]).expanduser()
     root = Path(data_root).expanduser()
     return root / name if (root / name).is_dir() else root
+
+
+def located_spec(spec: DatasetSpec, data_root: DataRoot) -> DatasetSpec:
+    """``spec`` with its folder and label written out, so that it names the same data under any other
+    ``data_root`` (a transfer step's dataset, which every later step evaluates under its own)."""
+    if isinstance(spec, list):
+        return [located_spec(s, data_root) for s in spec]
+    name, options = _parts(spec)
+    root = options.get('root') or _root(name, data_root)
+    return {**(spec if isinstance(spec, dict) else {'name': name}), 'root': str(root),
+            'label': spec_label(spec, data_root)}
 
 
 def load_dataset(spec: DatasetSpec, data_root: DataRoot, dataset_args: Dict[str, Any]) -> ReIDDataset:

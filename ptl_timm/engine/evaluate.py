@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from ptl_timm.data.datasets import ReIDDataset
 from ptl_timm.errors import DatasetError
-from ptl_timm.eval.extract import extract_features
-from ptl_timm.eval.metrics import evaluate_rank
+from ptl_timm.eval.aqe import query_expansion
+from ptl_timm.eval.extract import evaluate_features, extract_features
 from .config import TrainConfig
 from .data import eval_loader
 from .distributed import DistContext, broadcast_object, gather_rows
@@ -50,8 +50,12 @@ def evaluate_split(model: nn.Module, dataset: ReIDDataset, cfg: TrainConfig, ctx
     g_feats, g_pids, g_camids = _features(model, dataset.gallery, cfg, ctx)
     metrics = None
     if ctx.is_main:
-        result = evaluate_rank(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=cfg.eval_metric,
-                               device=ctx.device)
+        if cfg.eval_aqe:
+            q_feats, g_feats = query_expansion(
+                q_feats, g_feats, cfg.aqe_k, cfg.aqe_alpha, cfg.aqe_times, device=ctx.device)
+        result = evaluate_features(
+            q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=cfg.eval_metric, rerank=cfg.eval_rerank,
+            device=ctx.device, rerank_args=dict(k1=cfg.rerank_k1, k2=cfg.rerank_k2, lambda_value=cfg.rerank_lambda))
         cmc = result['cmc']
         metrics = dict(
             mAP=100 * float(result['mAP']), rank1=100 * float(cmc[0]), rank5=100 * float(cmc[min(4, len(cmc) - 1)]),

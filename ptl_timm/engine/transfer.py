@@ -15,7 +15,7 @@ from ptl_timm.errors import CheckpointError, ConfigError
 from ptl_timm.utils import atomic_save_json, atomic_write
 from .checkpoint import recover_folder
 from .config import DistillConfig, TrainConfig, TransferConfig, check_config, save_run_config
-from .data import spec_label
+from .data import located_spec, spec_label
 from .distill import run_distill
 from .distributed import DistContext, setup_distributed
 from .run_lock import run_lock
@@ -76,8 +76,9 @@ def run_transfer(cfg: TransferConfig) -> Dict[str, Any]:
 
 def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
     output = Path(cfg.output)
-    test_specs = list(cfg.test_datasets) or list(
-        {spec_label(s['dataset'], s.get('data_root', cfg.data_root)): s['dataset'] for s in cfg.steps}.values())
+    located = [located_spec(s['dataset'], s.get('data_root', cfg.data_root)) for s in cfg.steps]
+    test_specs = [located_spec(s, cfg.data_root) for s in cfg.test_datasets] or list(
+        {spec_label(spec): spec for spec in located}.values())
     test_sets = [spec_label(s, cfg.data_root) for s in test_specs]
     base = _base_fields(cfg, TrainConfig)
     rows, route, previous = [], [], cfg.init_checkpoint

@@ -60,7 +60,8 @@ class VerificationRates:
     def result(self) -> Dict[float, float]:
         genuine = torch.cat(self.genuine) if self.genuine else torch.empty(0)
         if len(genuine) == 0:
-            raise ValueError('no query has a true match in the gallery (same identity, another camera); check pids/camids')
+            raise ValueError(
+                'no query has a true match in the gallery (same identity, another camera); check pids/camids')
         return {f: float((genuine < self.smallest[n]).double().mean()) for f, n in self.allowed.items()}
 
 

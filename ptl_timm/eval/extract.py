@@ -265,7 +265,8 @@ def evaluate_features(
     return result
 
 
-def _observed(chunks: Iterable[Tuple[slice, torch.Tensor]], rates: VerificationRates) -> Iterator[Tuple[slice, torch.Tensor]]:
+def _observed(chunks: Iterable[Tuple[slice, torch.Tensor]],
+              rates: VerificationRates) -> Iterator[Tuple[slice, torch.Tensor]]:
     for rows, dist in chunks:
         rates.update(rows, dist)
         yield rows, dist

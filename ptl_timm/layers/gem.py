@@ -2,7 +2,8 @@
 
 Paper: `Fine-tuning CNN Image Retrieval with No Human Annotation` (Radenović et al., TPAMI 2018),
 https://arxiv.org/abs/1711.02512. GeM(x) = (mean over H×W of clamp(x, eps)^p)^(1/p): p = 1 is average
-pooling and p → ∞ max pooling; learning p lets a ReID model choose in between (fast-reid's ``GeneralizedMeanPoolingP``).
+pooling and p → ∞ max pooling; learning p lets a ReID model choose in between (fast-reid's
+``GeneralizedMeanPoolingP``).
 
 timm's ``SelectAdaptivePool2d`` has no GeM, so ``create_global_pool`` returns this layer for
 ``global_pool='gem'`` and timm's layer for every other pool type. Both expose ``pool_type``,

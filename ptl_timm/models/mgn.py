@@ -48,6 +48,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ConvNormAct, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 
+from ptl_timm.errors import InputError
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
 from ptl_timm.weights import add_manifest_tags, check_pretrained_source
 from .fused_levels import FusedLevelsMixin
@@ -190,7 +191,7 @@ class MGN(FusedLevelsMixin, nn.Module):
     ):
         super().__init__()
         if last_stride not in (None, 1):
-            raise ValueError(f'last_stride must be None (MGN\'s stride-2 global branch) or 1, got {last_stride!r}')
+            raise InputError(f'last_stride must be None (MGN\'s stride-2 global branch) or 1, got {last_stride!r}')
         dd = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
         self.in_chans = in_chans

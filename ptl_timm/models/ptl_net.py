@@ -36,6 +36,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Conv2dSame, ConvNormAct, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from ptl_timm.errors import InputError
 from ptl_timm.layers import BConvCell, create_global_pool, ddp_ignore_latent_states, reset_latent_states
 from ptl_timm.weights import add_manifest_tags, check_pretrained_source
 from .fused_levels import FusedLevelsMixin
@@ -209,12 +210,12 @@ def _keep_last_stage_resolution(backbone: nn.Module, backbone_name: str) -> None
             parent, _, child = name.rpartition('.')
             setattr(backbone.get_submodule(parent) if parent else backbone, child, nn.Identity())
         else:
-            raise ValueError(
+            raise InputError(
                 f'last_stride=1 needs a last stage that downsamples with padded convolutions or poolings; '
                 f'{backbone_name} downsamples with {name} ({module}), which has no stride-1 form that keeps the '
                 f'map size; drop last_stride for this backbone')
     if not layers:
-        raise ValueError(
+        raise InputError(
             f'last_stride=1: found no strided convolution or pooling in the last stage of {backbone_name} '
             f'(between feature taps {backbone.feature_info.module_name()[-2:]}); drop last_stride for this backbone')
     info = backbone.feature_info.info
@@ -269,11 +270,11 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
     ):
         super().__init__()
         if neck not in NECKS:
-            raise ValueError(f'neck must be one of {NECKS}, got {neck!r}')
+            raise InputError(f'neck must be one of {NECKS}, got {neck!r}')
         if last_stride not in (None, 1):
-            raise ValueError(f'last_stride must be None (the backbone\'s) or 1, got {last_stride!r}')
+            raise InputError(f'last_stride must be None (the backbone\'s) or 1, got {last_stride!r}')
         if not embed_dim and ptl:
-            raise ValueError(
+            raise InputError(
                 'embed_dim=0 (no 1×1 conv) needs ptl=False: the 1×1 conv fuses the last stage with the side '
                 'network\'s output; give embed_dim (e.g. 2048)')
         dd = {'device': device, 'dtype': dtype}
