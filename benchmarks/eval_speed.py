@@ -11,14 +11,21 @@ MSMT17 scale (11,659 × 82,161): ``evaluate_rank`` in a fresh subprocess, whose 
 (``VmHWM`` of ``/proc/self/status``: the whole process, Python, torch, the features and the
 evaluation) is reported, with the features' own size. (``getrusage().ru_maxrss`` would not do: Linux
 carries the parent's peak over into a forked and exec'd child.) Target: ≤ 2 GB. The full-matrix
-reference is not run there (its distance matrix alone is 3.8 GB, its argsort 7.7 GB). Market-scale
-k-reciprocal re-ranking (streamed into the evaluator) is measured the same way.
+reference is not run there (its distance matrix alone is 3.8 GB, its argsort 7.7 GB).
+
+k-reciprocal re-ranking (k1=20, k2=6, λ=0.3), streamed into the evaluator, the same way: at MSMT17
+scale (target ≤ 4 GB peak; the classic code would hold ~100 GB of N × N matrices there), and at
+Market scale against the classic numpy implementation (Zhong et al.'s ``re_ranking`` as torchreid and
+BoT ship it: dense N × N distances, V and argsort, ~10 GB), each in its own subprocess on the same
+features; the table gives the difference of their mAPs. When the machine has not the memory free for the classic
+code, both run on a smaller split (the row says which).
 
 Features are random float32 Gaussians of width ``--dim`` (default 2048, ResNet-50's pooled width),
-cosine distance; identities and cameras are random (751 ids, 6 cameras for Market; 3,060 ids,
-15 cameras for MSMT17).
+cosine distance (re-ranking: L2-normalised features); identities and cameras are random (751 ids,
+6 cameras for Market; 3,060 ids, 15 cameras for MSMT17). ``--scale`` shrinks every split (a quick check
+that writes a scratch report, never BENCHMARKS.md).
 
-    python -m benchmarks.eval_speed [--dim 2048] [--skip-msmt17] [--skip-rerank]
+    python -m benchmarks.eval_speed [--dim 2048] [--scale 1.0] [--skip-msmt17] [--skip-rerank]
 """
 import argparse
 import json
@@ -87,8 +94,76 @@ def max_difference(a: Dict, b: Dict) -> float:
     return max(abs(a['mAP'] - b['mAP']), abs(a['mINP'] - b['mINP']), float(np.abs(a['cmc'] - b['cmc']).max()))
 
 
-def market_rows(dim: int):
-    q_feats, g_feats, labels = synthetic_split(**MARKET, dim=dim)
+def scaled(split: Dict[str, int], scale: float) -> Dict[str, int]:
+    """``split`` with ``scale`` × its queries and gallery images (identities and cameras kept)."""
+    return dict(split, num_query=max(1, round(split['num_query'] * scale)),
+                num_gallery=max(21, round(split['num_gallery'] * scale)))
+
+
+def classic_re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray, k1: int = 20, k2: int = 6,
+                       lambda_value: float = 0.3) -> np.ndarray:
+    """The classic k-reciprocal re-ranking (Zhong et al. CVPR'17; torchreid/BoT/fast-reid ``re_ranking``),
+    verbatim apart from formatting and the V stage split out: dense N × N matrices, full argsort. Inputs
+    are euclidean distances."""
+    original_dist = np.concatenate(
+        [np.concatenate([q_q_dist, q_g_dist], axis=1), np.concatenate([q_g_dist.T, g_g_dist], axis=1)], axis=0)
+    original_dist = np.power(original_dist, 2).astype(np.float32)
+    original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
+    query_num = q_g_dist.shape[0]
+    gallery_num = q_g_dist.shape[0] + q_g_dist.shape[1]
+    V = classic_encoding(original_dist, k1, k2)
+    original_dist = original_dist[:query_num, ]
+    invIndex = []
+    for i in range(gallery_num):
+        invIndex.append(np.where(V[:, i] != 0)[0])
+    jaccard_dist = np.zeros_like(original_dist, dtype=np.float32)
+    for i in range(query_num):
+        temp_min = np.zeros(shape=[1, gallery_num], dtype=np.float32)
+        indNonZero = np.where(V[i, :] != 0)[0]
+        indImages = [invIndex[ind] for ind in indNonZero]
+        for j in range(len(indNonZero)):
+            temp_min[0, indImages[j]] = temp_min[0, indImages[j]] + np.minimum(V[i, indNonZero[j]],
+                                                                               V[indImages[j], indNonZero[j]])
+        jaccard_dist[i] = 1 - temp_min / (2. - temp_min)
+    final_dist = jaccard_dist * (1 - lambda_value) + original_dist * lambda_value
+    return final_dist[:query_num, query_num:]
+
+
+def classic_encoding(original_dist: np.ndarray, k1: int, k2: int) -> np.ndarray:
+    """The classic code's dense V (N × N float32) after its query expansion, from the row-scaled
+    squared distances of all items to all."""
+    V = np.zeros_like(original_dist).astype(np.float32)
+    initial_rank = np.argsort(original_dist).astype(np.int32)
+    all_num = len(original_dist)
+    for i in range(all_num):
+        forward_k_neigh_index = initial_rank[i, :k1 + 1]
+        backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
+        fi = np.where(backward_k_neigh_index == i)[0]
+        k_reciprocal_index = forward_k_neigh_index[fi]
+        k_reciprocal_expansion_index = k_reciprocal_index
+        for j in range(len(k_reciprocal_index)):
+            candidate = k_reciprocal_index[j]
+            candidate_forward_k_neigh_index = initial_rank[candidate, :int(np.around(k1 / 2.)) + 1]
+            candidate_backward_k_neigh_index = initial_rank[candidate_forward_k_neigh_index,
+                                                            :int(np.around(k1 / 2.)) + 1]
+            fi_candidate = np.where(candidate_backward_k_neigh_index == candidate)[0]
+            candidate_k_reciprocal_index = candidate_forward_k_neigh_index[fi_candidate]
+            if len(np.intersect1d(candidate_k_reciprocal_index, k_reciprocal_index)) > 2. / 3 * len(
+                    candidate_k_reciprocal_index):
+                k_reciprocal_expansion_index = np.append(k_reciprocal_expansion_index, candidate_k_reciprocal_index)
+        k_reciprocal_expansion_index = np.unique(k_reciprocal_expansion_index)
+        weight = np.exp(-original_dist[i, k_reciprocal_expansion_index])
+        V[i, k_reciprocal_expansion_index] = 1. * weight / np.sum(weight)
+    if k2 != 1:
+        V_qe = np.zeros_like(V, dtype=np.float32)
+        for i in range(all_num):
+            V_qe[i, :] = np.mean(V[initial_rank[i, :k2], :], axis=0)
+        V = V_qe
+    return V
+
+
+def market_rows(dim: int, scale: float):
+    q_feats, g_feats, labels = synthetic_split(**scaled(MARKET, scale), dim=dim)
     t_chunked, chunked = timed(evaluate_rank, q_feats, g_feats, *labels, metric='cosine', device='cpu')
     t_distmat, distmat = timed(cosine_distmat, q_feats, g_feats)
     t_ranking_ref, reference = timed(reference_eval, distmat, *labels)
@@ -113,43 +188,112 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(workload: str, dim: int) -> None:
+# classic re-ranking: about seven float32 N × N arrays alive at its peak (distances, V, V_qe, argsort)
+CLASSIC_BYTES_PER_PAIR = 28
+WORKLOADS = {'msmt17': MSMT17, 'rerank-msmt17': MSMT17, 'rerank-market': MARKET, 'classic-market': MARKET}
+
+
+def normalize_(x: np.ndarray) -> torch.Tensor:
+    """L2-normalise the rows in place (no full-size temporary), as a tensor sharing ``x``'s memory."""
+    t = torch.from_numpy(x)
+    return t.div_(t.norm(dim=1, keepdim=True).clamp_min_(1e-12))
+
+
+def euclidean(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return torch.cdist(a, b).numpy()
+
+
+def child(workload: str, dim: int, scale: float) -> None:
     """Runs in its own process: prints JSON with the wall time and peak RSS of one large workload."""
-    split = MSMT17 if workload == 'msmt17' else MARKET
-    q_feats, g_feats, labels = synthetic_split(**split, dim=dim)
-    rss_features = peak_rss_mb()
+    q_feats, g_feats, labels = synthetic_split(**scaled(WORKLOADS[workload], scale), dim=dim)
+    features_mb = (q_feats.nbytes + g_feats.nbytes) / 2 ** 20
     if workload == 'msmt17':
+        rss_features = peak_rss_mb()
         seconds, result = timed(evaluate_rank, q_feats, g_feats, *labels, metric='cosine', device='cpu')
+    elif workload == 'classic-market':
+        q, g = normalize_(q_feats), normalize_(g_feats)
+        rss_features = peak_rss_mb()
+        seconds, result = timed(lambda: evaluate_distmat(classic_re_ranking(
+            euclidean(q, g), euclidean(q, q), euclidean(g, g)), *labels, device='cpu'))
     else:
-        q, g = (torch.nn.functional.normalize(torch.from_numpy(x), dim=1) for x in (q_feats, g_feats))
+        q, g = normalize_(q_feats), normalize_(g_feats)
+        rss_features = peak_rss_mb()
         seconds, result = timed(lambda: evaluate_distance_chunks(iter_re_ranking(q, g, device='cpu'), *labels))
-    print(json.dumps(dict(
-        seconds=seconds, peak_rss_mb=peak_rss_mb(), rss_after_features_mb=rss_features,
-        features_mb=(q_feats.nbytes + g_feats.nbytes) / 2 ** 20, num_valid_queries=result['num_valid_queries'])))
+    print(json.dumps(dict(seconds=seconds, peak_rss_mb=peak_rss_mb(), rss_after_features_mb=rss_features,
+                          features_mb=features_mb, mAP=result['mAP'], num_valid_queries=result['num_valid_queries'])))
 
 
-def child_row(workload: str, title: str, dim: int, target: str) -> list:
-    out = subprocess.run([sys.executable, '-m', 'benchmarks.eval_speed', '--child', workload, '--dim', str(dim)],
-                         capture_output=True, text=True, check=True).stdout
+def run_child(workload: str, dim: int, scale: float) -> Dict[str, float]:
+    out = subprocess.run([sys.executable, '-m', 'benchmarks.eval_speed', '--child', workload, '--dim', str(dim),
+                          '--scale', str(scale)], capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     print(workload, result)
+    return result
+
+
+def child_row(title: str, result: Dict[str, float], target: str) -> list:
     return [title, f'{result["features_mb"]:.0f}', f'{result["seconds"]:.1f}', f'{result["peak_rss_mb"]:.0f}',
             f'{result["rss_after_features_mb"]:.0f}', target]
+
+
+def available_mb() -> float:
+    """Memory the kernel can give without swapping (``MemAvailable``), in MB; infinite where unknown."""
+    try:
+        for line in open('/proc/meminfo'):
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float('inf')
+
+
+def classic_scale(scale: float) -> float:
+    """The largest fraction of ``scale`` × Market at which the classic code fits in 80% of free memory."""
+    n = (MARKET['num_query'] + MARKET['num_gallery']) * scale
+    needed_mb = CLASSIC_BYTES_PER_PAIR * n * n / 2 ** 20
+    return scale * min(1.0, (0.8 * available_mb() / needed_mb) ** 0.5)
+
+
+def size(split: Dict[str, int]) -> str:
+    return f'{split["num_query"]:,} × {split["num_gallery"]:,}'
+
+
+def rerank_rows(dim: int, scale: float) -> list:
+    msmt17 = run_child('rerank-msmt17', dim, scale)
+    rows = [child_row(f'evaluate + re-ranking, MSMT17 scale ({size(scaled(MSMT17, scale))})', msmt17,
+                      '≤ 4096 MB peak (classic code: ~100 GB)')]
+    market = scaled(MARKET, scale)
+    streamed = run_child('rerank-market', dim, scale)
+    rows.append(child_row(f'evaluate + re-ranking, Market scale ({size(market)})', streamed, 'bounded'))
+    fraction = classic_scale(scale)
+    if fraction < scale:
+        print(f'classic re-ranking: only {available_mb():.0f} MB free, comparing at {fraction / scale:.2f} × the split')
+        streamed, market = run_child('rerank-market', dim, fraction), scaled(MARKET, fraction)
+        rows.append(child_row(f'evaluate + re-ranking ({size(market)}, the classic code\'s size)', streamed, 'bounded'))
+    classic = run_child('classic-market', dim, fraction)
+    rows.append(child_row(f'evaluate + classic re-ranking, dense N × N ({size(market)}); |ΔmAP| vs streamed '
+                          f'{abs(classic["mAP"] - streamed["mAP"]):.1e}, {classic["seconds"] / streamed["seconds"]:.1f}× '
+                          f'the time, {classic["peak_rss_mb"] / streamed["peak_rss_mb"]:.1f}× the memory', classic,
+                          'reference'))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--dim', type=int, default=2048, help='feature width')
+    parser.add_argument('--scale', type=float, default=1.0,
+                        help='fraction of every split\'s queries and gallery (a quick check below 1)')
     parser.add_argument('--skip-msmt17', action='store_true', help='no MSMT17-scale evaluation')
-    parser.add_argument('--skip-rerank', action='store_true', help='no Market-scale re-ranking')
-    parser.add_argument('--child', choices=('msmt17', 'rerank'), help=argparse.SUPPRESS)
+    parser.add_argument('--skip-rerank', action='store_true', help='no re-ranking rows')
+    parser.add_argument('--child', choices=sorted(WORKLOADS), help=argparse.SUPPRESS)
     add_report_argument(parser)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.dim)
+        child(args.child, args.dim, args.scale)
         return
-    rows, diff, reference = market_rows(args.dim)
-    body = (f'Market-1501 scale: {MARKET["num_query"]:,} × {MARKET["num_gallery"]:,}, random {args.dim}-d float32 '
+    rows, diff, reference = market_rows(args.dim, args.scale)
+    market = scaled(MARKET, args.scale)
+    body = (f'Market-1501 scale: {size(market)}, random {args.dim}-d float32 '
             f'features, cosine, CPU. Reference: full distance matrix + one argsort + torchreid\'s per-query loop. '
             f'Largest |Δ| between the evaluator and the reference over mAP, mINP and CMC@1..50: {diff:.2e} '
             f'(reference mAP {reference["mAP"]:.4f}). Both spend the same time in the distance matmul, which bounds '
@@ -157,16 +301,15 @@ def main() -> None:
             + markdown_table(['stage', 'full-matrix reference (s)', 'ptl_timm chunked (s)', 'speed-up'], rows))
     large = []
     if not args.skip_msmt17:
-        large.append(child_row('msmt17', f'evaluate_rank, MSMT17 scale ({MSMT17["num_query"]:,} × '
-                               f'{MSMT17["num_gallery"]:,})', args.dim, '≤ 2048 MB peak'))
+        large.append(child_row(f'evaluate_rank, MSMT17 scale ({size(scaled(MSMT17, args.scale))})',
+                               run_child('msmt17', args.dim, args.scale), '≤ 2048 MB peak'))
     if not args.skip_rerank:
-        large.append(child_row('rerank', f'evaluate + re-ranking (k1=20, k2=6, λ=0.3), Market scale '
-                               f'({MARKET["num_query"]:,} × {MARKET["num_gallery"]:,})', args.dim,
-                               'bounded (classic code: dense N × N, ~8-10 GB)'))
+        large += rerank_rows(args.dim, args.scale)
     if large:
-        body += (f'\nLarge workloads, each in a fresh subprocess on CPU with random {args.dim}-d features. Peak memory '
-                 f'is the subprocess\'s peak resident set size (`VmHWM` in /proc/self/status: Python + torch + '
-                 f'features + evaluation); the column before it is the same peak just before evaluating.\n\n'
+        body += (f'\nLarge workloads, each in a fresh subprocess on CPU with random {args.dim}-d features; re-ranking: '
+                 f'k1=20, k2=6, λ=0.3 on L2-normalised features. Peak memory is the subprocess\'s peak resident set '
+                 f'size (`VmHWM` in /proc/self/status: Python + torch + features + evaluation); the column before it '
+                 f'is the same peak just before evaluating.\n\n'
                  + markdown_table(['workload', 'features (MB)', 'time (s)', 'peak RSS (MB)',
                                    'peak RSS before evaluating (MB)', 'target'], large))
     print(body)

@@ -180,6 +180,7 @@ def test_training_forward_under_inference_mode_then_backward():
     assert not cell.latent_state.is_inference()
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
     eager = BConvCell(IN_CHS, OUT_CHS).train()

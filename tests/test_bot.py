@@ -33,6 +33,7 @@ def trained_a_little(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize('ptl', [True, False])
+@pytest.mark.slow
 def test_bnneck_gives_the_triplet_the_pooled_feature_and_the_classifier_the_normalised_one(ptl):
     model = tiny(ptl, neck='bnneck', classifier_dims=()).train()
     x = torch.randn(4, 3, *SMALL)
@@ -125,6 +126,7 @@ def test_ptl_bot_resnet50_adds_cells_fused_by_the_1x1_conv():
     assert tuple(features.shape[-2:]) == (16, 8)
 
 
+@pytest.mark.slow
 def test_options_survive_reset_classifier():
     model = tiny(**BOT_OPTIONS)
     with torch.no_grad():
@@ -152,6 +154,7 @@ def test_options_survive_features_only():
     assert [SMALL[0] // m.shape[-2] for m in maps] == [2, 4, 8, 16, 16]
 
 
+@pytest.mark.slow
 def test_options_survive_a_hub_round_trip(tmp_path):
     model = trained_a_little(tiny(**BOT_OPTIONS))
     with torch.no_grad():
@@ -165,6 +168,7 @@ def test_options_survive_a_hub_round_trip(tmp_path):
     assert isinstance(loaded.bnneck, BNNeck) and loaded.feature_info[-1]['reduction'] == 16
 
 
+@pytest.mark.slow
 def test_options_script_and_match_eager():
     model = trained_a_little(tiny(**BOT_OPTIONS))
     x = torch.randn(2, 3, *SMALL)
@@ -175,6 +179,7 @@ def test_options_script_and_match_eager():
 @pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ('onnx', 'onnxscript', 'onnxruntime')),
     reason='the onnx extra (onnx, onnxscript) and onnxruntime are needed')
+@pytest.mark.slow
 def test_options_export_to_onnx(tmp_path):
     model = trained_a_little(tiny(**BOT_OPTIONS))
     result = export_onnx(model, tmp_path / 'bot.onnx', input_size=(3, *SMALL))

@@ -40,6 +40,7 @@ def test_bot_recipe_resolves_for_bot_models():
     assert TrainConfig(model='ptl_resnet50').center_weight == 0.0
 
 
+@pytest.mark.slow
 def test_bot_run_trains_the_centres_warms_up_and_resumes(tmp_path, domain):
     cfg = bot_config(tmp_path, domain, epochs=1)
     first = fine_tune(cfg)['history'][0]
@@ -66,6 +67,7 @@ def test_frozen_backbone_keeps_its_weights_while_the_head_trains(tmp_path, domai
     assert not torch.equal(trained['head.fc.weight'], initial['head.fc.weight'])
 
 
+@pytest.mark.slow
 def test_ema_weights_are_saved_and_the_trained_ones_resume(tmp_path, domain):
     cfg = bot_config(tmp_path, domain, epochs=1, ema_decay=0.5, augment='rand-m9-mstd0.5', color_jitter=0.2)
     fine_tune(cfg)
@@ -78,6 +80,7 @@ def test_ema_weights_are_saved_and_the_trained_ones_resume(tmp_path, domain):
 
 
 @pytest.mark.skipif(importlib.util.find_spec('tensorboard') is None, reason='tensorboard is not installed')
+@pytest.mark.slow
 def test_tensorboard_log_beside_metrics(tmp_path, domain):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     fine_tune(bot_config(tmp_path, domain, epochs=1, tensorboard=True))

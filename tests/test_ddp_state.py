@@ -1,6 +1,7 @@
 """Under DDP each rank keeps its own latent state: DDP must not broadcast it from rank 0."""
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,6 +34,7 @@ def _train_rank(rank: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_keep_their_own_state(tmp_path):
     mp.spawn(_train_rank, args=(str(tmp_path / 'init'), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(WORLD_SIZE))

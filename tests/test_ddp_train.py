@@ -16,6 +16,7 @@ from ptl_timm.hub import load_model
 from engine_support import make_domain, tiny_config
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training_evaluates_every_feature(tmp_path):
     domain = make_domain(tmp_path / 'synth', num_ids=12, images_per_id=5)  # odd counts: unequal shards
     values = tiny_config(tmp_path / 'out', domain, sampler='pk', batch_size=4, num_instances=2, epochs=1,

@@ -40,6 +40,7 @@ def _distill_config(tmp_path, domain, teacher_dir, student_dir, **overrides):
 
 
 @pytest.mark.parametrize('lam', [0.0, 0.3, 0.8, 1.0])
+@pytest.mark.slow
 def test_distillation_objective_is_eq4(lam, teacher_dir, student_dir):
     """(1-λ)·CE(student logits, labels) + λ·mean|f_student - f_teacher|, computed by hand."""
     torch.manual_seed(0)
@@ -68,6 +69,7 @@ def test_teacher_stays_frozen_in_eval_mode_with_zero_state(tmp_path, domain, tea
     assert cells and all(c.latent_state.numel() == 0 for c in cells), 'teacher state never written'
 
 
+@pytest.mark.slow
 def test_student_starts_from_its_own_weights_and_stands_alone(tmp_path, domain, teacher_dir, student_dir):
     result = run_distill(_distill_config(tmp_path, domain, teacher_dir, student_dir))
     student = load_model(tmp_path / 'out' / 'last')
@@ -76,6 +78,7 @@ def test_student_starts_from_its_own_weights_and_stands_alone(tmp_path, domain, 
     assert result['last']['eval'][domain['label']]['num_query'] > 0
 
 
+@pytest.mark.slow
 def test_adapter_bridges_different_embedding_widths(tmp_path, domain, teacher_dir):
     narrow = save_untrained(tmp_path / 'narrow', 'reid_net', **dict(TINY_MODEL_ARGS, embed_dim=32))
     cfg = _distill_config(tmp_path, domain, teacher_dir, narrow, model_args=dict(TINY_MODEL_ARGS, embed_dim=32))

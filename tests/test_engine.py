@@ -90,6 +90,7 @@ def test_non_positive_side_lr_mult_is_a_config_error(tmp_path, domain):
         build_config(TrainConfig, overrides=tiny_config(tmp_path / 'out', domain, side_lr_mult=0))
 
 
+@pytest.mark.slow
 def test_each_epoch_writes_last_best_metrics_and_curves(trained_run):
     output, result = trained_run
     for name in ('last', 'best'):
@@ -122,6 +123,7 @@ def _state_sizes_seen_by_training_forwards(cfg: TrainConfig) -> list:
     return [state.numel() for state in states_seen_by_training_forwards(cfg)]
 
 
+@pytest.mark.slow
 def test_every_training_epoch_starts_from_zero_latent_state(tmp_path, domain):
     seen = _state_sizes_seen_by_training_forwards(
         TrainConfig(**tiny_config(tmp_path / 'out', domain, epochs=2, max_steps_per_epoch=2, eval_every=1)))

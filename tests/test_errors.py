@@ -35,7 +35,9 @@ def _cli(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_user_error_is_one_line_and_exit_2_a_bug_keeps_its_traceback_and_exit_1():
+    """Through the interpreter, as a user runs it (the fast lane checks the same in-process below)."""
     user = _cli(_BUG.format(error="__import__('ptl_timm.errors').errors.ConfigError('lr: must be > 0, got -1')"))
     assert user.returncode == 2
     assert user.stderr == 'ptl-timm info: error: lr: must be > 0, got -1\n'
@@ -43,6 +45,19 @@ def test_user_error_is_one_line_and_exit_2_a_bug_keeps_its_traceback_and_exit_1(
     assert bug.returncode == 1 and 'Traceback' in bug.stderr and "KeyError: 'internal'" in bug.stderr
     shape = _cli(_BUG.format(error="RuntimeError('mat1 and mat2 shapes cannot be multiplied')"))
     assert shape.returncode == 1 and 'Traceback' in shape.stderr
+
+
+@pytest.mark.parametrize('bug', [KeyError('internal'), RuntimeError('mat1 and mat2 shapes cannot be multiplied'),
+                                 ValueError('a bug, not a user error'), FileNotFoundError('an internal file')])
+def test_exceptions_that_are_not_user_errors_escape_main(monkeypatch, bug):
+    """Before the contract, main() turned every ValueError/KeyError/RuntimeError into an 'error:' line."""
+    import ptl_timm.cli.info as info
+
+    def failing(args):
+        raise bug
+    monkeypatch.setattr(info, 'run', failing)
+    with pytest.raises(type(bug)):
+        main(['info'])
 
 
 def test_debug_flag_and_environment_show_the_traceback_of_user_errors(capsys, monkeypatch):

@@ -95,7 +95,7 @@ def test_pretrained_cfg_overlay_file_loads_a_reid_checkpoint(tmp_path):
     model = tiny_model()
     save_pretrained(model, tmp_path)
     loaded = timm.create_model(
-        'ptl_net', backbone='resnet18', num_classes=7, pretrained=True,
+        'ptl_net', backbone='test_resnet', num_classes=7, pretrained=True,
         pretrained_cfg_overlay=dict(file=str(tmp_path / WEIGHTS_NAME)))
     assert torch.equal(embeddings(loaded), embeddings(model))
 

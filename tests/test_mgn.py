@@ -34,6 +34,7 @@ def test_parameter_counts_at_751_classes(name, kwargs, expected):
 
 
 @pytest.mark.parametrize('img_size', [(384, 128), (256, 128)])
+@pytest.mark.slow
 def test_retrieval_feature_logits_and_triplet_features_shapes(ptl_mgn, img_size):
     with torch.no_grad():
         out = ptl_mgn.forward_reid(torch.randn(2, 3, *img_size))

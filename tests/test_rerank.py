@@ -3,60 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.eval_speed import classic_encoding, classic_re_ranking
 from ptl_timm.eval.metrics import evaluate_distance_chunks, evaluate_distmat
-from ptl_timm.eval.rerank import iter_re_ranking, re_ranking
-
-
-def classic_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
-    """The classic numpy port (Zhong et al. CVPR'17; torchreid/fast-reid ``re_ranking``), verbatim
-    apart from formatting: dense N × N matrices, full argsort. Inputs are euclidean distances."""
-    original_dist = np.concatenate(
-        [np.concatenate([q_q_dist, q_g_dist], axis=1), np.concatenate([q_g_dist.T, g_g_dist], axis=1)], axis=0)
-    original_dist = np.power(original_dist, 2).astype(np.float32)
-    original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
-    V = np.zeros_like(original_dist).astype(np.float32)
-    initial_rank = np.argsort(original_dist).astype(np.int32)
-    query_num = q_g_dist.shape[0]
-    gallery_num = q_g_dist.shape[0] + q_g_dist.shape[1]
-    all_num = gallery_num
-    for i in range(all_num):
-        forward_k_neigh_index = initial_rank[i, :k1 + 1]
-        backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
-        fi = np.where(backward_k_neigh_index == i)[0]
-        k_reciprocal_index = forward_k_neigh_index[fi]
-        k_reciprocal_expansion_index = k_reciprocal_index
-        for j in range(len(k_reciprocal_index)):
-            candidate = k_reciprocal_index[j]
-            candidate_forward_k_neigh_index = initial_rank[candidate, :int(np.around(k1 / 2.)) + 1]
-            candidate_backward_k_neigh_index = initial_rank[candidate_forward_k_neigh_index, :int(np.around(k1 / 2.)) + 1]
-            fi_candidate = np.where(candidate_backward_k_neigh_index == candidate)[0]
-            candidate_k_reciprocal_index = candidate_forward_k_neigh_index[fi_candidate]
-            if len(np.intersect1d(candidate_k_reciprocal_index, k_reciprocal_index)) > 2. / 3 * len(
-                    candidate_k_reciprocal_index):
-                k_reciprocal_expansion_index = np.append(k_reciprocal_expansion_index, candidate_k_reciprocal_index)
-        k_reciprocal_expansion_index = np.unique(k_reciprocal_expansion_index)
-        weight = np.exp(-original_dist[i, k_reciprocal_expansion_index])
-        V[i, k_reciprocal_expansion_index] = 1. * weight / np.sum(weight)
-    original_dist = original_dist[:query_num, ]
-    if k2 != 1:
-        V_qe = np.zeros_like(V, dtype=np.float32)
-        for i in range(all_num):
-            V_qe[i, :] = np.mean(V[initial_rank[i, :k2], :], axis=0)
-        V = V_qe
-    invIndex = []
-    for i in range(gallery_num):
-        invIndex.append(np.where(V[:, i] != 0)[0])
-    jaccard_dist = np.zeros_like(original_dist, dtype=np.float32)
-    for i in range(query_num):
-        temp_min = np.zeros(shape=[1, gallery_num], dtype=np.float32)
-        indNonZero = np.where(V[i, :] != 0)[0]
-        indImages = [invIndex[ind] for ind in indNonZero]
-        for j in range(len(indNonZero)):
-            temp_min[0, indImages[j]] = temp_min[0, indImages[j]] + np.minimum(V[i, indNonZero[j]],
-                                                                               V[indImages[j], indNonZero[j]])
-        jaccard_dist[i] = 1 - temp_min / (2. - temp_min)
-    final_dist = jaccard_dist * (1 - lambda_value) + original_dist * lambda_value
-    return final_dist[:query_num, query_num:]
+from ptl_timm.eval.rerank import (_encoding, _expansion_sets, _Features, _neighbours, _query_expansion, iter_re_ranking,
+                                  re_ranking)
 
 
 def euclidean(a, b):
@@ -85,6 +35,30 @@ def test_re_ranking_equals_classic_code(k1, k2, lambda_value):
         result = re_ranking(q.astype(np.float32), g.astype(np.float32), k1=k1, k2=k2, lambda_value=lambda_value,
                             chunk_size=16, device='cpu')
         np.testing.assert_allclose(result.numpy(), expected, atol=2e-5)
+
+
+def sparse_encoding(q, g, k1, k2, block):
+    features = _Features(q.astype(np.float32), g.astype(np.float32), torch.device('cpu'))
+    initial_rank, row_max = _neighbours(features, k1 + 1, chunk_size=16)
+    encoding = _encoding(features, *_expansion_sets(initial_rank, k1, block=block), row_max, block=block)
+    return _query_expansion(encoding, initial_rank, k2, block=block) if k2 > 1 else encoding
+
+
+@pytest.mark.parametrize('k1,k2', [(20, 6), (6, 3), (5, 1)])
+def test_compressed_rows_hold_the_classic_dense_encoding(k1, k2):
+    q, g = clustered_features(10, num_query=12, num_gallery=70)
+    x = np.concatenate([q, g])
+    squared = euclidean(x, x).astype(np.float32) ** 2
+    expected = classic_encoding(np.transpose(squared / squared.max(0)), k1, k2)
+    for block in (5, 1024):  # several blocks and one: the blocked construction is the same matrix
+        sparse = sparse_encoding(q, g, k1, k2, block)
+        assert sparse.cols.dtype == torch.int32 and sparse.values.dtype == torch.float32
+        rows, cols, values = sparse.entries(0, len(x))
+        assert all((c[1:] > c[:-1]).all() for c in np.split(cols.numpy(), sparse.row_ptr[1:-1].numpy()))
+        assert (values != 0).all() and len(values) == (expected != 0).sum()
+        dense = torch.zeros(len(x), len(x))
+        dense[rows, cols] = values
+        np.testing.assert_allclose(dense.numpy(), expected, rtol=0, atol=1e-7)
 
 
 def test_re_ranking_does_not_depend_on_chunk_size():

@@ -29,11 +29,13 @@ def test_paired_difference_matches_a_direct_calculation():
         state.paired_difference([1.0], [2.0])
 
 
+@pytest.mark.slow
 def test_quick_runs_every_table_at_ci_size_and_writes_only_under_work(tmp_path):
     before = BENCHMARKS_MD.stat().st_mtime_ns if BENCHMARKS_MD.exists() else None
     results_before = sorted(state.RESULTS_DIR.iterdir()) if state.RESULTS_DIR.exists() else None
-    result = state.main(['--quick', '--work', str(tmp_path), '--quiet'])
+    result = state.main(['--quick', '--work', str(tmp_path), '--quiet', '--report', str(tmp_path / 'report.md')])
     setting, body = result['setting'], result['body']
+    assert '<!-- begin:state -->' in (tmp_path / 'report.md').read_text()
     for key, table in state.tables(setting).items():
         assert f'### {table.title}' in body
         assert (tmp_path / 'results' / f'{key}.png').stat().st_size > 0
@@ -51,6 +53,11 @@ def test_quick_runs_every_table_at_ci_size_and_writes_only_under_work(tmp_path):
     # --reuse retrains nothing: every checkpoint stays as it is
     checkpoint = tmp_path / 'seed0' / 'plain' / 'last' / 'model.safetensors'
     written = checkpoint.stat().st_mtime_ns
-    again = state.main(['--quick', '--work', str(tmp_path), '--quiet', '--reuse', '--tables', 'key'])
+    again = state.main(['--quick', '--work', str(tmp_path), '--quiet', '--reuse', '--tables', 'key', '--no-report'])
     assert checkpoint.stat().st_mtime_ns == written
     assert again['runs']['plain/seed0'] == runs['plain/seed0']
+    # the other tables' runs stay in runs.json; --no-train adds a seed's rows only once it is trained
+    assert set(json.loads((tmp_path / 'results' / 'runs.json').read_text())['runs']) == set(runs)
+    scored = state.main(['--quick', '--work', str(tmp_path), '--quiet', '--reuse', '--no-train', '--key-seeds', '3',
+                         '--tables', 'key', '--no-report'])
+    assert 'plain/seed2' not in scored['runs'] and not (tmp_path / 'seed2').exists()

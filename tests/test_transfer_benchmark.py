@@ -2,9 +2,12 @@
 produces every table; what the tables say is for the full run, not for this test."""
 import json
 
+import pytest
+
 from benchmarks import transfer
 
 
+@pytest.mark.slow
 def test_quick_run_produces_every_table_with_every_seed(tmp_path):
     result = transfer.main(['--quick', '--work', str(tmp_path / 'work'), '--out', str(tmp_path / 'out'),
                             '--no-report', '--quiet'])
@@ -30,6 +33,7 @@ def test_quick_run_produces_every_table_with_every_seed(tmp_path):
     assert body.count(' ± ') >= 2 * len(expected)
 
 
+@pytest.mark.slow
 def test_reuse_keeps_finished_runs_and_runs_only_the_missing_table(tmp_path):
     common = ['--quick', '--seeds', '1', '--work', str(tmp_path / 'work'), '--out', str(tmp_path / 'out'),
               '--no-report', '--quiet']
