@@ -381,10 +381,11 @@ def render_table(runs: Dict[str, Dict[str, Any]], setting: Setting, table: Table
     text += '\n' + markdown_table(['contrast (paired by seed)'] + [f'Δ {m} [95% CI]' for m, _ in MEASURES]
                                   + ['sd of Δ mAP', 'seeds'], contrast_rows)
     if forest:
-        detectable = sorted(deltas[0].detectable for _, deltas in forest)
+        whole, small = (sorted(deltas[i].detectable for _, deltas in forest) for i in (0, 2))
         text += (f'\nPower: from the observed spread of the paired differences, a true Δ mAP of '
-                 f'{detectable[0]:.2f} to {detectable[-1]:.2f} points (depending on the contrast) is detected with '
-                 f'80% power at α = 0.05, two-sided.\n')
+                 f'{whole[0]:.2f} to {whole[-1]:.2f} points over the whole large split ({small[0]:.2f} to '
+                 f'{small[-1]:.2f} on the old-size galleries), depending on the contrast, is detected with 80% power '
+                 f'at α = 0.05, two-sided.\n')
     return text, forest
 
 
@@ -438,7 +439,13 @@ def plot_forest(forest: List[Tuple[str, List[Paired]]], title: str, path: Path) 
 
 def render(runs: Dict[str, Dict[str, Any]], setting: Setting, keys: Sequence[str], plot_dir: Path,
            link: str, large: Tuple[int, int]) -> str:
-    body = []
+    body = [f'Every run is fine-tuned from one pre-trained backbone and scored on a large test split of unseen '
+            f'identities ({large[0]} queries, {large[1]} gallery images for seed 0; one split per seed, the same '
+            f'for every run of that seed). mAP and Rank-1 rank each query against that whole gallery, a much harder '
+            f'task than the old {setting.num_ids // 2}-identity split, hence the low numbers; "old-size galleries" '
+            f'is the mean mAP over disjoint galleries of {setting.num_ids // 2} identities each (the old split\'s '
+            f'difficulty, measured {setting.test_ids // (setting.num_ids // 2)} times). Δ: paired by seed, with its '
+            f'95% t-interval; "seeds" counts the seeds finished.\n']
     for key in keys:
         table = tables(setting)[key]
         text, forest = render_table(runs, setting, table)

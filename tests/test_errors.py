@@ -94,18 +94,20 @@ def test_every_user_error_class_is_a_ptl_error_and_keeps_its_builtin_base():
         assert issubclass(cls, PTLError), cls
 
 
-def test_unwritable_output_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
-    """A read-only folder (EROFS at the rename) through a real command: exit 2, the file named, nothing left."""
+def test_unwritable_output_is_one_line_naming_the_folder(tmp_path, monkeypatch, capsys):
+    """A read-only file system (EROFS when the finished dataset is renamed into place) through a real
+    command: exit 2, one line naming the folder asked for, no staging folder left."""
     real_replace = os.replace
 
     def read_only(src, dst, *args, **kwargs):
-        if str(dst).endswith('models.json'):
+        if str(dst).endswith('street'):
             raise OSError(errno.EROFS, 'Read-only file system')
         return real_replace(src, dst, *args, **kwargs)
     monkeypatch.setattr(os, 'replace', read_only)
-    assert main(['info', '--json', str(tmp_path / 'models.json')]) == 2
+    assert main(['synth', '--data-root', str(tmp_path / 'street'), '--num-ids', '2', '--images-per-id', '2',
+                 '--num-cams', '2', '--img-size', '16', '8', '--quiet']) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f'ptl-timm info: error: cannot write {tmp_path / "models.json"}: the file system is read-only; '
+    assert err == [f'ptl-timm synth: error: cannot write {tmp_path / "street"}: the file system is read-only; '
                    f'choose an output folder you can write to']
     assert list(tmp_path.iterdir()) == []
 

@@ -171,6 +171,7 @@ def cli_model_args(model_dir):
     return ['--model', str(model_dir), '--img-size', *map(str, IMG_SIZE), '--device', 'cpu', '--quiet']
 
 
+@pytest.mark.slow
 def test_extract_command_saves_query_and_gallery_sets(model_dir, dataset_root, tmp_path):
     out = tmp_path / 'feats.safetensors'
     assert main(['extract', *cli_model_args(model_dir), '--dataset', 'market1501', '--data-root', str(dataset_root),
@@ -181,6 +182,7 @@ def test_extract_command_saves_query_and_gallery_sets(model_dir, dataset_root, t
     assert sets['gallery'].pids.tolist() == [r.pid for r in dataset.gallery]
 
 
+@pytest.mark.slow
 def test_eval_command_from_features_equals_eval_from_model(model_dir, dataset_root, tmp_path):
     feats = tmp_path / 'feats.npz'
     main(['extract', *cli_model_args(model_dir), '--dataset', 'market1501', '--data-root', str(dataset_root), '--output', str(feats)])

@@ -163,6 +163,7 @@ def test_wheel_ships_the_same_manifest(tmp_path):
         assert archive.read('ptl_timm/weights_manifest.json') == (PACKAGE / 'weights_manifest.json').read_bytes()
 
 
+@pytest.mark.slow
 def test_plain_import_gives_every_documented_entry_point():
     """``import ptl_timm`` alone makes ``ptl_timm.hub.load_model`` usable (README recommends it)."""
     code = 'import ptl_timm; print(callable(ptl_timm.hub.load_model), callable(ptl_timm.FeatureExtractor))'

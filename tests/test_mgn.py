@@ -83,6 +83,7 @@ def test_global_max_survives_the_repeat_onto_the_part_grid():
     torch.testing.assert_close(repeated.amax((2, 3)), coarse.amax((2, 3)))
 
 
+@pytest.mark.slow
 def test_forward_is_the_mean_of_the_eight_logits(ptl_mgn):
     x = torch.randn(2, 3, *TINY)
     with torch.no_grad():
@@ -92,6 +93,7 @@ def test_forward_is_the_mean_of_the_eight_logits(ptl_mgn):
             ptl_mgn.forward_head(ptl_mgn.forward_features(x), pre_logits=True), out.embedding)
 
 
+@pytest.mark.slow
 def test_intermediates_follow_feature_info(ptl_mgn):
     x = torch.randn(1, 3, *TINY)
     with torch.no_grad():
@@ -101,6 +103,7 @@ def test_intermediates_follow_feature_info(ptl_mgn):
     assert [TINY[0] // t.shape[2] for t in intermediates] == [f['reduction'] for f in ptl_mgn.feature_info]
 
 
+@pytest.mark.slow
 def test_without_classifiers_forward_gives_the_retrieval_feature():
     torch.manual_seed(0)
     model = timm.create_model('mgn_resnet50', num_classes=0).eval()
@@ -116,6 +119,7 @@ def test_unsupported_pooling_raises_value_error():
         timm.create_model('mgn_resnet50', global_pool='avg', device='meta')
 
 
+@pytest.mark.slow
 def test_pretrained_resnet50_fills_trunk_and_every_branch(tmp_path):
     torch.manual_seed(1)
     resnet_state = {k: v + 1 for k, v in timm.create_model('resnet50').state_dict().items()}
@@ -150,6 +154,7 @@ def test_pretrained_state_dict_of_another_network_names_missing_tensors():
         filter_resnet_pretrained(resnet18, model)
 
 
+@pytest.mark.slow
 def test_training_ptl_mgn_with_the_mgn_objective_reduces_the_loss():
     torch.manual_seed(0)
     model = timm.create_model('ptl_mgn', num_classes=2).train()
@@ -169,6 +174,7 @@ def test_training_ptl_mgn_with_the_mgn_objective_reduces_the_loss():
     assert all(s.numel() > 0 for s in cell_states(model))
 
 
+@pytest.mark.slow
 def test_eval_features_do_not_depend_on_batch_or_training_history():
     torch.manual_seed(0)
     model = timm.create_model('ptl_mgn', num_classes=0)
@@ -191,6 +197,7 @@ def test_eval_features_do_not_depend_on_batch_or_training_history():
     torch.testing.assert_close(after_training, alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_latent_state_is_outside_state_dict_ignored_by_ddp_and_reset_by_train():
     torch.manual_seed(0)
     model = timm.create_model('ptl_mgn', num_classes=3).train()

@@ -49,6 +49,7 @@ def test_train_call_at_each_epoch_start_resets_the_state():
     assert all(s.numel() == 0 for s in _states(model).values())
 
 
+@pytest.mark.slow
 def test_validation_under_inference_mode_leaves_the_state_untouched():
     model = _model().train()
     _train_steps(model)
@@ -67,6 +68,7 @@ def test_validation_under_inference_mode_leaves_the_state_untouched():
     _train_steps(model, seed=1)  # training goes on after inference-mode validation
 
 
+@pytest.mark.slow
 def test_model_ema_v3_averages_weights_and_never_the_state():
     model = _model().train()
     _train_steps(model)
@@ -107,6 +109,7 @@ def test_export_imagefolder_is_read_by_timms_create_dataset(tmp_path):
         export_imagefolder(dataset, tmp_path / 'folder')
 
 
+@pytest.mark.slow
 def test_timm_script_runner_registers_ptl_models_for_the_script(tmp_path):
     script = tmp_path / 'validate.py'
     script.write_text(

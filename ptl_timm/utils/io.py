@@ -144,7 +144,7 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     folder complete (after :func:`recover_folder`)."""
     path = Path(path)
     staging = _staging(path)
-    with writing(staging):
+    with writing(path):
         recover_folder(path)
         shutil.rmtree(staging, ignore_errors=True)  # a staging folder left by a killed writer
         staging.mkdir(parents=True)
