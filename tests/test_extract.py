@@ -194,6 +194,7 @@ def test_eval_command_from_features_equals_eval_from_model(model_dir, dataset_ro
     assert 0 <= from_features['mAP'] <= 100 and len(from_features['cmc']) == from_features['num_gallery']
 
 
+@pytest.mark.slow
 def test_eval_command_re_ranks(model_dir, tmp_path):
     root = generate_synthetic(tmp_path, SYNTH_DOMAINS[1], num_ids=12, images_per_id=4, num_cams=2, img_size=IMG_SIZE)
     args = ['eval', *cli_model_args(model_dir), '--dataset', 'market1501', '--data-root', str(root)]

@@ -252,6 +252,7 @@ def test_loaded_model_keeps_the_saved_pretrained_cfg(tmp_path):
         assert data_config['input_size'] == SMALL and data_config['crop_mode'] == 'squash', source
 
 
+@pytest.mark.slow
 def test_local_dir_prefix_with_an_absolute_path_is_honoured(tmp_path):
     model = tiny_model()
     save_pretrained(model, tmp_path / 'run' / 'last')

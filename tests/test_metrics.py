@@ -84,6 +84,7 @@ def valid_random_cases(seed, count, **kwargs):
 
 
 @pytest.mark.parametrize('ap_mode', ['default', 'official'])
+@pytest.mark.slow
 def test_chunked_metrics_equal_full_matrix_reference_with_ties_and_junk(ap_mode):
     for distmat, *labels in valid_random_cases(seed=0, count=200):
         expected = reference_rank(distmat, *labels, max_rank=10, ap_mode=ap_mode)

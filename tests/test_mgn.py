@@ -215,6 +215,7 @@ def test_latent_state_is_outside_state_dict_ignored_by_ddp_and_reset_by_train():
     assert all(s.numel() == 0 for s in cell_states(model))
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_gives_the_same_losses_and_gradients_over_steps():
     torch.manual_seed(0)
     plain = timm.create_model('ptl_mgn', num_classes=2).train()
@@ -234,6 +235,7 @@ def test_grad_checkpointing_gives_the_same_losses_and_gradients_over_steps():
         torch.testing.assert_close(q.grad, p.grad)
 
 
+@pytest.mark.slow
 def test_save_pretrained_round_trip_keeps_the_variant(tmp_path):
     from ptl_timm.hub import load_model, save_pretrained
     torch.manual_seed(0)
@@ -247,6 +249,7 @@ def test_save_pretrained_round_trip_keeps_the_variant(tmp_path):
 
 
 @pytest.mark.parametrize('ptl', [False, True])
+@pytest.mark.slow
 def test_last_stride_one_keeps_the_global_branch_on_the_part_grid(ptl):
     torch.manual_seed(0)
     model = timm.create_model('ptl_mgn' if ptl else 'mgn_resnet50', num_classes=5, last_stride=1).eval()

@@ -50,6 +50,7 @@ def reference(run):
     return dataset, {split: features_at(model, getattr(dataset, split), TRAINED_SIZE) for split in ('query', 'gallery')}
 
 
+@pytest.mark.slow
 def test_feature_extractor_takes_the_recorded_size(run, reference):
     _, checkpoint, model = run
     dataset, expected = reference

@@ -64,6 +64,7 @@ def test_parameter_counts_match_the_paper(ptl_name, plain_name, paper_ptl, paper
     ('swin_tiny_patch4_window7_224', dict(img_size=SMALL, window_size=4, depths=(1, 1, 1, 1), embed_dim=32,
                                           num_heads=(1, 2, 4, 8))),
 ])
+@pytest.mark.slow
 def test_create_ptl_on_other_families_forward_backward(backbone, backbone_args):
     torch.manual_seed(0)
     model = create_ptl(backbone, num_classes=5, backbone_args=backbone_args).train()
@@ -154,6 +155,7 @@ def test_eval_features_do_not_depend_on_batch_or_training_history():
     assert torch.equal(alone, after_training)
 
 
+@pytest.mark.slow
 def test_training_features_depend_on_previous_batches():
     model = tiny_ptl(num_classes=0).train()
     x = torch.randn(2, 3, *SMALL)
@@ -201,6 +203,7 @@ def test_reset_state_zeroes_every_cell():
     assert all(s.numel() == 0 for s in cell_states(model))
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_model_matches_plain_step():
     plain, ckpt = tiny_ptl().train(), tiny_ptl().train()
     ckpt.set_grad_checkpointing(True)

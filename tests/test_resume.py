@@ -69,6 +69,7 @@ def test_resume_continues_history_and_optimizer_state(tmp_path):
     assert load_train_state(tmp_path / 'out' / 'last')['scheduler']['last_epoch'] == 2
 
 
+@pytest.mark.slow
 def test_deterministic_mode_is_restored_after_the_run(tmp_path, monkeypatch):
     monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
     before = torch.are_deterministic_algorithms_enabled()

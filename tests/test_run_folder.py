@@ -159,6 +159,7 @@ def test_unwritable_output_is_refused_before_the_first_epoch(tmp_path, domain, m
         fine_tune(TrainConfig(**tiny_config(tmp_path / 'file' / 'out', domain)))
 
 
+@pytest.mark.slow
 def test_failed_evaluation_keeps_the_epoch_and_resume_evaluates_it(tmp_path, domain, monkeypatch):
     output = tmp_path / 'out'
     values = tiny_config(output, domain, max_steps_per_epoch=2)

@@ -196,6 +196,7 @@ def test_num_queries_with_worst_first_picks_the_worst_of_all_queries():
     assert [r['query'] for r in search(query, gallery, top_k=3, backend='torch', num_queries=4)] == sorted(first_four)
 
 
+@pytest.mark.slow
 def test_search_command_marks_matches_of_folders_named_like_a_dataset(synthetic, tmp_path):
     """--query/--gallery folders whose files follow Market-1501's naming: right/wrong, junk skipped, the
     worst queries of all with --worst-first --num-queries."""
