@@ -13,7 +13,8 @@ from PIL import Image
 from ptl_timm.cli import main
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.eval.features import FeatureSet
-from ptl_timm.eval.retrieval import COLOURS, GalleryIndex, draw_rankings, faiss_available, search, write_rankings
+from ptl_timm.eval.retrieval import (
+    COLOURS, HEADER_HEIGHT, LEGEND, LEGEND_STEP, GalleryIndex, draw_rankings, faiss_available, search, write_rankings)
 from ptl_timm.hub import save_pretrained
 
 IMG_SIZE = (64, 32)
@@ -133,11 +134,16 @@ def test_picture_frames_query_and_results_by_correctness(tmp_path):
         dict(rank=1, path=str(tmp_path / '1.png'), score=0.9, pid=2, camid=1, correct=False),
         dict(rank=2, path=str(tmp_path / '2.png'), score=0.8, pid=1, camid=1, correct=True)])]
     picture = Image.open(draw_rankings(rankings, tmp_path / 'ranks.png', thumb_size=(64, 32), border=3))
-    assert picture.size[1] >= 64
+    assert picture.size[1] >= HEADER_HEIGHT + 64
     # the top-left pixel of each thumbnail is its frame
-    assert picture.getpixel((0, 0)) == COLOURS['query']
-    assert picture.getpixel((36 + 12, 0)) == COLOURS['wrong']
-    assert picture.getpixel((2 * 36 + 12, 0)) == COLOURS['correct']
+    assert picture.getpixel((0, HEADER_HEIGHT)) == COLOURS['query']
+    assert picture.getpixel((36 + 12, HEADER_HEIGHT)) == COLOURS['wrong']
+    assert picture.getpixel((2 * 36 + 12, HEADER_HEIGHT)) == COLOURS['correct']
+    # the header carries a title and a swatch of every frame colour (the legend)
+    header = picture.crop((0, 0, picture.size[0], HEADER_HEIGHT))
+    assert any(max(colour) < 60 for _, colour in header.getcolors(1 << 16))  # dark (anti-aliased) text
+    for i, state in enumerate(LEGEND):
+        assert header.getpixel((2 + i * LEGEND_STEP + 5, 23)) == COLOURS[state]
 
 
 @pytest.fixture(scope='module')

@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     rankings = search(sets['query'], sets['gallery'], top_k=args.top_k, backend=args.backend,
                       worst_first=args.worst_first, num_queries=args.num_queries)
     out = write_rankings(rankings, args.output)
-    picture = draw_rankings(rankings, args.png or out.with_suffix('.png'), max_queries=args.max_rows)
+    order = 'worst first' if args.worst_first else 'in query order'
+    title = f'{args.model or args.features}: top {args.top_k} of each query ({order})'
+    picture = draw_rankings(rankings, args.png or out.with_suffix('.png'), max_queries=args.max_rows, title=title)
     if not args.quiet:
         print(f'wrote {out} ({len(rankings)} queries, top {args.top_k}) and {picture}')
     return 0

@@ -96,4 +96,5 @@ def _draw_ranked_lists(checkpoint: Path, root: str, path: Path) -> Path:
     extractor = FeatureExtractor(checkpoint)
     query, gallery = (FeatureSet(*extractor.extract_records(records), [r.path for r in records])
                       for records in (dataset.query, dataset.gallery))
-    return draw_rankings(search(query, gallery, top_k=8), path, max_queries=8)
+    title = f'PTL+STD student on {Path(root).name}: each row a query and its top 8 gallery images'
+    return draw_rankings(search(query, gallery, top_k=8), path, max_queries=8, title=title)

@@ -32,6 +32,9 @@ PathLike = Union[str, os.PathLike]
 RANKING_FORMATS = ('.json', '.csv')
 BACKENDS = ('auto', 'faiss', 'torch')
 COLOURS = dict(query=(40, 90, 220), correct=(30, 170, 60), wrong=(220, 40, 40), unknown=(150, 150, 150))
+LEGEND = dict(query='query', correct='same identity', wrong='other identity', unknown='identity unknown')
+HEADER_HEIGHT, SWATCH, LEGEND_STEP = 34, 10, 110
+LEGEND_WIDTH = LEGEND_STEP * len(LEGEND)
 
 
 def faiss_available() -> bool:
@@ -187,26 +190,39 @@ def _thumbnail(path: str, size: Tuple[int, int], colour: Tuple[int, int, int], b
     return ImageOps.expand(picture, border=border, fill=colour)
 
 
+def _draw_header(draw: ImageDraw.ImageDraw, title: str) -> None:
+    """The title line, then one colour swatch + meaning per frame colour."""
+    draw.text((2, 2), title, fill=(0, 0, 0))
+    for i, (state, meaning) in enumerate(LEGEND.items()):
+        left = 2 + i * LEGEND_STEP
+        draw.rectangle((left, 18, left + SWATCH, 18 + SWATCH), fill=COLOURS[state])
+        draw.text((left + SWATCH + 4, 17), meaning, fill=(0, 0, 0))
+
+
 def draw_rankings(
         rankings: Sequence[Dict[str, Any]],
         path: PathLike,
         thumb_size: Tuple[int, int] = (128, 64),
         max_queries: int = 20,
         border: int = 4,
+        title: str = 'ranked lists',
 ) -> Path:
     """One row per query (at most ``max_queries``): the query (blue frame) then its ranked results,
     framed green (correct), red (wrong) or grey (identity unknown), each captioned with rank and
-    score (and the query with its AP). Written atomically as PNG."""
+    score (and the query with its AP), under a header with ``title`` and the colour legend, so the
+    picture explains itself away from the command that made it. Written atomically as PNG."""
     rows = list(rankings)[:max_queries]
     if not rows:
         raise InputError('no ranked lists to draw')
     height, width = thumb_size
     caption, gap = 14, 12
     columns = 1 + max(len(r['results']) for r in rows)
-    canvas = Image.new('RGB', (columns * (width + 4) + gap, len(rows) * (height + caption + 6)), 'white')
+    canvas_width = max(columns * (width + 4) + gap, LEGEND_WIDTH)
+    canvas = Image.new('RGB', (canvas_width, HEADER_HEIGHT + len(rows) * (height + caption + 6)), 'white')
     draw = ImageDraw.Draw(canvas)
+    _draw_header(draw, title)
     for row, ranking in enumerate(rows):
-        top = row * (height + caption + 6)
+        top = HEADER_HEIGHT + row * (height + caption + 6)
         canvas.paste(_thumbnail(ranking['query'], thumb_size, COLOURS['query'], border), (0, top))
         label = 'query' if ranking['pid'] < 0 else f'id {ranking["pid"]}'
         label += '' if ranking['ap'] is None else f' AP {ranking["ap"]:.2f}'
