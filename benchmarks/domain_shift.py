@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict
 
 import torch
 import torch.nn.functional as F

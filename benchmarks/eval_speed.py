@@ -33,7 +33,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -177,15 +177,21 @@ def market_rows(dim: int, scale: float):
     ], diff, reference
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process image, in MB (Linux ``VmHWM``; ``ru_maxrss`` elsewhere)."""
+def _proc_mb(path: str, field: str) -> Optional[float]:
+    """A ``kB`` field of a Linux ``/proc`` status file, in MB; None where there is none."""
     try:
-        for line in open('/proc/self/status'):
-            if line.startswith('VmHWM:'):
+        for line in open(path):
+            if line.startswith(field + ':'):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process image, in MB (Linux ``VmHWM``; ``ru_maxrss`` elsewhere)."""
+    peak = _proc_mb('/proc/self/status', 'VmHWM')
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # classic re-ranking: about seven float32 N × N arrays alive at its peak (distances, V, V_qe, argsort)
@@ -238,13 +244,8 @@ def child_row(title: str, result: Dict[str, float], target: str) -> list:
 
 def available_mb() -> float:
     """Memory the kernel can give without swapping (``MemAvailable``), in MB; infinite where unknown."""
-    try:
-        for line in open('/proc/meminfo'):
-            if line.startswith('MemAvailable:'):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float('inf')
+    available = _proc_mb('/proc/meminfo', 'MemAvailable')
+    return available if available is not None else float('inf')
 
 
 def classic_scale(scale: float) -> float:

@@ -46,8 +46,9 @@ from ptl_timm.eval import FeatureExtractor, evaluate_features, query_expansion
 from ptl_timm.hub import load_model
 from ptl_timm.layers import restore_latent_states, set_eval_state
 from ptl_timm.utils import atomic_path, atomic_save_json
-from benchmarks.report import ROOT, add_report_argument, markdown_table, report_path, write_section
-from benchmarks.transfer import Experiment
+from benchmarks.report import ROOT, markdown_table, report_path, write_section
+from benchmarks.transfer import (
+    QUICK_MINIATURE, Experiment, Miniature, add_run_arguments, finished, previous_runs, run_folders)
 
 RESULTS_DIR = ROOT / 'benchmarks' / 'results' / 'state'
 TEST_SEED_OFFSET = 10_000  # the large test split's people are drawn with seed + this: unseen identities
@@ -55,19 +56,9 @@ SEED_COUNTS = ('key_seeds', 'seeds')  # may grow between invocations of --reuse
 
 
 @dataclass(frozen=True)
-class Setting:
+class Setting(Miniature):
     """One size for every run; ``key_seeds`` for the key and warm tables, ``seeds`` for the others."""
-    backbone: str = 'resnet18'
-    embed_dim: int = 512
-    img_size: Tuple[int, int] = (128, 64)
-    num_ids: int = 50
-    images_per_id: int = 8
-    pretrain_ids: int = 100
-    pretrain_epochs: int = 6
-    epochs: int = 6
-    batch_size: int = 32
     small_batches: Tuple[int, ...] = (8, 16)
-    lr: float = 0.01
     test_ids: int = 230  # large split: identities and images of each (about 700 queries, 2,000 gallery)
     test_images_per_id: int = 12
     triplet_margin: float = 0.3
@@ -77,9 +68,7 @@ class Setting:
     seeds: int = 10
 
 
-QUICK = Setting(backbone='resnet10t', embed_dim=128, img_size=(64, 32), num_ids=8, images_per_id=4,
-                pretrain_ids=8, pretrain_epochs=1, epochs=1, batch_size=8, small_batches=(4,), test_ids=6,
-                test_images_per_id=6, xbm_size=16, key_seeds=2, seeds=2)
+QUICK = Setting(**QUICK_MINIATURE, small_batches=(4,), test_ids=6, test_images_per_id=6, xbm_size=16, key_seeds=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,8 +144,8 @@ class StateExperiment(Experiment):
         return False
 
     def checkpoint(self, name: str, seed: int) -> bool:
-        """Whether an earlier invocation's run ``name`` left its checkpoint in the work folder."""
-        return f'{name}/seed{seed}' in self.previous and (self.work / f'seed{seed}' / name / 'last').exists()
+        """Whether an earlier invocation's run ``name`` left its finished checkpoint in the work folder."""
+        return f'{name}/seed{seed}' in self.previous and finished(self.work / f'seed{seed}' / name / 'last')
 
     def test_split(self, seed: int) -> Any:
         root = generate_synthetic(
@@ -457,42 +446,21 @@ def render(runs: Dict[str, Dict[str, Any]], setting: Setting, keys: Sequence[str
     return '\n'.join(body)
 
 
-def _comparable(setting: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in setting.items() if k not in SEED_COUNTS}
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='CI-size: checks the pipeline, not the outcome; writes only under --work')
     parser.add_argument('--tables', nargs='+', choices=list(tables(Setting())), default=list(tables(Setting())),
                         help='in the order given, each table for all its seeds before the next')
     parser.add_argument('--key-seeds', type=int, help='seeds of the key and warm tables (default 20)')
     parser.add_argument('--seeds', type=int, help='seeds of the other tables (default 10)')
-    parser.add_argument('--work', default='runs/state-benchmark', help='scratch folder for data and checkpoints')
-    parser.add_argument('--out', help='folder for runs.json and plots (default: benchmarks/results/state; '
-                                      'quick: <work>/results)')
-    parser.add_argument('--reuse', action='store_true',
-                        help='keep the runs in <out>/runs.json (same setting) whose checkpoints are still in --work; '
-                             'run only the missing ones (a table or seeds added later)')
+    add_run_arguments(parser, 'state')
     parser.add_argument('--no-train', action='store_true',
                         help='with --reuse: train nothing, only score the runs already there and write the tables')
-    parser.add_argument('--no-report', action='store_true', help='write no report at all')
-    add_report_argument(parser)
-    parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
 
     setting = QUICK if args.quick else Setting()
     setting = replace(setting, key_seeds=args.key_seeds or setting.key_seeds, seeds=args.seeds or setting.seeds)
-    work = Path(args.work)
-    out = Path(args.out) if args.out else (work / 'results' if args.quick else RESULTS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = {}
-    if args.reuse and (out / 'runs.json').exists():
-        saved = json.loads((out / 'runs.json').read_text())
-        if _comparable(saved['setting']) != _comparable(json.loads(json.dumps(asdict(setting)))):
-            parser.error(f'--reuse: {out / "runs.json"} was made with another setting: {saved["setting"]}')
-        previous = saved['runs']
+    work, out = run_folders(args, RESULTS_DIR)
+    previous = previous_runs(parser, args, out, setting, ignored=SEED_COUNTS)
     exp = StateExperiment(setting, work, progress=not args.quiet, previous=previous)
     started = time.time()
     for key in args.tables:

@@ -31,6 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
@@ -47,8 +48,9 @@ DEEP_FUSE = dict(backbone_args=dict(out_indices=(3, 4)))
 
 
 @dataclass(frozen=True)
-class Setting:
-    """One size for every run of a benchmark invocation."""
+class Miniature:
+    """The miniature every transfer benchmark shares: a small backbone pre-trained on one synthetic
+    domain and fine-tuned on another, at the same size, epochs and learning rate."""
     backbone: str = 'resnet18'
     embed_dim: int = 512
     img_size: Tuple[int, int] = (128, 64)
@@ -57,16 +59,33 @@ class Setting:
     pretrain_ids: int = 100
     pretrain_epochs: int = 6
     epochs: int = 6
-    distill_epochs: int = 4
     batch_size: int = 32
-    large_batch: int = 128
     lr: float = 0.01
     seeds: int = 3
 
 
-QUICK = Setting(backbone='resnet10t', embed_dim=128, img_size=(64, 32), num_ids=8, images_per_id=4,
-                pretrain_ids=8, pretrain_epochs=1, epochs=1, distill_epochs=1, batch_size=8, large_batch=16,
-                seeds=2)
+# CI size: checks the pipeline, not the outcome
+QUICK_MINIATURE = dict(backbone='resnet10t', embed_dim=128, img_size=(64, 32), num_ids=8, images_per_id=4,
+                       pretrain_ids=8, pretrain_epochs=1, epochs=1, batch_size=8, seeds=2)
+
+
+@dataclass(frozen=True)
+class Setting(Miniature):
+    """One size for every run of a benchmark invocation."""
+    distill_epochs: int = 4
+    large_batch: int = 128
+
+
+QUICK = Setting(**QUICK_MINIATURE, distill_epochs=1, large_batch=16)
+
+
+def finished(last: Path) -> bool:
+    """Whether the run that saved ``last`` trained all its epochs: a run killed mid-way also leaves a
+    ``last`` checkpoint (saved every epoch), which must not pass for the finished run."""
+    if not (last / 'train_state.pt').exists():
+        return False
+    state = torch.load(last / 'train_state.pt', map_location='cpu', weights_only=True)
+    return state['epoch'] >= state['config']['epochs']
 
 
 class Experiment:
@@ -83,7 +102,7 @@ class Experiment:
 
     def _reuse(self, name: str, seed: int) -> Optional[Path]:
         key, last = f'{name}/seed{seed}', self.work / f'seed{seed}' / name / 'last'
-        if key in self.previous and last.exists():
+        if key in self.previous and finished(last):
             self.runs[key] = self.previous[key]
             return last
         return None
@@ -284,34 +303,57 @@ def render(runs: Dict[str, Dict[str, Any]], setting: Setting, tables: Sequence[s
     return '\n'.join(body)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--quick', action='store_true', help='CI-size: checks the pipeline, not the outcome')
-    parser.add_argument('--seeds', type=int, help='number of seeds (default: 3, quick: 2)')
-    parser.add_argument('--tables', nargs='+', choices=list(TABLES), default=list(TABLES))
-    parser.add_argument('--work', default='runs/transfer-benchmark', help='scratch folder for data and checkpoints')
-    parser.add_argument('--out', help='folder for runs.json and plots (default: benchmarks/results/transfer; '
+def add_run_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flags every miniature benchmark shares: CI size, scratch and result folders, reuse, reports."""
+    parser.add_argument('--quick', action='store_true',
+                        help='CI-size: checks the pipeline, not the outcome; writes only under --work')
+    parser.add_argument('--work', default=f'runs/{name}-benchmark', help='scratch folder for data and checkpoints')
+    parser.add_argument('--out', help=f'folder for runs.json and plots (default: benchmarks/results/{name}; '
                                       'quick: <work>/results)')
     parser.add_argument('--reuse', action='store_true',
                         help='keep the runs in <out>/runs.json (same setting) whose checkpoints are still in --work; '
-                             'run only the missing ones (e.g. a table added later)')
+                             'run only the missing ones (a table or seeds added later)')
     parser.add_argument('--no-report', action='store_true', help='write no report at all')
     add_report_argument(parser)
     parser.add_argument('--quiet', action='store_true')
+
+
+def run_folders(args: argparse.Namespace, results_dir: Path) -> Tuple[Path, Path]:
+    """``(work, out)``: the scratch folder, and the (created) folder of runs.json and plots."""
+    work = Path(args.work)
+    out = Path(args.out) if args.out else (work / 'results' if args.quick else results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return work, out
+
+
+def previous_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path, setting: Miniature,
+                  ignored: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
+    """With ``--reuse``, the runs of ``out/runs.json``, refused when its setting differs from ``setting``
+    in any field but ``ignored`` (seed counts that may grow between invocations)."""
+    if not (args.reuse and (out / 'runs.json').exists()):
+        return {}
+    saved = json.loads((out / 'runs.json').read_text())
+    current = json.loads(json.dumps(asdict(setting)))  # tuples as JSON gives them back
+
+    def compared(fields: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: v for k, v in fields.items() if k not in ignored}
+    if compared(saved['setting']) != compared(current):
+        parser.error(f'--reuse: {out / "runs.json"} was made with another setting: {saved["setting"]}')
+    return saved['runs']
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--seeds', type=int, help='number of seeds (default: 3, quick: 2)')
+    parser.add_argument('--tables', nargs='+', choices=list(TABLES), default=list(TABLES))
+    add_run_arguments(parser, 'transfer')
     args = parser.parse_args(argv)
 
     setting = QUICK if args.quick else Setting()
     if args.seeds:
         setting = replace(setting, seeds=args.seeds)
-    work = Path(args.work)
-    out = Path(args.out) if args.out else (work / 'results' if args.quick else RESULTS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = {}
-    if args.reuse and (out / 'runs.json').exists():
-        saved = json.loads((out / 'runs.json').read_text())
-        if saved['setting'] != json.loads(json.dumps(asdict(setting))):
-            parser.error(f'--reuse: {out / "runs.json"} was made with another setting: {saved["setting"]}')
-        previous = saved['runs']
+    work, out = run_folders(args, RESULTS_DIR)
+    previous = previous_runs(parser, args, out, setting)
     exp = Experiment(setting, work, progress=not args.quiet, previous=previous)
     for seed in range(setting.seeds):
         run_seed(exp, seed, args.tables)

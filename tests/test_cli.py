@@ -75,7 +75,7 @@ def test_workers_and_device_have_one_default_everywhere():
 def test_old_spellings_still_work_and_warn(old, new, capsys):
     parser = argparse.ArgumentParser(prog='ptl-timm x')
     subparsers = parser.add_subparsers()
-    command = add_command(subparsers, 'x', help='', description='', example='ptl-timm x')
+    command = add_command(subparsers, 'x', 'X.\n\nExample: ptl-timm x')
     options.add_output(command, help='out', required=old == '--out')  # a required flag accepts the old spelling
     options.add_data_root(command)
     options.add_img_size(command)
@@ -84,3 +84,28 @@ def test_old_spellings_still_work_and_warn(old, new, capsys):
     assert getattr(args, new[2:].replace('-', '_')) == ([256, 128] if new == '--img-size' else 'somewhere')
     assert f'{old} is deprecated; use {new}' in capsys.readouterr().err
 
+
+
+def test_a_command_reads_its_help_from_its_module_docstring():
+    subparsers = argparse.ArgumentParser(prog='ptl-timm').add_subparsers()
+    doc = """Export a model to ONNX.
+
+    What the graph takes
+    and returns.
+
+    Example: ptl-timm export-imagefolder --model m
+        --output x.onnx
+    """
+    parser = add_command(subparsers, 'ptl_timm.cli.export_imagefolder', doc)
+    assert parser.prog.endswith('export-imagefolder')
+    assert subparsers._choices_actions[0].help == 'export a model to ONNX'
+    assert parser.description == 'What the graph takes and returns.'
+    assert parser.epilog == 'example:\n  ptl-timm export-imagefolder --model m --output x.onnx'
+    with pytest.raises(ValueError, match='Example'):
+        add_command(subparsers, 'ptl_timm.cli.y', 'Y.\n\nNo example here.')
+
+
+def test_switches_do_not_show_a_default():
+    """A store_false switch's default is True: "(default: True)" would read as if it were on."""
+    text = COMMANDS['export'].format_help()
+    assert '(default: True)' not in text and '--raw-embedding' in text

@@ -91,3 +91,11 @@ def test_adapter_bridges_different_embedding_widths(tmp_path, domain, teacher_di
 def test_missing_teacher_is_a_clear_error(tmp_path, domain, student_dir):
     with pytest.raises(ValueError, match='teacher'):
         run_distill(_distill_config(tmp_path, domain, '', student_dir))
+
+
+def test_metric_terms_eq4_has_no_place_for_are_reported(tmp_path, domain, student_dir, caplog):
+    """A bot_* student's recipe sets triplet and centre loss; distillation must say it does not use them."""
+    cfg = _distill_config(tmp_path, domain, '', student_dir, sampler='pk', triplet_weight=1.0, center_weight=5e-4)
+    with caplog.at_level('WARNING'), pytest.raises(ValueError, match='teacher'):
+        run_distill(cfg)
+    assert 'triplet_weight=1.0, center_weight=0.0005 (from the config' in caplog.text and 'not used' in caplog.text

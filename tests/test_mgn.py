@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 import timm
 from ptl_timm import MGN, BConvCell, ReIDOutput
 from ptl_timm.losses import ReIDLoss
+from model_support import cell_states, eval_outputs_around_training
 
 TINY = (96, 32)  # smallest input whose part maps (6×2) still split into 2 and 3 stripes
 
@@ -17,10 +18,6 @@ TINY = (96, 32)  # smallest input whose part maps (6×2) still split into 2 and 
 def ptl_mgn() -> MGN:
     torch.manual_seed(0)
     return timm.create_model('ptl_mgn', num_classes=4).eval()
-
-
-def cell_states(model: torch.nn.Module):
-    return [m.latent_state.clone() for m in model.modules() if isinstance(m, BConvCell)]
 
 
 @pytest.mark.parametrize('name, kwargs, expected', [
@@ -178,23 +175,12 @@ def test_training_ptl_mgn_with_the_mgn_objective_reduces_the_loss():
 def test_eval_features_do_not_depend_on_batch_or_training_history():
     torch.manual_seed(0)
     model = timm.create_model('ptl_mgn', num_classes=0)
-    images = torch.randn(3, 3, *TINY)
     with torch.no_grad():
-        model.eval()
-        alone = model(images[:1])
-        batched = model(images)
-        weights_and_bn_stats = {k: v.clone() for k, v in model.state_dict().items()}
-        model.train()
-        for _ in range(2):  # training batches fill the cells' latent state
-            model(torch.randn(3, 3, *TINY))
-        trained_states = cell_states(model)
-        model.eval()
-        model.load_state_dict(weights_and_bn_stats)  # undo the BatchNorm statistics, not the cell state
-        after_training = model(images[:1])
-    assert all(s.numel() > 0 for s in trained_states)
-    assert all(torch.equal(a, b) for a, b in zip(cell_states(model), trained_states))
-    torch.testing.assert_close(batched[:1], alone, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(after_training, alone, rtol=1e-4, atol=1e-5)
+        out = eval_outputs_around_training(model, torch.randn(3, 3, *TINY), steps=2)
+    assert all(s.numel() > 0 for s in out['trained_states'])
+    assert all(torch.equal(a, b) for a, b in zip(out['final_states'], out['trained_states']))
+    torch.testing.assert_close(out['batched'][:1], out['alone'], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out['after_training'], out['alone'], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

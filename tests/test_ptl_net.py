@@ -8,6 +8,7 @@ import timm
 import ptl_timm
 from ptl_timm import BConvCell, ReIDOutput, create_ptl, create_reid
 from ptl_timm.models.registry import list_models
+from model_support import cell_states, eval_outputs_around_training
 
 SMALL = (64, 32)
 
@@ -15,10 +16,6 @@ SMALL = (64, 32)
 def tiny_ptl(**kwargs) -> ptl_timm.ReIDNet:
     torch.manual_seed(0)
     return create_ptl('resnet18', num_classes=kwargs.pop('num_classes', 7), **kwargs)
-
-
-def cell_states(model: torch.nn.Module):
-    return [m.latent_state.clone() for m in model.modules() if isinstance(m, BConvCell)]
 
 
 @contextlib.contextmanager
@@ -134,25 +131,12 @@ def test_plain_student_has_no_cells_and_same_embedding_width():
 
 def test_eval_features_do_not_depend_on_batch_or_training_history():
     model = tiny_ptl(num_classes=0)
-    images = torch.randn(4, 3, *SMALL)
     with batch_invariant_kernels(), torch.inference_mode():
-        model.eval()
-        alone = model(images[:1])
-        batched = model(images)
-        weights_and_bn_stats = {k: v.clone() for k, v in model.state_dict().items()}
-        model.train()
-        for _ in range(3):  # training batches fill the cells' latent state
-            model(torch.randn(4, 3, *SMALL))
-        trained_states = cell_states(model)
-        model.eval()
-        # undo what training batches legitimately change (BatchNorm running statistics); the
-        # latent state is not in the state dict, so it stays as training left it
-        model.load_state_dict(weights_and_bn_stats)
-        after_training = model(images[:1])
-        assert all(torch.equal(a, b) for a, b in zip(cell_states(model), trained_states))
-    assert all(s.numel() > 0 for s in trained_states)
-    assert torch.equal(alone[0], batched[0])
-    assert torch.equal(alone, after_training)
+        out = eval_outputs_around_training(model, torch.randn(4, 3, *SMALL), steps=3)
+    assert all(s.numel() > 0 for s in out['trained_states'])
+    assert all(torch.equal(a, b) for a, b in zip(out['final_states'], out['trained_states']))
+    assert torch.equal(out['alone'][0], out['batched'][0])
+    assert torch.equal(out['alone'], out['after_training'])
 
 
 @pytest.mark.slow

@@ -44,3 +44,16 @@ def test_reuse_keeps_finished_runs_and_runs_only_the_missing_table(tmp_path):
     assert checkpoint.stat().st_mtime_ns == written  # plain was not trained again
     assert second['runs']['plain/seed0'] == first['runs']['plain/seed0']
     assert {f'std-lambda{lam}/seed0' for lam in transfer.LAMBDAS} <= set(second['runs'])
+
+
+def test_a_run_killed_mid_way_is_not_reused(tmp_path):
+    """The trainer saves ``last`` every epoch: a killed run's checkpoint must not pass for the finished run."""
+    import torch
+    last = tmp_path / 'seed0' / 'pretrain' / 'last'
+    last.mkdir(parents=True)
+    exp = transfer.Experiment(transfer.QUICK, tmp_path, progress=False, previous={'pretrain/seed0': {'name': 'pretrain'}})
+    assert exp._reuse('pretrain', 0) is None  # no train state at all
+    torch.save({'epoch': 2, 'config': {'epochs': 6}}, last / 'train_state.pt')
+    assert exp._reuse('pretrain', 0) is None and not exp.runs
+    torch.save({'epoch': 6, 'config': {'epochs': 6}}, last / 'train_state.pt')
+    assert exp._reuse('pretrain', 0) == last and exp.runs == {'pretrain/seed0': {'name': 'pretrain'}}

@@ -1,4 +1,12 @@
-"""``ptl-timm actmap``: activation-map overlays of a few images of a dataset split or a folder, as one PNG."""
+"""Draw where a model's last feature map responds, over a few images.
+
+Channel-wise energy of the last feature map (forward_features), upsampled over each image (torchreid's
+visualize_actmap), for a few images of a dataset split or a folder: each image and its overlay side by side,
+in one PNG grid.
+
+Example: ptl-timm actmap --model runs/bot/last --dataset market1501 --data-root data/market1501 --output
+    actmap.png
+"""
 import argparse
 from typing import List
 
@@ -14,12 +22,7 @@ from .options import add_command, add_data_root, add_dataset, add_device, add_im
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'actmap', help="draw where a model's last feature map responds, over a few images",
-        description='Channel-wise energy of the last feature map (forward_features), upsampled over each image '
-                    '(torchreid\'s visualize_actmap): each image and its overlay side by side, in one PNG grid.',
-        example='ptl-timm actmap --model runs/bot/last --dataset market1501 --data-root data/market1501 '
-                '--output actmap.png')
+    parser = add_command(subparsers, __name__, __doc__)
     add_model(parser, required=True)
     add_dataset(parser, choices=sorted(DATASETS))
     add_data_root(parser)

@@ -1,4 +1,10 @@
-"""``ptl-timm demo``: the synthetic end-to-end run (data → PTL fine-tuning → STD → evaluation)."""
+"""Synthetic end-to-end demo: fine-tune baseline and PTL, distil, evaluate on two domains.
+
+Generates two synthetic ReID domains, trains on the first from random weights (nothing is downloaded) and
+evaluates on both; CPU-friendly.
+
+Example: ptl-timm demo --output ptl_timm_demo
+"""
 import argparse
 
 from ptl_timm.engine.demo import run_demo
@@ -6,12 +12,7 @@ from .options import add_command, add_output, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'demo',
-        help='synthetic end-to-end demo: fine-tune baseline and PTL, distil, evaluate on two domains',
-        description='Generates two synthetic ReID domains, trains on the first from random weights (nothing is '
-                    'downloaded), evaluates on both; CPU-friendly.',
-        example='ptl-timm demo --output ptl_timm_demo')
+    parser = add_command(subparsers, __name__, __doc__)
     add_output(parser, help='folder for data, checkpoints, curves and table', default='ptl_timm_demo')
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument('--quick', dest='quick', action='store_true', default=True,

@@ -1,6 +1,12 @@
-"""``ptl-timm eval``: mAP, CMC and mINP of a model on a dataset's query/gallery split, or of saved
-features (``ptl-timm extract``), optionally after average query expansion and/or with k-reciprocal
-re-ranking; ``--roc`` adds TPR at low FPR and ``--camera-pairs`` the per-camera-pair mAP table."""
+"""mAP / CMC / mINP of a model on a dataset, or of saved features.
+
+mAP, CMC and mINP of a model on a dataset's query/gallery split (at the image size its config.json records),
+or of saved features (ptl-timm extract), optionally after average query expansion (--aqe) and/or with
+k-reciprocal re-ranking (--rerank); --roc adds TPR at low FPR and --camera-pairs the per-camera-pair mAP
+table.
+
+Example: ptl-timm eval --model runs/x/best --dataset market1501 --data-root data/market1501
+"""
 import argparse
 import math
 from typing import Any, Dict
@@ -17,11 +23,7 @@ from .options import add_command, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'eval', help='mAP / CMC / mINP of a model on a dataset, or of saved features',
-        description='mAP, CMC and mINP of a model on a dataset\'s query/gallery split (at the image size its '
-                    'config.json records), or of saved features (ptl-timm extract), optionally re-ranked.',
-        example='ptl-timm eval --model runs/x/best --dataset market1501 --data-root data/market1501')
+    parser = add_command(subparsers, __name__, __doc__)
     add_model_args(parser, required=False)
     add_dataset_args(parser)
     parser.add_argument('--features', help='saved features with query and gallery sets (instead of model + dataset)')

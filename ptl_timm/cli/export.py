@@ -1,4 +1,12 @@
-"""``ptl-timm export``: a model (checkpoint folder, hf-hub: id, tag or name) → ONNX, checked with onnxruntime."""
+"""Export a model to ONNX (eval mode, dynamic batch axis).
+
+Needs the onnx extra: pip install "ptl_timm[onnx]". The model is a checkpoint folder, an hf-hub: id, a tag or
+a name. The graph takes preprocessed images at the size the model was trained at and, by default, returns the
+L2-normalised embedding: the same vector ptl-timm extract saves for the image (compare with the inner
+product). The file is compared with PyTorch with onnxruntime (max abs difference <= --atol).
+
+Example: ptl-timm export --model runs/x/best --output reid.onnx
+"""
 import argparse
 
 from ptl_timm.eval.extract import eval_data_config
@@ -8,13 +16,7 @@ from .options import add_command, add_img_size, add_model, add_output, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'export', help='export a model to ONNX (eval mode, dynamic batch axis)',
-        description='Needs the onnx extra: pip install "ptl_timm[onnx]". The graph takes preprocessed images at the '
-                    'size the model was trained at and, by default, returns the L2-normalised embedding: the same '
-                    'vector ptl-timm extract saves for the image (compare with the inner product). The file is '
-                    'compared with PyTorch with onnxruntime (max abs difference <= --atol).',
-        example='ptl-timm export --model runs/x/best --output reid.onnx')
+    parser = add_command(subparsers, __name__, __doc__)
     add_model(parser, required=True)
     add_output(parser, 'the .onnx file to write', required=True)
     parser.add_argument('--graph-output', choices=OUTPUTS, default='embedding',

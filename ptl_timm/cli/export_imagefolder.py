@@ -1,4 +1,11 @@
-"""``ptl-timm export-imagefolder``: a ReID training split as an ImageFolder tree for timm's train.py."""
+"""Write a ReID training split as train/ and validation/ class folders.
+
+One class folder per training identity, for timm's train.py (python train.py --device-modules ptl_timm ...).
+An existing output is replaced whole (--overwrite), never left half-written.
+
+Example: ptl-timm export-imagefolder --dataset market1501 --data-root data/market1501 --output
+    data/market1501_if
+"""
 import argparse
 
 from ptl_timm.data.datasets import DATASETS
@@ -8,12 +15,7 @@ from .options import add_command, add_data_root, add_dataset, add_output, add_qu
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'export-imagefolder', help='write a ReID training split as train/ and validation/ class folders',
-        description='One class folder per training identity, for `python train.py --device-modules ptl_timm ...`. '
-                    'An existing output is replaced whole (--overwrite), never left half-written.',
-        example='ptl-timm export-imagefolder --dataset market1501 --data-root data/market1501 '
-                '--output data/market1501_if')
+    parser = add_command(subparsers, __name__, __doc__)
     add_dataset(parser, choices=sorted(DATASETS), required=True)
     add_data_root(parser, required=True)
     add_output(parser, help='folder to create (holds train/ and validation/)', required=True)

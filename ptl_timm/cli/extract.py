@@ -1,7 +1,10 @@
-"""``ptl-timm extract``: a model's L2-normalised embeddings of a dataset's query/gallery split or of a
-folder of images, saved as ``.safetensors`` or ``.npz`` for ``ptl-timm eval`` / ``ptl-timm search``.
+"""Save a model's embeddings of a dataset split or an image folder.
 
-The model and dataset options defined here are shared by ``eval`` and ``search``.
+A model's L2-normalised embeddings of a dataset's splits or of a folder of images, saved as .safetensors or
+.npz for ptl-timm eval / search.
+
+Example: ptl-timm extract --model runs/x/best --dataset market1501 --data-root data/market1501 --output
+    feats.safetensors
 """
 import argparse
 from typing import Dict, List, Optional
@@ -19,6 +22,7 @@ from .options import (
 
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The model options of extract, eval and search."""
     group = parser.add_argument_group('model')
     add_model(group, required=required)
     add_img_size(group, help="input height and width (default: the one the model's config.json records, i.e. its "
@@ -76,12 +80,7 @@ def folder_features(extractor: FeatureExtractor, folder: str) -> FeatureSet:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'extract', help="save a model's embeddings of a dataset split or an image folder",
-        description="A model's L2-normalised embeddings of a dataset's splits or of a folder of images, saved as "
-                    '.safetensors or .npz for ptl-timm eval / search.',
-        example='ptl-timm extract --model runs/x/best --dataset market1501 --data-root data/market1501 '
-                '--output feats.safetensors')
+    parser = add_command(subparsers, __name__, __doc__)
     add_model_args(parser)
     add_dataset_args(parser)
     parser.add_argument('--folder', help='a folder of images instead of a dataset (saved as the set "images")')

@@ -1,4 +1,10 @@
-"""``ptl-timm info``: the registered models, their input size, embedding width, parameters and GMACs."""
+"""List the ptl_timm models in the timm registry.
+
+Every registered model with its default input size, embedding width, parameters and GMACs (one image at that
+size), and its published pretrained tags.
+
+Example: ptl-timm info --num-classes 702 --json models.json
+"""
 import argparse
 
 import timm
@@ -24,11 +30,7 @@ def model_summary(name: str, num_classes: int) -> dict:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'info', help='list the ptl_timm models in the timm registry',
-        description='Every registered model with its default input size, embedding width, parameters and '
-                    'GMACs (one image at that size), and its published pretrained tags.',
-        example='ptl-timm info --num-classes 702 --json models.json')
+    parser = add_command(subparsers, __name__, __doc__)
     parser.add_argument('--num-classes', type=int, default=751, help='identities of the classifier (751: Market-1501)')
     parser.add_argument('--json', metavar='FILE', help='also write the table as JSON')
     parser.set_defaults(func=run)

@@ -21,7 +21,8 @@ __all__ = [
 
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps each line of a description or epilog on its own (so the example stays on its line) and
-    appends every meaningful default to its flag's help (``None`` and switches that are off say nothing)."""
+    appends every meaningful default to its flag's help (``None`` and switches say nothing: a
+    ``store_false`` switch's default True would read as if the switch were on)."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         lines = []
@@ -35,16 +36,26 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text, default = action.help or '', action.default
         if (default is None or default is False or default == [] or default == argparse.SUPPRESS
-                or 'default' in text or not action.option_strings):
+                or action.nargs == 0 or 'default' in text or not action.option_strings):  # a switch says what it does
             return text
         shown = ' '.join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         return f'{text} (default: {shown.replace("%", "%%")})'.lstrip()
 
 
-def add_command(subparsers, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
-    """A sub-command's parser with the shared help layout and an ``example:`` line in its epilog."""
-    parser = subparsers.add_parser(name, help=help, description=description, formatter_class=HelpFormatter,
-                                   epilog=f'example:\n  {example}')
+def add_command(subparsers, module: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of the sub-command defined in ``module`` (``ptl_timm.cli.export_imagefolder`` →
+    ``export-imagefolder``), its help texts taken from the module docstring ``doc``, so the code's
+    reader and ``--help`` read one text: the first line is the one-line help, a last paragraph
+    ``Example: ...`` the epilog's example, the paragraphs between the description."""
+    paragraphs = [' '.join(p.split()) for p in doc.strip().split('\n\n')]
+    summary, example = paragraphs[0].rstrip('.'), paragraphs[-1]
+    if len(paragraphs) < 2 or not example.startswith('Example: '):
+        raise ValueError(f'{module}: the docstring needs a summary line and a last "Example: ..." paragraph')
+    if summary[1:2].islower():  # 'Export a model' -> 'export a model'; 'ONNX ...' stays
+        summary = summary[0].lower() + summary[1:]
+    parser = subparsers.add_parser(
+        module.rsplit('.', 1)[-1].replace('_', '-'), help=summary, description='\n\n'.join(paragraphs[1:-1]),
+        formatter_class=HelpFormatter, epilog=f'example:\n  {example[len("Example: "):]}')
     add_debug(parser)
     return parser
 

@@ -1,4 +1,12 @@
-"""``ptl-timm publish``: a checkpoint folder → a verified Hub folder (dry run unless ``--push``)."""
+"""Write (and with --push upload) the Hugging Face Hub folder of a checkpoint.
+
+Checks the weights (strict load, NaN/Inf), writes config.json (with the preprocessing the weights were trained
+with) + model.safetensors + README.md (from MODEL_CARD.md, with the run's data, initialisation and metrics),
+loads the folder back and compares eval embeddings, and prints the ptl_timm/weights_manifest.json entry.
+Nothing is uploaded without --push.
+
+Example: ptl-timm publish --model runs/x/best --output hub/ptl_resnet50.market1501 --tag market1501
+"""
 import argparse
 import json
 
@@ -8,13 +16,7 @@ from .options import add_command, add_model, add_output, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'publish', help='write (and with --push upload) the Hugging Face Hub folder of a checkpoint',
-        description='Checks the weights (strict load, NaN/Inf), writes config.json (with the preprocessing the '
-                    'weights were trained with) + model.safetensors + README.md (from MODEL_CARD.md, with the '
-                    'run\'s data, initialisation and metrics), loads the folder back and compares eval embeddings, '
-                    'and prints the ptl_timm/weights_manifest.json entry. Nothing is uploaded without --push.',
-        example='ptl-timm publish --model runs/x/best --output hub/ptl_resnet50.market1501 --tag market1501')
+    parser = add_command(subparsers, __name__, __doc__)
     add_model(parser, required=True, help='checkpoint folder (config.json + model.safetensors [+ train_state.pt])')
     add_output(parser, 'the Hub folder to write (outside the run folder of --model)', required=True)
     parser.add_argument('--tag', help='pretrained tag, e.g. market1501 (default: the dataset the weights record)')

@@ -1,11 +1,13 @@
-"""``ptl-timm search``: query images → ranked gallery images with scores (JSON or CSV) and a
-ranked-list picture (PNG).
+"""Rank a gallery for query images (JSON/CSV + PNG).
 
-Queries: image files or folders (--query), or the query split of --dataset / saved --features.
-Gallery: an image folder (--gallery), or the gallery split of --dataset / saved --features. With
-identities known on both sides (dataset splits, or image files named as a dataset names them, e.g.
-0002_c1s1_000451_01.jpg), junk is skipped, results are framed green/red and --worst-first lists the
-queries with the lowest AP first.
+Query images -> ranked gallery images with scores (JSON or CSV) and a ranked-list picture (PNG). Queries:
+image files or folders (--query), or the query split of --dataset / saved --features. Gallery: an image folder
+(--gallery), or the gallery split of --dataset / saved --features. When identities and cameras are known on
+both sides (dataset splits, or file names in a dataset's naming such as 0002_c1s1_000451_01.jpg), same-camera
+matches are skipped, results are framed green/red and --worst-first lists the queries with the lowest AP
+first.
+
+Example: ptl-timm search --model runs/x/best --query me.jpg --gallery photos/ --output ranks.json
 """
 import argparse
 from pathlib import Path
@@ -22,15 +24,7 @@ from .options import add_command, add_output, add_quiet
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'search', help='rank a gallery for query images (JSON/CSV + PNG)',
-        description='Query images -> ranked gallery images with scores (JSON or CSV) and a ranked-list picture (PNG). '
-                    'Queries: image files or folders (--query), or the query split of --dataset / saved --features. '
-                    'Gallery: an image folder (--gallery), or the gallery split of --dataset / saved --features. When '
-                    'identities and cameras are known on both sides (dataset splits, or file names in a dataset\'s '
-                    'naming such as 0002_c1s1_000451_01.jpg), same-camera matches are skipped, results are framed '
-                    'green/red and --worst-first lists the queries with the lowest AP first.',
-        example='ptl-timm search --model runs/x/best --query me.jpg --gallery photos/ --output ranks.json')
+    parser = add_command(subparsers, __name__, __doc__)
     add_model_args(parser, required=False)
     add_dataset_args(parser)
     parser.add_argument('--query', nargs='+', help='query image files or folders')

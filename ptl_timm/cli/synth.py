@@ -1,4 +1,11 @@
-"""``ptl-timm synth``: write a synthetic ReID dataset of one domain in a real dataset layout."""
+"""Generate a synthetic ReID dataset (a domain, in a real on-disk layout).
+
+Identities with persistent appearance seen by several cameras of one synthetic domain, written to --data-root
+in the chosen layout; read it back with the same --dataset LAYOUT --data-root FOLDER in train, eval, extract
+and search.
+
+Example: ptl-timm synth --data-root data/street --domain street --num-ids 100
+"""
 import argparse
 import time
 from pathlib import Path
@@ -10,12 +17,7 @@ from .options import add_command, add_data_root, add_deprecated, add_img_size, a
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'synth', help='generate a synthetic ReID dataset (a domain, in a real on-disk layout)',
-        description='Identities with persistent appearance seen by several cameras of one synthetic domain, '
-                    'written to --data-root in the chosen layout; read it back with the same '
-                    '--dataset LAYOUT --data-root FOLDER in train, eval, extract and search.',
-        example='ptl-timm synth --data-root data/street --domain street --num-ids 100')
+    parser = add_command(subparsers, __name__, __doc__)
     add_data_root(parser, help='the dataset folder to write (it holds the layout\'s split folders)', old_root=False)
     add_deprecated(parser, '--root', '--data-root ROOT/DOMAIN', dest='parent')  # the parent folder, as before
     parser.add_argument('--domain', choices=SYNTH_DOMAINS, default=SYNTH_DOMAINS[0], help='imaging domain')

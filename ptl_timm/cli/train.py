@@ -1,14 +1,17 @@
-"""``ptl-timm train``: fine-tune a model on a ReID dataset (``ptl_timm.engine.fine_tune``).
+"""Fine-tune a PTL (or any) model on a ReID dataset.
 
-Settings come from the recipe defaults, then ``--config FILE``, then ``--set key=value`` (any config
-key) and the flags below, resolved and checked by the same constructor as ``TrainConfig(...)`` in
-Python; ``--print-config`` prints the result as YAML and exits. ``--output DIR --resume`` alone
-continues a run from its saved ``config.yaml``. ``torchrun --nproc_per_node N -m ptl_timm train ...``
-runs DDP. The helpers here are shared by ``distill`` and ``transfer``.
+Settings come from the model's recipe (the paper's; MGN's for MGN models, BoT's for bot_* models; see
+configs/), then --config FILE, then --set key=value (any config key) and the flags below, resolved and checked
+by the same constructor as TrainConfig(...) in Python; --print-config prints the result as YAML and exits.
+--output DIR --resume alone continues a run from its saved config.yaml. torchrun --nproc_per_node N -m
+ptl_timm train ... runs DDP.
+
+Example: ptl-timm train --model ptl_resnet50 --dataset market1501 --data-root data/market1501 --output
+    runs/ptl_r50
 """
 import argparse
 import dataclasses
-from typing import Any, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 from ptl_timm.engine import TrainConfig, build_config, fine_tune, load_config, parse_overrides
 from ptl_timm.engine.config import RECIPES, T, config_task, config_to_yaml
@@ -89,27 +92,26 @@ def config_from_args(cls: Type[T], args: argparse.Namespace, task: str, extra: S
     return build_config(cls, file_data, overrides, source=args.config)
 
 
-def print_config(cfg: TrainConfig) -> int:
-    """``--print-config``: the resolved config, readable back with ``--config``."""
-    print(config_to_yaml(cfg), end='')
-    return 0
+def resolve_and_run(cls: Type[T], args: argparse.Namespace, task: str, runner: Callable[[T], Dict[str, Any]],
+                    extra: Sequence[ValueFlag] = (), values: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """The config of :func:`config_from_args` run by ``runner``; with ``--print-config`` printed as YAML
+    (readable back with ``--config``) instead, returning None."""
+    cfg = config_from_args(cls, args, task, extra, values)
+    if args.print_config:
+        print(config_to_yaml(cfg), end='')
+        return None
+    return runner(cfg)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'train', help='fine-tune a PTL (or any) model on a ReID dataset',
-        description='Fine-tune with the paper recipe (or MGN\'s for MGN models); see configs/.',
-        example='ptl-timm train --model ptl_resnet50 --dataset market1501 --data-root data/market1501 '
-                '--output runs/ptl_r50')
+    parser = add_command(subparsers, __name__, __doc__)
     add_config_arguments(parser, TrainConfig)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(TrainConfig, args, 'finetune')
-    if args.print_config:
-        return print_config(cfg)
-    result = fine_tune(cfg)
-    print(f'checkpoints: {result["output"]}/last (best: {result["output"]}/best)')
+    result = resolve_and_run(TrainConfig, args, 'finetune', fine_tune)
+    if result:
+        print(f'checkpoints: {result["output"]}/last (best: {result["output"]}/best)')
     return 0

@@ -1,17 +1,18 @@
-"""``ptl-timm transfer``: fine-tune on several datasets in order (``ptl_timm.engine.run_transfer``)."""
+"""Multi-step transfer (e.g. Duke → Market → MSMT17), optionally followed by STD.
+
+Each step starts from the previous one; prints mAP/Rank-1 after every step on every test set.
+
+Example: ptl-timm transfer --config configs/transfer/ptl_densenet161_std_duke_market.yaml --data-root data
+"""
 import argparse
 
 from ptl_timm.engine import TransferConfig, run_transfer
 from .options import add_command
-from .train import add_config_arguments, config_from_args, print_config
+from .train import add_config_arguments, resolve_and_run
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = add_command(
-        subparsers, 'transfer',
-        help='multi-step transfer (e.g. Duke → Market → MSMT17), optionally followed by STD',
-        description='Each step starts from the previous one; prints mAP/Rank-1 after every step on every test set.',
-        example='ptl-timm transfer --config configs/transfer/ptl_densenet161_std_duke_market.yaml --data-root data')
+    parser = add_command(subparsers, __name__, __doc__)
     add_config_arguments(parser, TransferConfig)
     parser.add_argument('--steps', nargs='+', metavar='DATASET',
                         help='datasets in fine-tuning order (else the config\'s steps)')
@@ -21,9 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     steps = [{'dataset': name} for name in args.steps] if args.steps else None
-    cfg = config_from_args(TransferConfig, args, 'transfer', values={'steps': steps} if steps else None)
-    if args.print_config:
-        return print_config(cfg)
-    result = run_transfer(cfg)
-    print(result['table'], end='')
+    result = resolve_and_run(TransferConfig, args, 'transfer', run_transfer, values={'steps': steps} if steps else None)
+    if result:
+        print(result['table'], end='')
     return 0

@@ -9,6 +9,7 @@ bias-free linear adapter (student width → teacher width) is trained with the s
 its embedding in the L1 term only; it is kept in ``train_state.pt`` for resuming and is not part of
 the saved student, which after training stands alone at the backbone's inference cost.
 """
+import logging
 from typing import Any, Dict
 
 import torch
@@ -22,6 +23,10 @@ from .distributed import setup_distributed
 from .trainer import LossStep, build_model, prepare_session, run_training
 
 __all__ = ['run_distill', 'load_teacher', 'distillation_step']
+
+_logger = logging.getLogger(__name__)
+# training terms of TrainConfig that Eq. 4's loss has no place for
+_UNUSED_TERMS = ('triplet_weight', 'center_weight', 'xbm_size')
 
 
 def load_teacher(source: str, device: torch.device) -> nn.Module:
@@ -46,7 +51,13 @@ def distillation_step(teacher: nn.Module, criterion: DistillationLoss) -> LossSt
 
 
 def run_distill(cfg: DistillConfig) -> Dict[str, Any]:
-    """Distil ``cfg.teacher`` into the student ``cfg.model`` on ``cfg.dataset``; returns the run summary."""
+    """Distil ``cfg.teacher`` into the student ``cfg.model`` on ``cfg.dataset``; returns the run summary.
+    Metric-learning terms set by the config or the student's recipe (BoT's triplet and centre loss) are
+    not part of Eq. 4: they are reported as unused, not silently dropped."""
+    unused = {key: getattr(cfg, key) for key in _UNUSED_TERMS if getattr(cfg, key)}
+    if unused:
+        _logger.warning('distillation trains with (1-λ)·CE + λ·L1 (Eq. 4) only; %s (from the config or the '
+                        "model's recipe) are not used", ', '.join(f'{k}={v}' for k, v in unused.items()))
     ctx = setup_distributed(cfg.device)
     try:
         teacher = load_teacher(cfg.teacher, ctx.device)

@@ -65,14 +65,8 @@ class VerificationRates:
         return {f: float((genuine < self.smallest[n]).double().mean()) for f, n in self.allowed.items()}
 
 
-def tpr_at_fpr_chunks(
-        chunks: Iterable[Tuple[slice, torch.Tensor]],
-        q_pids: ArrayLike,
-        g_pids: ArrayLike,
-        q_camids: ArrayLike,
-        g_camids: ArrayLike,
-        fprs: Sequence[float] = ROC_FPRS,
-) -> Dict[float, float]:
+def tpr_at_fpr_chunks(chunks: Iterable[Tuple[slice, torch.Tensor]], q_pids: ArrayLike, g_pids: ArrayLike,
+                      q_camids: ArrayLike, g_camids: ArrayLike, fprs: Sequence[float] = ROC_FPRS) -> Dict[float, float]:
     """``{fpr: tpr}`` from ``(query rows, distance block)`` pairs covering every query once (e.g.
     ``pairwise_distance_chunks`` or the blocks of a re-ranked matrix)."""
     rates = VerificationRates(q_pids, g_pids, q_camids, g_camids, fprs)
@@ -81,34 +75,17 @@ def tpr_at_fpr_chunks(
     return rates.result()
 
 
-def tpr_at_fpr(
-        q_feats: ArrayLike,
-        g_feats: ArrayLike,
-        q_pids: ArrayLike,
-        g_pids: ArrayLike,
-        q_camids: ArrayLike,
-        g_camids: ArrayLike,
-        fprs: Sequence[float] = ROC_FPRS,
-        metric: str = 'cosine',
-        chunk_size: int = 256,
-        device: Optional[Union[str, torch.device]] = None,
-) -> Dict[float, float]:
+def tpr_at_fpr(q_feats: ArrayLike, g_feats: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
+               g_camids: ArrayLike, fprs: Sequence[float] = ROC_FPRS, metric: str = 'cosine', chunk_size: int = 256,
+               device: Optional[Union[str, torch.device]] = None) -> Dict[float, float]:
     """``{fpr: tpr}`` of the query × gallery verification trials (see the module notes)."""
     chunks = pairwise_distance_chunks(q_feats, g_feats, metric=metric, chunk_size=chunk_size, device=device)
     return tpr_at_fpr_chunks(chunks, q_pids, g_pids, q_camids, g_camids, fprs)
 
 
-def camera_pair_map(
-        q_feats: ArrayLike,
-        g_feats: ArrayLike,
-        q_pids: ArrayLike,
-        g_pids: ArrayLike,
-        q_camids: ArrayLike,
-        g_camids: ArrayLike,
-        metric: str = 'cosine',
-        chunk_size: int = 256,
-        device: Optional[Union[str, torch.device]] = None,
-) -> Dict[str, np.ndarray]:
+def camera_pair_map(q_feats: ArrayLike, g_feats: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
+                    g_camids: ArrayLike, metric: str = 'cosine', chunk_size: int = 256,
+                    device: Optional[Union[str, torch.device]] = None) -> Dict[str, np.ndarray]:
     """mAP of the queries of each camera against the gallery of each camera alone.
 
     Returns ``query_cameras`` and ``gallery_cameras`` (sorted camera ids), ``map`` [query camera ×

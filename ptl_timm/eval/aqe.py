@@ -16,15 +16,9 @@ from .metrics import ArrayLike, _as_tensor, default_device
 __all__ = ['query_expansion']
 
 
-def query_expansion(
-        q_feats: ArrayLike,
-        g_feats: ArrayLike,
-        k: int = 10,
-        alpha: float = 3.0,
-        times: int = 1,
-        chunk_size: int = 1024,
-        device: Optional[Union[str, torch.device]] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def query_expansion(q_feats: ArrayLike, g_feats: ArrayLike, k: int = 10, alpha: float = 3.0, times: int = 1,
+                    chunk_size: int = 1024,
+                    device: Optional[Union[str, torch.device]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The expanded ``(q_feats, g_feats)`` (float32, on CPU), for any distance the evaluation then uses.
 
     Args:

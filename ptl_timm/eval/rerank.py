@@ -195,15 +195,9 @@ class _InvertedIndex:
         return out
 
 
-def iter_re_ranking(
-        q_feats: ArrayLike,
-        g_feats: ArrayLike,
-        k1: int = 20,
-        k2: int = 6,
-        lambda_value: float = 0.3,
-        chunk_size: int = 256,
-        device: Optional[Union[str, torch.device]] = None,
-) -> Iterator[Tuple[slice, torch.Tensor]]:
+def iter_re_ranking(q_feats: ArrayLike, g_feats: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                    chunk_size: int = 256,
+                    device: Optional[Union[str, torch.device]] = None) -> Iterator[Tuple[slice, torch.Tensor]]:
     """Yield ``(query rows, re-ranked distances)`` blocks of the query × gallery matrix, ready for
     :func:`ptl_timm.eval.metrics.evaluate_distance_chunks`; no N × N matrix is ever held."""
     device = torch.device(device) if device is not None else default_device()
@@ -230,15 +224,8 @@ def iter_re_ranking(
         yield slice(start, stop), jaccard.mul_(1 - lambda_value).add_(original)
 
 
-def re_ranking(
-        q_feats: ArrayLike,
-        g_feats: ArrayLike,
-        k1: int = 20,
-        k2: int = 6,
-        lambda_value: float = 0.3,
-        chunk_size: int = 256,
-        device: Optional[Union[str, torch.device]] = None,
-) -> torch.Tensor:
+def re_ranking(q_feats: ArrayLike, g_feats: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+               chunk_size: int = 256, device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
     """The re-ranked query × gallery distance matrix (float32); for large query sets stream it with
     :func:`iter_re_ranking` instead."""
     return torch.cat([block for _, block in iter_re_ranking(

@@ -44,14 +44,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ConvNormAct, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 
 from ptl_timm.errors import InputError
-from ptl_timm.layers import BConvCell, ddp_ignore_latent_states, reset_latent_states
+from ptl_timm.layers import BConvCell, ddp_ignore_latent_states
 from ptl_timm.weights import add_manifest_tags, check_pretrained_source
-from .fused_levels import FusedLevelsMixin
+from .reid_model import ReIDModelMixin, reid_cfg
 from .reid_output import ReIDOutput
 
 __all__ = ['MGN', 'MGNSideNetwork', 'filter_resnet_pretrained']
@@ -152,7 +151,7 @@ def _conv5_without_stride(stage: nn.Sequential) -> nn.Sequential:
     return stage
 
 
-class MGN(FusedLevelsMixin, nn.Module):
+class MGN(ReIDModelMixin, nn.Module):
     """Multiple Granularity Network on ResNet-50, optionally with the PTL side network.
 
     Args:
@@ -263,11 +262,6 @@ class MGN(FusedLevelsMixin, nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode='fan_in')
 
     @torch.jit.ignore
-    def reset_state(self) -> None:
-        """Zero the latent state of every BConv-Cell (``train()`` does this too)."""
-        reset_latent_states(self)
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
             stem=r'^stem\.',
@@ -280,16 +274,6 @@ class MGN(FusedLevelsMixin, nn.Module):
         initialise, so the cells, reductions and classifiers train first; only ``requires_grad`` changes."""
         for part in (self.stem, self.trunk, self.branches):
             part.requires_grad_(not frozen)
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        if self.side is not None:
-            self.side.set_grad_checkpointing(enable)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -441,24 +425,16 @@ def _create_mgn(variant: str, pretrained: bool = False, **kwargs) -> MGN:
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 751,
-        'input_size': (3, 384, 128),
-        'pool_size': (24, 8),
-        'crop_pct': 1.0,
-        'crop_mode': 'squash',  # ReID resizes a crop to exactly input_size, as ptl_timm.data.build_transforms
-        'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.conv1',
-        'classifier': tuple(f'classifiers.{i}' for i in range(NUM_PART_FEATURES)),
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:1804.01438',
-        'paper_name': 'Learning Discriminative Features with Multiple Granularities for Person Re-Identification',
-        'origin_url': 'https://github.com/ZJULearning/PTL',
-        **kwargs,
-    }
+    family = dict(
+        input_size=(3, 384, 128),
+        pool_size=(24, 8),
+        interpolation='bicubic',
+        first_conv='stem.conv1',
+        classifier=tuple(f'classifiers.{i}' for i in range(NUM_PART_FEATURES)),
+        paper_ids='arXiv:1804.01438',
+        paper_name='Learning Discriminative Features with Multiple Granularities for Person Re-Identification',
+    )
+    return reid_cfg(url, **{**family, **kwargs})
 
 
 # Untagged defaults start from timm's ResNet-50 ImageNet weights, mapped into the trunk and every

@@ -32,14 +32,13 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Conv2dSame, ConvNormAct, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ptl_timm.errors import InputError
-from ptl_timm.layers import BConvCell, create_global_pool, ddp_ignore_latent_states, reset_latent_states
+from ptl_timm.layers import BConvCell, create_global_pool, ddp_ignore_latent_states
 from ptl_timm.weights import add_manifest_tags, check_pretrained_source
-from .fused_levels import FusedLevelsMixin
+from .reid_model import ReIDModelMixin, reid_cfg
 from .reid_output import ReIDOutput
 
 __all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'BNNeck', 'NECKS', 'create_ptl', 'create_reid']
@@ -222,7 +221,7 @@ def _keep_last_stage_resolution(backbone: nn.Module, backbone_name: str) -> None
     info[-1]['reduction'] = info[-2]['reduction']
 
 
-class ReIDNet(FusedLevelsMixin, nn.Module):
+class ReIDNet(ReIDModelMixin, nn.Module):
     """A timm backbone with (``ptl=True``) or without the PTL side network, and the ReID head.
 
     Args:
@@ -328,11 +327,6 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
             self.head_hidden_size, num_classes, self.classifier_dims, self.drop_rate, bias, device=device, dtype=dtype)
 
     @torch.jit.ignore
-    def reset_state(self) -> None:
-        """Zero the latent state of every BConv-Cell (``train()`` does this too)."""
-        reset_latent_states(self)
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         names = [n for n, _ in self.backbone.named_children()]
         return dict(
@@ -350,14 +344,8 @@ class ReIDNet(FusedLevelsMixin, nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        super().set_grad_checkpointing(enable)
         self.backbone.set_grad_checkpointing(enable)
-        if self.side is not None:
-            self.side.set_grad_checkpointing(enable)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -527,23 +515,15 @@ def create_reid(backbone: str, pretrained: bool = False, **kwargs) -> ReIDNet:
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 751,
-        'input_size': (3, 256, 128),
-        'pool_size': (8, 4),
-        'crop_pct': 1.0,
-        'crop_mode': 'squash',  # ReID resizes a crop to exactly input_size, as ptl_timm.data.build_transforms
-        'interpolation': 'bilinear',
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'classifier': 'head.fc',
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:1908.02492',
-        'paper_name': 'Progressive Transfer Learning for Person Re-identification',
-        'origin_url': 'https://github.com/ZJULearning/PTL',
-        **kwargs,
-    }
+    family = dict(
+        input_size=(3, 256, 128),
+        pool_size=(8, 4),
+        interpolation='bilinear',
+        classifier='head.fc',
+        paper_ids='arXiv:1908.02492',
+        paper_name='Progressive Transfer Learning for Person Re-identification',
+    )
+    return reid_cfg(url, **{**family, **kwargs})
 
 
 def _bot_cfg(**kwargs) -> Dict[str, Any]:
