@@ -29,6 +29,7 @@ A last table compares the spread on the old small split (74 queries, 126 gallery
     python -m benchmarks.state --quick       # CI-size, writes only under --work
 """
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -125,27 +126,77 @@ def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = 0.0
 
 class StateExperiment(Experiment):
     """Transfer's experiment, with each run (fine-tuned once per invocation) also scored on the large
-    test split: features kept beside the checkpoint so later metrics need no re-extraction."""
+    test split: features kept beside the checkpoint so later metrics need no re-extraction.
+
+    Every run records the pre-trained backbone it started from (``backbone``: a hash of its weights,
+    also in the run's key): pre-training is not bit-reproducible across machines, so runs made from
+    different backbones are never paired. A table's seed is one unit: its rows all come from one
+    backbone, so a unit recorded with an earlier backbone is kept, and a unit that lacks a row is
+    completed by running all its rows with the current backbone."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backbone_id: Optional[str] = None  # known once the pre-trained backbone exists
+
+    def key(self, name: str, seed: int) -> str:
+        return f'{name}/seed{seed}@{self.backbone_id}'
+
+    def _record(self, name: str, seed: int, *args) -> None:
+        super()._record(name, seed, *args)
+        self.runs[self.key(name, seed)]['backbone'] = self.backbone_id
+
+    def pretrained_init(self) -> Dict[str, Any]:
+        """The pre-trained backbone as init kwargs (trained on first need; kept while its finished
+        checkpoint is in the work folder), and ``backbone_id`` set from its weights."""
+        last = self.work / 'seed0' / 'pretrain' / 'last'
+        if not finished(last):
+            s = self.s
+            Experiment.finetune(self, 'pretrain', 0, self.domain(SYNTH_DOMAINS[0], 0, s.pretrain_ids),
+                                dict(pretrained=False), None, epochs=s.pretrain_epochs, lr_step=s.pretrain_epochs)
+        init = self.backbone_init(last)
+        if self.backbone_id is None:
+            weights = Path(init['model_args']['pretrained_cfg_overlay']['file'])
+            self.backbone_id = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        trained = self.runs.pop('pretrain/seed0@None', None)
+        if trained:
+            self.runs[f'pretrain@{self.backbone_id}'] = dict(trained, backbone=self.backbone_id)
+        return init
 
     def finetune(self, name: str, seed: int, dataset: Any, init: Dict[str, Any], state_mode: Optional[str],
                  **kwargs) -> Path:
-        if f'{name}/seed{seed}' in self.runs:  # an earlier table of this invocation already ran it
+        if self.key(name, seed) in self.runs:  # an earlier table of this invocation already ran it
             return self.work / f'seed{seed}' / name / 'last'
         return super().finetune(name, seed, dataset, init, state_mode, **kwargs)
 
-    def recorded(self, name: str, seed: int, evals: Sequence[str]) -> bool:
-        """Whether the runs of the earlier invocation hold every result asked for: such a run needs no
-        checkpoint, so a later session adds seeds and tables from the committed runs.json alone."""
-        key = f'{name}/seed{seed}'
+    def _with_evals(self, key: str, evals: Sequence[str]) -> Optional[Dict[str, Any]]:
         record = self.runs.get(key) or self.previous.get(key)
         if record and all('mAP_groups' in record.get('test', {}).get(e, {}) for e in evals):
-            self.runs[key] = record
-            return True
+            return record
+        return None
+
+    def recorded_unit(self, runs: Sequence[Tuple[str, Sequence[str]]], seed: int) -> bool:
+        """Whether some backbone has every run ``(name, evals)`` of a table's seed recorded: such a unit
+        needs no checkpoint, so a later session adds seeds and tables from the committed runs.json."""
+        backbones = dict.fromkeys(r.get('backbone') for r in (*self.previous.values(), *self.runs.values())
+                                  if r.get('seed') == seed)
+        for backbone in backbones:
+            records = {f'{name}/seed{seed}@{backbone}': self._with_evals(f'{name}/seed{seed}@{backbone}', evals)
+                       for name, evals in runs}
+            if all(records.values()):
+                self.runs.update(records)
+                return True
         return False
+
+    def recorded(self, name: str, seed: int, evals: Sequence[str]) -> bool:
+        """Whether run ``name`` is recorded with every result in ``evals`` for the current backbone."""
+        record = self._with_evals(self.key(name, seed), evals)
+        if record:
+            self.runs[self.key(name, seed)] = record
+        return record is not None
 
     def checkpoint(self, name: str, seed: int) -> bool:
         """Whether an earlier invocation's run ``name`` left its finished checkpoint in the work folder."""
-        return f'{name}/seed{seed}' in self.previous and finished(self.work / f'seed{seed}' / name / 'last')
+        return self.key(name, seed) in self.previous and finished(self.work / f'seed{seed}' / name / 'last')
 
     def test_split(self, seed: int) -> Any:
         root = generate_synthetic(
@@ -158,7 +209,7 @@ class StateExperiment(Experiment):
         state), 'warm' (the cells' state after the last training batch, frozen), 'aqe' / 'rerank' (the
         zero-state features after average query expansion / k-reciprocal re-ranking). Each over the
         whole gallery and averaged over galleries of ``num_ids // 2`` identities (``*_groups``)."""
-        record = self.runs[f'{name}/seed{seed}']
+        record = self.runs[self.key(name, seed)]
         scores = record.setdefault('test', {})
         missing = [key for key in evals if 'mAP_groups' not in scores.get(key, {})]
         if not missing:
@@ -222,30 +273,15 @@ BOT_ARGS = dict(neck='bnneck', last_stride=1, classifier_dims=())
 
 
 def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -> None:
-    """The runs one table needs for one seed (runs shared with an earlier table are not repeated).
-    Data and the pre-trained backbone are made on first need: a seed whose results are all recorded
-    needs neither. ``train=False`` only scores the runs whose checkpoints are there."""
+    """The runs one table needs for one seed (runs shared with an earlier table are not repeated),
+    all from one backbone (see ``StateExperiment``). Data and the pre-trained backbone are made on
+    first need: a seed whose unit is recorded needs neither. ``train=False`` only scores the runs
+    whose checkpoints are there."""
     s = exp.s
-    made: Dict[str, Any] = {}
-
-    def once(key: str, make) -> Any:
-        if key not in made:
-            made[key] = make()
-        return made[key]
-
-    def init() -> Dict[str, Any]:  # a fresh kwargs dict per run
-        # one pre-trained backbone for every seed, as every user starts from the same ImageNet weights
-        pretrained = once('pretrained', lambda: exp.finetune(
-            'pretrain', 0, exp.domain(SYNTH_DOMAINS[0], 0, s.pretrain_ids), dict(pretrained=False), None,
-            epochs=s.pretrain_epochs, lr_step=s.pretrain_epochs))
-        return exp.backbone_init(pretrained)
+    runs: List[Tuple[str, Optional[str], Tuple[str, ...], Dict[str, Any]]] = []
 
     def run(name: str, state_mode: Optional[str], evals: Sequence[str] = ('zero',), **overrides) -> None:
-        if exp.recorded(name, seed, evals) or not (train or exp.checkpoint(name, seed)):
-            return
-        target_set = once('target', lambda: exp.domain(SYNTH_DOMAINS[3], seed, s.num_ids))
-        exp.finetune(name, seed, target_set, init(), state_mode, **overrides)
-        exp.score(name, seed, once('test', lambda: exp.test_split(seed)), evals)
+        runs.append((name, state_mode, tuple(evals), overrides))
 
     if table in ('key', 'warm'):
         run('plain', None)
@@ -272,6 +308,19 @@ def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -
             run(f'bot-ptl-{mode}', mode, model_args=BOT_ARGS, **BOT_RECIPE)
     else:
         raise ValueError(f'unknown table {table!r}')
+    if exp.recorded_unit([(name, evals) for name, _, evals, _ in runs], seed):
+        return
+    if not (train or finished(exp.work / 'seed0' / 'pretrain' / 'last')):
+        return
+    init = exp.pretrained_init()
+    made: Dict[str, Any] = {}
+    for name, state_mode, evals, overrides in runs:
+        if exp.recorded(name, seed, evals) or not (train or exp.checkpoint(name, seed)):
+            continue
+        if 'target' not in made:
+            made['target'], made['test'] = exp.domain(SYNTH_DOMAINS[3], seed, s.num_ids), exp.test_split(seed)
+        exp.finetune(name, seed, made['target'], dict(init), state_mode, **overrides)
+        exp.score(name, seed, made['test'], evals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,17 +376,26 @@ MEASURES = (('mAP', 'mAP'), ('Rank-1', 'rank1'), ('mAP, old-size galleries', 'mA
 
 
 def _values(runs: Dict[str, Dict[str, Any]], name: str, state: str, seeds: int,
-            split: str = 'large') -> Dict[int, Tuple[float, ...]]:
-    """The ``MEASURES`` by seed of run ``name`` on the large split (state ``state``), or mAP and Rank-1
-    on the training set's own small split."""
+            split: str = 'large') -> Dict[Tuple[int, str], Tuple[float, ...]]:
+    """The ``MEASURES`` by (seed, backbone) of run ``name`` on the large split (state ``state``), or mAP
+    and Rank-1 on the training set's own small split."""
     found = {}
     for r in runs.values():
         if r['name'] != name or r['seed'] >= seeds:
             continue
         metrics = r.get('test', {}).get(state, {}) if split == 'large' else r['eval'][SYNTH_DOMAINS[3]]
         if all(field in metrics for _, field in MEASURES[:2 if split == 'small' else 3]):
-            found[r['seed']] = tuple(metrics[field] for _, field in MEASURES if field in metrics)
+            found[r['seed'], r['backbone']] = tuple(metrics[field] for _, field in MEASURES if field in metrics)
     return found
+
+
+def _units(rows: List[Dict[Tuple[int, str], Tuple[float, ...]]]) -> List[Dict[int, Tuple[float, ...]]]:
+    """Each row's values by seed, for the seeds that one backbone completes (all the rows), taking the
+    first such backbone in recording order: a seed is one unit, never a mix of backbones."""
+    order = list(dict.fromkeys(backbone for row in rows for _, backbone in row))
+    seeds = sorted({seed for row in rows for seed, _ in row})
+    chosen = {seed: next((b for b in order if all((seed, b) in row for row in rows)), None) for seed in seeds}
+    return [{seed: row[seed, backbone] for seed, backbone in chosen.items() if backbone} for row in rows]
 
 
 def _ci(p: Paired) -> str:
@@ -352,7 +410,7 @@ def _mean_sd(xs: List[float]) -> str:
 
 def render_table(runs: Dict[str, Dict[str, Any]], setting: Setting, table: Table) -> Tuple[str, list]:
     seeds = getattr(setting, table.seeds)
-    values = [_values(runs, name, state, seeds) for name, state, _ in table.rows]
+    values = _units([_values(runs, name, state, seeds) for name, state, _ in table.rows])
     rows = [[label] + [_mean_sd([v[i] for v in vals.values()]) for i in range(len(MEASURES))] + [len(vals)]
             for (_, _, label), vals in zip(table.rows, values)]
     text = markdown_table(['setting'] + [f'{m} % (mean ± sd)' for m, _ in MEASURES] + ['seeds'], rows)
@@ -386,7 +444,7 @@ def render_precision(runs: Dict[str, Dict[str, Any]], setting: Setting, large: T
     seeds, rows = setting.key_seeds, []
     trio = _trio('', '')
     columns = [('small', 0), ('large', 0), ('large', 2)]
-    per_split = {split: [_values(runs, name, state, seeds, split) for name, state, _ in trio]
+    per_split = {split: _units([_values(runs, name, state, seeds, split) for name, state, _ in trio])
                  for split in ('small', 'large')}
     for index, (_, _, label) in enumerate(trio):
         rows.append([f'mAP of {label}'] + [_mean_sd([v[i] for v in per_split[split][index].values()])

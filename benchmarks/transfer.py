@@ -100,8 +100,12 @@ class Experiment:
         self.previous = previous or {}
         self.runs: Dict[str, Dict[str, Any]] = {}
 
+    def key(self, name: str, seed: int) -> str:
+        """The name of a run in ``runs`` (and runs.json)."""
+        return f'{name}/seed{seed}'
+
     def _reuse(self, name: str, seed: int) -> Optional[Path]:
-        key, last = f'{name}/seed{seed}', self.work / f'seed{seed}' / name / 'last'
+        key, last = self.key(name, seed), self.work / f'seed{seed}' / name / 'last'
         if key in self.previous and finished(last):
             self.runs[key] = self.previous[key]
             return last
@@ -125,7 +129,7 @@ class Experiment:
 
     def _record(self, name: str, seed: int, started: float, model: str, result: Dict[str, Any]) -> None:
         weights = load_file(str(Path(result['output']) / 'last' / 'model.safetensors'))
-        self.runs[f'{name}/seed{seed}'] = dict(
+        self.runs[self.key(name, seed)] = dict(
             name=name, seed=seed, seconds=round(time.time() - started, 1), model=model,
             params=sum(t.numel() for t in weights.values()), eval=result['last']['eval'])
 

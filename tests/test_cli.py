@@ -109,3 +109,15 @@ def test_switches_do_not_show_a_default():
     """A store_false switch's default is True: "(default: True)" would read as if it were on."""
     text = COMMANDS['export'].format_help()
     assert '(default: True)' not in text and '--raw-embedding' in text
+
+
+def test_python_dash_m_runs_the_command_line_and_passes_on_its_exit_status():
+    """``python -m ptl_timm`` (what torchrun and the docs' commands run) is the same program as ``ptl-timm``."""
+    import subprocess
+    import sys
+    from ptl_timm import __version__
+    shown = subprocess.run([sys.executable, '-m', 'ptl_timm', '--version'], capture_output=True, text=True)
+    assert shown.returncode == 0 and __version__ in shown.stdout
+    refused = subprocess.run([sys.executable, '-m', 'ptl_timm', 'train', '--set', 'epochs=0', '--print-config'],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count('\n') == 1 and 'epochs' in refused.stderr

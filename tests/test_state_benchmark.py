@@ -55,9 +55,34 @@ def test_quick_runs_every_table_at_ci_size_and_writes_only_under_work(tmp_path):
     written = checkpoint.stat().st_mtime_ns
     again = state.main(['--quick', '--work', str(tmp_path), '--quiet', '--reuse', '--tables', 'key', '--no-report'])
     assert checkpoint.stat().st_mtime_ns == written
-    assert again['runs']['plain/seed0'] == runs['plain/seed0']
+    plain_seed0 = next(key for key, r in runs.items() if r['name'] == 'plain' and r['seed'] == 0)
+    assert plain_seed0.startswith('plain/seed0@') and again['runs'][plain_seed0] == runs[plain_seed0]
     # the other tables' runs stay in runs.json; --no-train adds a seed's rows only once it is trained
     assert set(json.loads((tmp_path / 'results' / 'runs.json').read_text())['runs']) == set(runs)
     scored = state.main(['--quick', '--work', str(tmp_path), '--quiet', '--reuse', '--no-train', '--key-seeds', '3',
                          '--tables', 'key', '--no-report'])
-    assert 'plain/seed2' not in scored['runs'] and not (tmp_path / 'seed2').exists()
+    assert not any(r['seed'] == 2 for r in scored['runs'].values()) and not (tmp_path / 'seed2').exists()
+
+
+def _record(name, seed, backbone, mAP):
+    return dict(name=name, seed=seed, backbone=backbone,
+                test=dict(zero=dict(mAP=mAP, rank1=mAP, mAP_groups=mAP, rank1_groups=mAP, groups=1)))
+
+
+def test_a_seed_is_one_unit_from_one_backbone():
+    """Runs from different pre-trained backbones are never paired: seed 1 has plain from backbone A and
+    bot from B only, so no backbone completes it and it is left out; seed 0 is complete under both and
+    takes the first recorded (A); seed 2 is complete under B alone."""
+    runs = {f'{n}/seed{s}@{b}': _record(n, s, b, m) for n, s, b, m in [
+        ('plain', 0, 'A', 1.0), ('bot', 0, 'A', 3.0), ('plain', 0, 'B', 10.0), ('bot', 0, 'B', 30.0),
+        ('plain', 1, 'A', 1.5), ('bot', 1, 'B', 9.0), ('plain', 2, 'B', 2.0), ('bot', 2, 'B', 5.0)]}
+    plain, bot = state._units([state._values(runs, name, 'zero', seeds=10) for name in ('plain', 'bot')])
+    assert plain == {0: (1.0, 1.0, 1.0), 2: (2.0, 2.0, 2.0)} and bot == {0: (3.0, 3.0, 3.0), 2: (5.0, 5.0, 5.0)}
+
+
+def test_a_unit_recorded_with_an_earlier_backbone_needs_no_training(tmp_path):
+    previous = {f'{n}/seed0@legacy': _record(n, 0, 'legacy', 1.0) for n in ('plain', 'ptl-batch', 'ptl-none')}
+    previous['ptl-batch/seed0@legacy']['test']['warm'] = dict(previous['ptl-batch/seed0@legacy']['test']['zero'])
+    exp = state.StateExperiment(state.QUICK, tmp_path, progress=False, previous=previous)
+    state.run_table(exp, 'key', 0)
+    assert exp.runs == previous and not any(tmp_path.iterdir())  # no data, no backbone, nothing trained
