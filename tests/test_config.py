@@ -90,11 +90,23 @@ def test_error_from_a_config_file_names_the_file_and_the_key(tmp_path, capsys):
     assert not (tmp_path / 'run').exists()
 
 
-def test_unreadable_yaml_file_names_the_file(tmp_path, capsys):
-    path = tmp_path / 'broken.yaml'
-    path.write_text('model: [unclosed\n')
+@pytest.mark.parametrize('name, text, position', [
+    ('broken.yaml', 'epochs: 5\nmodel: [unclosed\n', 'line 3, column 1'),
+    ('broken.json', '{"epochs": 5,\n "lr": }', 'line 2, column 8'),
+])
+def test_unreadable_config_file_is_one_line_naming_the_file_and_the_position(tmp_path, capsys, name, text, position):
+    path = tmp_path / name
+    path.write_text(text)
     assert main(['train', '--config', str(path)]) == 2
-    assert f'config file {path} is not valid yaml' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f'config file {path} is not valid {name[-4:].upper()}' in err and position in err, err
+    assert err.count('\n') == 1, err
+
+
+def test_unparsable_override_is_one_line(capsys):
+    assert main(['train', '--set', 'img_size=[1,', '--print-config']) == 2
+    err = capsys.readouterr().err
+    assert "override 'img_size=[1,'" in err and err.count('\n') == 1, err
 
 
 def test_bad_value_inside_a_transfer_step_names_the_step(tmp_path, capsys):

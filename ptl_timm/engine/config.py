@@ -474,12 +474,23 @@ def load_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f'config file {path} is not valid {path.suffix.lstrip(".") or "YAML"}: {e}') from e
+        kind = 'JSON' if path.suffix == '.json' else 'YAML'
+        raise ConfigError(f'config file {path} is not valid {kind}: {_parse_error(e)}') from e
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f'config file {path} must hold a mapping of keys to values, not {type(data).__name__}')
     return data
+
+
+def _parse_error(error: Exception) -> str:
+    """A parser's error in one line with its position (YAML's own message spans several lines and
+    quotes the text, which the error contract's one-line message cannot show)."""
+    if isinstance(error, json.JSONDecodeError):
+        return f'{error.msg} (line {error.lineno}, column {error.colno})'
+    mark = getattr(error, 'problem_mark', None)
+    problem = getattr(error, 'problem', None) or str(error).splitlines()[0]
+    return f'{problem} (line {mark.line + 1}, column {mark.column + 1})' if mark else ' '.join(str(error).split())
 
 
 def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
@@ -492,7 +503,7 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f'override {item!r}: the value is not valid YAML: {e}') from e
+            raise ConfigError(f'override {item!r}: the value is not valid YAML: {_parse_error(e)}') from e
     return out
 
 
