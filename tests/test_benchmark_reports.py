@@ -59,3 +59,13 @@ def test_every_benchmark_script_decides_where_its_report_goes():
             call = source[source.index('write_section('):]
             call = call[:call.index(')\n')]
             assert 'path=' in call or 'args.quick' in source, name
+
+
+def test_reusing_finished_runs_of_the_full_setting_still_reports_to_benchmarks_md():
+    """The state benchmark's documented command is ``--reuse``: keeping finished runs of the same
+    setting (and ``--no-train``) does not change what is measured; ``--quick`` with them still does."""
+    parser = _parser()
+    parser.add_argument('--reuse', action='store_true')
+    parser.add_argument('--no-train', action='store_true')
+    assert report_path(parser, parser.parse_args(['--reuse', '--no-train'])) == BENCHMARKS_MD
+    assert report_path(parser, parser.parse_args(['--reuse', '--quick'])) == scratch_dir() / 'BENCHMARKS.md'
