@@ -4,7 +4,8 @@ design could detect.
 
 Same domains, pre-training and fine-tuning as the transfer benchmark (ResNet-18 at 128×64,
 pre-trained on 'street', fine-tuned on 'campus'), except that one pre-trained backbone serves every
-seed (the seeds vary the target data, the new layers' initialisation and the batch order). Every
+seed (the seeds vary the target data, the new layers' initialisation and the batch order; a machine
+that pre-trains another backbone adds whole seeds, see ``StateExperiment``). Every
 run is also scored on a large test split of the target domain: 230 unseen identities (drawn with
 another seed), about 700 queries and 2,000 gallery images, the same split for every run of a seed;
 ranked against the whole gallery, and (comparable with the old small split's numbers) averaged over
@@ -25,7 +26,7 @@ galleries of the small split's 25 identities. Tables, most important first:
 
 A last table compares the spread on the old small split (74 queries, 126 gallery) with the large one.
 
-    python -m benchmarks.state --reuse       # full setting: about 10 CPU-core hours; add seeds later with --reuse
+    python -m benchmarks.state --reuse       # full setting: about 2.5 hours on 2 idle CPU cores; --reuse adds seeds later
     python -m benchmarks.state --quick       # CI-size, writes only under --work
 """
 import argparse
@@ -34,6 +35,7 @@ import json
 import math
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -290,11 +292,11 @@ def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -
     elif table == 'post':
         run('plain', None, ('zero', 'aqe', 'rerank'))
         run('ptl-batch', 'batch', ('zero', 'aqe', 'rerank'))
-    elif table == 'small-batch':
-        for batch in s.small_batches:
-            run(f'plain-bs{batch}', None, batch_size=batch)
-            run(f'ptl-batch-bs{batch}', 'batch', batch_size=batch)
-            run(f'ptl-none-bs{batch}', 'none', batch_size=batch)
+    elif table == 'small-batch':  # the setting's own batch size is the reference trio
+        for suffix, overrides in [('', {}), *((f'-bs{b}', dict(batch_size=b)) for b in s.small_batches)]:
+            run(f'plain{suffix}', None, **overrides)
+            run(f'ptl-batch{suffix}', 'batch', **overrides)
+            run(f'ptl-none{suffix}', 'none', **overrides)
     elif table == 'xbm':
         run('plain', None)
         run('ptl-batch', 'batch', ('zero', 'warm'))
@@ -484,6 +486,14 @@ def plot_forest(forest: List[Tuple[str, List[Paired]]], title: str, path: Path) 
     plt.close(fig)
 
 
+def _backbones(runs: Dict[str, Dict[str, Any]]) -> str:
+    counts = Counter(r['backbone'] for r in runs.values() if r['name'] != 'pretrain')
+    return (f'Pre-trained backbones: {", ".join(f"`{b}` ({n} runs)" for b, n in counts.items())}. Pre-training '
+            f'is not bit-reproducible across machines, so a later session may pre-train another; within a table '
+            f'every run of one seed starts from the same backbone (runs from different backbones are never '
+            f'paired).\n')
+
+
 def render(runs: Dict[str, Dict[str, Any]], setting: Setting, keys: Sequence[str], plot_dir: Path,
            link: str, large: Tuple[int, int]) -> str:
     body = [f'Every run is fine-tuned from one pre-trained backbone and scored on a large test split of unseen '
@@ -492,7 +502,8 @@ def render(runs: Dict[str, Dict[str, Any]], setting: Setting, keys: Sequence[str
             f'task than the old {setting.num_ids // 2}-identity split, hence the low numbers; "old-size galleries" '
             f'is the mean mAP over disjoint galleries of {setting.num_ids // 2} identities each (the old split\'s '
             f'difficulty, measured {setting.test_ids // (setting.num_ids // 2)} times). Δ: paired by seed, with its '
-            f'95% t-interval; "seeds" counts the seeds finished.\n']
+            f'95% t-interval; "seeds" counts the seeds finished.\n',
+            _backbones(runs)]
     for key in keys:
         table = tables(setting)[key]
         text, forest = render_table(runs, setting, table)

@@ -123,6 +123,15 @@ def test_the_graph_sees_imports_inside_functions():
     assert _cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
 
 
+def test_only_the_layers_touch_the_cells_latent_state():
+    """The BConv-Cell owns its state: other parts carry it through ``ptl_timm.layers``' snapshot /
+    restore / eval-state functions, never through the attribute."""
+    touching = sorted(module for module, path in MODULES.items() if _part(module) != 'layers'
+                      for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                      if isinstance(node, ast.Attribute) and node.attr == 'latent_state')
+    assert not touching, f'modules outside ptl_timm.layers use .latent_state: {touching}'
+
+
 def test_no_package_attribute_shadows_a_submodule():
     """``import ptl_timm.engine.transfer`` must give the module, not a function of the same name."""
     shadowed = []

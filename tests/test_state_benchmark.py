@@ -86,3 +86,18 @@ def test_a_unit_recorded_with_an_earlier_backbone_needs_no_training(tmp_path):
     exp = state.StateExperiment(state.QUICK, tmp_path, progress=False, previous=previous)
     state.run_table(exp, 'key', 0)
     assert exp.runs == previous and not any(tmp_path.iterdir())  # no data, no backbone, nothing trained
+
+
+@pytest.mark.parametrize('key', list(state.tables(state.QUICK)))
+def test_a_table_run_alone_trains_and_scores_every_row_it_shows(key, tmp_path, monkeypatch):
+    """``--tables X`` on its own must complete X's units: no table may rely on another having run."""
+    exp = state.StateExperiment(state.QUICK, tmp_path, progress=False, previous={})
+    scored = set()
+    monkeypatch.setattr(exp, 'pretrained_init', lambda: {})
+    monkeypatch.setattr(exp, 'domain', lambda *args, **kwargs: None)
+    monkeypatch.setattr(exp, 'test_split', lambda seed: None)
+    monkeypatch.setattr(exp, 'finetune', lambda *args, **kwargs: None)
+    monkeypatch.setattr(exp, 'score', lambda name, seed, test_set, evals=('zero',): scored.update(
+        (name, e) for e in evals))
+    state.run_table(exp, key, 0)
+    assert {(name, evaluation) for name, evaluation, _ in state.tables(state.QUICK)[key].rows} <= scored
