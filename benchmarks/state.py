@@ -521,7 +521,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         help='in the order given, each table for all its seeds before the next')
     parser.add_argument('--key-seeds', type=int, help='seeds of the key and warm tables (default 20)')
     parser.add_argument('--seeds', type=int, help='seeds of the other tables (default 10)')
-    add_run_arguments(parser, 'state')
+    add_run_arguments(parser, 'state', reuse_help=(
+        'keep the runs recorded in <out>/runs.json (same setting): a seed whose runs are all recorded needs no '
+        'checkpoint; a missing run reuses its finished checkpoint in --work, else trains (tables or seeds added later)'))
     parser.add_argument('--no-train', action='store_true',
                         help='with --reuse: train nothing, only score the runs already there and write the tables')
     args = parser.parse_args(argv)

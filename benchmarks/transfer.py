@@ -307,19 +307,21 @@ def render(runs: Dict[str, Dict[str, Any]], setting: Setting, tables: Sequence[s
     return '\n'.join(body)
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+REUSE_HELP = ('keep the runs in <out>/runs.json (same setting) whose checkpoints are still in --work; '
+              'run only the missing ones (a table or seeds added later)')
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, name: str, reuse_help: str = REUSE_HELP) -> None:
     """The flags every miniature benchmark shares: CI size, scratch and result folders, reuse, reports."""
     parser.add_argument('--quick', action='store_true',
                         help='CI-size: checks the pipeline, not the outcome; writes only under --work')
     parser.add_argument('--work', default=f'runs/{name}-benchmark', help='scratch folder for data and checkpoints')
     parser.add_argument('--out', help=f'folder for runs.json and plots (default: benchmarks/results/{name}; '
                                       'quick: <work>/results)')
-    parser.add_argument('--reuse', action='store_true',
-                        help='keep the runs in <out>/runs.json (same setting) whose checkpoints are still in --work; '
-                             'run only the missing ones (a table or seeds added later)')
+    parser.add_argument('--reuse', action='store_true', help=reuse_help)
     parser.add_argument('--no-report', action='store_true', help='write no report at all')
     add_report_argument(parser)
-    parser.add_argument('--quiet', action='store_true')
+    parser.add_argument('--quiet', action='store_true', help="no progress bars (each run's epoch lines stay)")
 
 
 def run_folders(args: argparse.Namespace, results_dir: Path) -> Tuple[Path, Path]:
