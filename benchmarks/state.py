@@ -274,6 +274,12 @@ BOT_RECIPE = dict(recipe='bot', lr=3.5e-4, warmup_epochs=1)
 BOT_ARGS = dict(neck='bnneck', last_stride=1, classifier_dims=())
 
 
+def _batch_sizes(setting: Setting) -> List[Tuple[str, int]]:
+    """The small-batch table's (run-name suffix, batch size): the setting's own batch is the key
+    table's trio, each small batch has its own; ``run_table`` and ``tables`` both name runs from it."""
+    return [('', setting.batch_size), *((f'-bs{batch}', batch) for batch in setting.small_batches)]
+
+
 def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -> None:
     """The runs one table needs for one seed (runs shared with an earlier table are not repeated),
     all from one backbone (see ``StateExperiment``). Data and the pre-trained backbone are made on
@@ -292,11 +298,11 @@ def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -
     elif table == 'post':
         run('plain', None, ('zero', 'aqe', 'rerank'))
         run('ptl-batch', 'batch', ('zero', 'aqe', 'rerank'))
-    elif table == 'small-batch':  # the setting's own batch size is the reference trio
-        for suffix, overrides in [('', {}), *((f'-bs{b}', dict(batch_size=b)) for b in s.small_batches)]:
-            run(f'plain{suffix}', None, **overrides)
-            run(f'ptl-batch{suffix}', 'batch', **overrides)
-            run(f'ptl-none{suffix}', 'none', **overrides)
+    elif table == 'small-batch':
+        for suffix, batch in _batch_sizes(s):
+            run(f'plain{suffix}', None, batch_size=batch)
+            run(f'ptl-batch{suffix}', 'batch', batch_size=batch)
+            run(f'ptl-none{suffix}', 'none', batch_size=batch)
     elif table == 'xbm':
         run('plain', None)
         run('ptl-batch', 'batch', ('zero', 'warm'))
@@ -345,7 +351,7 @@ TRIO_CONTRASTS = [(1, 0), (2, 0), (1, 2)]
 
 
 def tables(setting: Setting) -> Dict[str, Table]:
-    small = [row for batch in setting.small_batches for row in _trio(f'-bs{batch}', f', batch {batch}')]
+    batches = _batch_sizes(setting)
     return {
         'key': Table('The key contrast: plain vs PTL with and without state', 'key_seeds',
                      _trio('', ''), TRIO_CONTRASTS),
@@ -358,9 +364,9 @@ def tables(setting: Setting) -> Dict[str, Table]:
             ('ptl-batch', 'zero', "PTL 'batch'"), ('ptl-batch', 'aqe', "PTL 'batch' + AQE"),
             ('ptl-batch', 'rerank', "PTL 'batch' + re-ranking")], [(1, 0), (2, 0), (4, 3), (5, 3)]),
         'small-batch': Table('Small batches, same epochs: plain vs PTL with and without state', 'seeds',
-                             _trio('', f', batch {setting.batch_size}') + small,
-                             [(i + 3 * k, 3 * k) for k in range(len(setting.small_batches) + 1) for i in (1, 2)]
-                             + [(1 + 3 * k, 2 + 3 * k) for k in range(len(setting.small_batches) + 1)]),
+                             [row for suffix, batch in batches for row in _trio(suffix, f', batch {batch}')],
+                             [(i + 3 * k, 3 * k) for k in range(len(batches)) for i in (1, 2)]
+                             + [(1 + 3 * k, 2 + 3 * k) for k in range(len(batches))]),
         'xbm': Table('Cross-batch memory (XBM) of embeddings vs PTL\'s latent state', 'seeds', [
             ('plain', 'zero', 'plain (CE)'), ('plain-triplet', 'zero', 'plain, CE + triplet (P×K, in-batch)'),
             ('plain-xbm', 'zero', f'plain, CE + triplet + XBM memory of {setting.xbm_size}'),
