@@ -31,8 +31,8 @@ HEADER = (
 
 # arguments that change where or how quietly a benchmark runs, not what it measures (--reuse and
 # --no-train only decide which runs of the same setting are made now: the documented full command of
-# the state benchmark is ``--reuse``)
-_NEUTRAL_ARGS = ('help', 'report', 'quiet', 'work', 'out', 'no_report', 'child', 'reuse', 'no_train')
+# the state benchmark is ``--reuse``; its --setting picks a full setting with a report section of its own)
+_NEUTRAL_ARGS = ('help', 'report', 'quiet', 'work', 'out', 'no_report', 'child', 'reuse', 'no_train', 'setting')
 
 
 def scratch_dir() -> Path:

@@ -47,9 +47,13 @@ from ptl_timm.data import build_dataset
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.eval import FeatureExtractor, evaluate_features, query_expansion
 from ptl_timm.hub import load_model
-from ptl_timm.layers import restore_latent_states, set_eval_state
+from ptl_timm.engine import TrainConfig
+from ptl_timm.engine.data import build_train_data
+from ptl_timm.engine.distributed import DistContext
+from ptl_timm.layers import probe_latent_states, restore_latent_states, set_eval_state
 from ptl_timm.utils import atomic_path, atomic_save_json
 from benchmarks.report import ROOT, markdown_table, report_path, write_section
+from benchmarks.stats import Paired, Relative, paired_difference, relative_difference
 from benchmarks.transfer import (
     QUICK_MINIATURE, Experiment, Miniature, add_run_arguments, finished, previous_runs, run_folders)
 
@@ -69,57 +73,32 @@ class Setting(Miniature):
     xbm_weight: float = 1.0
     key_seeds: int = 20
     seeds: int = 10
+    # Added for the realistic setting; each default is the miniature's behaviour, so the miniature's recorded
+    # runs keep their setting (``previous_runs`` reads a field missing from an older runs.json as its default).
+    backbones: int = 1  # pre-trained backbones; seed s fine-tunes from backbone s % backbones
+    pretrain_recipe: Tuple[Tuple[str, Any], ...] = ()  # TrainConfig values of pre-training (over the common ones)
+    finetune_recipe: Tuple[Tuple[str, Any], ...] = ()  # TrainConfig values of every fine-tune (tables override)
+    group_ids: int = 0  # identities per "old-size" gallery; 0: num_ids // 2 (the miniature's own test split)
+    pilot_gate: float = 0.0  # mAP % a one-seed plain pilot must reach on the large split before any table runs
+    mechanism_seeds: int = 4  # seeds of the mechanism table (trained 'batch' and 'sample' runs probed)
 
 
 QUICK = Setting(**QUICK_MINIATURE, small_batches=(4,), test_ids=6, test_images_per_id=6, xbm_size=16, key_seeds=2)
 
-
-# ---------------------------------------------------------------------------------------------
-# statistics
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (Simpson integration of the
-    density and bisection: the benchmark needs no SciPy)."""
-    if not 0.5 <= p < 1 or df < 1:
-        raise ValueError(f't_quantile needs 0.5 <= p < 1 and df >= 1, got p={p}, df={df}')
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(x: float, steps: int = 2000) -> float:
-        h = x / steps
-        density = [math.exp(log_norm - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(steps + 1)]
-        return 0.5 + h / 3 * (density[0] + density[-1] + 4 * sum(density[1:-1:2]) + 2 * sum(density[2:-1:2]))
-    low, high = 0.0, 1.0
-    while cdf(high) < p:
-        low, high = high, 2 * high
-    for _ in range(40):
-        middle = (low + high) / 2
-        low, high = (middle, high) if cdf(middle) < p else (low, middle)
-    return (low + high) / 2
-
-
-class Paired(NamedTuple):
-    """A paired-by-seed difference: mean, 95% CI, SD of the differences, seeds, and the smallest true
-    effect the design detects with 80% power at α = 0.05 two-sided."""
-    mean: float
-    low: float
-    high: float
-    sd: float
-    n: int
-    detectable: float
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = 0.05, power: float = 0.8) -> Paired:
-    """``a - b`` paired by position: t-based CI, and the detectable effect
-    ``(t(1-α/2) + t(power)) · sd / √n`` (the usual normal-shift approximation of a paired t-test's power)."""
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f'paired_difference needs two equally long lists of at least 2 values, got {len(a)}, {len(b)}')
-    deltas = [x - y for x, y in zip(a, b)]
-    n, mean, sd = len(deltas), statistics.mean(deltas), statistics.stdev(deltas)
-    se = sd / math.sqrt(n)
-    half = t_quantile(1 - alpha / 2, n - 1) * se
-    detectable = (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * se
-    return Paired(mean, mean - half, mean + half, sd, n, detectable)
+# Where users live: a backbone pre-trained to convergence on a large source (600 identities × 8 images,
+# cross-entropy + triplet), fine-tuned with 50 mini-batches between two state resets (200 identities × 8
+# images, batch 32), a learning-rate decay and cross-entropy + triplet (the recipe family of the paper's
+# strongest results), scored on about 750 queries and 2,200 gallery images of unseen identities.
+METRIC_RECIPE = (('sampler', 'pk'), ('num_instances', 4), ('triplet_weight', 1.0), ('triplet_margin', 0.3))
+REALISTIC = Setting(
+    num_ids=400, pretrain_ids=1200, pretrain_epochs=40, epochs=16, test_ids=250, backbones=2, group_ids=25,
+    pilot_gate=30.0,
+    pretrain_recipe=METRIC_RECIPE + (('batch_size', 64), ('lr', 0.05), ('lr_schedule', 'cosine'),
+                                     ('warmup_epochs', 2), ('min_lr_factor', 0.01)),
+    finetune_recipe=METRIC_RECIPE + (('lr_schedule', 'cosine'), ('warmup_epochs', 1), ('min_lr_factor', 0.01)))
+QUICK_REALISTIC = replace(QUICK, backbones=2, group_ids=3, pilot_gate=0.0, pretrain_recipe=METRIC_RECIPE,
+                          finetune_recipe=METRIC_RECIPE, mechanism_seeds=2)
+SETTINGS = {'miniature': (Setting(), QUICK), 'realistic': (REALISTIC, QUICK_REALISTIC)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,41 +117,54 @@ class StateExperiment(Experiment):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.backbone_id: Optional[str] = None  # known once the pre-trained backbone exists
+        self.backbone_ids: Dict[int, str] = {}  # pre-trained backbone index -> hash of its weights, once it exists
+
+    def backbone_of(self, seed: int) -> int:
+        """The pre-trained backbone a fine-tune seed starts from."""
+        return seed % self.s.backbones
+
+    def pretrain_dir(self, index: int) -> Path:
+        return self.work / f'seed{index}' / 'pretrain'
 
     def key(self, name: str, seed: int) -> str:
-        return f'{name}/seed{seed}@{self.backbone_id}'
+        return f'{name}/seed{seed}@{self.backbone_ids.get(self.backbone_of(seed))}'
 
-    def _record(self, name: str, seed: int, *args) -> None:
-        super()._record(name, seed, *args)
-        self.runs[self.key(name, seed)]['backbone'] = self.backbone_id
+    def _record(self, name: str, seed: int, started: float, model: str, result: Dict[str, Any]) -> None:
+        super()._record(name, seed, started, model, result)
+        last_epoch = result['history'][-1]
+        self.runs[self.key(name, seed)].update(
+            backbone=self.backbone_ids.get(self.backbone_of(seed)),
+            train_loss={k: round(v, 4) for k, v in last_epoch.items()
+                        if k not in ('epoch', 'lr', 'time_s') and isinstance(v, float)})
 
-    def pretrained_init(self) -> Dict[str, Any]:
-        """The pre-trained backbone as init kwargs (trained on first need; kept while its finished
-        checkpoint is in the work folder), and ``backbone_id`` set from its weights."""
-        last = self.work / 'seed0' / 'pretrain' / 'last'
+    def pretrained_init(self, seed: int) -> Dict[str, Any]:
+        """The pre-trained backbone of ``seed`` as init kwargs (trained on first need, with the setting's
+        pre-training recipe; kept while its finished checkpoint is in the work folder), its hash recorded."""
+        index = self.backbone_of(seed)
+        last = self.pretrain_dir(index) / 'last'
         if not finished(last):
             s = self.s
-            Experiment.finetune(self, 'pretrain', 0, self.domain(SYNTH_DOMAINS[0], 0, s.pretrain_ids),
-                                dict(pretrained=False), None, epochs=s.pretrain_epochs, lr_step=s.pretrain_epochs)
+            Experiment.finetune(self, 'pretrain', index, self.domain(SYNTH_DOMAINS[0], index, s.pretrain_ids),
+                                dict(pretrained=False), None, epochs=s.pretrain_epochs, lr_step=s.pretrain_epochs,
+                                **dict(s.pretrain_recipe))
         init = self.backbone_init(last)
-        if self.backbone_id is None:
+        if index not in self.backbone_ids:
             weights = Path(init['model_args']['pretrained_cfg_overlay']['file'])
-            self.backbone_id = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-        trained = self.runs.pop('pretrain/seed0@None', None)
+            self.backbone_ids[index] = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        trained = self.runs.pop(f'pretrain/seed{index}@None', None)
         if trained:
-            self.runs[f'pretrain@{self.backbone_id}'] = dict(trained, backbone=self.backbone_id)
+            self.runs[f'pretrain{index}@{self.backbone_ids[index]}'] = dict(trained, backbone=self.backbone_ids[index])
         return init
 
     def finetune(self, name: str, seed: int, dataset: Any, init: Dict[str, Any], state_mode: Optional[str],
                  **kwargs) -> Path:
         if self.key(name, seed) in self.runs:  # an earlier table of this invocation already ran it
             return self.work / f'seed{seed}' / name / 'last'
-        return super().finetune(name, seed, dataset, init, state_mode, **kwargs)
+        return super().finetune(name, seed, dataset, init, state_mode, **{**dict(self.s.finetune_recipe), **kwargs})
 
     def _with_evals(self, key: str, evals: Sequence[str]) -> Optional[Dict[str, Any]]:
         record = self.runs.get(key) or self.previous.get(key)
-        if record and all('mAP_groups' in record.get('test', {}).get(e, {}) for e in evals):
+        if record and all(_scored(record.get('test', {}), e) for e in evals):
             return record
         return None
 
@@ -210,22 +202,26 @@ class StateExperiment(Experiment):
         """Metrics of run ``name`` on the large split for each of ``evals``: 'zero' (the paper's zero
         state), 'warm' (the cells' state after the last training batch, frozen), 'aqe' / 'rerank' (the
         zero-state features after average query expansion / k-reciprocal re-ranking). Each over the
-        whole gallery and averaged over galleries of ``num_ids // 2`` identities (``*_groups``)."""
+        whole gallery and averaged over galleries of ``group_size`` identities (``*_groups``). 'probe':
+        what the trained cells' state carries over one epoch of training batches (see ``probe``)."""
         record = self.runs[self.key(name, seed)]
         scores = record.setdefault('test', {})
-        missing = [key for key in evals if 'mAP_groups' not in scores.get(key, {})]
+        missing = [key for key in evals if not _scored(scores, key)]
         if not missing:
             return
         started = time.time()
         last = self.work / f'seed{seed}' / name / 'last'
         model = load_model(last, num_classes=0)
         for key in missing:
+            if key == 'probe':
+                scores[key] = probe(last)
+                continue
             state = 'warm' if key == 'warm' else 'zero'
             if state == 'warm':
                 restore_latent_states(model, torch.load(last / 'train_state.pt', weights_only=True)['latent_states'])
             set_eval_state(model, state)
             q, g = self._features(model, last, state, test_set)
-            scores[key] = _metrics(q, g, test_set, key, self.s.num_ids // 2)
+            scores[key] = _metrics(q, g, test_set, key, group_size(self.s))
         record['eval_seconds'] = round(record.get('eval_seconds', 0) + time.time() - started, 1)
 
     def _features(self, model: torch.nn.Module, last: Path, state: str, test_set: Any) -> Tuple[torch.Tensor, ...]:
@@ -238,6 +234,26 @@ class StateExperiment(Experiment):
         with atomic_path(path) as tmp:
             save_file(dict(query=q, gallery=g), str(tmp))
         return q, g
+
+
+def _scored(scores: Dict[str, Any], key: str) -> bool:
+    return key in scores if key == 'probe' else 'mAP_groups' in scores.get(key, {})
+
+
+def probe(last: Path) -> Dict[str, Dict[str, float]]:
+    """``probe_latent_states`` on the trained checkpoint ``last``: one epoch of its own training batches
+    (its saved config: data, transforms, sampler, batch size), in training mode, embedding = the retrieval
+    embedding."""
+    config = torch.load(last / 'train_state.pt', map_location='cpu', weights_only=True)['config']
+    data = build_train_data(TrainConfig(**dict(config, progress=False)), DistContext())
+    data.sampler.set_epoch(0)
+    model = load_model(last, num_classes=0)
+    return probe_latent_states(model, (images for images, *_ in data.loader))
+
+
+def group_size(setting: Setting) -> int:
+    """Identities per "old-size" gallery: the miniature's own test split has ``num_ids // 2``."""
+    return setting.group_ids or setting.num_ids // 2
 
 
 def _pid_cam(records: Sequence[Any]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -314,13 +330,26 @@ def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -
         run('bot', None, ('zero', 'aqe', 'rerank'), model_args=dict(BOT_ARGS, embed_dim=0), **BOT_RECIPE)
         for mode in ('batch', 'none'):
             run(f'bot-ptl-{mode}', mode, model_args=BOT_ARGS, **BOT_RECIPE)
+    elif table == 'layers':
+        run('plain', None)
+        for mode in ('batch', 'none', 'sample'):
+            run(f'ptl-{mode}', mode)
+        run('matched', 'none', model_args=dict(side_block='conv'))
+    elif table == 'bot-neck':
+        run('bot', None, model_args=dict(BOT_ARGS, embed_dim=0), **BOT_RECIPE)
+        run('bot-neck', None, model_args=BOT_ARGS, **BOT_RECIPE)  # the 1×1 ConvBNReLU PTL's fusion adds
+        for mode in ('batch', 'none'):
+            run(f'bot-ptl-{mode}', mode, model_args=BOT_ARGS, **BOT_RECIPE)
+    elif table == 'mechanism':
+        for mode in ('batch', 'sample'):
+            run(f'ptl-{mode}', mode, ('zero', 'probe'))
     else:
         raise ValueError(f'unknown table {table!r}')
     if exp.recorded_unit([(name, evals) for name, _, evals, _ in runs], seed):
         return
-    if not (train or finished(exp.work / 'seed0' / 'pretrain' / 'last')):
+    if not (train or finished(exp.pretrain_dir(exp.backbone_of(seed)) / 'last')):
         return
-    init = exp.pretrained_init()
+    init = exp.pretrained_init(seed)
     made: Dict[str, Any] = {}
     for name, state_mode, evals, overrides in runs:
         if exp.recorded(name, seed, evals) or not (train or exp.checkpoint(name, seed)):
@@ -376,6 +405,18 @@ def tables(setting: Setting) -> Dict[str, Table]:
             ('bot-ptl-batch', 'zero', "BoT + PTL 'batch'"), ('bot-ptl-none', 'zero', "BoT + PTL 'none' (stateless)"),
             ('bot', 'aqe', 'BoT + AQE'), ('bot', 'rerank', 'BoT + re-ranking')],
             [(1, 0), (2, 1), (3, 1), (2, 3), (4, 1), (5, 1)]),
+        'layers': Table('Layers, state or capacity: plain vs PTL with each state mode vs a capacity-matched plain',
+                        'key_seeds', [
+                            ('plain', 'zero', 'plain'), ('ptl-batch', 'zero', "PTL 'batch'"),
+                            ('ptl-none', 'zero', "PTL 'none' (stateless)"), ('ptl-sample', 'zero', "PTL 'sample'"),
+                            ('matched', 'zero', 'capacity-matched plain (side network without cells)')],
+                        [(1, 0), (2, 0), (3, 0), (4, 0), (1, 2), (3, 2), (1, 4), (2, 4)]),
+        'bot-neck': Table('On BoT: the neck PTL adds, the side network, its state', 'seeds', [
+            ('bot', 'zero', 'BoT'), ('bot-neck', 'zero', 'BoT + the 1×1 ConvBNReLU neck PTL adds'),
+            ('bot-ptl-batch', 'zero', "BoT + PTL 'batch'"), ('bot-ptl-none', 'zero', "BoT + PTL 'none' (stateless)")],
+            [(1, 0), (2, 1), (3, 1), (2, 3)]),
+        'mechanism': Table('The mechanism: what the trained cells\' state carries', 'mechanism_seeds', [
+            ('ptl-batch', 'probe', "PTL 'batch'"), ('ptl-sample', 'probe', "PTL 'sample'")], []),
     }
 
 
@@ -416,32 +457,150 @@ def _mean_sd(xs: List[float]) -> str:
     return f'{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}' if len(xs) > 1 else f'{xs[0]:.2f}'
 
 
-def render_table(runs: Dict[str, Dict[str, Any]], setting: Setting, table: Table) -> Tuple[str, list]:
+def _rel(r: Relative) -> str:
+    if math.isnan(r.mean):
+        return 'undefined (reference is 0)'
+    return f'{100 * r.mean:+.1f}% [{100 * r.low:+.1f}%, {100 * r.high:+.1f}%]'
+
+
+def _finite(x: float) -> Optional[float]:
+    """A number for strict JSON: an unbounded or undefined relative limit is written as null."""
+    return x if math.isfinite(x) else None
+
+
+def _range(values: Sequence[int]) -> str:
+    return f'{min(values):,}' if min(values) == max(values) else f'{min(values):,}–{max(values):,}'
+
+
+def split_line(splits: Dict[int, Dict[str, Any]], seeds: Sequence[int], setting: Setting) -> str:
+    """The test split of a table's seeds: sizes as ranges over seeds, and the chance level of each measure."""
+    facts = [splits[seed] for seed in seeds if seed in splits]
+    if not facts:
+        return ''
+    chance = {k: statistics.mean(f['chance'][k] for f in facts) for k in ('mAP', 'rank1', 'mAP_groups')}
+    return (f'Test split over these {len(facts)} seeds: {_range([f["query"] for f in facts])} queries, '
+            f'{_range([f["gallery"] for f in facts])} gallery images. Chance level (random ranking, same protocol): '
+            f'mAP {chance["mAP"]:.2f}, Rank-1 {chance["rank1"]:.2f}, mAP on galleries of {group_size(setting)} '
+            f'identities {chance["mAP_groups"]:.2f}.\n')
+
+
+def render_table(runs: Dict[str, Dict[str, Any]], setting: Setting, table: Table,
+                 splits: Dict[int, Dict[str, Any]]) -> Tuple[str, list, Dict[str, Any]]:
+    """The table's arms (mean ± sd), its contrasts (Δ in points with the 95% t-interval, and relative to the
+    reference with Fieller's interval), the test split's sizes and chance level, the design's power; and
+    the same as a machine-readable summary."""
     seeds = getattr(setting, table.seeds)
     values = _units([_values(runs, name, state, seeds) for name, state, _ in table.rows])
     rows = [[label] + [_mean_sd([v[i] for v in vals.values()]) for i in range(len(MEASURES))] + [len(vals)]
             for (_, _, label), vals in zip(table.rows, values)]
     text = markdown_table(['setting'] + [f'{m} % (mean ± sd)' for m, _ in MEASURES] + ['seeds'], rows)
+    summary: Dict[str, Any] = dict(title=table.title, arms=[
+        dict(name=name, eval=state, label=label, seeds=len(vals),
+             **{field: statistics.mean(v[i] for v in vals.values()) if vals else None
+                for i, (_, field) in enumerate(MEASURES[:2])})
+        for (name, state, label), vals in zip(table.rows, values)], contrasts=[])
     contrast_rows, forest = [], []
     for row, ref in table.contrasts:
         common = sorted(set(values[row]) & set(values[ref]))
         label = f'{table.rows[row][2]} − {table.rows[ref][2]}'
         if len(common) < 2:
-            contrast_rows.append([label] + ['–'] * (len(MEASURES) + 1) + [len(common)])
+            contrast_rows.append([label] + ['–'] * (len(MEASURES) + 3) + [len(common)])
             continue
-        deltas = [paired_difference([values[row][s][i] for s in common], [values[ref][s][i] for s in common])
-                  for i in range(len(MEASURES))]
-        contrast_rows.append([label] + [_ci(d) for d in deltas] + [f'{deltas[0].sd:.2f}', len(common)])
+        pairs = [([values[row][s][i] for s in common], [values[ref][s][i] for s in common]) for i in range(len(MEASURES))]
+        deltas = [paired_difference(a, b) for a, b in pairs]
+        relative = [relative_difference(a, b) for a, b in pairs[:2]]
+        contrast_rows.append([label, _ci(deltas[0]), _rel(relative[0]), _ci(deltas[1]), _rel(relative[1]),
+                              _ci(deltas[2]), f'{deltas[0].sd:.2f}', len(common)])
         forest.append((label, deltas))
-    text += '\n' + markdown_table(['contrast (paired by seed)'] + [f'Δ {m} [95% CI]' for m, _ in MEASURES]
-                                  + ['sd of Δ mAP', 'seeds'], contrast_rows)
+        summary['contrasts'].append(dict(label=label, arm=table.rows[row][0], reference=table.rows[ref][0],
+                                         seeds=len(common), **{
+            field: dict(delta=d.mean, low=d.low, high=d.high, relative=_finite(r.mean),
+                        relative_low=_finite(r.low), relative_high=_finite(r.high), detectable=d.detectable)
+            for (_, field), d, r in zip(MEASURES[:2], deltas, relative)}))
+    if table.contrasts:
+        text += '\n' + markdown_table(
+            ['contrast (paired by seed)', 'Δ mAP [95% CI]', 'Δ mAP relative to the reference [95% CI]',
+             'Δ Rank-1 [95% CI]', 'Δ Rank-1 relative', f'Δ mAP, galleries of {group_size(setting)} ids [95% CI]',
+             'sd of Δ mAP', 'seeds'], contrast_rows)
+    unit_seeds = sorted({seed for vals in values for seed in vals})
+    text += '\n' + split_line(splits, unit_seeds, setting)
+    summary['split'] = {seed: splits[seed] for seed in unit_seeds if seed in splits}
     if forest:
         whole, small = (sorted(deltas[i].detectable for _, deltas in forest) for i in (0, 2))
-        text += (f'\nPower: from the observed spread of the paired differences, a true Δ mAP of '
-                 f'{whole[0]:.2f} to {whole[-1]:.2f} points over the whole large split ({small[0]:.2f} to '
-                 f'{small[-1]:.2f} on the old-size galleries), depending on the contrast, is detected with 80% power '
-                 f'at α = 0.05, two-sided.\n')
-    return text, forest
+        text += (f'\nPower (a property of the design, not a bound on the effect: the intervals bound it): from the '
+                 f'observed spread of the paired differences, a true Δ mAP of {whole[0]:.2f} to {whole[-1]:.2f} points '
+                 f'over the whole large split ({small[0]:.2f} to {small[-1]:.2f} on the smaller galleries), depending on '
+                 f'the contrast, is detected with 80% power at α = 0.05, two-sided.\n')
+    return text, forest, summary
+
+
+PROBE_MEASURES = (('carried_share', 'share of f⊙C_{b−1} in C_b'), ('state_change', 'relative change of C per batch'))
+EMBEDDING_MEASURES = (('embedding_change_constant', 'C_{b−1} → its running mean (a constant)'),
+                      ('embedding_change_zero', 'C_{b−1} → zero (no state)'),
+                      ('embedding_spread', 'between two images of a batch (for scale)'))
+
+
+def render_mechanism(runs: Dict[str, Dict[str, Any]], setting: Setting, table: Table,
+                     plot_path: Path) -> Tuple[str, Dict[str, Any]]:
+    """What the trained cells' state carries (``probe_latent_states`` over one epoch of training batches), the
+    mean over seeds: per cell, the carried term's share and the state's change per batch; for the embedding,
+    how far it moves when the state is replaced by a constant or by zero, beside the distance between images."""
+    seeds = getattr(setting, table.seeds)
+    probes = {label: [r['test']['probe'] for r in runs.values()
+                      if r['name'] == name and r['seed'] < seeds and 'probe' in r.get('test', {})]
+              for name, _, label in table.rows}
+    summary: Dict[str, Any] = dict(title=table.title, arms=[])
+    cell_rows, embedding_rows = [], []
+    for label, found in probes.items():
+        if not found:
+            continue
+        cells = [name for name in found[0] if name != 'embedding']
+        per_cell = {c: {k: statistics.mean(p[c][k] for p in found) for k, _ in PROBE_MEASURES} for c in cells}
+        embedding = {k: statistics.mean(p['embedding'][k] for p in found) for k, _ in EMBEDDING_MEASURES}
+        cell_rows += [[label, c or '(cell)', *(f'{per_cell[c][k]:.3f}' for k, _ in PROBE_MEASURES), len(found)]
+                      for c in cells]
+        embedding_rows.append([label, *(f'{embedding[k]:.4f}' for k, _ in EMBEDDING_MEASURES), len(found)])
+        summary['arms'].append(dict(label=label, seeds=len(found), cells=per_cell, embedding=embedding))
+    if not summary['arms']:
+        return 'No probed runs yet.\n', summary
+    text = (markdown_table(['model', 'cell', *(m for _, m in PROBE_MEASURES), 'seeds'], cell_rows) + '\n'
+            + markdown_table(['model', *(f'embedding shift: {m}' for _, m in EMBEDDING_MEASURES), 'seeds'],
+                             embedding_rows)
+            + '\nShares and changes are norms summed or averaged over one epoch of the run\'s own training batches '
+              '(training mode, no gradients); embedding shifts are mean distances between L2-normalised embeddings '
+              '(the cosine retrieval space).\n')
+    _plot_mechanism(summary['arms'], table.title, plot_path)
+    return text, summary
+
+
+def _plot_mechanism(arms: List[Dict[str, Any]], title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    width = 0.8 / len(arms)
+    for panel, (key, label) in zip(axes[:2], PROBE_MEASURES):
+        for k, arm in enumerate(arms):
+            names = list(arm['cells'])
+            panel.bar([i + k * width for i in range(len(names))], [arm['cells'][c][key] for c in names], width,
+                      label=arm['label'])
+            panel.set_xticks([i + width * (len(arms) - 1) / 2 for i in range(len(names))],
+                             [c.split('.')[-1] or 'cell' for c in names], fontsize=7, rotation=20)
+        panel.set_title(label, fontsize=8)
+        panel.legend(fontsize=7)
+    names = [label for _, label in EMBEDDING_MEASURES]
+    for k, arm in enumerate(arms):
+        axes[2].bar([i + k * width for i in range(len(names))], [arm['embedding'][key] for key, _ in EMBEDDING_MEASURES],
+                    width, label=arm['label'])
+    axes[2].set_xticks([i + width * (len(arms) - 1) / 2 for i in range(len(names))],
+                       ['→ constant', '→ zero', 'image spread'], fontsize=7)
+    axes[2].set_title('embedding distance (cosine space)', fontsize=8)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=110)
+    plt.close(fig)
 
 
 def render_precision(runs: Dict[str, Dict[str, Any]], setting: Setting, large: Tuple[int, int]) -> str:
@@ -501,31 +660,132 @@ def _backbones(runs: Dict[str, Dict[str, Any]]) -> str:
 
 
 def render(runs: Dict[str, Dict[str, Any]], setting: Setting, keys: Sequence[str], plot_dir: Path,
-           link: str, large: Tuple[int, int]) -> str:
-    body = [f'Every run is fine-tuned from one pre-trained backbone and scored on a large test split of unseen '
-            f'identities ({large[0]} queries, {large[1]} gallery images for seed 0; one split per seed, the same '
-            f'for every run of that seed). mAP and Rank-1 rank each query against that whole gallery, a much harder '
-            f'task than the old {setting.num_ids // 2}-identity split, hence the low numbers; "old-size galleries" '
-            f'is the mean mAP over disjoint galleries of {setting.num_ids // 2} identities each (the old split\'s '
-            f'difficulty, measured {setting.test_ids // (setting.num_ids // 2)} times). Δ: paired by seed, with its '
-            f'95% t-interval; "seeds" counts the seeds finished.\n',
+           link: str, splits: Dict[int, Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
+    """The report's body and ``summary.json``'s content: every table asked for, its plot, and (for the
+    miniature) the precision table."""
+    group = group_size(setting)
+    start = ('from one pre-trained backbone' if setting.backbones == 1 else
+             f'from one of {setting.backbones} pre-trained backbones (seed s from backbone s mod {setting.backbones})')
+    body = [f'Every run is fine-tuned {start} and scored on a large test split of unseen identities (one split per '
+            f'seed, the same for every run of that seed; sizes and chance level under each table). mAP and Rank-1 '
+            f'rank each query against that whole gallery; the last column is the mean mAP over disjoint galleries of '
+            f'{group} identities each (the miniature\'s old test split\'s size, measured {setting.test_ids // group} '
+            f'times per seed). Δ: paired by seed, with its 95% t-interval in points, and relative to the reference '
+            f'arm\'s mean with Fieller\'s 95% interval; "seeds" counts the seeds finished.\n',
             _backbones(runs)]
+    summary: Dict[str, Any] = dict(setting=asdict(setting), tables={})
     for key in keys:
         table = tables(setting)[key]
-        text, forest = render_table(runs, setting, table)
+        if key == 'mechanism':
+            text, summary['tables'][key] = render_mechanism(runs, setting, table, plot_dir / f'{key}.png')
+            forest = [True]
+        else:
+            text, forest, summary['tables'][key] = render_table(runs, setting, table, splits)
+            if forest:
+                plot_forest(forest, table.title, plot_dir / f'{key}.png')
         body.append(f'### {table.title}\n\n{text}')
         if forest:
-            plot_forest(forest, table.title, plot_dir / f'{key}.png')
             body.append(f'![{key}]({link}/{key}.png)\n')
-    body.append('### Precision: the old small test split vs the large one\n\n' + render_precision(runs, setting, large))
-    return '\n'.join(body)
+    if 'key' in keys:
+        body.append('### Precision: the old small test split vs the large one\n\n'
+                    + render_precision(runs, setting, (splits[0]['query'], splits[0]['gallery'])))
+    return '\n'.join(body), summary
+
+
+def chance_level(test_set: Any, group: int, draws: int = 10) -> Dict[str, float]:
+    """mAP and Rank-1 of random ranking on ``test_set`` under the same protocol: the mean over ``draws``
+    random embeddings (Gaussian, so every ranking of the gallery is equally likely)."""
+    generator = torch.Generator().manual_seed(0)
+    scores = [_metrics(torch.randn(len(test_set.query), 64, generator=generator),
+                       torch.randn(len(test_set.gallery), 64, generator=generator), test_set, 'zero', group)
+              for _ in range(draws)]
+    return {k: statistics.mean(score[k] for score in scores) for k in ('mAP', 'rank1', 'mAP_groups')}
+
+
+def split_facts(exp: StateExperiment, seed: int) -> Dict[str, Any]:
+    """The sizes of seed ``seed``'s large test split and its chance level (``chance_level``)."""
+    test_set = exp.test_split(seed)
+    return dict(query=len(test_set.query), gallery=len(test_set.gallery),
+                chance=chance_level(test_set, group_size(exp.s)))
+
+
+def _saved_splits(out: Path, reuse: bool) -> Dict[int, Dict[str, Any]]:
+    path = out / 'runs.json'
+    if not (reuse and path.exists()):
+        return {}
+    return {int(seed): facts for seed, facts in json.loads(path.read_text()).get('splits', {}).items()}
+
+
+def run_pilot(exp: StateExperiment, out: Path) -> Dict[str, Any]:
+    """The gate before any table: pre-train backbone 0, fine-tune one plain seed, score it on the large
+    split, and append the result (setting, compute, training losses, mAP, chance) to ``out/pilots.json``,
+    which keeps every pilot, passed or not. The plain run is the study's plain seed 0."""
+    s = exp.s
+    init = exp.pretrained_init(0)
+    target, test_set = exp.domain(SYNTH_DOMAINS[3], 0, s.num_ids), exp.test_split(0)
+    exp.finetune('plain', 0, target, dict(init), None)
+    exp.score('plain', 0, test_set)
+    plain = exp.runs[exp.key('plain', 0)]
+    pretrain = exp.runs.get(f'pretrain0@{exp.backbone_ids[0]}') or exp.previous.get(f'pretrain0@{exp.backbone_ids[0]}', {})
+    pilot = dict(
+        setting=asdict(s), when=time.strftime('%Y-%m-%d %H:%M'),
+        pretrain=dict(images=len(build_dataset('market1501', exp.domain(SYNTH_DOMAINS[0], 0, s.pretrain_ids)['root']).train),
+                      epochs=s.pretrain_epochs, seconds=pretrain.get('seconds'), train_loss=pretrain.get('train_loss'),
+                      own_split=pretrain.get('eval')),
+        finetune=dict(images=len(build_dataset('market1501', target['root']).train), epochs=s.epochs,
+                      batches_per_epoch=len(build_dataset('market1501', target['root']).train) // s.batch_size,
+                      seconds=plain['seconds'], train_loss=plain.get('train_loss')),
+        split=dict(query=len(test_set.query), gallery=len(test_set.gallery)),
+        mAP=plain['test']['zero']['mAP'], rank1=plain['test']['zero']['rank1'],
+        chance=split_facts(exp, 0)['chance'], gate=s.pilot_gate,
+        passed=plain['test']['zero']['mAP'] >= s.pilot_gate)
+    path = out / 'pilots.json'
+    pilots = json.loads(path.read_text()) if path.exists() else []
+    atomic_save_json(pilots + [pilot], path)
+    return pilot
+
+
+def gate_passed(setting: Setting, out: Path) -> bool:
+    """Whether a recorded pilot of exactly this setting (seed counts aside) reached the gate."""
+    if setting.pilot_gate <= 0:
+        return True
+    path = out / 'pilots.json'
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(setting))).items() if k not in SEED_COUNTS}
+    return any(p['passed'] and {k: v for k, v in p['setting'].items() if k not in SEED_COUNTS} == mine
+               for p in (json.loads(path.read_text()) if path.exists() else []))
+
+
+def render_pilots(out: Path) -> str:
+    path = out / 'pilots.json'
+    rows = [[p['when'], f"{p['pretrain']['images']} images × {p['pretrain']['epochs']} epochs, final loss "
+             f"{(p['pretrain']['train_loss'] or {}).get('loss', '–')}",
+             f"{p['finetune']['images']} images × {p['finetune']['epochs']} epochs ({p['finetune']['batches_per_epoch']} "
+             f"batches each), final loss {(p['finetune']['train_loss'] or {}).get('loss', '–')}",
+             f"{((p['pretrain']['seconds'] or 0) + p['finetune']['seconds']) / 60:.0f} min",
+             f"{p['split']['query']} / {p['split']['gallery']}", f"{p['mAP']:.2f}", f"{p['rank1']:.2f}",
+             f"{p['chance']['mAP']:.2f}", f"≥ {p['gate']:g}: {'passed' if p['passed'] else 'failed'}"]
+            for p in (json.loads(path.read_text()) if path.exists() else [])]
+    return markdown_table(['pilot', 'pre-training (source)', 'fine-tuning (target)', 'compute (2 CPU cores)',
+                           'queries / gallery', 'plain mAP %', 'Rank-1 %', 'chance mAP %', 'gate'], rows)
+
+
+DEFAULT_TABLES = {'miniature': ['key', 'warm', 'post', 'small-batch', 'xbm', 'bot'],
+                  'realistic': ['layers', 'bot-neck', 'mechanism']}
+SECTIONS = {'miniature': ('state', 'Does the state matter? The miniature, powered'),
+            'realistic': ('state-realistic', 'Does the state matter? The realistic setting')}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--tables', nargs='+', choices=list(tables(Setting())), default=list(tables(Setting())),
-                        help='in the order given, each table for all its seeds before the next')
-    parser.add_argument('--key-seeds', type=int, help='seeds of the key and warm tables (default 20)')
+    parser.add_argument('--setting', choices=list(SETTINGS), default='miniature',
+                        help='miniature: the small-scale record; realistic: converged pre-training, metric '
+                             'learning, 50 mini-batches between state resets')
+    parser.add_argument('--pilot', action='store_true',
+                        help='run the gate: one plain seed on the large split, recorded in <out>/pilots.json')
+    parser.add_argument('--tables', nargs='+', choices=list(tables(Setting())),
+                        help="in the order given, each table for all its seeds before the next (default: the "
+                             "setting's tables)")
+    parser.add_argument('--key-seeds', type=int, help='seeds of the key tables (default 20)')
     parser.add_argument('--seeds', type=int, help='seeds of the other tables (default 10)')
     add_run_arguments(parser, 'state', reuse_help=(
         'keep the runs recorded in <out>/runs.json (same setting): a seed whose runs are all recorded needs no '
@@ -534,31 +794,54 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         help='with --reuse: train nothing, only score the runs already there and write the tables')
     args = parser.parse_args(argv)
 
-    setting = QUICK if args.quick else Setting()
+    full, quick = SETTINGS[args.setting]
+    setting = quick if args.quick else full
     setting = replace(setting, key_seeds=args.key_seeds or setting.key_seeds, seeds=args.seeds or setting.seeds)
-    work, out = run_folders(args, RESULTS_DIR)
+    if args.setting != 'miniature' and args.work == parser.get_default('work'):
+        args.work = f'runs/state-{args.setting}-benchmark'
+    section, title = SECTIONS[args.setting]
+    work, out = run_folders(args, ROOT / 'benchmarks' / 'results' / section)
     previous = previous_runs(parser, args, out, setting, ignored=SEED_COUNTS)
     exp = StateExperiment(setting, work, progress=not args.quiet, previous=previous)
+    if args.pilot:
+        pilot = run_pilot(exp, out)
+        atomic_save_json(dict(setting=asdict(setting), runs={**previous, **exp.runs}), out / 'runs.json')
+        if not args.quiet:
+            print(render_pilots(out))
+        return dict(setting=setting, pilot=pilot)
+    if not gate_passed(setting, out):
+        parser.error(f'the {args.setting} setting needs a plain pilot of at least {setting.pilot_gate:g} mAP on the '
+                     f'large split first (none recorded in {out / "pilots.json"}): run with --pilot')
+    keys = args.tables or DEFAULT_TABLES[args.setting]
+    splits = _saved_splits(out, args.reuse)
+
+    def save() -> None:
+        atomic_save_json(dict(setting=asdict(setting), runs={**previous, **exp.runs}, splits=splits), out / 'runs.json')
     started = time.time()
-    for key in args.tables:
+    for key in keys:
         for seed in range(getattr(setting, tables(setting)[key].seeds)):
             run_table(exp, key, seed, train=not args.no_train)
-            atomic_save_json(dict(setting=asdict(setting), runs={**previous, **exp.runs}), out / 'runs.json')
+            save()
             if not args.quiet:
                 print(f'state benchmark: table {key} seed {seed} done ({(time.time() - started) / 60:.1f} min)')
-    link = 'benchmarks/results/state'
     runs = {**previous, **exp.runs}  # tables not asked for this time keep their runs
-    test_set = exp.test_split(0)
-    body = render(runs, setting, args.tables, out, link, (len(test_set.query), len(test_set.gallery)))
+    for seed in sorted({r['seed'] for r in runs.values() if r['name'] != 'pretrain'} - set(splits)):
+        splits[seed] = split_facts(exp, seed)
+    save()
+    body, summary = render(runs, setting, keys, out, f'benchmarks/results/{section}', splits)
     compute = sum(r['seconds'] + r.get('eval_seconds', 0) for r in runs.values())
     body = (f'Setting: `{json.dumps(asdict(setting))}`  \nCompute: {compute / 3600:.1f} h of training and '
             f'evaluation over {len(runs)} runs.\n\n' + body)
+    if setting.pilot_gate > 0:
+        body = f'Pilots (the gate: plain must reach {setting.pilot_gate:g} mAP on the large split first):\n\n' + \
+            render_pilots(out) + '\n' + body
+    atomic_save_json(dict(summary, compute_hours=compute / 3600), out / 'summary.json')
     if not args.no_report:  # BENCHMARKS.md for the full setting, a scratch report for --quick
-        write_section('state', 'Does the state matter? The miniature, powered', body,
-                      command='python -m benchmarks.state --reuse', path=report_path(parser, args))
+        write_section(section, title, body, command=f'python -m benchmarks.state --setting {args.setting} --reuse',
+                      path=report_path(parser, args))
     if not args.quiet:
         print(body)
-    return dict(setting=setting, runs=runs, body=body)
+    return dict(setting=setting, runs=runs, body=body, summary=summary)
 
 
 if __name__ == '__main__':

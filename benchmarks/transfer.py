@@ -26,7 +26,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -340,6 +340,9 @@ def previous_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, out
         return {}
     saved = json.loads((out / 'runs.json').read_text())
     current = json.loads(json.dumps(asdict(setting)))  # tuples as JSON gives them back
+    # a field added to the setting after the runs were recorded had its default then
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(setting) if f.default is not MISSING}))
+    saved['setting'] = {**{k: v for k, v in defaults.items() if k not in saved['setting']}, **saved['setting']}
 
     def compared(fields: Dict[str, Any]) -> Dict[str, Any]:
         return {k: v for k, v in fields.items() if k not in ignored}

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptl_timm.layers import BConvCell, reset_latent_states, restore_latent_states, set_eval_state, snapshot_latent_states
+from ptl_timm.layers import (
+    BConvCell, probe_latent_states, reset_latent_states, restore_latent_states, set_eval_state, snapshot_latent_states)
 
 IN_CHS, OUT_CHS, SIZE = 3, 4, (6, 5)
 
@@ -242,3 +243,51 @@ def test_warm_eval_state_reads_frozen_state_without_writing(state_mode):
     torch.testing.assert_close(cell(x), zero_out)
     with pytest.raises(ValueError, match='eval_state'):
         set_eval_state(cell, 'hot')
+
+
+def _chord(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (F.normalize(a.flatten(1), dim=1) - F.normalize(b.flatten(1), dim=1)).norm(dim=1)
+
+
+@pytest.mark.parametrize('mode', ['batch', 'sample'])
+def test_probe_measures_the_carried_term_state_change_and_embedding_shifts(mode):
+    """``probe_latent_states`` against Eq. 1 written out: the carried share, the state's relative change and
+    the embedding's shift when C_{b-1} is replaced by the running mean of the stored states or by zero."""
+    torch.manual_seed(0)
+    cell = BConvCell(IN_CHS, OUT_CHS, state_mode=mode)
+    batches = make_batches((4, 4, 4, 4))
+    report = probe_latent_states(cell, batches)
+
+    weight = cell.gates.weight.detach()
+    carried = fresh = 0.0
+    changes, shifts = [], {'constant': [], 'zero': []}
+    stored: List[torch.Tensor] = []
+
+    def step(gates: torch.Tensor, prev: torch.Tensor):
+        i, f, o, g = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * prev + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c, torch.sigmoid(f) * prev, torch.sigmoid(i) * torch.tanh(g)
+    for b, x in enumerate(batches):
+        gates = F.conv2d(x, weight, padding=1)
+        prev = stored[-1] if stored else torch.zeros(OUT_CHS, *SIZE)
+        y, c, carry, new = step(gates, prev)
+        if b:
+            carried, fresh = carried + float(carry.norm()), fresh + float(new.norm())
+            state = c.mean(0) if mode == 'batch' else c
+            changes.append(float((state - prev).norm() / prev.norm()))
+            shifts['constant'].append(float(_chord(y, step(gates, torch.stack(stored).mean(0))[0]).mean()))
+            shifts['zero'].append(float(_chord(y, step(gates, torch.zeros_like(prev))[0]).mean()))
+        stored.append(c.mean(0) if mode == 'batch' else c)
+    measured = report['']  # the cell itself is the only cell of the module
+    assert measured['carried_share'] == pytest.approx(carried / (carried + fresh), rel=1e-5)
+    assert measured['state_change'] == pytest.approx(sum(changes) / len(changes), rel=1e-5)
+    for kind, values in shifts.items():
+        assert report['embedding'][f'embedding_change_{kind}'] == pytest.approx(sum(values) / len(values), rel=1e-4)
+    assert 0 < report['embedding']['embedding_change_constant'] < report['embedding']['embedding_change_zero']
+
+
+def test_probe_of_a_stateless_cell_finds_nothing_carried():
+    cell = BConvCell(IN_CHS, OUT_CHS, state_mode='none')
+    report = probe_latent_states(cell, make_batches((4, 4, 4)))
+    assert report['']['carried_share'] == 0
+    assert report['embedding']['embedding_change_constant'] == report['embedding']['embedding_change_zero'] == 0

@@ -206,3 +206,28 @@ def test_unpublished_tag_says_so(name):
     from ptl_timm.weights import UnpublishedWeightsError
     with pytest.raises(UnpublishedWeightsError, match='not in the weights manifest'):
         timm.create_model(name, device='meta')
+
+
+def test_capacity_matched_side_network_has_ptls_parameters_and_macs_without_cells():
+    """``side_block='conv'``: the control arm of the state benchmark adds what PTL adds in parameters and
+    multiply-adds (within 5%, the benchmark's criterion), but holds no BConv-Cell and no state."""
+    from ptl_timm.models.complexity import count_macs
+    ptl, matched = (create_ptl('resnet18', num_classes=7, embed_dim=512, side_block=block) for block in ('bconv', 'conv'))
+    plain = create_reid('resnet18', num_classes=7, embed_dim=512)
+
+    def params(model):
+        return sum(p.numel() for p in model.parameters())
+    size = (3, 128, 64)
+    added = {name: (params(m) - params(plain), count_macs(m, size) - count_macs(plain, size))
+             for name, m in (('ptl', ptl), ('matched', matched))}
+    assert added['ptl'][0] > 0 and added['ptl'][1] > 0
+    for got, want in zip(added['matched'], added['ptl']):
+        assert abs(got - want) <= 0.05 * want
+    assert not any(isinstance(m, BConvCell) for m in matched.modules())
+    matched.train()
+    x = torch.randn(4, 3, *SMALL)
+    first = matched.forward_features(x)
+    matched.forward_features(torch.randn(4, 3, *SMALL))
+    assert torch.equal(matched.forward_features(x), first)  # nothing carried between batches
+    with pytest.raises(ptl_timm.errors.InputError, match='side_block'):
+        create_ptl('resnet18', side_block='lstm')

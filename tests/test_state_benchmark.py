@@ -5,20 +5,20 @@ import math
 
 import pytest
 
-from benchmarks import state
-from benchmarks.report import BENCHMARKS_MD
+from benchmarks import state, stats
+from benchmarks.report import BENCHMARKS_MD, ROOT
 
 
 @pytest.mark.parametrize('p, df, expected', [
     (0.975, 4, 2.776445), (0.975, 9, 2.262157), (0.975, 19, 2.093024), (0.8, 9, 0.883404), (0.975, 1, 12.706205),
 ])
 def test_t_quantile_matches_the_tables(p, df, expected):
-    assert state.t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
+    assert stats.t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
 
 
 def test_paired_difference_matches_a_direct_calculation():
     a, b = [3.0, 5.0, 4.0, 6.0, 7.0], [2.0, 3.0, 1.0, 2.0, 2.0]  # differences 1..5
-    result = state.paired_difference(a, b)
+    result = stats.paired_difference(a, b)
     sd = math.sqrt(2.5)  # sample sd of 1..5
     se = sd / math.sqrt(5)
     assert result.mean == pytest.approx(3.0) and result.sd == pytest.approx(sd) and result.n == 5
@@ -26,7 +26,30 @@ def test_paired_difference_matches_a_direct_calculation():
     assert result.high == pytest.approx(3.0 + 2.776445 * se, abs=1e-4)
     assert result.detectable == pytest.approx((2.776445 + 0.940965) * se, abs=1e-4)  # t(0.8, 4) = 0.940965
     with pytest.raises(ValueError, match='at least 2'):
-        state.paired_difference([1.0], [2.0])
+        stats.paired_difference([1.0], [2.0])
+
+
+def test_relative_interval_is_the_set_a_direct_scan_accepts():
+    """Fieller's interval for mean(a)/mean(b) − 1 against its definition: scan the ratio ρ and keep every value
+    where |ā − ρ·b̄| ≤ t·√(Var(ā) − 2ρ·Cov(ā, b̄) + ρ²·Var(b̄)), with the paired sample covariance."""
+    a, b = [12.0, 15.5, 11.0, 14.0, 13.5, 16.0], [10.0, 14.0, 10.5, 12.0, 11.0, 13.5]
+    n, t = len(a), 2.570582  # t(0.975, 5)
+    ma, mb = sum(a) / n, sum(b) / n
+    cov = [[sum((x - mx) * (y - my) for x, y in zip(u, v)) / (n - 1) / n for v, my in ((a, ma), (b, mb))]
+           for u, mx in ((a, ma), (b, mb))]
+    accepted = [rho / 10000 for rho in range(5000, 20000)
+                if abs(ma - rho / 10000 * mb) <= t * math.sqrt(
+                    cov[0][0] - 2 * rho / 10000 * cov[0][1] + (rho / 10000) ** 2 * cov[1][1])]
+    result = stats.relative_difference(a, b)
+    assert result.mean == pytest.approx(ma / mb - 1)
+    assert result.low == pytest.approx(accepted[0] - 1, abs=2e-4)
+    assert result.high == pytest.approx(accepted[-1] - 1, abs=2e-4)
+    # a baseline indistinguishable from zero gives an unbounded ratio, never a finite interval
+    unbounded = stats.relative_difference([1.0, 2.0, 1.5], [-1.0, 1.0, 0.2])
+    assert unbounded.low == -math.inf and unbounded.high == math.inf
+    # a baseline of exactly zero (a quick run's Rank-1 of 0) defines no relative change, and does not crash
+    undefined = stats.relative_difference([1.0, 0.0, 2.0], [0.0, 0.0, 0.0])
+    assert math.isnan(undefined.mean) and undefined.low == -math.inf
 
 
 @pytest.mark.slow
@@ -36,12 +59,13 @@ def test_quick_runs_every_table_at_ci_size_and_writes_only_under_work(tmp_path):
     result = state.main(['--quick', '--work', str(tmp_path), '--quiet', '--report', str(tmp_path / 'report.md')])
     setting, body = result['setting'], result['body']
     assert '<!-- begin:state -->' in (tmp_path / 'report.md').read_text()
-    for key, table in state.tables(setting).items():
-        assert f'### {table.title}' in body
+    keys = state.DEFAULT_TABLES['miniature']
+    for key in keys:
+        assert f'### {state.tables(setting)[key].title}' in body
         assert (tmp_path / 'results' / f'{key}.png').stat().st_size > 0
-    assert body.count('Power: ') == len(state.tables(setting))
+    assert body.count('Power (') == len(keys)
     runs = json.loads((tmp_path / 'results' / 'runs.json').read_text())['runs']
-    names = {name for table in state.tables(setting).values() for name, _, _ in table.rows}
+    names = {name for key in keys for name, _, _ in state.tables(setting)[key].rows}
     for name in names:
         per_seed = [r for r in runs.values() if r['name'] == name]
         assert len(per_seed) == setting.seeds
@@ -93,7 +117,7 @@ def test_a_table_run_alone_trains_and_scores_every_row_it_shows(key, tmp_path, m
     """``--tables X`` on its own must complete X's units: no table may rely on another having run."""
     exp = state.StateExperiment(state.QUICK, tmp_path, progress=False, previous={})
     scored = set()
-    monkeypatch.setattr(exp, 'pretrained_init', lambda: {})
+    monkeypatch.setattr(exp, 'pretrained_init', lambda seed: {})
     monkeypatch.setattr(exp, 'domain', lambda *args, **kwargs: None)
     monkeypatch.setattr(exp, 'test_split', lambda seed: None)
     monkeypatch.setattr(exp, 'finetune', lambda *args, **kwargs: None)
@@ -101,3 +125,32 @@ def test_a_table_run_alone_trains_and_scores_every_row_it_shows(key, tmp_path, m
         (name, e) for e in evals))
     state.run_table(exp, key, 0)
     assert {(name, evaluation) for name, evaluation, _ in state.tables(state.QUICK)[key].rows} <= scored
+
+
+@pytest.mark.slow
+def test_realistic_quick_gates_on_a_pilot_then_writes_every_table_and_summary_only_under_work(tmp_path):
+    """The realistic setting at CI size: the study refuses to start before a recorded pilot of its setting
+    reaches the gate; after one, every table, the mechanism probe and summary.json are written under --work
+    (nothing tracked changes)."""
+    tracked = ROOT / 'benchmarks' / 'results' / 'state-realistic'
+    results_before = sorted(tracked.iterdir()) if tracked.exists() else None
+    gated = state.replace(state.QUICK_REALISTIC, pilot_gate=101.0)  # a gate no pilot can pass
+    args = ['--setting', 'realistic', '--quick', '--work', str(tmp_path), '--quiet']
+    pilot = state.main(args + ['--pilot'])['pilot']
+    assert pilot['passed'] and pilot['split']['query'] > 0 and 0 < pilot['chance']['mAP'] < 100
+    assert not state.gate_passed(gated, tmp_path / 'results')  # a failed or missing pilot blocks the study
+    result = state.main(args + ['--reuse', '--report', str(tmp_path / 'report.md')])
+    summary = json.loads((tmp_path / 'results' / 'summary.json').read_text())
+    for key in state.DEFAULT_TABLES['realistic']:
+        assert (tmp_path / 'results' / f'{key}.png').stat().st_size > 0
+        assert summary['tables'][key]['arms']
+    layers = summary['tables']['layers']
+    assert [arm['name'] for arm in layers['arms']] == ['plain', 'ptl-batch', 'ptl-none', 'ptl-sample', 'matched']
+    assert all(arm['seeds'] == 2 for arm in layers['arms'])
+    for contrast in layers['contrasts']:
+        assert contrast['mAP']['low'] <= contrast['mAP']['delta'] <= contrast['mAP']['high']
+    mechanism = summary['tables']['mechanism']['arms']
+    assert {arm['label'] for arm in mechanism} == {"PTL 'batch'", "PTL 'sample'"}
+    assert all(0 <= cell['carried_share'] <= 1 for arm in mechanism for cell in arm['cells'].values())
+    assert 'Pilots' in result['body'] and 'Chance level' in result['body']
+    assert (sorted(tracked.iterdir()) if tracked.exists() else None) == results_before

@@ -28,7 +28,8 @@ The latent state C is the point of the cell, and every rule about it lives in th
   state after the last training batch, which is what the cells saw during training. It is still
   never written in eval mode, so every eval feature still depends on its own image only.
 * Carrying states elsewhere (over epochs, into an evaluation): ``snapshot_latent_states`` and
-  ``restore_latent_states``; no other code reads or writes ``latent_state``.
+  ``restore_latent_states``; measuring what the state carries: ``probe_latent_states``. No other code
+  reads or writes ``latent_state``.
 * Reset: ``reset_state()``; ``train()`` calls it too, so the state is zero at the start of every
   epoch of a timm-style loop (paper §3.2: "all the latent states are set to zeros at the beginning
   of each epoch").
@@ -38,7 +39,7 @@ The latent state C is the point of the cell, and every rule about it lives in th
   ``state_dict()``, checkpoints, safetensors files or EMA averaging. ``ddp_ignore_latent_states``
   keeps it out of DDP's buffer broadcast so each rank keeps its own.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,7 +49,7 @@ from timm.layers import register_notrace_module
 
 __all__ = [
     'BConvCell', 'STATE_MODES', 'EVAL_STATES', 'reset_latent_states', 'snapshot_latent_states',
-    'restore_latent_states', 'set_eval_state', 'ddp_ignore_latent_states',
+    'restore_latent_states', 'set_eval_state', 'ddp_ignore_latent_states', 'probe_latent_states',
 ]
 
 STATE_MODES = ('batch', 'sample', 'none')
@@ -204,3 +205,93 @@ def ddp_ignore_latent_states(module: nn.Module) -> List[str]:
     ignored = set(getattr(module, '_ddp_params_and_buffers_to_ignore', ()))
     module._ddp_params_and_buffers_to_ignore = sorted(ignored.union(names))
     return names
+
+
+def _chord(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row distance between L2-normalised embeddings (what cosine retrieval ranks by)."""
+    return (nn.functional.normalize(a.flatten(1).float(), dim=1)
+            - nn.functional.normalize(b.flatten(1).float(), dim=1)).norm(dim=1)
+
+
+@torch.no_grad()
+def probe_latent_states(
+        module: nn.Module,
+        batches: Iterable[torch.Tensor],
+        embed: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> Dict[str, Dict[str, float]]:
+    """What the latent state carries, measured over a sequence of training mini-batches.
+
+    Runs ``batches`` through ``module`` in training mode without gradients, as one epoch of training sees
+    them (so BatchNorm statistics and the cells' states change: pass a copy of a trained model). Per cell:
+
+    * ``carried_share``: ‖f⊙C_{b-1}‖ / (‖f⊙C_{b-1}‖ + ‖i⊙tanh(g)‖), summed over batches: how much of the
+      update C_b comes from the previous batches (0: none);
+    * ``state_change``: ‖C_b − C_{b-1}‖ / ‖C_{b-1}‖ of the stored state, the mean over batches (near 0: the
+      state is close to a constant).
+
+    And for the embedding (``embed(x)``, default ``module(x)``), the mean per-image distance between
+    L2-normalised embeddings computed from the true C_{b-1} and from a replacement in every cell:
+    ``embedding_change_constant`` (the running mean of the stored states over the batches so far: the
+    state replaced by a constant), ``embedding_change_zero`` (no state), beside ``embedding_spread``, the
+    mean distance between two images' embeddings of the same batch. A change far below the spread means
+    the state barely moves an image's embedding; a constant that changes it as little as the true state
+    means what the state carries is a constant, which the following layers can absorb.
+    The first batch (zero state) only starts the sequence.
+    """
+    embed = embed or module
+    cells = _cells(module)
+    module.train()  # zero states, as at the start of an epoch
+    gates: Dict[str, torch.Tensor] = {}
+    hooks = [cell.gates.register_forward_hook(lambda _m, _i, out, name=name: gates.__setitem__(name, out))
+             for name, cell in cells.items()]
+    carried = {name: 0.0 for name in cells}
+    fresh = {name: 0.0 for name in cells}
+    change: Dict[str, List[float]] = {name: [] for name in cells}
+    running: Dict[str, Tuple[torch.Tensor, int]] = {}
+    distances: Dict[str, List[float]] = {'constant': [], 'zero': [], 'spread': []}
+    try:
+        for step, x in enumerate(batches):
+            before = {name: cell.latent_state for name, cell in cells.items()}
+            if step:
+                replaced = {}
+                for kind, states in (('constant', {n: running[n][0] for n in cells if n in running}), ('zero', {})):
+                    for name, cell in cells.items():
+                        cell.latent_state = states.get(name, torch.zeros(0, device=before[name].device))
+                    replaced[kind] = embed(x)
+                for name, cell in cells.items():
+                    cell.latent_state = before[name]
+            true = embed(x)
+            if step:
+                for kind, other in replaced.items():
+                    distances[kind].append(float(_chord(true, other).mean()))
+                flat = nn.functional.normalize(true.flatten(1).float(), dim=1)
+                n = flat.shape[0]
+                if n > 1:
+                    distances['spread'].append(float(torch.cdist(flat, flat).sum() / (n * (n - 1))))
+            for name, cell in cells.items():
+                after = cell.latent_state
+                cell.latent_state = before[name]
+                out_shape = [gates[name].shape[0], cell.out_chs] + list(gates[name].shape[2:])
+                prev = cell._read_state(out_shape)
+                cell.latent_state = after
+                if prev is not None and after.numel():
+                    in_gate, forget_gate, _, cell_gate = gates[name].float().chunk(4, 1)
+                    carried[name] += float((torch.sigmoid(forget_gate) * prev).norm())
+                    fresh[name] += float((torch.sigmoid(in_gate) * torch.tanh(cell_gate)).norm())
+                    if before[name].shape == after.shape:
+                        change[name].append(float((after - before[name]).norm() / before[name].norm().clamp_min(1e-12)))
+                if after.numel():
+                    total, count = running.get(name, (torch.zeros_like(after), 0))
+                    if total.shape == after.shape:  # a smaller last batch ('sample' mode) keeps the mean as it is
+                        running[name] = ((total * count + after) / (count + 1), count + 1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def mean(xs: List[float]) -> float:
+        return sum(xs) / len(xs) if xs else float('nan')
+    report = {name: dict(carried_share=carried[name] / max(carried[name] + fresh[name], 1e-12),
+                         state_change=mean(change[name])) for name in cells}
+    report['embedding'] = {f'embedding_change_{kind}' if kind != 'spread' else 'embedding_spread': mean(values)
+                           for kind, values in distances.items()}
+    return report

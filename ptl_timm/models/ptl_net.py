@@ -41,7 +41,7 @@ from ptl_timm.weights import add_manifest_tags, check_pretrained_source
 from .reid_model import ReIDModelMixin, reid_cfg
 from .reid_output import ReIDOutput
 
-__all__ = ['ReIDNet', 'PTLSideNetwork', 'ReIDClassifier', 'BNNeck', 'NECKS', 'create_ptl', 'create_reid']
+__all__ = ['ReIDNet', 'PTLSideNetwork', 'ConvSideBlock', 'SIDE_BLOCKS', 'ReIDClassifier', 'BNNeck', 'NECKS', 'create_ptl', 'create_reid']
 
 NECKS = ('', 'bnneck')  # what follows the pooling: nothing, or BoT's BatchNorm neck
 
@@ -55,6 +55,39 @@ class MatchSize(nn.Module):
         if x.shape[-2:] != ref.shape[-2:]:
             x = F.adaptive_avg_pool2d(x, ref.shape[-2:])
         return x
+
+
+class ConvSideBlock(nn.Module):
+    """The BConv-Cell's convolution without its gates and state: the capacity control for PTL.
+
+    The same gate convolution (``4 * out_chs`` channels, same kernel and stride), whose four groups pass
+    a ReLU and are averaged: the side network keeps PTL's parameters and multiply-adds exactly, with no
+    sigmoid/tanh gating and nothing carried between mini-batches. A plain network with it
+    (``side_block='conv'``) separates what PTL's extra capacity does from what its cells do.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_size: int = 3,
+            stride: int = 1,
+            bias: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.out_chs = out_chs
+        self.gates = nn.Conv2d(
+            in_chs, 4 * out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias,
+            device=device, dtype=dtype,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.gates(x)).unflatten(1, (4, self.out_chs)).mean(1)
+
+
+SIDE_BLOCKS = ('bconv', 'conv')  # the side network's blocks: BConv-Cells (PTL) or their gate-free, stateless control
 
 
 def _cell_kernel(stride: int) -> int:
@@ -73,6 +106,8 @@ class PTLSideNetwork(nn.Module):
         fuse_chs: Output channels of the 1×1 fuse conv before each paired cell.
         state_mode: Latent state mode of every cell ('batch', 'sample' or 'none').
         cell_bias: Gate biases in the cells.
+        block: 'bconv' (BConv-Cells, PTL) or 'conv' (``ConvSideBlock``: the same convolutions without gates
+            or state, the capacity-matched control).
     """
 
     def __init__(
@@ -84,11 +119,19 @@ class PTLSideNetwork(nn.Module):
             fuse_chs: Sequence[int],
             state_mode: str = 'batch',
             cell_bias: bool = False,
+            block: str = 'bconv',
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        if block not in SIDE_BLOCKS:
+            raise InputError(f'side_block must be one of {SIDE_BLOCKS}, got {block!r}')
+
+        def cell(in_chs: int, out_chs: int, stride: int) -> nn.Module:
+            if block == 'conv':
+                return ConvSideBlock(in_chs, out_chs, _cell_kernel(stride), stride, cell_bias, **dd)
+            return BConvCell(in_chs, out_chs, _cell_kernel(stride), stride, cell_bias, state_mode, **dd)
         num_paired = len(feature_chs)
         if len(cell_chs) != num_paired + 1 or len(fuse_chs) != num_paired:
             raise ValueError(
@@ -97,15 +140,12 @@ class PTLSideNetwork(nn.Module):
                 f'fuse_chs={tuple(fuse_chs)}')
         strides = [feature_reductions[0]] + [
             max(1, feature_reductions[i + 1] // feature_reductions[i]) for i in range(num_paired)]
-        self.stem_cell = BConvCell(
-            in_chans, cell_chs[0], _cell_kernel(strides[0]), strides[0], cell_bias, state_mode, **dd)
+        self.stem_cell = cell(in_chans, cell_chs[0], strides[0])
         self.fuses = nn.ModuleList()
         self.cells = nn.ModuleList()
         for i in range(num_paired):
             self.fuses.append(ConvNormAct(feature_chs[i] + cell_chs[i], fuse_chs[i], 1, **dd))
-            self.cells.append(BConvCell(
-                fuse_chs[i], cell_chs[i + 1], _cell_kernel(strides[i + 1]), strides[i + 1], cell_bias, state_mode,
-                **dd))
+            self.cells.append(cell(fuse_chs[i], cell_chs[i + 1], strides[i + 1]))
         self.match_size = MatchSize()
         self.out_chs = cell_chs[-1]
 
@@ -241,6 +281,8 @@ class ReIDNet(ReIDModelMixin, nn.Module):
         fuse_chs: 1×1 fuse conv widths, one per paired stage.
         state_mode: Latent state mode of every cell ('batch', 'sample', 'none').
         cell_bias: Gate biases in the cells.
+        side_block: 'bconv' (PTL) or 'conv': the side network with gate-free, stateless convolutions of the
+            same parameters and multiply-adds (the capacity-matched control of PTL).
         drop_rate: Dropout in the classifier.
         drop_path_rate: Stochastic depth of the backbone (passed on only when non-zero).
         backbone_args: Extra keyword arguments for ``timm.create_model(backbone, ...)``.
@@ -261,6 +303,7 @@ class ReIDNet(ReIDModelMixin, nn.Module):
             fuse_chs: Optional[Sequence[int]] = None,
             state_mode: str = 'batch',
             cell_bias: bool = False,
+            side_block: str = 'bconv',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             backbone_args: Optional[Dict[str, Any]] = None,
@@ -298,7 +341,7 @@ class ReIDNet(ReIDModelMixin, nn.Module):
         if ptl:
             cell_chs, fuse_chs = _default_widths(tap_chs, cell_chs, fuse_chs)
             self.side = PTLSideNetwork(
-                in_chans, tap_chs[:-1], tap_reductions, cell_chs, fuse_chs, state_mode, cell_bias, **dd)
+                in_chans, tap_chs[:-1], tap_reductions, cell_chs, fuse_chs, state_mode, cell_bias, side_block, **dd)
             neck_in += self.side.out_chs
             ddp_ignore_latent_states(self)
         else:
