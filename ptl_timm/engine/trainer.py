@@ -95,9 +95,7 @@ def build_model(cfg: TrainConfig, num_classes: int, dataset_label: str) -> nn.Mo
         load_checkpoint_weights(model, cfg.init_checkpoint, skip=_classifier_names(model) if reset else ())
         return model
     if cfg.pretrained and cfg.model in _GENERIC_MODELS:
-        args = dict(cfg.model_args)
-        return create_ptl(args.pop('backbone'), pretrained=True, ptl=_GENERIC_MODELS[cfg.model],
-                          num_classes=num_classes, **args)
+        return create_ptl(pretrained=True, ptl=_GENERIC_MODELS[cfg.model], num_classes=num_classes, **cfg.model_args)
     return timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, **cfg.model_args)
 
 
