@@ -1,4 +1,4 @@
-from .images import IMAGE_EXTENSIONS, list_images
+from .images import IMAGE_EXTENSIONS, list_images, to_rgb
 from .io import (
     atomic_folder, atomic_path, atomic_save_json, atomic_write, check_output_path, current_umask, recover_folder,
     require_free_space,
