@@ -30,7 +30,8 @@ from ptl_timm.utils import atomic_path
 from ptl_timm.weights import check_pretrained_source, require_downloadable
 
 __all__ = [
-    'save_pretrained', 'load_model', 'load_weights_strict', 'set_preprocessing', 'check_hub_id', 'CONFIG_NAME',
+    'save_pretrained', 'load_model', 'check_model_source', 'load_weights_strict', 'set_preprocessing', 'check_hub_id',
+    'CONFIG_NAME',
     'WEIGHTS_NAME',
     'TRAIN_STATE_NAME', 'DATASET_METADATA_KEY', 'HUB_PREFIX', 'LOCAL_DIR_PREFIX',
 ]
@@ -205,12 +206,12 @@ def check_hub_id(repo_id: str, what: str = 'Hub id') -> None:
 
     try:
         validate_repo_id(repo_id.split('@', 1)[0])
-    except HFValidationError as e:
-        raise InputError(f'{what} {repo_id!r} is not a Hub repository name ({e}); spell it ORG/NAME') from None
+    except HFValidationError:
+        raise InputError(f"{what} {repo_id!r} is not a Hub repository name: spell it ORG/NAME (letters, digits, '-', "
+                         f"'_' and '.', no '..' or '--'), e.g. {HUB_PREFIX}timm/resnet50.a1_in1k") from None
 
 
 def _load_hub(repo_id: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:
-    check_hub_id(repo_id)
     require_downloadable(repo_id, (CONFIG_NAME,), what=f'the config of {HUB_PREFIX}{repo_id}')
     spec = load_model_config_from_hf(repo_id)
 
@@ -223,6 +224,34 @@ def _load_hub(repo_id: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Modu
 
 def _is_path_like(source: str) -> bool:
     return source.startswith(('.', '/', '~')) or os.sep in source or source.endswith('.safetensors')
+
+
+def check_model_source(source: PathLike) -> None:
+    """What :func:`load_model` checks of ``source`` before it reads or downloads anything: a folder or
+    file that exists, a Hub id without path characters, a timm name in the registry (closest names
+    suggested). The command line checks ``--model`` with it as it parses."""
+    source = os.fspath(source)
+    if source.startswith(LOCAL_DIR_PREFIX):
+        folder = Path(source[len(LOCAL_DIR_PREFIX):]).expanduser()
+        if not folder.is_dir():
+            raise CheckpointError(f'{source}: folder {folder} does not exist')
+    elif source.startswith(HUB_PREFIX):
+        check_hub_id(source[len(HUB_PREFIX):])
+    elif source.startswith(TIMM_HUB_PREFIX):
+        check_hub_id(source)
+    elif Path(source).expanduser().suffix == '.safetensors':
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f'weights file {path} does not exist')
+        if not (path.parent / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f'{path} has no {CONFIG_NAME} beside it, so its architecture is unknown; build the model with '
+                f"timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='{path}'))")
+    elif not Path(source).expanduser().is_dir():
+        if _is_path_like(source):
+            raise CheckpointError(
+                f'model source {source!r} looks like a path but does not exist (Hub ids are spelled hf-hub:ORG/NAME)')
+        check_model_name(source)
 
 
 def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) -> nn.Module:
@@ -242,31 +271,19 @@ def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) ->
     ``kwargs`` go to ``timm.create_model`` (e.g. ``num_classes=0`` drops the classifier).
     """
     source = os.fspath(source)
+    check_model_source(source)
     loads_weights = True if pretrained is None else pretrained
     if source.startswith(LOCAL_DIR_PREFIX):
-        folder = Path(source[len(LOCAL_DIR_PREFIX):]).expanduser()
-        if not folder.is_dir():
-            raise CheckpointError(f'{source}: folder {folder} does not exist')
-        return _load_folder(folder, loads_weights, kwargs)
+        return _load_folder(Path(source[len(LOCAL_DIR_PREFIX):]).expanduser(), loads_weights, kwargs)
     if source.startswith((HUB_PREFIX, TIMM_HUB_PREFIX)):
         return _load_hub(source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source, loads_weights, kwargs)
     path = Path(source).expanduser()
     if path.is_dir():
         return _load_folder(path, loads_weights, kwargs)
     if path.suffix == '.safetensors':
-        if not path.is_file():
-            raise CheckpointError(f'weights file {path} does not exist')
-        if not (path.parent / CONFIG_NAME).is_file():
-            raise CheckpointError(
-                f'{path} has no {CONFIG_NAME} beside it, so its architecture is unknown; build the model with '
-                f"timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='{path}'))")
         return _load_folder(path.parent, loads_weights, kwargs, weights=path)
-    if _is_path_like(source):
-        raise CheckpointError(
-            f'model source {source!r} looks like a path but does not exist (Hub ids are spelled hf-hub:ORG/NAME)')
     if pretrained is None:
         pretrained = '.' in source
-    check_model_name(source)
     architecture, _, tag = source.partition('.')
     check_pretrained_source(architecture, pretrained, dict(pretrained_cfg=tag) if tag else {})
     return timm.create_model(source, pretrained=pretrained, **kwargs)

@@ -68,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         sets = split_features(make_extractor(args), dataset)
     query, gallery = sets['query'], sets['gallery']
+    empty = [name for name in ('query', 'gallery') if not len(sets[name].feats)]
+    if empty:
+        raise InputError(f'{args.features or args.data_root}: the {" and the ".join(empty)} set{"s are" if len(empty) > 1 else " is"} '
+                         f'empty (0 images), so there is nothing to evaluate; extract features of a dataset with '
+                         f'query and gallery images')
     if not (query.has_labels and gallery.has_labels):
         unknown = [int(((s.pids < 0) | (s.camids < 0)).sum()) for s in (query, gallery)]
         raise InputError(

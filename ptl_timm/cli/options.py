@@ -8,7 +8,8 @@ print a warning naming the new flag.
 
 Every value is checked as it is parsed, so a bad one is a one-line error (exit 2) before anything is
 read or written: numbers by :func:`integer` / :func:`number` (the range of every numeric flag of every
-command, a test makes sure), ``--device`` by the device resolver, outputs by whether they can be written.
+command, a test makes sure), ``--model`` by the model reader's checks, ``--device`` by the device
+resolver, outputs by whether they can be written.
 """
 import argparse
 import math
@@ -17,10 +18,12 @@ import textwrap
 from typing import Any, Callable, Optional, Sequence, Union
 
 from ptl_timm.errors import PTLError
+from ptl_timm.hub import check_model_source
 from ptl_timm.utils import DEVICE_HELP, check_output_path, default_workers, resolve_device
 
 __all__ = [
-    'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'output_file', 'output_folder',
+    'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'model_source', 'output_file',
+    'output_folder',
     'add_command', 'add_deprecated', 'add_output', 'add_data_root', 'add_dataset', 'add_model', 'add_img_size',
     'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug',
 ]
@@ -82,6 +85,7 @@ def _checked(check: Callable[[str], Any], name: str) -> Callable[[str], str]:
     return parse
 
 
+model_source = _checked(check_model_source, 'model')  # a folder that exists, a Hub id, a registered name
 device = _checked(resolve_device, 'device')  # a device this machine has (the text is kept: configs store it)
 output_file = _checked(check_output_path, 'output file')  # not an existing folder
 output_folder = _checked(lambda text: check_output_path(text, folder=True), 'output folder')  # not an existing file
@@ -180,8 +184,8 @@ def add_dataset(parser: argparse.ArgumentParser, choices: Optional[Sequence[str]
 
 def add_model(parser: argparse.ArgumentParser, required: bool = False, dest: str = 'model',
               help: str = 'checkpoint folder, hf-hub:ORG/NAME, local-dir:FOLDER or timm name[.tag]') -> argparse.Action:
-    """``--model``: a flag everywhere, never positional."""
-    return parser.add_argument('--model', dest=dest, required=required, help=help)
+    """``--model``: a flag everywhere, never positional, checked as it is parsed (``check_model_source``)."""
+    return parser.add_argument('--model', dest=dest, required=required, type=model_source, help=help)
 
 
 def add_img_size(parser: argparse.ArgumentParser, default: Optional[Sequence[int]] = None,
