@@ -31,8 +31,7 @@ from ptl_timm.weights import check_pretrained_source, require_downloadable
 
 __all__ = [
     'save_pretrained', 'load_model', 'check_model_source', 'load_weights_strict', 'set_preprocessing', 'check_hub_id',
-    'CONFIG_NAME',
-    'WEIGHTS_NAME',
+    'CONFIG_NAME', 'WEIGHTS_NAME',
     'TRAIN_STATE_NAME', 'DATASET_METADATA_KEY', 'HUB_PREFIX', 'LOCAL_DIR_PREFIX',
 ]
 
@@ -227,30 +226,15 @@ def _is_path_like(source: str) -> bool:
 
 
 def check_model_source(source: PathLike) -> None:
-    """What :func:`load_model` checks of ``source`` before it reads or downloads anything: a folder or
-    file that exists, a Hub id without path characters, a timm name in the registry (closest names
-    suggested). The command line checks ``--model`` with it as it parses."""
+    """The check of ``source`` that needs no file: a Hub id has no path characters, a timm name (what is
+    neither a path nor an existing folder) is in the registry, closest names suggested. ``load_model``
+    makes it first; the command line makes it as it parses ``--model``."""
     source = os.fspath(source)
-    if source.startswith(LOCAL_DIR_PREFIX):
-        folder = Path(source[len(LOCAL_DIR_PREFIX):]).expanduser()
-        if not folder.is_dir():
-            raise CheckpointError(f'{source}: folder {folder} does not exist')
-    elif source.startswith(HUB_PREFIX):
+    if source.startswith(HUB_PREFIX):
         check_hub_id(source[len(HUB_PREFIX):])
     elif source.startswith(TIMM_HUB_PREFIX):
         check_hub_id(source)
-    elif Path(source).expanduser().suffix == '.safetensors':
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f'weights file {path} does not exist')
-        if not (path.parent / CONFIG_NAME).is_file():
-            raise CheckpointError(
-                f'{path} has no {CONFIG_NAME} beside it, so its architecture is unknown; build the model with '
-                f"timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='{path}'))")
-    elif not Path(source).expanduser().is_dir():
-        if _is_path_like(source):
-            raise CheckpointError(
-                f'model source {source!r} looks like a path but does not exist (Hub ids are spelled hf-hub:ORG/NAME)')
+    elif not source.startswith(LOCAL_DIR_PREFIX) and not _is_path_like(source) and not Path(source).is_dir():
         check_model_name(source)
 
 
@@ -274,14 +258,26 @@ def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) ->
     check_model_source(source)
     loads_weights = True if pretrained is None else pretrained
     if source.startswith(LOCAL_DIR_PREFIX):
-        return _load_folder(Path(source[len(LOCAL_DIR_PREFIX):]).expanduser(), loads_weights, kwargs)
+        folder = Path(source[len(LOCAL_DIR_PREFIX):]).expanduser()
+        if not folder.is_dir():
+            raise CheckpointError(f'{source}: folder {folder} does not exist')
+        return _load_folder(folder, loads_weights, kwargs)
     if source.startswith((HUB_PREFIX, TIMM_HUB_PREFIX)):
         return _load_hub(source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source, loads_weights, kwargs)
     path = Path(source).expanduser()
     if path.is_dir():
         return _load_folder(path, loads_weights, kwargs)
     if path.suffix == '.safetensors':
+        if not path.is_file():
+            raise CheckpointError(f'weights file {path} does not exist')
+        if not (path.parent / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f'{path} has no {CONFIG_NAME} beside it, so its architecture is unknown; build the model with '
+                f"timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='{path}'))")
         return _load_folder(path.parent, loads_weights, kwargs, weights=path)
+    if _is_path_like(source):
+        raise CheckpointError(
+            f'model source {source!r} looks like a path but does not exist (Hub ids are spelled hf-hub:ORG/NAME)')
     if pretrained is None:
         pretrained = '.' in source
     architecture, _, tag = source.partition('.')

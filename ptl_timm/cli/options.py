@@ -160,7 +160,7 @@ def _add(parser: argparse.ArgumentParser, flag: str, aliases: Sequence[str], req
     return action
 
 
-def add_output(parser: argparse.ArgumentParser, help: str, folder: bool, required: bool = False,
+def add_output(parser: argparse.ArgumentParser, help: str, folder: bool = False, required: bool = False,
                default: Optional[str] = None, dest: str = 'output') -> argparse.Action:
     """``--output``: the file (or with ``folder`` the folder) a command writes; a file output naming an
     existing folder is refused, and the other way round (``--out`` is a deprecated alias)."""
