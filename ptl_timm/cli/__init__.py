@@ -16,7 +16,7 @@ import traceback
 from typing import List, Optional
 
 from ptl_timm.errors import DEBUG_ENV, PTLError
-from .options import add_debug
+from .options import ArgumentParser, add_debug
 
 # Sub-command modules, in the order ``ptl-timm --help`` lists them.
 COMMAND_MODULES = (
@@ -37,7 +37,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='ptl-timm',
         description='Progressive Transfer Learning for person re-identification on timm backbones.',
     )

@@ -13,12 +13,12 @@ from typing import List
 import numpy as np
 
 from ptl_timm.data.datasets import DATASETS, build_dataset
-from ptl_timm.engine.distributed import resolve_device
 from ptl_timm.errors import InputError
 from ptl_timm.eval.actmap import save_actmap_grid
 from ptl_timm.eval.extract import image_files
 from ptl_timm.hub import load_model
-from .options import add_command, add_data_root, add_dataset, add_device, add_img_size, add_model, add_output
+from ptl_timm.utils import resolve_device
+from .options import add_command, add_data_root, add_dataset, add_device, add_img_size, add_model, add_output, integer
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,19 +29,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--split', choices=('train', 'query', 'gallery'), default='query',
                         help='dataset split to draw images from')
     parser.add_argument('--folder', help='a folder of images instead of a dataset')
-    parser.add_argument('--num-images', type=int, default=8, help='images in the grid, spread evenly over the split')
-    parser.add_argument('--columns', type=int, default=4, help='image/overlay pairs per row')
+    parser.add_argument('--num-images', type=integer(1), default=8, help='images in the grid, spread evenly over the split')
+    parser.add_argument('--columns', type=integer(1), default=4, help='image/overlay pairs per row')
     add_img_size(parser)
     add_device(parser)
-    add_output(parser, required=True, help='the PNG file to write')
+    add_output(parser, required=True, folder=False, help='the PNG file to write')
     parser.set_defaults(func=run)
     return parser
 
 
 def _chosen_images(args: argparse.Namespace) -> List[str]:
     """``--num-images`` paths spread evenly over the split or folder (so several identities and cameras show)."""
-    if args.num_images < 1 or args.columns < 1:
-        raise InputError(f'--num-images and --columns must be >= 1, got {args.num_images} and {args.columns}')
     if (args.folder is None) == (args.dataset is None and args.data_root is None):
         raise InputError('give either --dataset with --data-root, or --folder')
     if args.folder is not None:

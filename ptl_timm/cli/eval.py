@@ -14,12 +14,12 @@ from typing import Any, Dict
 from ptl_timm.errors import InputError
 from ptl_timm.eval.aqe import query_expansion
 from ptl_timm.eval.analysis import camera_pair_map
-from ptl_timm.eval.extract import evaluate_features, resolve_device
+from ptl_timm.eval.extract import evaluate_features
 from ptl_timm.eval.features import load_features
 from ptl_timm.eval.metrics import AP_MODES, METRICS
-from ptl_timm.utils import atomic_save_json
+from ptl_timm.utils import atomic_save_json, resolve_device
 from .extract import add_dataset_args, add_model_args, load_dataset, make_extractor, split_features
-from .options import add_command, add_quiet
+from .options import add_command, add_quiet, integer, number, output_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -31,16 +31,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--ap-mode', choices=AP_MODES, default='default',
                         help='default: torchreid/fast-reid AP; official: Market-1501 trapezoid AP')
     parser.add_argument('--rerank', action='store_true', help='k-reciprocal re-ranking (Zhong et al. 2017)')
-    parser.add_argument('--k1', type=int, default=20, help='re-ranking: size of the k-reciprocal neighbourhoods')
-    parser.add_argument('--k2', type=int, default=6,
+    parser.add_argument('--k1', type=integer(1), default=20, help='re-ranking: size of the k-reciprocal neighbourhoods')
+    parser.add_argument('--k2', type=integer(1), default=6,
                         help='re-ranking: neighbours averaged by its local query expansion')
-    parser.add_argument('--lambda', dest='lambda_value', type=float, default=0.3,
+    parser.add_argument('--lambda', dest='lambda_value', type=number(0, 1), default=0.3,
                         help='re-ranking: weight of the original distance against the Jaccard distance')
     parser.add_argument('--aqe', action='store_true',
                         help='average query expansion (fast-reid\'s αQE) of query and gallery features before ranking')
-    parser.add_argument('--aqe-k', type=int, default=10, help='αQE: neighbours averaged per feature, itself included')
-    parser.add_argument('--aqe-alpha', type=float, default=3.0, help='αQE: exponent of the similarity weights')
-    parser.add_argument('--aqe-times', type=int, default=1, help='αQE: rounds of expansion')
+    parser.add_argument('--aqe-k', type=integer(1), default=10, help='αQE: neighbours averaged per feature, itself included')
+    parser.add_argument('--aqe-alpha', type=number(0), default=3.0, help='αQE: exponent of the similarity weights')
+    parser.add_argument('--aqe-times', type=integer(1), default=1, help='αQE: rounds of expansion')
     parser.add_argument('--roc', action='store_true',
                         help='also TPR at FPR 1e-4, 1e-3, 1e-2 over every query-gallery pair (fast-reid\'s ROC report)')
     parser.add_argument('--camera-pairs', action='store_true',
@@ -48,9 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              '(plain distances, after αQE)')
     parser.add_argument('--single-gallery-shot', action='store_true',
                         help='classic CUHK03 CMC: one random gallery image per identity, averaged over draws')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the single-gallery-shot draws')
-    parser.add_argument('--max-rank', type=int, default=50, help='length of the CMC curve')
-    parser.add_argument('--json', metavar='FILE', help='also write the metrics (percent) as JSON')
+    parser.add_argument('--seed', type=integer(), default=0, help='seed of the single-gallery-shot draws')
+    parser.add_argument('--max-rank', type=integer(1), default=50, help='length of the CMC curve')
+    parser.add_argument('--json', metavar='FILE', type=output_file, help='also write the metrics (percent) as JSON')
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
@@ -68,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         sets = split_features(make_extractor(args), dataset)
     query, gallery = sets['query'], sets['gallery']
+    empty = [name for name in ('query', 'gallery') if not len(sets[name].feats)]
+    if empty:
+        raise InputError(f'{args.features or args.data_root}: the {" and the ".join(empty)} set{"s are" if len(empty) > 1 else " is"} '
+                         f'empty (0 images), so there is nothing to evaluate; extract features of a dataset with '
+                         f'query and gallery images')
     if not (query.has_labels and gallery.has_labels):
         unknown = [int(((s.pids < 0) | (s.camids < 0)).sum()) for s in (query, gallery)]
         raise InputError(

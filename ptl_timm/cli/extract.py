@@ -86,7 +86,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--folder', help='a folder of images instead of a dataset (saved as the set "images")')
     parser.add_argument('--splits', nargs='+', default=['query', 'gallery'], choices=('train', 'query', 'gallery'),
                         help='dataset splits to extract')
-    add_output(parser, 'output file (.safetensors or .npz)', required=True)
+    add_output(parser, 'output file (.safetensors or .npz)', folder=False, required=True)
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser

@@ -12,7 +12,7 @@ import timm
 from ptl_timm.models.complexity import count_macs
 from ptl_timm.models.registry import list_models
 from ptl_timm.utils import atomic_save_json
-from .options import add_command
+from .options import add_command, integer
 
 
 def model_summary(name: str, num_classes: int) -> dict:
@@ -31,7 +31,7 @@ def model_summary(name: str, num_classes: int) -> dict:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
-    parser.add_argument('--num-classes', type=int, default=751, help='identities of the classifier (751: Market-1501)')
+    parser.add_argument('--num-classes', type=integer(0), default=751, help='identities of the classifier (751: Market-1501)')
     parser.add_argument('--json', metavar='FILE', help='also write the table as JSON')
     parser.set_defaults(func=run)
     return parser

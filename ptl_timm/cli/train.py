@@ -59,7 +59,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig]
                         help='override any config key (value parsed as YAML), repeatable')
     parser.add_argument('--print-config', action='store_true',
                         help='print the resolved config as YAML and exit (reads no data, writes nothing)')
-    add_output(parser, help='run folder for config.yaml, last/, best/, metrics.jsonl, curves.png'
+    add_output(parser, folder=True, help='run folder for config.yaml, last/, best/, metrics.jsonl, curves.png'
                             + _default_text('output', cls))
     add_data_root(parser, help="the dataset's folder (or a folder holding <dataset>/)")
     add_img_size(parser, help=f'training and evaluation input height and width{_default_text("img_size", cls)}')

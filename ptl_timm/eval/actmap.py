@@ -16,7 +16,7 @@ from PIL import Image
 from timm.data import create_transform
 
 from ptl_timm.data.loader import read_image
-from ptl_timm.utils import atomic_path
+from ptl_timm.utils import atomic_path, resolve_device
 from .extract import eval_data_config
 
 __all__ = ['activation_maps', 'overlay_grid', 'save_actmap_grid']
@@ -88,7 +88,7 @@ def save_actmap_grid(
     data_cfg = eval_data_config(model.pretrained_cfg, img_size)
     transform = create_transform(**data_cfg, is_training=False)
     batch = torch.stack([transform(read_image(str(p))) for p in paths])
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
     maps = activation_maps(model, batch.to(device))
     mean, std = (torch.tensor(data_cfg[k]).view(1, -1, 1, 1) for k in ('mean', 'std'))
     grid = overlay_grid(batch * std + mean, maps, columns)

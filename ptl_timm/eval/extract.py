@@ -22,15 +22,16 @@ from tqdm.auto import tqdm
 
 from ptl_timm.data.datasets import ReIDDataset
 from ptl_timm.data.loader import ImageDataset, read_image
-from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError
+from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError, NonFiniteError
 from ptl_timm.hub import load_model
+from ptl_timm.utils import resolve_device, to_rgb
 from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
 from .analysis import VerificationRates
 from .metrics import evaluate_distance_chunks, pairwise_distance_chunks
 from .rerank import iter_re_ranking
 
 __all__ = [
-    'embed', 'extract_features', 'eval_data_config', 'resolve_device', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
+    'embed', 'extract_features', 'eval_data_config', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
     'image_files', 'IMAGE_EXTENSIONS']
 
 _logger = logging.getLogger(__name__)
@@ -42,13 +43,6 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     if hasattr(model, 'forward_reid'):
         return model.forward_reid(images).embedding
     return model.forward_head(model.forward_features(images), pre_logits=True)
-
-
-def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """``device``, where None or 'auto' means CUDA when available, else CPU."""
-    if device is None or device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -68,12 +62,15 @@ def extract_features(
     Batches are ``(images, pids, camids, ...)`` as :class:`ptl_timm.data.loader.ImageDataset` yields,
     or ``(images,)`` / bare image tensors (pids and camids then -1). The model runs in eval mode on
     ``device`` (default: where its parameters are) and is put back in its previous mode afterwards.
+    An embedding with NaN or Inf (weights of a diverged run) raises ``NonFiniteError`` naming how many
+    images have one: ranks or files made of them would be meaningless.
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(device) if device is not None else _model_device(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
     feats, pids, camids = [], [], []
+    non_finite = 0
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc='extract', unit='batch', disable=not progress, leave=False):
@@ -82,6 +79,7 @@ def extract_features(
                 embedding = embed(model, images).float()
                 if flip:
                     embedding = embedding + embed(model, images.flip(3)).float()
+                non_finite += int((~torch.isfinite(embedding).all(dim=1)).sum())
                 feats.append(F.normalize(embedding, dim=1).cpu())
                 unknown = torch.full((len(images),), -1, dtype=torch.int64)
                 labelled = not isinstance(batch, torch.Tensor) and len(batch) >= 3
@@ -91,7 +89,11 @@ def extract_features(
         model.train(was_training)
     if not feats:
         raise InputError('no images to extract features from (the loader is empty)')
-    return torch.cat(feats), torch.cat(pids), torch.cat(camids)
+    feats = torch.cat(feats)
+    if non_finite:
+        raise NonFiniteError(f'the model gives NaN/Inf embeddings for {non_finite} of {len(feats)} images: its weights '
+                             f'hold NaN/Inf (a diverged run?) or the input does; use an earlier checkpoint')
+    return feats, torch.cat(pids), torch.cat(camids)
 
 
 def image_files(folder: Union[str, os.PathLike]) -> List[str]:
@@ -132,7 +134,7 @@ class _Images(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.items[index]
-        image = item.convert('RGB') if isinstance(item, Image.Image) else read_image(str(item))
+        image = to_rgb(item, f'number {index}') if isinstance(item, Image.Image) else read_image(str(item))
         return self.transform(image)
 
 
