@@ -17,7 +17,7 @@ from ptl_timm.eval.extract import FeatureExtractor, image_files
 from ptl_timm.eval.features import FeatureSet, save_features
 from .options import (
     add_batch_size, add_command, add_data_root, add_dataset, add_device, add_img_size, add_model, add_output, add_quiet,
-    add_workers,
+    add_random_weights, add_workers,
 )
 
 
@@ -25,6 +25,7 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     """The model options of extract, eval and search."""
     group = parser.add_argument_group('model')
     add_model(group, required=required)
+    add_random_weights(group)
     add_img_size(group, help="input height and width (default: the one the model's config.json records, i.e. its "
                              'training size; another size warns)')
     add_batch_size(group, 64)
@@ -44,7 +45,7 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
 def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
     return FeatureExtractor(args.model, device=args.device, batch_size=args.batch_size, img_size=args.img_size,
                             flip=args.flip, num_workers=args.workers, channels_last=args.channels_last,
-                            progress=not args.quiet)
+                            progress=not args.quiet, random_weights=args.random_weights)
 
 
 def load_dataset(args: argparse.Namespace) -> Optional[ReIDDataset]:

@@ -140,9 +140,10 @@ class FeatureExtractor:
     """Images → L2-normalised ReID embeddings, batched, with any ptl_timm or timm model.
 
     Args:
-        model: a module, a timm model name (with pretrained tag), an ``hf-hub:``/``local-dir:`` id,
+        model: a module, a timm model name with a pretrained tag, an ``hf-hub:``/``local-dir:`` id,
             a checkpoint folder or a ``.safetensors`` file beside its ``config.json``
-            (see :func:`ptl_timm.hub.load_model`; the classifier is not built).
+            (see :func:`ptl_timm.hub.load_model`; the classifier is not built). A bare model name
+            is refused unless ``random_weights``.
         device: default (None or 'auto') CUDA when available, else CPU.
         batch_size: images per forward pass.
         img_size: (height, width); default the model's ``pretrained_cfg['input_size']`` (a checkpoint's
@@ -152,6 +153,8 @@ class FeatureExtractor:
         num_workers: DataLoader workers decoding images.
         channels_last: run in channels-last memory format (faster convolutions on many CPUs/GPUs).
         progress: show a progress bar.
+        random_weights: build the architecture ``model`` names with random weights (benchmarking speed;
+            the features mean nothing).
 
     ``extractor(images)`` / ``extractor.extract(images)`` takes image paths, a folder (every image
     below it, sorted by path), PIL images, or an already preprocessed tensor (B × 3 × H × W or one
@@ -168,9 +171,12 @@ class FeatureExtractor:
             num_workers: int = 0,
             channels_last: bool = False,
             progress: bool = False,
+            random_weights: bool = False,
     ):
+        if isinstance(model, nn.Module) and random_weights:
+            raise InputError('random_weights applies to a model source (a name, folder or Hub id), not to a module')
         if not isinstance(model, nn.Module):
-            model = load_model(model, num_classes=0)
+            model = load_model(model, random_weights=random_weights, num_classes=0)
         self.device = resolve_device(device)
         self.model = model.to(self.device)  # extract_features switches to eval mode and back
         if channels_last:
@@ -224,17 +230,19 @@ def evaluate_model(
         device: Optional[Union[str, torch.device]] = None,
         num_workers: int = 0,
         progress: bool = True,
+        random_weights: bool = False,
         **metric_kwargs,
 ) -> Dict[str, Any]:
     """mAP, CMC and mINP (fractions) of ``model`` on ``dataset``'s query/gallery split.
 
-    ``rerank`` applies k-reciprocal re-ranking (k1=20, k2=6, λ=0.3) to the features; ``metric_kwargs``
-    go to :func:`ptl_timm.eval.metrics.evaluate_distance_chunks` (``ap_mode``, ``max_rank``, ...).
+    ``model`` and ``random_weights`` as in :class:`FeatureExtractor`. ``rerank`` applies k-reciprocal
+    re-ranking (k1=20, k2=6, λ=0.3) to the features; ``metric_kwargs`` go to
+    :func:`ptl_timm.eval.metrics.evaluate_distance_chunks` (``ap_mode``, ``max_rank``, ...).
     """
     if not dataset.query or not dataset.gallery:
         raise DatasetFormatError(f'dataset {dataset.name!r} at {dataset.root} has no query or no gallery images')
     extractor = FeatureExtractor(model, device=device, batch_size=batch_size, img_size=img_size, flip=flip,
-                                 num_workers=num_workers, progress=progress)
+                                 num_workers=num_workers, progress=progress, random_weights=random_weights)
     q_feats, q_pids, q_camids = extractor.extract_records(dataset.query)
     g_feats, g_pids, g_camids = extractor.extract_records(dataset.gallery)
     return evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, rerank=rerank,
