@@ -61,23 +61,23 @@ def split_features(extractor: FeatureExtractor, dataset: ReIDDataset, splits=('q
     sets = {}
     for split in splits:
         records = getattr(dataset, split)
-        feats, pids, camids = extractor.extract_records(records)
+        feats, pids, camids = extractor.extract_records(records, desc=f'extract {split}')
         sets[split] = FeatureSet(feats, pids, camids, [r.path for r in records])
     return sets
 
 
-def image_features(extractor: FeatureExtractor, paths: List[str]) -> FeatureSet:
-    """Features of image files, with identities and cameras when the file names carry them in a
-    dataset's convention (``0002_c1s1_000451_01.jpg``), else unknown (-1)."""
+def image_features(extractor: FeatureExtractor, paths: List[str], name: str) -> FeatureSet:
+    """Features of image files (the set ``name``: its progress bar says it), with identities and cameras when
+    the file names carry them in a dataset's convention (``0002_c1s1_000451_01.jpg``), else unknown (-1)."""
     labels = labels_from_names(paths)
     pids, camids = (torch.tensor(x, dtype=torch.int64) for x in labels) if labels else (
         torch.full((len(paths),), -1, dtype=torch.int64) for _ in range(2))
-    return FeatureSet(extractor(paths), pids, camids, paths)
+    return FeatureSet(extractor(paths, desc=f'extract {name}'), pids, camids, paths)
 
 
-def folder_features(extractor: FeatureExtractor, folder: str) -> FeatureSet:
+def folder_features(extractor: FeatureExtractor, folder: str, name: str) -> FeatureSet:
     """Features of every image under ``folder`` (see :func:`image_features`)."""
-    return image_features(extractor, image_files(folder))
+    return image_features(extractor, image_files(folder), name)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if (dataset is None) == (args.folder is None):
         raise InputError('give either --dataset/--data-root or --folder')
     extractor = make_extractor(args)
-    sets = split_features(extractor, dataset, args.splits) if dataset else {'images': folder_features(extractor, args.folder)}
+    sets = (split_features(extractor, dataset, args.splits) if dataset
+            else {'images': folder_features(extractor, args.folder, 'images')})
     save_features(sets, args.output)
     if not args.quiet:
         sizes = ', '.join(f'{name} {tuple(s.feats.shape)}' for name, s in sets.items())

@@ -62,8 +62,10 @@ def extract_features(
         device: Optional[Union[str, torch.device]] = None,
         progress: bool = True,
         channels_last: bool = False,
+        desc: str = 'extract',
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Embeddings of every batch of ``loader`` (L2-normalised, float32, on CPU) with its pids and camids.
+    """Embeddings of every batch of ``loader`` (L2-normalised, float32, on CPU) with its pids and camids;
+    ``desc`` names the progress bar (``'extract query'``: which split is running).
 
     Batches are ``(images, pids, camids, ...)`` as :class:`ptl_timm.data.loader.ImageDataset` yields,
     or ``(images,)`` / bare image tensors (pids and camids then -1). The model runs in eval mode on
@@ -76,7 +78,7 @@ def extract_features(
     feats, pids, camids = [], [], []
     try:
         with torch.inference_mode():
-            for batch in tqdm(loader, desc='extract', unit='batch', disable=not progress, leave=False):
+            for batch in tqdm(loader, desc=desc, unit='batch', disable=not progress, leave=False):
                 images = batch if isinstance(batch, torch.Tensor) else batch[0]
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 embedding = embed(model, images).float()
@@ -204,19 +206,21 @@ class FeatureExtractor:
         return DataLoader(_Images(images, self.transform), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
 
-    def extract(self, images: ImageSource) -> torch.Tensor:
+    def extract(self, images: ImageSource, desc: str = 'extract') -> torch.Tensor:
         feats, _, _ = extract_features(self.model, self._loader(images), flip=self.flip, device=self.device,
-                                       progress=self.progress, channels_last=self.channels_last)
+                                       progress=self.progress, channels_last=self.channels_last, desc=desc)
         return feats
 
     __call__ = extract
 
-    def extract_records(self, records: Sequence[Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Features, pids and camids of dataset records (``ReIDRecord``: path, pid, camid)."""
+    def extract_records(self, records: Sequence[Any],
+                        desc: str = 'extract') -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features, pids and camids of dataset records (``ReIDRecord``: path, pid, camid); ``desc`` names the
+        progress bar (e.g. ``'extract gallery'``)."""
         loader = DataLoader(ImageDataset(records, self.transform), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
         return extract_features(self.model, loader, flip=self.flip, device=self.device, progress=self.progress,
-                                channels_last=self.channels_last)
+                                channels_last=self.channels_last, desc=desc)
 
 
 def evaluate_model(
@@ -243,8 +247,8 @@ def evaluate_model(
         raise DatasetFormatError(f'dataset {dataset.name!r} at {dataset.root} has no query or no gallery images')
     extractor = FeatureExtractor(model, device=device, batch_size=batch_size, img_size=img_size, flip=flip,
                                  num_workers=num_workers, progress=progress, random_weights=random_weights)
-    q_feats, q_pids, q_camids = extractor.extract_records(dataset.query)
-    g_feats, g_pids, g_camids = extractor.extract_records(dataset.gallery)
+    q_feats, q_pids, q_camids = extractor.extract_records(dataset.query, desc='extract query')
+    g_feats, g_pids, g_camids = extractor.extract_records(dataset.gallery, desc='extract gallery')
     return evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, rerank=rerank,
                              device=extractor.device, **metric_kwargs)
 
