@@ -62,6 +62,8 @@ def _chosen_images(args: argparse.Namespace) -> List[str]:
 def run(args: argparse.Namespace) -> int:
     paths = _chosen_images(args)
     model = load_model(args.model, random_weights=args.random_weights, num_classes=0).to(resolve_device(args.device))
-    output = save_actmap_grid(model, paths, args.output, args.img_size, args.columns)
+    source = f'{args.data_root} ({args.split})' if args.folder is None else args.folder
+    title = f'{args.model} on {source}: each image, then where its last feature map responds'
+    output = save_actmap_grid(model, paths, args.output, args.img_size, args.columns, title=title)
     print(f'wrote {output} ({len(paths)} images)')
     return 0
