@@ -155,3 +155,13 @@ def test_the_console_script_runs_every_other_command_line_through_the_cli(capsys
     with pytest.raises(SystemExit) as exit_info:
         ptl_timm_launcher.main(['info', '--bogus'])
     assert exit_info.value.code == 2 and 'ptl-timm info: error: unrecognized arguments: --bogus' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('main_process, printed', [(True, 1), (False, 0)])
+def test_a_training_command_reports_once_under_torchrun_from_rank_0(monkeypatch, capsys, main_process, printed):
+    """Every rank returns from training; only the one the engine marks as main prints the checkpoints line."""
+    import ptl_timm.cli.train as train
+    from ptl_timm.cli import main
+    monkeypatch.setattr(train, 'fine_tune', lambda cfg: dict(output=cfg.output, main_process=main_process))
+    assert main(['train', '--output', 'runs/x']) == 0
+    assert capsys.readouterr().out.count('checkpoints: runs/x/last') == printed

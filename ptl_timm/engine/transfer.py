@@ -105,4 +105,4 @@ def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
         with atomic_write(output / 'transfer.md', 'w') as f:
             f.write(table)
         atomic_save_json(dict(test_sets=test_sets, rows=rows), output / 'transfer.json')
-    return dict(rows=rows, table=table, test_sets=test_sets)
+    return dict(rows=rows, table=table, test_sets=test_sets, main_process=ctx.is_main)
