@@ -238,7 +238,7 @@ def check_model_source(source: PathLike) -> None:
         check_model_name(source)
 
 
-def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) -> nn.Module:
+def load_model(source: PathLike, random_weights: bool = False, **kwargs) -> nn.Module:
     """Build a model from any of the places a ReID model comes from.
 
     ``source`` is one of (prefixes are honoured before anything is taken for a path):
@@ -246,27 +246,29 @@ def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) ->
         checkpoint or a published folder);
       * a ``.safetensors`` file beside such a ``config.json``;
       * ``hf-hub:<org>/<name>`` or ``timm/<name>`` (from the Hub, or its local cache when offline);
-      * a timm model name, optionally with a pretrained tag (``ptl_densenet161.market1501``); a tag
-        with no published weights (not in ``ptl_timm/weights_manifest.json``) raises ``UnpublishedWeightsError``.
+      * a timm model name with a pretrained tag (``ptl_densenet161.market1501``); a tag with no published
+        weights (not in ``ptl_timm/weights_manifest.json``) raises ``UnpublishedWeightsError``.
 
     Weights from a folder, file or ``hf-hub:`` load strictly (see the module notes) and the model
-    keeps the saved ``pretrained_cfg`` (input size, normalisation). ``pretrained`` defaults to True
-    except for an untagged model name (which would otherwise start a download of ImageNet weights).
-    ``kwargs`` go to ``timm.create_model`` (e.g. ``num_classes=0`` drops the classifier).
+    keeps the saved ``pretrained_cfg`` (input size, normalisation). A bare model name (no tag) names no
+    weights: it is refused, so that no reader scores random weights by accident, unless ``random_weights``
+    asks for them; ``random_weights`` builds the architecture any source names without loading weights
+    (for benchmarking speed or memory). ``kwargs`` go to ``timm.create_model`` (e.g. ``num_classes=0``
+    drops the classifier).
     """
     source = os.fspath(source)
     check_model_source(source)
-    loads_weights = True if pretrained is None else pretrained
+    pretrained = not random_weights
     if source.startswith(LOCAL_DIR_PREFIX):
         folder = Path(source[len(LOCAL_DIR_PREFIX):]).expanduser()
         if not folder.is_dir():
             raise CheckpointError(f'{source}: folder {folder} does not exist')
-        return _load_folder(folder, loads_weights, kwargs)
+        return _load_folder(folder, pretrained, kwargs)
     if source.startswith((HUB_PREFIX, TIMM_HUB_PREFIX)):
-        return _load_hub(source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source, loads_weights, kwargs)
+        return _load_hub(source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source, pretrained, kwargs)
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_folder(path, loads_weights, kwargs)
+        return _load_folder(path, pretrained, kwargs)
     if path.suffix == '.safetensors':
         if not path.is_file():
             raise CheckpointError(f'weights file {path} does not exist')
@@ -274,12 +276,16 @@ def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) ->
             raise CheckpointError(
                 f'{path} has no {CONFIG_NAME} beside it, so its architecture is unknown; build the model with '
                 f"timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='{path}'))")
-        return _load_folder(path.parent, loads_weights, kwargs, weights=path)
+        return _load_folder(path.parent, pretrained, kwargs, weights=path)
     if _is_path_like(source):
         raise CheckpointError(
             f'model source {source!r} looks like a path but does not exist (Hub ids are spelled hf-hub:ORG/NAME)')
-    if pretrained is None:
-        pretrained = '.' in source
     architecture, _, tag = source.partition('.')
+    if not tag and pretrained:
+        raise InputError(
+            f'{source!r} is a model name without weights, so it would be scored with random weights: point at '
+            f'trained weights (a run folder such as runs/NAME/best, local-dir:FOLDER, hf-hub:ORG/NAME or a '
+            f'published {source}.TAG, listed by `ptl-timm info`), or ask for random weights explicitly for '
+            f'benchmarking (--random-weights; Python: random_weights=True)')
     check_pretrained_source(architecture, pretrained, dict(pretrained_cfg=tag) if tag else {})
     return timm.create_model(source, pretrained=pretrained, **kwargs)

@@ -18,12 +18,16 @@ from ptl_timm.eval.actmap import save_actmap_grid
 from ptl_timm.eval.extract import image_files
 from ptl_timm.hub import load_model
 from ptl_timm.utils import resolve_device
-from .options import add_command, add_data_root, add_dataset, add_device, add_img_size, add_model, add_output, integer
+from .options import (
+    add_command, add_data_root, add_dataset, add_device, add_img_size, add_model, add_output, add_random_weights,
+    integer,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
     add_model(parser, required=True)
+    add_random_weights(parser)
     add_dataset(parser, choices=sorted(DATASETS))
     add_data_root(parser)
     parser.add_argument('--split', choices=('train', 'query', 'gallery'), default='query',
@@ -56,7 +60,9 @@ def _chosen_images(args: argparse.Namespace) -> List[str]:
 
 def run(args: argparse.Namespace) -> int:
     paths = _chosen_images(args)
-    model = load_model(args.model, num_classes=0).to(resolve_device(args.device))
-    output = save_actmap_grid(model, paths, args.output, args.img_size, args.columns)
+    model = load_model(args.model, random_weights=args.random_weights, num_classes=0).to(resolve_device(args.device))
+    source = f'{args.data_root} ({args.split})' if args.folder is None else args.folder
+    title = f'{args.model} on {source}: each image, then where its last feature map responds'
+    output = save_actmap_grid(model, paths, args.output, args.img_size, args.columns, title=title)
     print(f'wrote {output} ({len(paths)} images)')
     return 0

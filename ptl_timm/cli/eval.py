@@ -9,8 +9,9 @@ Example: ptl-timm eval --model runs/x/best --dataset market1501 --data-root data
 """
 import argparse
 import math
-from typing import Any, Dict
+from typing import Any, Dict, List
 
+from ptl_timm.data.datasets import camera_name
 from ptl_timm.errors import InputError
 from ptl_timm.eval.aqe import query_expansion
 from ptl_timm.eval.analysis import camera_pair_map
@@ -97,9 +98,11 @@ def run(args: argparse.Namespace) -> int:
         metrics['rerank_args'] = rerank_args
     if args.aqe:
         metrics['aqe_args'] = dict(k=args.aqe_k, alpha=args.aqe_alpha, times=args.aqe_times)
+    metrics['post_processing'] = _post_processing(args)
     print(f'mAP {metrics["mAP"]:.2f}  Rank-1 {metrics["rank1"]:.2f}  Rank-5 {metrics["rank5"]:.2f}  '
           f'Rank-10 {metrics["rank10"]:.2f}  mINP {metrics["mINP"]:.2f}  '
-          f'({metrics["num_valid_queries"]} queries × {metrics["num_gallery"]} gallery{", re-ranked" if args.rerank else ""})')
+          f'({metrics["num_valid_queries"]} queries × {metrics["num_gallery"]} gallery; '
+          f'{", ".join(metrics["post_processing"]) or "no post-processing"})')
     if args.roc:
         metrics['tpr_at_fpr'] = {f'{fpr:.0e}': 100 * tpr for fpr, tpr in result['tpr_at_fpr'].items()}
         print('  '.join(f'TPR@FPR={fpr} {tpr:.2f}' for fpr, tpr in metrics['tpr_at_fpr'].items()))
@@ -112,13 +115,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _post_processing(args: argparse.Namespace) -> List[str]:
+    """What stands between the model and the numbers, in the order it was applied, with its settings (the flip of
+    saved features was decided when they were extracted)."""
+    applied = []
+    if args.random_weights and args.model:
+        applied.append('RANDOM WEIGHTS (--random-weights: the scores mean nothing)')
+    if args.flip and args.model:
+        applied.append('flip test-time augmentation')
+    if args.aqe:
+        applied.append(f'average query expansion (k={args.aqe_k}, alpha={args.aqe_alpha}, {args.aqe_times}x)')
+    if args.rerank:
+        applied.append(f'k-reciprocal re-ranking (k1={args.k1}, k2={args.k2}, lambda={args.lambda_value})')
+    if args.single_gallery_shot:
+        applied.append('single-gallery-shot CMC')
+    if args.ap_mode != 'default':
+        applied.append('Market-1501 official (trapezoid) AP')
+    return applied
+
+
 def _print_camera_table(table: Dict[str, Any]) -> Dict[str, Any]:
-    """Print the query camera × gallery camera mAP table ('-': no valid query); return it for the JSON."""
-    cams = [str(c) for c in table['gallery_cameras']]
+    """Print the query camera × gallery camera mAP table ('-': no valid query), cameras named as in the file
+    names (c1, c2, ...); return it for the JSON."""
+    q_cams, g_cams = ([camera_name(c) for c in table[key]] for key in ('query_cameras', 'gallery_cameras'))
     print('mAP by camera pair (rows: query camera, columns: gallery camera, -: no query with a match there)')
-    print('q\\g ' + ' '.join(f'{c:>6}' for c in cams))
-    for cam, row in zip(table['query_cameras'], table['map']):
+    print('q\\g ' + ' '.join(f'{c:>6}' for c in g_cams))
+    for cam, row in zip(q_cams, table['map']):
         print(f'{cam:>4} ' + ' '.join('     -' if math.isnan(v) else f'{100 * v:6.2f}' for v in row))
-    return dict(query_cameras=[int(c) for c in table['query_cameras']], gallery_cameras=[int(c) for c in cams],
+    print("a pair's mAP ranks the queries of camera a against the gallery images of camera b only: a smaller "
+          'gallery, so pair values run higher than the overall mAP')
+    return dict(query_cameras=q_cams, gallery_cameras=g_cams,
                 mAP=[[None if math.isnan(v) else 100 * float(v) for v in row] for row in table['map']],
                 num_valid_queries=table['num_valid_queries'].tolist())

@@ -12,12 +12,13 @@ import argparse
 from ptl_timm.eval.extract import eval_data_config
 from ptl_timm.export import OUTPUTS, export_onnx
 from ptl_timm.hub import load_model
-from .options import add_command, add_img_size, add_model, add_output, add_quiet, integer, number
+from .options import add_command, add_img_size, add_model, add_output, add_quiet, add_random_weights, integer, number
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
     add_model(parser, required=True)
+    add_random_weights(parser)
     add_output(parser, 'the .onnx file to write', folder=False, required=True)
     parser.add_argument('--graph-output', choices=OUTPUTS, default='embedding',
                         help='what the graph returns: the retrieval embedding, L2-normalised like the features of '
@@ -36,7 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     # the embedding needs no classifier: drop it so the file is smaller
-    model = load_model(args.model, **({'num_classes': 0} if args.graph_output == 'embedding' else {}))
+    model = load_model(args.model, random_weights=args.random_weights,
+                       **({'num_classes': 0} if args.graph_output == 'embedding' else {}))
     # the trained size by default; another one warns, naming both
     input_size = eval_data_config(model.pretrained_cfg, args.img_size)['input_size']
     result = export_onnx(model, args.output, args.graph_output, input_size, normalize=args.normalize,

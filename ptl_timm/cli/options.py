@@ -25,7 +25,7 @@ __all__ = [
     'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'model_source', 'output_file',
     'output_folder',
     'add_command', 'add_deprecated', 'add_output', 'add_data_root', 'add_dataset', 'add_model', 'add_img_size',
-    'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug',
+    'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug', 'add_random_weights',
 ]
 
 
@@ -183,9 +183,18 @@ def add_dataset(parser: argparse.ArgumentParser, choices: Optional[Sequence[str]
 
 
 def add_model(parser: argparse.ArgumentParser, required: bool = False, dest: str = 'model',
-              help: str = 'checkpoint folder, hf-hub:ORG/NAME, local-dir:FOLDER or timm name[.tag]') -> argparse.Action:
+              help: str = 'checkpoint folder, hf-hub:ORG/NAME, local-dir:FOLDER or timm NAME.TAG '
+                          '(a bare NAME needs --random-weights)') -> argparse.Action:
     """``--model``: a flag everywhere, never positional, checked as it is parsed (``check_model_source``)."""
     return parser.add_argument('--model', dest=dest, required=required, type=model_source, help=help)
+
+
+def add_random_weights(parser: argparse.ArgumentParser) -> argparse.Action:
+    """``--random-weights``: what lets a reader build a bare model name (``--model reid_resnet50``), which
+    :func:`ptl_timm.hub.load_model` otherwise refuses so that random weights are never scored by accident."""
+    return parser.add_argument('--random-weights', action='store_true',
+                               help='build the architecture --model names with random weights instead of loading '
+                                    'trained ones (for benchmarking speed: the results mean nothing)')
 
 
 def add_img_size(parser: argparse.ArgumentParser, default: Optional[Sequence[int]] = None,

@@ -59,9 +59,9 @@ def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
     if dataset is not None:
         sets.update(split_features(extractor, dataset))
     if args.gallery:
-        sets['gallery'] = folder_features(extractor, args.gallery)
+        sets['gallery'] = folder_features(extractor, args.gallery, 'gallery')
     if args.query:
-        sets['query'] = image_features(extractor, _query_paths(args.query))
+        sets['query'] = image_features(extractor, _query_paths(args.query), 'query')
     missing = [name for name in ('query', 'gallery') if name not in sets]
     if missing:
         raise InputError(f'no {" and no ".join(missing)} images: give --query/--gallery, --dataset/--data-root or --features')

@@ -250,7 +250,8 @@ def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     """Train ``session.model`` for ``cfg.epochs`` epochs (resuming from ``output/last`` if asked),
     holding the run folder's lock; the resolved config is saved there first (``config.yaml``).
 
-    Returns the output folder, the metric history, and the best and last evaluation results.
+    Returns the output folder, the metric history, the best and last evaluation results, and whether this
+    process is the main one (``main_process``: rank 0, the one that writes and reports).
     """
     cfg = session.cfg
     with _deterministic(cfg.deterministic):
@@ -354,7 +355,7 @@ def _epoch_loop(session: TrainSession, state: TrainState, loss_step: LossStep) -
         if board is not None:
             board.close()
     return dict(output=str(session.output), history=state.history, best=state.best,
-                last=next((r for r in reversed(state.history) if 'eval' in r), None))
+                last=next((r for r in reversed(state.history) if 'eval' in r), None), main_process=ctx.is_main)
 
 
 def _amp_dtype(ctx: DistContext) -> torch.dtype:

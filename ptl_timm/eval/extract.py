@@ -56,8 +56,10 @@ def extract_features(
         device: Optional[Union[str, torch.device]] = None,
         progress: bool = True,
         channels_last: bool = False,
+        desc: str = 'extract',
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Embeddings of every batch of ``loader`` (L2-normalised, float32, on CPU) with its pids and camids.
+    """Embeddings of every batch of ``loader`` (L2-normalised, float32, on CPU) with its pids and camids;
+    ``desc`` names the progress bar (``'extract query'``: which split is running).
 
     Batches are ``(images, pids, camids, ...)`` as :class:`ptl_timm.data.loader.ImageDataset` yields,
     or ``(images,)`` / bare image tensors (pids and camids then -1). The model runs in eval mode on
@@ -73,7 +75,7 @@ def extract_features(
     non_finite = 0
     try:
         with torch.inference_mode():
-            for batch in tqdm(loader, desc='extract', unit='batch', disable=not progress, leave=False):
+            for batch in tqdm(loader, desc=desc, unit='batch', disable=not progress, leave=False):
                 images = batch if isinstance(batch, torch.Tensor) else batch[0]
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 embedding = embed(model, images).float()
@@ -142,9 +144,10 @@ class FeatureExtractor:
     """Images → L2-normalised ReID embeddings, batched, with any ptl_timm or timm model.
 
     Args:
-        model: a module, a timm model name (with pretrained tag), an ``hf-hub:``/``local-dir:`` id,
+        model: a module, a timm model name with a pretrained tag, an ``hf-hub:``/``local-dir:`` id,
             a checkpoint folder or a ``.safetensors`` file beside its ``config.json``
-            (see :func:`ptl_timm.hub.load_model`; the classifier is not built).
+            (see :func:`ptl_timm.hub.load_model`; the classifier is not built). A bare model name
+            is refused unless ``random_weights``.
         device: default (None or 'auto') CUDA when available, else CPU.
         batch_size: images per forward pass.
         img_size: (height, width); default the model's ``pretrained_cfg['input_size']`` (a checkpoint's
@@ -154,6 +157,8 @@ class FeatureExtractor:
         num_workers: DataLoader workers decoding images.
         channels_last: run in channels-last memory format (faster convolutions on many CPUs/GPUs).
         progress: show a progress bar.
+        random_weights: build the architecture ``model`` names with random weights (benchmarking speed;
+            the features mean nothing).
 
     ``extractor(images)`` / ``extractor.extract(images)`` takes image paths, a folder (every image
     below it, sorted by path), PIL images, or an already preprocessed tensor (B × 3 × H × W or one
@@ -170,9 +175,12 @@ class FeatureExtractor:
             num_workers: int = 0,
             channels_last: bool = False,
             progress: bool = False,
+            random_weights: bool = False,
     ):
+        if isinstance(model, nn.Module) and random_weights:
+            raise InputError('random_weights applies to a model source (a name, folder or Hub id), not to a module')
         if not isinstance(model, nn.Module):
-            model = load_model(model, num_classes=0)
+            model = load_model(model, random_weights=random_weights, num_classes=0)
         self.device = resolve_device(device)
         self.model = model.to(self.device)  # extract_features switches to eval mode and back
         if channels_last:
@@ -200,19 +208,21 @@ class FeatureExtractor:
         return DataLoader(_Images(images, self.transform), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
 
-    def extract(self, images: ImageSource) -> torch.Tensor:
+    def extract(self, images: ImageSource, desc: str = 'extract') -> torch.Tensor:
         feats, _, _ = extract_features(self.model, self._loader(images), flip=self.flip, device=self.device,
-                                       progress=self.progress, channels_last=self.channels_last)
+                                       progress=self.progress, channels_last=self.channels_last, desc=desc)
         return feats
 
     __call__ = extract
 
-    def extract_records(self, records: Sequence[Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Features, pids and camids of dataset records (``ReIDRecord``: path, pid, camid)."""
+    def extract_records(self, records: Sequence[Any],
+                        desc: str = 'extract') -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features, pids and camids of dataset records (``ReIDRecord``: path, pid, camid); ``desc`` names the
+        progress bar (e.g. ``'extract gallery'``)."""
         loader = DataLoader(ImageDataset(records, self.transform), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
         return extract_features(self.model, loader, flip=self.flip, device=self.device, progress=self.progress,
-                                channels_last=self.channels_last)
+                                channels_last=self.channels_last, desc=desc)
 
 
 def evaluate_model(
@@ -226,19 +236,21 @@ def evaluate_model(
         device: Optional[Union[str, torch.device]] = None,
         num_workers: int = 0,
         progress: bool = True,
+        random_weights: bool = False,
         **metric_kwargs,
 ) -> Dict[str, Any]:
     """mAP, CMC and mINP (fractions) of ``model`` on ``dataset``'s query/gallery split.
 
-    ``rerank`` applies k-reciprocal re-ranking (k1=20, k2=6, λ=0.3) to the features; ``metric_kwargs``
-    go to :func:`ptl_timm.eval.metrics.evaluate_distance_chunks` (``ap_mode``, ``max_rank``, ...).
+    ``model`` and ``random_weights`` as in :class:`FeatureExtractor`. ``rerank`` applies k-reciprocal
+    re-ranking (k1=20, k2=6, λ=0.3) to the features; ``metric_kwargs`` go to
+    :func:`ptl_timm.eval.metrics.evaluate_distance_chunks` (``ap_mode``, ``max_rank``, ...).
     """
     if not dataset.query or not dataset.gallery:
         raise DatasetFormatError(f'dataset {dataset.name!r} at {dataset.root} has no query or no gallery images')
     extractor = FeatureExtractor(model, device=device, batch_size=batch_size, img_size=img_size, flip=flip,
-                                 num_workers=num_workers, progress=progress)
-    q_feats, q_pids, q_camids = extractor.extract_records(dataset.query)
-    g_feats, g_pids, g_camids = extractor.extract_records(dataset.gallery)
+                                 num_workers=num_workers, progress=progress, random_weights=random_weights)
+    q_feats, q_pids, q_camids = extractor.extract_records(dataset.query, desc='extract query')
+    g_feats, g_pids, g_camids = extractor.extract_records(dataset.gallery, desc='extract gallery')
     return evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, rerank=rerank,
                              device=extractor.device, **metric_kwargs)
 
