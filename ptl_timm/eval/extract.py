@@ -171,9 +171,9 @@ class FeatureExtractor:
             channels_last: bool = False,
             progress: bool = False,
     ):
+        self.device = resolve_device(device)  # before the model is read: a bad device is found at once
         if not isinstance(model, nn.Module):
             model = load_model(model, num_classes=0)
-        self.device = resolve_device(device)
         self.model = model.to(self.device)  # extract_features switches to eval mode and back
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
