@@ -118,7 +118,7 @@ _OUTPUT_ERRNOS = {
     errno.ENOSPC: 'no space left on the device', errno.EROFS: 'the file system is read-only',
     errno.EACCES: 'permission denied', errno.EPERM: 'operation not permitted', errno.EDQUOT: 'disk quota exceeded',
     errno.EFBIG: 'the file is larger than the file system or the file-size limit allows',
-    errno.EISDIR: 'it is a folder; name a file', errno.ENOTDIR: 'a part of the path is a file, not a folder',
+    errno.EISDIR: 'it is a folder; name a file', errno.ENOTDIR: 'it, or a folder above it, is a file; name a folder',
 }
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # what torch.save / PytorchStreamWriter says when a write fails half-way (typically a full disk)

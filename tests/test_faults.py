@@ -241,18 +241,18 @@ def test_an_output_file_naming_an_existing_folder_is_refused_before_any_work(fol
     taken = tmp_path / 'out.safetensors'
     taken.mkdir()
     assert _exit_code([*command, '--model', str(folders / 'model'), '--output', str(taken)]) == 2
-    assert f'cannot write {taken}: it is an existing folder' in _one_line(capsys)
+    assert f'cannot write {taken}: it is a folder; name a file' in _one_line(capsys)
     assert list(taken.iterdir()) == []
 
 
 def test_a_run_folder_naming_a_file_is_refused(tmp_path, capsys):
     (tmp_path / 'run').write_text('')
     assert _exit_code(['train', '--output', str(tmp_path / 'run')]) == 2
-    assert 'it is an existing file' in _one_line(capsys)
+    assert 'is a file; name a folder' in _one_line(capsys)
 
 
 def test_the_writer_refuses_a_folder_too(tmp_path):
-    with pytest.raises(OutputError, match='existing folder'):
+    with pytest.raises(OutputError, match='it is a folder'):
         with atomic_path(tmp_path):
             pass
 

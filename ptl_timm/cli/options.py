@@ -39,14 +39,12 @@ class ArgumentParser(argparse.ArgumentParser):
 class Number:
     """An argparse type: a finite integer or number within a range, which a bad value's error states."""
 
-    def __init__(self, kind: type, minimum: Optional[float] = None, maximum: Optional[float] = None,
-                 above: Optional[float] = None) -> None:
-        self.kind, self.minimum, self.maximum, self.above = kind, minimum, maximum, above
+    def __init__(self, kind: type, minimum: Optional[float] = None, maximum: Optional[float] = None) -> None:
+        self.kind, self.minimum, self.maximum = kind, minimum, maximum
         self.__name__ = 'an integer' if kind is int else 'a number'  # argparse's word for the type
 
     def describe(self) -> str:
         bounds = [f'>= {self.minimum:g}' if self.minimum is not None else '',
-                  f'> {self.above:g}' if self.above is not None else '',
                   f'<= {self.maximum:g}' if self.maximum is not None else '']
         return ' and '.join([self.__name__, *filter(None, bounds)]).replace(' and ', ' ', 1)
 
@@ -56,20 +54,19 @@ class Number:
         except ValueError:
             raise argparse.ArgumentTypeError(f'must be {self.describe()}, got {text!r}') from None
         if (not math.isfinite(value) or (self.minimum is not None and value < self.minimum)
-                or (self.above is not None and value <= self.above)
                 or (self.maximum is not None and value > self.maximum)):
             raise argparse.ArgumentTypeError(f'must be {self.describe()}, got {text}')
         return value
 
 
-def integer(minimum: Optional[int] = None, maximum: Optional[int] = None) -> Number:
+def integer(minimum: Optional[int] = None) -> Number:
     """An integer flag's type: ``integer(1)`` for counts and sizes, ``integer(0)`` for what may be none."""
-    return Number(int, minimum, maximum)
+    return Number(int, minimum)
 
 
-def number(minimum: Optional[float] = None, maximum: Optional[float] = None, above: Optional[float] = None) -> Number:
-    """A real-valued flag's type: finite, within ``[minimum, maximum]`` and ``> above``."""
-    return Number(float, minimum, maximum, above)
+def number(minimum: Optional[float] = None, maximum: Optional[float] = None) -> Number:
+    """A real-valued flag's type: finite and within ``[minimum, maximum]``."""
+    return Number(float, minimum, maximum)
 
 
 def _checked(check: Callable[[str], Any], name: str) -> Callable[[str], str]:
@@ -85,7 +82,7 @@ def _checked(check: Callable[[str], Any], name: str) -> Callable[[str], str]:
     return parse
 
 
-model_source = _checked(check_model_source, 'model')  # a folder that exists, a Hub id, a registered name
+model_source = _checked(check_model_source, 'model')  # a Hub id without path characters, a registered name
 device = _checked(resolve_device, 'device')  # a device this machine has (the text is kept: configs store it)
 output_file = _checked(check_output_path, 'output file')  # not an existing folder
 output_folder = _checked(lambda text: check_output_path(text, folder=True), 'output folder')  # not an existing file

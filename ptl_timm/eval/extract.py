@@ -179,9 +179,9 @@ class FeatureExtractor:
     ):
         if isinstance(model, nn.Module) and random_weights:
             raise InputError('random_weights applies to a model source (a name, folder or Hub id), not to a module')
+        self.device = resolve_device(device)  # before the model is read: a bad device is found at once
         if not isinstance(model, nn.Module):
             model = load_model(model, random_weights=random_weights, num_classes=0)
-        self.device = resolve_device(device)
         self.model = model.to(self.device)  # extract_features switches to eval mode and back
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

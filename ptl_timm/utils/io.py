@@ -55,11 +55,11 @@ def check_output_path(path: PathLike, folder: bool = False) -> Path:
     """``path`` as an output that can be written: a file output must not name an existing folder, a
     folder output not an existing file. Checked before any work, so the work is not lost at the end."""
     path = Path(path)
-    if not folder and path.is_dir():
-        raise OutputError(f'cannot write {path}: it is an existing folder; name a file (inside it, or elsewhere)',
-                          errno.EISDIR)
-    if folder and path.exists() and not path.is_dir():
-        raise OutputError(f'cannot write the folder {path}: it is an existing file; name a folder', errno.ENOTDIR)
+    with writing(path):
+        if not folder and path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if folder and path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     return path
 
 
