@@ -155,7 +155,8 @@ def test_the_console_script_runs_every_other_command_line_through_the_cli(capsys
     import ptl_timm_launcher
     with pytest.raises(SystemExit) as exit_info:
         ptl_timm_launcher.main(['info', '--bogus'])
-    assert exit_info.value.code == 2 and 'ptl-timm info: error: unrecognized arguments: --bogus' in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert 'ptl-timm info: error: unrecognized arguments: --bogus' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('main_process, printed', [(True, 1), (False, 0)])

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     result = run_demo(args.output, 'quick' if args.quick else 'full', backbone=args.backbone,
                       progress=not args.quiet, seed=args.seed)
-    print(result['table'])
+    print(f"\n{result['table']}")
     print(result['caveat'])
     print(f'checkpoints, curves.png and metrics.jsonl of each run: {result["output"]}/{{baseline,ptl,ptl_std}}')
     print(f'ranked lists of the distilled student: {result["ranked"]}')

@@ -8,6 +8,7 @@ seed on a small split can and cannot show (:func:`caveat`), and the distilled st
 the first domain are drawn (``ranked.png``).
 Small backbone, small images, CPU-friendly: ``--quick`` takes a few CPU minutes.
 """
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Union
@@ -97,11 +98,12 @@ def caveat(rows: List[Dict[str, Any]], home: str) -> str:
     pipeline, not a comparison; the powered one is in BENCHMARKS.md."""
     queries = next((r['eval'][home]['num_query'] for r in rows if 'num_query' in r['eval'].get(home, {})), None)
     split = f'{queries} queries' if queries else 'a small split'
-    return (f'What this table can and cannot show: each row is one training run (one seed) scored on {split} of '
-            f'{home}.\nAt this size, differences of several mAP points between rows are within the noise of the '
-            f'split and of training\n(another --seed can reorder the rows): the demo shows the pipeline working end '
-            f'to end, not whether PTL or STD helps.\nThe powered comparison (many seeds, a large test split) is in '
-            f'BENCHMARKS.md, "Does the state matter? The miniature, powered".')
+    return textwrap.fill(
+        f'What this table can and cannot show: each row is one training run (one seed), scored on {split} of '
+        f'{home}. At this size, differences of several mAP points between rows are within the noise of the split '
+        f'and of training (another --seed can reorder the rows): the demo shows the pipeline working end to end, '
+        f'not whether PTL or STD helps. The powered comparison (many seeds, a large test split) is in '
+        f'BENCHMARKS.md, "Does the state matter? The miniature, powered".', width=100)
 
 
 def _draw_ranked_lists(checkpoint: Path, root: str, path: Path) -> Path:
