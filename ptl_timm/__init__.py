@@ -8,4 +8,5 @@ from .version import __version__
 from .layers import BConvCell, reset_latent_states
 from .models import MGN, ReIDNet, ReIDOutput, create_ptl, create_reid
 from .eval import FeatureExtractor, evaluate_rank, re_ranking
+from .eval.calibration import calibrate, verify
 from . import errors, hub, weights

@@ -33,6 +33,8 @@ COMMAND_MODULES = (
     'extract',
     'eval',
     'search',
+    'calibrate',
+    'verify',
 )
 
 
