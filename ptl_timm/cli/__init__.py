@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     'search',
     'calibrate',
     'verify',
+    'index',
 )
 
 

@@ -224,7 +224,7 @@ def draw_rankings(
     for row, ranking in enumerate(rows):
         top = HEADER_HEIGHT + row * (height + caption + 6)
         canvas.paste(_thumbnail(ranking['query'], thumb_size, COLOURS['query'], border), (0, top))
-        label = 'query' if ranking['pid'] < 0 else f'id {ranking["pid"]}'
+        label = 'query' if ranking['pid'] in (None, -1) else f'id {ranking["pid"]}'  # an index's identities are names
         label += '' if ranking['ap'] is None else f' AP {ranking["ap"]:.2f}'
         draw.text((2, top + height + 1), label, fill=(0, 0, 0))
         for column, item in enumerate(ranking['results'], start=1):

@@ -27,7 +27,7 @@ QUERY_BLOCK = 1024  # queries scored against a shard at once (scores: QUERY_BLOC
 
 
 class Hits(NamedTuple):
-    """Per query, best first: ``scores`` (cosine similarity; -inf where fewer than k items qualify), image
+    """Per query, best first (k wide): ``scores`` (cosine similarity; -inf where fewer than k items qualify), image
     ``ids`` (-1 there), optional ``embeddings`` of the hits (Q × k × dim) and re-ranked ``distances``."""
     scores: torch.Tensor
     ids: torch.Tensor
@@ -71,9 +71,10 @@ def exact_search(snapshot: Snapshot, queries: torch.Tensor, k: int, exclude_ids:
         ids = torch.cat([ids, row_ids[top]], 1).gather(1, merged)
         if keep_embeddings:
             embeddings = torch.cat([embeddings, rows[top]], 1)[torch.arange(num)[:, None], merged]
-    missing = torch.isinf(scores)
-    ids = ids.masked_fill(missing, -1)
-    return Hits(scores, ids, embeddings if keep_embeddings else None)
+    pad = k - scores.shape[1]  # fewer items than k in the whole index
+    scores, ids = F.pad(scores, (0, pad), value=float('-inf')), F.pad(ids, (0, pad), value=-1)
+    embeddings = F.pad(embeddings, (0, 0, 0, pad)) if keep_embeddings else None
+    return Hits(scores, ids.masked_fill(torch.isinf(scores), -1), embeddings)
 
 
 def rerank_hits(queries: torch.Tensor, hits: Hits, k: int, k1: int = 20, k2: int = 6,
