@@ -76,8 +76,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _labels(build)
     _extraction(build)
     build.add_argument('--flip', action='store_true', help='flip test-time augmentation (every later add and query too)')
-    build.add_argument('--dtype', choices=sorted(DTYPES), default='float16',
-                       help='stored embeddings: float16 halves disk and query I/O, float32 keeps them exact')
+    build.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
+                       help='stored embeddings: float32 is exact and fastest to score on CPU, float16 halves the disk')
     build.add_argument('--rows-per-shard', type=int, default=ROWS_PER_SHARD, help='embeddings per shard file')
     build.add_argument('--faiss', action='store_true', help='also keep a faiss index (needs faiss-cpu) for --backend faiss')
     add = add_command(actions, f'{__name__}.add', ADD)

@@ -5,7 +5,7 @@ the image ids, so results map to the same metadata), named in that generation's 
 the same way as the shards. Below :data:`IVF_MIN` images it is an exact flat index (an inverted file cannot
 be trained on fewer points); once the gallery reaches that size it is rebuilt as an inverted file
 (``IVF<nlist>``, nlist ≈ 4√N, its centroids trained on a sample of the gallery at that moment) storing the
-vectors as ``SQfp16`` (float16, as the shards). ``nprobe`` lists are visited per query (default nlist / 64):
+vectors as ``SQfp16`` (float16: half the memory of the vectors it holds, all of them, in the querying process). ``nprobe`` lists are visited per query (default nlist / 64):
 more is slower and closer to exact. Its recall@10 against the exact search is measured by
 ``benchmarks/index_speed.py``; the exact search stays the default.
 """

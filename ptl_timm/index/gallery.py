@@ -34,7 +34,7 @@ __all__ = ['ImageIndex', 'BACKENDS', 'ROWS_PER_SHARD', 'describe_model', 'collec
 
 PathLike = Union[str, os.PathLike]
 BACKENDS = ('exact', 'faiss')
-ROWS_PER_SHARD = 16384  # 16 MB of float16 512-d embeddings: what one query step holds
+ROWS_PER_SHARD = 16384  # 32 MB of float32 512-d embeddings: what one query step maps
 ADD_BATCH = 50_000  # images embedded and committed per generation when adding many
 PROBE_IMAGES = 2
 PROBE_TOLERANCE = 1e-3  # cosine distance between probe embeddings still taken as the same model (GPU vs CPU)
@@ -94,6 +94,7 @@ class ImageIndex:
     def __init__(self, folder: PathLike):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
+        self._faiss: Tuple[Optional[str], Any] = (None, None)  # the last faiss file read, kept for the next query
 
     # -- making one ---------------------------------------------------------------------------------------
     @staticmethod
@@ -105,7 +106,7 @@ class ImageIndex:
             raise InputError(f'{folder} exists and is not empty: an index is built in a new or empty folder')
 
     @classmethod
-    def create(cls, folder: PathLike, description: Mapping[str, Any], dtype: str = 'float16',
+    def create(cls, folder: PathLike, description: Mapping[str, Any], dtype: str = 'float32',
                rows_per_shard: int = ROWS_PER_SHARD, faiss: bool = False) -> 'ImageIndex':
         """An empty index for embeddings of the model ``description`` (:func:`describe_model`) in a new
         or empty ``folder``."""
@@ -124,7 +125,7 @@ class ImageIndex:
     @classmethod
     def build(cls, folder: PathLike, model: Union[PathLike, nn.Module], images: Union[PathLike, Sequence[PathLike]],
               identity: Optional[str] = None, camera: Optional[str] = None, flip: bool = False,
-              dtype: str = 'float16', rows_per_shard: int = ROWS_PER_SHARD, faiss: bool = False,
+              dtype: str = 'float32', rows_per_shard: int = ROWS_PER_SHARD, faiss: bool = False,
               **extract: Any) -> 'ImageIndex':
         """A new index in ``folder`` holding ``images`` (files or folders) embedded by ``model``.
 
@@ -301,7 +302,9 @@ class ImageIndex:
         name = snapshot.state('faiss_file')
         if not self.manifest.get('faiss') or name is None:
             raise InputError(f'{self.folder} was built without faiss (ptl-timm index build --faiss); use the exact search')
-        index = ann.load(self.folder / name)
+        if self._faiss[0] != name:  # files are immutable: one read per generation
+            self._faiss = (name, ann.load(self.folder / name))
+        index = self._faiss[1]
         exclude_ids = torch.full((len(queries),), -1) if exclude_ids is None else exclude_ids
         exclude_cameras = torch.full((len(queries),), -1) if exclude_cameras is None else exclude_cameras
         depth = k + 1

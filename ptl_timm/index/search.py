@@ -1,7 +1,7 @@
 """Exact top-k over an index, streamed one shard at a time, and k-reciprocal re-ranking of the candidates.
 
-Memory is one shard (``rows_per_shard`` × dim, converted to float32) and a queries × shard score block, plus
-the running top-k: independent of the gallery size. Results are ordered by score descending, then image id
+Memory is one mapped shard (``rows_per_shard`` × dim; float16 shards widened into one reused float32 buffer)
+and a queries × shard score block, plus the running top-k: independent of the gallery size. Results are ordered by score descending, then image id
 ascending (ties resolve the same way in every run and for every shard layout: the selection compares unique
 (score, id) keys, as :class:`ptl_timm.eval.retrieval.GalleryIndex` does).
 
@@ -50,9 +50,13 @@ def exact_search(snapshot: Snapshot, queries: torch.Tensor, k: int, exclude_ids:
     keys = torch.empty(num, 0, dtype=torch.int64)
     scores, ids = torch.empty(num, 0), torch.empty(num, 0, dtype=torch.int64)
     embeddings = torch.empty(num, 0, snapshot.dim)
+    widened = np.empty((max((s.rows for s in snapshot.shards), default=0), snapshot.dim), dtype=np.float32)
     for shard in snapshot.shards:
         tensors = shard.read(snapshot.dim, snapshot.dtype)
-        rows, row_ids, row_cams = tensors['embeddings'].float(), tensors['ids'], tensors['cameras'].long()
+        rows, row_ids, row_cams = tensors['embeddings'], tensors['ids'], tensors['cameras'].long()
+        if rows.dtype != torch.float32:  # float16 scored in float32 (CPU half products round to float16);
+            np.copyto(widened[:len(rows)], rows.numpy())  # numpy widens faster than torch, into one buffer
+            rows = torch.from_numpy(widened[:len(rows)])
         blocks = []
         for start in range(0, num, QUERY_BLOCK):
             part = slice(start, start + QUERY_BLOCK)
@@ -70,7 +74,7 @@ def exact_search(snapshot: Snapshot, queries: torch.Tensor, k: int, exclude_ids:
         scores = torch.cat([scores, torch.cat([b[1] for b in blocks])], 1).gather(1, merged)
         ids = torch.cat([ids, row_ids[top]], 1).gather(1, merged)
         if keep_embeddings:
-            embeddings = torch.cat([embeddings, rows[top]], 1)[torch.arange(num)[:, None], merged]
+            embeddings = torch.cat([embeddings, rows[top].float()], 1)[torch.arange(num)[:, None], merged]
     pad = k - scores.shape[1]  # fewer items than k in the whole index
     scores, ids = F.pad(scores, (0, pad), value=float('-inf')), F.pad(ids, (0, pad), value=-1)
     embeddings = F.pad(embeddings, (0, 0, 0, pad)) if keep_embeddings else None

@@ -29,16 +29,24 @@ when the process dies, so a killed writer leaves no stale lock); a second writer
 
 Each shard holds at most ``rows_per_shard`` rows, every one a live image: ``add`` fills the last shard (a new
 file with its rows and the new ones) and opens new shards; ``remove`` rewrites the shards it touches without
-the removed rows. Embeddings are float16 by default: half the disk and half the bytes a query streams
-(a 1M × 512 gallery is 1 GB instead of 2 GB), at a cosine-score error of about 1e-3 of the unit-norm vectors,
-which only reorders items whose scores are that close; ``float32`` stores the model's output exactly.
+the removed rows. Shards are read through a private memory map (no copy; the pages stay in the OS cache, not
+in the process, so a query's resident memory is about one shard).
+
+Embeddings are stored as float32 by default: exactly the model's output, and scored straight from the mapped
+pages. ``float16`` halves the disk and the OS cache a gallery needs (a 1M × 512 gallery is 1 GB instead of
+2 GB), but a CPU cannot score float16 exactly without widening it to float32 first (half-precision products
+round every score to float16), which made queries about 5× slower on the 2-core machine measured
+(``benchmarks/index_speed.py``); it also moves the stored vectors by ~1e-3, which can swap near-tied items.
 """
 import contextlib
 import json
+import math
+import mmap
 import os
 import re
 import shutil
 import sqlite3
+import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,6 +82,7 @@ CREATE TABLE shards (id INTEGER PRIMARY KEY, file TEXT NOT NULL, rows INTEGER NO
 CREATE TABLE cameras (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_SAFETENSORS_DTYPES = {'F16': torch.float16, 'F32': torch.float32, 'I64': torch.int64, 'I32': torch.int32}
 PathLike = Union[str, os.PathLike]
 
 
@@ -132,16 +141,28 @@ class Shard:
 
     def read(self, dim: int, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
         """``embeddings`` (rows × dim), ``ids`` (int64) and ``cameras`` (int32 codes, -1 unknown), checked
-        against what the metadata records."""
-        self.file.seek(0)
-        with reading(self.path, what='index shard', fix=REBUILD):
-            tensors = safetensors.torch.load(self.file.read())
-        shapes = {'embeddings': (self.rows, dim), 'ids': (self.rows,), 'cameras': (self.rows,)}
-        wrong = [k for k, shape in shapes.items() if k not in tensors or tuple(tensors[k].shape) != shape]
-        if wrong or tensors['embeddings'].dtype != dtype:
-            found = {k: (tuple(v.shape), str(v.dtype)) for k, v in tensors.items()}
-            raise CorruptFileError(f'index shard {self.path} holds {found}, the metadata records {self.rows} rows of '
-                                   f'{dim} {dtype}; {REBUILD}')
+        against what the metadata records. The tensors view the file's mapped pages (a private mapping:
+        nothing is copied and nothing can reach the file); they stay valid while referenced."""
+        shapes = {'embeddings': ([self.rows, dim], dtype), 'ids': ([self.rows], torch.int64),
+                  'cameras': ([self.rows], torch.int32)}
+        try:
+            mapped = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_COPY)
+            (length,) = struct.unpack('<Q', mapped[:8])
+            header = json.loads(mapped[8:8 + length])
+            tensors = {}
+            for name, (shape, expected) in shapes.items():
+                entry = header[name]
+                found = _SAFETENSORS_DTYPES.get(entry['dtype'])
+                start, end = entry['data_offsets']
+                if entry['shape'] != shape or found != expected or end - start != math.prod(shape) * expected.itemsize:
+                    raise ValueError(f'{name} is {entry["dtype"]} {entry["shape"]}, the metadata records {expected} '
+                                     f'{shape}')
+                if 8 + length + end > len(mapped):
+                    raise ValueError(f'the file ends before {name} (truncated)')
+                tensors[name] = torch.frombuffer(mapped, dtype=expected, count=math.prod(shape),
+                                                 offset=8 + length + start).reshape(shape)
+        except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:  # JSONDecodeError included
+            raise CorruptFileError(f'cannot read index shard {self.path}: {e}; {REBUILD}') from None
         return tensors
 
 
