@@ -117,7 +117,7 @@ def _extract(args: argparse.Namespace) -> dict:
 def _summary(info: dict) -> str:
     cameras = ', '.join(f'{c} {n}' for c, n in sorted(info['cameras'].items()))
     return (f'{info["images"]} images, {info["identities"]} identities, cameras: {cameras or "none"}; '
-            f'{info["shards"]} shards of {info["dtype"]}')
+            f'{info["shards"]} shard{"s" if info["shards"] != 1 else ""} of {info["dtype"]}')
 
 
 def run(args: argparse.Namespace) -> int:
