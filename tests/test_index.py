@@ -103,6 +103,16 @@ def test_remove_by_identity_and_path_keeps_the_rest(tmp_path):
     assert torch.equal(hits.ids[:, :16], expected)
 
 
+def test_export_yields_every_image_once_with_its_metadata(tmp_path):
+    index, feats = small_index(tmp_path / 'idx', dtype='float32')
+    index.remove(paths=['/g/4.jpg'])
+    exported = list(index.export())
+    ids = torch.cat([e[0] for e in exported])
+    assert sorted(ids.tolist()) == [i for i in range(23) if i != 4]
+    torch.testing.assert_close(torch.cat([e[1] for e in exported]), feats[ids])
+    assert [r['path'] for e in exported for r in e[2]] == [f'/g/{i}.jpg' for i in ids.tolist()]
+
+
 def test_removing_nothing_that_matches_is_an_error_and_changes_nothing(tmp_path):
     index, _ = small_index(tmp_path / 'idx')
     before = sorted(os.listdir(index.folder))

@@ -14,7 +14,7 @@ dataset-style file name). Identities, when known on both sides, mark each result
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -374,6 +374,16 @@ class ImageIndex:
         if rerank:
             protocol += f'; re-ranked (k-reciprocal) among the {candidates} nearest items of each query'
         return dict(protocol=protocol, backend=backend, rankings=rankings)
+
+    def export(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Dict[str, Any]]]]:
+        """Every image, one shard at a time, as ``(ids, embeddings (float32, unit rows), metadata records)``
+        of one consistent generation: what a vector database needs to take the gallery over."""
+        with open_snapshot(self.folder, self.manifest) as snapshot:
+            for shard in snapshot.shards:
+                tensors = shard.read(snapshot.dim, snapshot.dtype)
+                records = snapshot.images(tensors['ids'].tolist())
+                yield tensors['ids'].clone(), tensors['embeddings'].float().clone(), [
+                    records[i] for i in tensors['ids'].tolist()]
 
     def info(self, verify: bool = False) -> Dict[str, Any]:
         """What the index holds: model, preprocessing, storage, counts (images, identities, cameras, shards),
