@@ -3,8 +3,8 @@
 ``publish(checkpoint, out)`` refuses weights that would mislead a user (a config that names another
 architecture than the tensors hold, NaN/Inf values), writes ``config.json`` (timm's format) +
 ``model.safetensors`` + a ``README.md`` model card rendered from ``MODEL_CARD.md`` with the run's
-metrics, loads the folder back through timm's ``local-dir:`` route and checks its eval embeddings
-equal the checkpoint's, and returns the ``ptl_timm/weights_manifest.json`` entry that makes the weights a
+metrics and the checkpoint's operating points (``ptl-timm calibrate``, kept in ``config.json``), loads
+the folder back through timm's ``local-dir:`` route and checks its eval embeddings equal the checkpoint's, and returns the ``ptl_timm/weights_manifest.json`` entry that makes the weights a
 registry tag. Nothing leaves the machine without ``push=True``.
 """
 import dataclasses
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ptl_timm.data.synth import synth_params
 from ptl_timm.errors import PublishError, reading
+from ptl_timm.eval.calibration import calibration_card, read_calibration, write_calibration
 from ptl_timm.hub import (
     CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, check_hub_id, load_model, save_pretrained,
 )
@@ -176,9 +177,11 @@ def render_model_card(
         facts: Mapping[str, str],
         run: Mapping[str, Any],
         license: str,
+        calibration: Optional[Mapping[str, Any]] = None,
 ) -> str:
-    """The Hub README: front matter, this checkpoint's ``facts`` (label → text) and metrics, usage,
-    then ``MODEL_CARD.md`` less its repository-only sections."""
+    """The Hub README: front matter, this checkpoint's ``facts`` (label → text) and metrics, its
+    operating points (``calibration``, when calibrated), usage, then ``MODEL_CARD.md`` less its
+    repository-only sections."""
     lines = [
         '---',
         'library_name: timm',
@@ -200,6 +203,8 @@ def render_model_card(
                       'no re-ranking):', '', *_metrics_table(run['eval'])]
     else:
         lines += ['', 'These weights were not evaluated by the training run; no metrics are claimed for them.']
+    if calibration:
+        lines += ['', *calibration_card(calibration)]
     lines += [
         '',
         '## Usage',
@@ -317,6 +322,9 @@ def publish(
     model.pretrained_cfg = _published_cfg(model.pretrained_cfg, tag, repo_id, license)
     with atomic_folder(out) as staging:
         save_pretrained(model, staging, metadata={k: str(v) for k, v in metadata.items() if k != 'format'})
+        calibration = read_calibration(checkpoint)
+        if calibration:  # the operating points belong to these weights: they travel with them
+            write_calibration(staging, calibration)
         sha256 = sha256_file(staging / WEIGHTS_NAME)
         facts = {
             'Architecture': f'`{architecture}`, model_args `{json.dumps(dict(model_args))}`',
@@ -327,7 +335,7 @@ def publish(
             '`model.safetensors` SHA-256': f'`{sha256}`',
         }
         with atomic_write(staging / README_NAME, 'w') as f:
-            f.write(render_model_card(model_card.read_text(), repo_id, facts, run, license))
+            f.write(render_model_card(model_card.read_text(), repo_id, facts, run, license, calibration))
         steps.update()
 
         steps.set_postfix_str('verifying')

@@ -1,6 +1,7 @@
 """Crash-safe replace (ptl_timm.utils.io): a writer SIGKILLed at any file-system step leaves the old or
 the new output complete (after the recover step), failures leave no staging files, and write errors
-of the machine become one-line user errors naming the file."""
+of the machine become one-line user errors naming the file. The same kill at every step for the gallery
+index's writes (ptl_timm.index.store)."""
 import errno
 import hashlib
 import json
@@ -11,9 +12,13 @@ from pathlib import Path
 from typing import Callable, Dict
 
 import pytest
+import torch
 
 from ptl_timm.data.synth import generate_synthetic
 from ptl_timm.errors import OutputError, PTLError
+from ptl_timm.eval.retrieval import faiss_available
+from ptl_timm.index import ImageIndex
+from ptl_timm.index.store import LOCK_NAME, SHARD_DIR, open_snapshot, writer as index_writer
 from ptl_timm.utils import atomic_folder, atomic_path, atomic_save_json, current_umask, recover_folder
 
 # every file-system call a replace makes; the child process is killed at the n-th one
@@ -111,6 +116,73 @@ def test_synth_regeneration_killed_at_each_step_is_never_accepted_half_written(t
     generate(0)(killed)
     assert _run_killed_at(steps // 2, lambda: generate(1)(killed))
     assert _tree(generate_synthetic(killed, 'street', seed=1, **small)) == _tree(tmp_path / 'ref_new' / 'street')
+
+
+def _index_content(folder: Path) -> Dict[str, tuple]:
+    """What a reader of a gallery index sees: each image's identity, camera and stored embedding."""
+    with open_snapshot(folder) as snapshot:
+        embedding = {}
+        for shard in snapshot.shards:
+            tensors = shard.read(snapshot.dim, snapshot.dtype)
+            embedding.update(zip(tensors['ids'].tolist(), tensors['embeddings'].tolist()))
+        rows = snapshot.db.execute('SELECT id, path, identity, camera FROM images').fetchall()
+    assert len(rows) == len(embedding), 'metadata and shards disagree'
+    return {path: (identity, camera, tuple(embedding[i])) for i, path, identity, camera in rows}
+
+
+_INDEX = dict(model=dict(source='synthetic', architecture='none', embedding_dim=4, probe=[]),
+              preprocessing=dict(input_size=[3, 8, 4], interpolation='bilinear', mean=[0.5] * 3, std=[0.5] * 3,
+                                 crop_pct=1.0, crop_mode='squash', flip=False))
+
+
+@pytest.mark.slow  # about 30 steps, each a new index and a forked writer
+@pytest.mark.parametrize('operation, faiss', [('add', False), ('remove', False), ('add', True)])
+def test_index_write_killed_at_each_step_leaves_the_index_as_before_or_after(tmp_path, operation, faiss):
+    """A gallery index add/remove SIGKILLed at any file-system step: a reader sees the index exactly as
+    before or after, never mixed; the next writer removes what the killed one left and works."""
+    if faiss and not faiss_available():
+        pytest.skip('faiss is an optional extra')
+    feats = torch.nn.functional.normalize(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+
+    def base(folder: Path) -> None:
+        ImageIndex.create(folder, _INDEX, rows_per_shard=4, faiss=faiss).add_embeddings(
+            feats[:10], [f'/g/{i}.jpg' for i in range(10)], [str(i % 3) for i in range(10)], ['c1'] * 10)
+
+    def write(folder: Path) -> None:
+        if operation == 'add':
+            ImageIndex(folder).add_embeddings(feats[10:], [f'/g/{i}.jpg' for i in range(10, 16)], cameras=['c2'] * 6)
+        else:
+            ImageIndex(folder).remove(identities=['1'])
+    base(tmp_path / 'ref')
+    before = _index_content(tmp_path / 'ref')
+    write(tmp_path / 'ref')
+    after = _index_content(tmp_path / 'ref')
+    assert before != after
+    step, seen = 0, set()
+    while True:
+        step += 1
+        root = tmp_path / f'run{step}'
+        base(root)
+        killed = _run_killed_at(step, lambda: write(root))
+        found = _index_content(root)
+        if not killed:
+            assert found == after
+            break
+        assert found in (before, after), f'killed at step {step}: neither the old nor the new index'
+        seen.add('after' if found == after else 'before')
+        if found == before:
+            write(root)
+        else:
+            with index_writer(root):  # a writer with nothing to change still cleans up
+                pass
+        assert _index_content(root) == after
+        named = {p.name for p in (root / SHARD_DIR).iterdir()}
+        with open_snapshot(root) as snapshot:
+            assert named == {s.path.name for s in snapshot.shards}, f'killed at step {step}: stray shards {named}'
+            expected = {'index.json', 'CURRENT', f'meta-{snapshot.generation:06d}.sqlite', SHARD_DIR, LOCK_NAME,
+                        snapshot.state('faiss_file')}
+        assert set(os.listdir(root)) <= expected, f'killed at step {step}: stray files {set(os.listdir(root)) - expected}'
+    assert seen == {'before', 'after'} and step > 15, step
 
 
 def test_failed_folder_write_leaves_the_old_folder_and_no_staging(tmp_path):

@@ -14,7 +14,18 @@ from ptl_timm.cli.options import add_command
 from ptl_timm.utils import default_workers
 
 PARSER = build_parser()
-COMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple = ()):
+    """Every sub-command, nested ones included ('index build'), with its parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield ' '.join((*prefix, name)), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+COMMANDS = dict(_commands(PARSER))
 # the concepts shared by several sub-commands: flag → the name its value has in the namespace
 SHARED = {'--output': 'output', '--data-root': 'data_root', '--img-size': 'img_size', '--device': 'device',
           '--batch-size': 'batch_size', '--model': 'model', '--quiet': 'quiet', '--dataset': 'dataset'}
@@ -22,7 +33,8 @@ OLD_SPELLINGS = ('--out', '--root', '--input-size')
 
 
 def _visible(parser: argparse.ArgumentParser):
-    return [a for a in parser._actions if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+    return [a for a in parser._actions if a.help != argparse.SUPPRESS
+            and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
 
 
 @pytest.mark.parametrize('name', sorted(COMMANDS))
@@ -30,7 +42,7 @@ def test_every_command_has_an_example_that_parses(name):
     parser = COMMANDS[name]
     assert parser.epilog and parser.epilog.startswith('example:\n  ptl-timm '), name
     example = shlex.split(parser.epilog.split('\n', 1)[1].strip())
-    assert example[1] == name
+    assert example[1:1 + len(name.split())] == name.split()
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         PARSER.parse_args(example[1:])

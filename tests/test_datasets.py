@@ -164,7 +164,7 @@ def test_bad_msmt17_list_line_names_file_and_line(layouts, tmp_path):
         build_dataset('msmt17', root)
 
 
-def test_folder_images_outside_camera_folders_are_an_error(layouts, tmp_path):
+def test_folder_identity_with_images_both_in_and_outside_camera_folders_is_an_error(layouts, tmp_path):
     root = _copy(layouts('folder'), tmp_path / 'own')
     identity = sorted((root / 'gallery').iterdir())[0]
     shutil.copy(next(identity.rglob('*.jpg')), identity / 'stray.jpg')
@@ -233,3 +233,15 @@ def test_labels_from_names_need_every_name_to_follow_one_naming():
     assert labels_from_names(['0002_c1s1_000451_01.jpg', 'holiday.jpg']) is None
     assert labels_from_names(['0002_c0s1_000451_01.jpg']) is None  # cameras count from 1
     assert labels_from_names([]) is None
+
+
+def test_folder_identities_without_camera_folders_have_unknown_cameras(layouts, tmp_path):
+    root = _copy(layouts('folder'), tmp_path / 'own')
+    for split in ('train', 'query', 'gallery'):
+        for image in list((root / split).rglob('*.jpg')):
+            image.rename(image.parent.parent / f'{image.parent.name}_{image.name}')
+        for camera in [p for p in (root / split).glob('*/*') if p.is_dir()]:
+            camera.rmdir()
+    dataset = build_dataset('folder', root)
+    assert {r.camid for r in dataset.train + dataset.query + dataset.gallery} == {-1}
+    assert len(dataset.query) + len(dataset.gallery) == (NUM_IDS - NUM_TRAIN_IDS) * IMAGES_PER_ID

@@ -18,11 +18,11 @@ import ptl_timm
 
 PACKAGE = Path(ptl_timm.__file__).parent
 # Each part may import only parts of a lower rank (and itself). Data flows down:
-# errors → utils → layers → weights → models → hub → data / losses → eval → export / publish →
+# errors → utils → layers → weights → models → hub → data / losses → eval → export / publish / index →
 # the package's API (``import ptl_timm``) → engine → cli.
 RANKS = {
     'errors': 0, 'version': 0, 'utils': 1, 'layers': 2, 'weights': 3, 'models': 4, 'hub': 5, 'data': 6,
-    'losses': 6, 'eval': 7, 'export': 8, 'publish': 8, 'api': 9, 'engine': 10, 'cli': 11, '__main__': 12,
+    'losses': 6, 'eval': 7, 'export': 8, 'publish': 8, 'index': 8, 'api': 9, 'engine': 10, 'cli': 11, '__main__': 12,
 }
 
 

@@ -34,6 +34,9 @@ COMMAND_MODULES = (
     'extract',
     'eval',
     'search',
+    'calibrate',
+    'verify',
+    'index',
 )
 
 

@@ -3,7 +3,8 @@
 mAP, CMC and mINP of a model on a dataset's query/gallery split (at the image size its config.json records),
 or of saved features (ptl-timm extract), optionally after average query expansion (--aqe) and/or with
 k-reciprocal re-ranking (--rerank); --roc adds TPR at low FPR and --camera-pairs the per-camera-pair mAP
-table.
+table. Data without camera ids (a folder dataset without camera folders) is evaluated excluding only the
+query image itself; the protocol used is printed with the result.
 
 Example: ptl-timm eval --model runs/x/best --dataset market1501 --data-root data/market1501
 """
@@ -18,6 +19,7 @@ from ptl_timm.eval.analysis import camera_pair_map
 from ptl_timm.eval.extract import evaluate_features
 from ptl_timm.eval.features import load_features
 from ptl_timm.eval.metrics import AP_MODES, METRICS
+from ptl_timm.eval.protocol import PROTOCOLS, resolve_protocol
 from ptl_timm.utils import atomic_save_json, resolve_device
 from .extract import add_dataset_args, add_model_args, load_dataset, make_extractor, split_features
 from .options import add_command, add_quiet, integer, number, output_file
@@ -47,6 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--camera-pairs', action='store_true',
                         help='also the mAP of each query camera against each gallery camera alone '
                              '(plain distances, after αQE)')
+    parser.add_argument('--protocol', choices=PROTOCOLS, default='auto',
+                        help='matches excluded: camera (same identity and camera), self (only the query image '
+                             'itself, for data without cameras), auto (camera when every camera is known)')
     parser.add_argument('--single-gallery-shot', action='store_true',
                         help='classic CUHK03 CMC: one random gallery image per identity, averaged over draws')
     parser.add_argument('--seed', type=integer(), default=0, help='seed of the single-gallery-shot draws')
@@ -74,25 +79,24 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f'{args.features or args.data_root}: the {" and the ".join(empty)} set{"s are" if len(empty) > 1 else " is"} '
                          f'empty (0 images), so there is nothing to evaluate; extract features of a dataset with '
                          f'query and gallery images')
-    if not (query.has_labels and gallery.has_labels):
-        unknown = [int(((s.pids < 0) | (s.camids < 0)).sum()) for s in (query, gallery)]
-        raise InputError(
-            f'{unknown[0]} query and {unknown[1]} gallery images have no identity or no camera (-1); evaluation needs '
-            f'both for every image (same-camera matches are excluded): extract the features from a dataset layout or '
-            f'from files named like 0002_c1s1_000451_01.jpg')
+    rule = resolve_protocol([query, gallery], args.protocol)
+    if args.camera_pairs and rule.name != 'camera':
+        raise InputError('--camera-pairs needs the camera of every image, and these images have none')
+    q_keys, g_keys = rule.keys
     device = resolve_device(args.device)
     q_feats, g_feats = query.feats, gallery.feats
     if args.aqe:
         q_feats, g_feats = query_expansion(q_feats, g_feats, args.aqe_k, args.aqe_alpha, args.aqe_times, device=device)
     rerank_args = dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
     result = evaluate_features(
-        q_feats, g_feats, query.pids, gallery.pids, query.camids, gallery.camids, metric=args.metric,
+        q_feats, g_feats, query.pids, gallery.pids, q_keys, g_keys, metric=args.metric,
         rerank=args.rerank, device=device, rerank_args=rerank_args, roc=args.roc, ap_mode=args.ap_mode,
         max_rank=args.max_rank, single_gallery_shot=args.single_gallery_shot, seed=args.seed, progress=not args.quiet)
     cmc = result['cmc']
     metrics = dict(mAP=100 * result['mAP'], **{f'rank{r}': 100 * float(cmc[min(r, len(cmc)) - 1]) for r in (1, 5, 10)},
                    mINP=100 * result['mINP'], num_query=len(query.feats), num_gallery=len(gallery.feats),
-                   num_valid_queries=result['num_valid_queries'], rerank=args.rerank, ap_mode=args.ap_mode,
+                   num_valid_queries=result['num_valid_queries'], protocol=rule.name, rerank=args.rerank,
+                   ap_mode=args.ap_mode,
                    cmc=[100 * float(c) for c in cmc])
     if args.rerank:
         metrics['rerank_args'] = rerank_args
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
           f'Rank-10 {metrics["rank10"]:.2f}  mINP {metrics["mINP"]:.2f}  '
           f'({metrics["num_valid_queries"]} queries × {metrics["num_gallery"]} gallery; '
           f'{", ".join(metrics["post_processing"]) or "no post-processing"})')
+    print(f'protocol: {rule.description}')
     if args.roc:
         metrics['tpr_at_fpr'] = {f'{fpr:.0e}': 100 * tpr for fpr, tpr in result['tpr_at_fpr'].items()}
         print('  '.join(f'TPR@FPR={fpr} {tpr:.2f}' for fpr, tpr in metrics['tpr_at_fpr'].items()))

@@ -16,6 +16,7 @@ from typing import Dict
 from ptl_timm.errors import InputError
 from ptl_timm.eval.extract import image_files
 from ptl_timm.eval.features import FeatureSet, load_features
+from ptl_timm.eval.protocol import resolve_protocol
 from ptl_timm.eval.retrieval import BACKENDS, draw_rankings, search, write_rankings
 from .extract import (
     add_dataset_args, add_model_args, folder_features, image_features, load_dataset, make_extractor, split_features,
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     rankings = search(sets['query'], sets['gallery'], top_k=args.top_k, backend=args.backend,
                       worst_first=args.worst_first, num_queries=args.num_queries)
     out = write_rankings(rankings, args.output)
+    if all(bool((s.pids >= 0).all()) for s in (sets['query'], sets['gallery'])) and not args.quiet:
+        print(f'protocol: {resolve_protocol([sets["query"], sets["gallery"]]).description}')
     order = 'worst first' if args.worst_first else 'in query order'
     title = f'{args.model or args.features}: top {args.top_k} of each query ({order})'
     picture = draw_rankings(rankings, args.png or out.with_suffix('.png'), max_queries=args.max_rows, title=title)

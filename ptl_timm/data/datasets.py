@@ -20,11 +20,14 @@ One small parser per on-disk layout, in the spirit of torchreid's dataset files,
 * ``folder``: a user's own data, ``<root>/{train,query,gallery}/<identity>/<camera>/<images>``. Identity
   and camera folder names are free text (``alice/door_cam/0001.jpg``); identities are numbered by sorted
   name (query and gallery share one numbering so equal names match), cameras by sorted name over all
-  splits. ``train`` may be absent (evaluation only).
+  splits. The camera level can be any grouping whose matches should not count (a sequence, a video), or
+  absent (``alice/0001.jpg``: camera unknown, -1; evaluation then excludes only the query image itself,
+  see :mod:`ptl_timm.eval.protocol`). ``train`` may be absent (evaluation only).
 
 Conventions shared by every parser: training pids are relabelled to ``0..N-1`` in sorted order of the
 original ids (reproducible classifier heads); query/gallery keep the original pids; camids are 0-based
-and never -1 (a file naming camera 0 or none is a format error: evaluation needs every camera);
+and never -1 in the public layouts (a file naming camera 0 or none is a format error: their protocol needs
+every camera), -1 only for ``folder`` images without a camera folder;
 pid ``-1`` (junk boxes) is dropped at parse time and pid ``0`` (Market distractors) is kept in the
 gallery as an ordinary negative. Problems a user can fix raise :class:`DatasetNotFoundError`
 (a ``FileNotFoundError``) or :class:`DatasetFormatError` (a ``ValueError``) naming the path and the fix.
@@ -207,17 +210,18 @@ def _subfolders(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir())
 
 
-def _walk_identity_folders(split_dir: Path) -> List[Tuple[str, str, Path]]:
-    """``(identity, camera, image)`` for every image under ``<split>/<identity>/<camera>/``."""
+def _walk_identity_folders(split_dir: Path) -> List[Tuple[str, Optional[str], Path]]:
+    """``(identity, camera, image)`` for every image under ``<split>/<identity>/<camera>/``, or directly
+    under ``<split>/<identity>/`` (camera None: unknown)."""
     items = []
     for identity in _subfolders(split_dir):
-        stray = _list_images(identity)
-        if stray:
+        direct, cameras = _list_images(identity), _subfolders(identity)
+        if direct and cameras:
             raise DatasetFormatError(
-                f'folder: image {stray[0]} lies directly in an identity folder; put images in '
-                f'<split>/<identity>/<camera>/ (one sub-folder per camera)')
-        items += [(identity.name, camera.name, image)
-                  for camera in _subfolders(identity) for image in _list_images(camera)]
+                f'folder: image {direct[0]} lies directly in an identity folder that also has camera folders; put '
+                f'all images of {identity} in <camera>/ folders, or none (then its camera is unknown)')
+        items += [(identity.name, None, image) for image in direct]
+        items += [(identity.name, camera.name, image) for camera in cameras for image in _list_images(camera)]
     return _require(items, 'folder', split_dir)
 
 
@@ -225,7 +229,8 @@ def image_folder(root: PathLike) -> ReIDDataset:
     """A user's own data: ``<root>/{train,query,gallery}/<identity>/<camera>/<images>`` (train optional)."""
     base = _find_root(root, 'folder', ['query', 'gallery'])
     splits = {s: _walk_identity_folders(base / s) for s in ('train', 'query', 'gallery') if (base / s).is_dir()}
-    cameras = {c: i for i, c in enumerate(sorted({cam for items in splits.values() for _, cam, _ in items}))}
+    cameras = {c: i for i, c in enumerate(sorted({cam for items in splits.values() for _, cam, _ in items} - {None}))}
+    cameras[None] = -1
     test_ids = {p: i for i, p in enumerate(sorted({pid for s in ('query', 'gallery') for pid, _, _ in splits[s]}))}
     train_ids = {p: i for i, p in enumerate(sorted({pid for pid, _, _ in splits.get('train', [])}))}
 

@@ -13,6 +13,8 @@ from ptl_timm.data.datasets import ReIDDataset
 from ptl_timm.errors import DatasetError
 from ptl_timm.eval.aqe import query_expansion
 from ptl_timm.eval.extract import evaluate_features, extract_features
+from ptl_timm.eval.features import FeatureSet
+from ptl_timm.eval.protocol import resolve_protocol
 from .config import TrainConfig
 from .data import eval_loader
 from .distributed import DistContext, broadcast_object, gather_rows
@@ -29,7 +31,9 @@ def check_evaluable(dataset: ReIDDataset, label: str) -> None:
     cameras: Dict[int, Set[int]] = defaultdict(set)
     for record in dataset.gallery:
         cameras[record.pid].add(record.camid)
-    if not any(cameras[q.pid] - {q.camid} for q in dataset.query):
+    # without any camera (a folder dataset without camera folders) only the query image itself is excluded
+    excluded = (lambda q: set()) if all(r.camid < 0 for r in dataset.query + dataset.gallery) else (lambda q: {q.camid})
+    if not any(cameras.get(q.pid, set()) - excluded(q) for q in dataset.query):
         raise DatasetError(
             f'dataset {label!r} at {dataset.root}: no query identity appears in the gallery under another camera, '
             f'so there is nothing to evaluate (the protocol ignores same-camera matches); check the query and '
@@ -53,8 +57,11 @@ def evaluate_split(model: nn.Module, dataset: ReIDDataset, cfg: TrainConfig, ctx
         if cfg.eval_aqe:
             q_feats, g_feats = query_expansion(
                 q_feats, g_feats, cfg.aqe_k, cfg.aqe_alpha, cfg.aqe_times, device=ctx.device)
+        sets = [FeatureSet(feats, pids, camids, [r.path for r in records]) for feats, pids, camids, records in (
+            (q_feats, q_pids, q_camids, dataset.query), (g_feats, g_pids, g_camids, dataset.gallery))]
+        q_keys, g_keys = resolve_protocol(sets).keys  # cameras, or the file where no camera is known
         result = evaluate_features(
-            q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=cfg.eval_metric, rerank=cfg.eval_rerank,
+            q_feats, g_feats, q_pids, g_pids, q_keys, g_keys, metric=cfg.eval_metric, rerank=cfg.eval_rerank,
             device=ctx.device, rerank_args=dict(k1=cfg.rerank_k1, k2=cfg.rerank_k2, lambda_value=cfg.rerank_lambda))
         cmc = result['cmc']
         metrics = dict(

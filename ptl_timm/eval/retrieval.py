@@ -7,7 +7,7 @@ index ascending).
 
 When the identities of query and gallery are known (dataset splits, saved dataset features), the
 ranked lists follow the evaluation protocol: gallery images of the query's identity *and* camera are
-junk and skipped, each result is marked correct or wrong, and each query gets its AP (so the worst
+junk and skipped (without cameras: only the query image itself, :mod:`ptl_timm.eval.protocol`), each result is marked correct or wrong, and each query gets its AP (so the worst
 queries can be listed first).
 """
 import csv
@@ -25,6 +25,7 @@ from ptl_timm.errors import InputError, MissingExtraError
 from ptl_timm.utils import atomic_path, atomic_save_json, atomic_write, to_rgb
 from .features import FeatureSet
 from .metrics import _ordered_keys, evaluate_rank
+from .protocol import resolve_protocol
 
 __all__ = ['GalleryIndex', 'faiss_available', 'search', 'write_rankings', 'draw_rankings', 'RANKING_FORMATS']
 
@@ -120,20 +121,22 @@ def search(
     ``worst_first`` orders the queries by AP, lowest first (those without a true match last);
     ``num_queries`` keeps the first N lists of that order: the N worst of all queries, or, without
     ``worst_first``, the first N queries."""
-    labelled = query.has_labels and gallery.has_labels
+    labelled = all(bool(len(s.pids)) and bool((s.pids >= 0).all()) for s in (query, gallery))
     if worst_first and not labelled:
-        raise InputError('--worst-first needs the identities and cameras of queries and gallery (dataset splits, '
+        raise InputError('--worst-first needs the identities of queries and gallery (dataset splits, '
                          'features extracted from a dataset, or images named as a dataset names them)')
     if num_queries is not None and not worst_first:
         query = FeatureSet(*(x[:num_queries] for x in query))
     index = GalleryIndex(gallery.feats, backend=backend)
     junk = valid = torch.zeros(len(query.feats), dtype=torch.int64)
-    if labelled:
-        junk, valid = _match_counts(query, gallery)
+    q_keys, g_keys = query.camids, gallery.camids
+    if labelled:  # the camera, or without cameras the file, decides what is junk (see ptl_timm.eval.protocol)
+        q_keys, g_keys = resolve_protocol([query, gallery]).keys
+        junk, valid = _match_counts(query._replace(camids=q_keys), gallery._replace(camids=g_keys))
     scores, indices = index.search(query.feats, top_k + int(junk.max()))
     aps = [None] * len(query.feats)
     if bool((valid > 0).any()):  # else every AP stays None (evaluate_rank refuses a split without true matches)
-        per_query = evaluate_rank(query.feats, gallery.feats, query.pids, gallery.pids, query.camids, gallery.camids,
+        per_query = evaluate_rank(query.feats, gallery.feats, query.pids, gallery.pids, q_keys, g_keys,
                                   device='cpu')['per_query_ap']
         aps = [None if math.isnan(ap) else float(ap) for ap in per_query]
     rankings = []
@@ -141,7 +144,7 @@ def search(
         results = []
         for score, g in zip(scores[q].tolist(), indices[q].tolist()):
             same_id = labelled and int(gallery.pids[g]) == int(query.pids[q])
-            if same_id and int(gallery.camids[g]) == int(query.camids[q]):
+            if same_id and int(g_keys[g]) == int(q_keys[q]):
                 continue
             results.append(dict(rank=len(results) + 1, path=_path(gallery, g), score=score, pid=int(gallery.pids[g]),
                                 camid=int(gallery.camids[g]), correct=same_id if labelled else None))
@@ -224,7 +227,7 @@ def draw_rankings(
     for row, ranking in enumerate(rows):
         top = HEADER_HEIGHT + row * (height + caption + 6)
         canvas.paste(_thumbnail(ranking['query'], thumb_size, COLOURS['query'], border), (0, top))
-        label = 'query' if ranking['pid'] < 0 else f'id {ranking["pid"]}'
+        label = 'query' if ranking['pid'] in (None, -1) else f'id {ranking["pid"]}'  # an index's identities are names
         label += '' if ranking['ap'] is None else f' AP {ranking["ap"]:.2f}'
         draw.text((2, top + height + 1), label, fill=(0, 0, 0))
         for column, item in enumerate(ranking['results'], start=1):

@@ -1,0 +1,383 @@
+"""Operating points: the distance below which two images are taken to show the same person.
+
+A ranked list needs no threshold; a deployment that must answer "same person?" does. Here the answer
+is calibrated on a labelled split and stored with the weights, in the checkpoint's ``config.json``
+under :data:`CALIBRATION_KEY`, so every copy of the model (a published Hub folder included) carries
+its operating points.
+
+Protocol. Every unordered pair of two distinct images of the calibration set is a trial:
+
+* *impostor* pair: two different identities (any cameras). FPR = impostor pairs accepted / all of them;
+* *genuine* pair: the same identity, excluding the image with itself and, under the camera protocol,
+  pairs from the same camera (near-duplicates, as the ranking metrics exclude them; under the ``self``
+  protocol of :mod:`ptl_timm.eval.protocol` only pairs of the same file are left out). TPR = genuine
+  pairs accepted / all of them.
+
+A pair is accepted (same person) when its distance is *strictly below* the threshold. The threshold at
+target FPR f is the (k+1)-th smallest impostor distance, k = floor(f × impostor pairs): it accepts at
+most k impostor pairs (fewer when distances tie), and it is the largest such value, since accepting
+one more distance would exceed f. Computed exactly, a block of rows of the distance matrix at a time:
+only the k+1 smallest impostor distances and the genuine distances (the pairs within identities) are
+kept, never the N × N matrix.
+
+``calibrate`` holds out a share of the identities (default half) and reports the FPR and TPR measured
+there beside each target: with few impostor pairs, or a model that behaves differently on other
+people, the measured FPR can miss the target, and the user should see it.
+
+The stored calibration::
+
+    "reid_calibration": {
+      "format": 1, "metric": "cosine", "decision": "same person when distance < threshold",
+      "protocol": "camera", "protocol_description": "...", "pairs": "...",
+      "dataset": "market1501", "split": "query+gallery", "input_size": [3, 256, 128], "flip": false,
+      "embedding_dim": 512, "num_images": 9000, "num_identities": 375,
+      "num_pairs": {"genuine": 120000, "impostor": 40000000},
+      "heldout": {"num_images": 9000, "num_identities": 375, "num_pairs": {...}},
+      "points": [{"fpr": 0.01, "threshold": 0.41, "tpr": 0.93, "heldout_fpr": 0.011, "heldout_tpr": 0.92}, ...]
+    }
+"""
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ptl_timm.data.datasets import ReIDDataset, build_dataset
+from ptl_timm.errors import CheckpointError, InputError, reading
+from ptl_timm.hub import CONFIG_NAME, HUB_PREFIX, LOCAL_DIR_PREFIX, TIMM_HUB_PREFIX
+from ptl_timm.utils import atomic_save_json
+from .extract import FeatureExtractor
+from .features import FeatureSet
+from .metrics import METRICS, ArrayLike, pairwise_distance_chunks
+from .protocol import resolve_protocol
+
+__all__ = [
+    'CALIBRATION_KEY', 'DEFAULT_FPRS', 'Verification', 'operating_points', 'measured_rates', 'calibrate', 'verify',
+    'read_calibration', 'write_calibration', 'select_point', 'calibration_card',
+]
+
+CALIBRATION_KEY = 'reid_calibration'
+CALIBRATION_FORMAT = 1
+DEFAULT_FPRS = (1e-2, 1e-3, 1e-4)
+DECISION = 'same person when distance < threshold'
+PAIRS = ('unordered pairs of distinct images; impostor: different identities; genuine: same identity, excluding '
+         'pairs the protocol excludes')
+PathLike = Union[str, os.PathLike]
+_logger = logging.getLogger(__name__)
+
+
+class Verification(NamedTuple):
+    """The answer of :func:`verify`: same person or not, the distance, and the operating point used
+    (its threshold, target FPR and the TPR measured at calibration)."""
+    same: bool
+    distance: float
+    threshold: float
+    fpr: float
+    tpr: float
+    metric: str
+
+
+def _pair_distances(feats: ArrayLike, pids: ArrayLike, keys: ArrayLike, metric: str, chunk_size: int,
+                    device: Optional[Union[str, torch.device]]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(genuine, impostor)`` distances of the pairs (i < j), a block of rows i at a time, on CPU."""
+    pids, keys = torch.as_tensor(pids).long(), torch.as_tensor(keys).long()
+    for rows, dist in pairwise_distance_chunks(feats, feats, metric=metric, chunk_size=chunk_size, device=device):
+        row_index = torch.arange(rows.start, rows.stop, device=dist.device)
+        col_pids, col_keys = pids.to(dist.device), keys.to(dist.device)
+        upper = torch.arange(dist.shape[1], device=dist.device)[None] > row_index[:, None]
+        same = col_pids[row_index, None] == col_pids[None]
+        genuine = upper & same & (col_keys[row_index, None] != col_keys[None])
+        yield dist[genuine].float().cpu(), dist[upper & ~same].float().cpu()
+
+
+def _allowed(fpr: float, num_impostor: int) -> int:
+    """Impostor pairs target ``fpr`` lets through: floor(fpr × pairs), robust to 0.01 × 100 = 0.999..."""
+    return int(math.floor(fpr * num_impostor + 1e-9))
+
+
+def _check_fprs(fprs: Sequence[float]) -> Tuple[float, ...]:
+    fprs = tuple(float(f) for f in fprs)
+    if not fprs or not all(0 < f < 1 for f in fprs):
+        raise InputError(f'target false-positive rates must be in (0, 1), got {fprs}')
+    return tuple(sorted(set(fprs), reverse=True))
+
+
+def operating_points(feats: ArrayLike, pids: ArrayLike, keys: ArrayLike, fprs: Sequence[float] = DEFAULT_FPRS,
+                     metric: str = 'cosine', chunk_size: int = 256,
+                     device: Optional[Union[str, torch.device]] = None) -> Dict[str, Any]:
+    """Threshold and TPR at each target FPR over the pairs of one labelled set (see the module notes).
+
+    ``keys`` is the exclusion key of each image (its camera, or its file under the ``self`` protocol:
+    :func:`ptl_timm.eval.protocol.resolve_protocol`). Returns ``points`` (one ``{fpr, threshold, tpr,
+    impostor_pairs_below}`` per target, highest FPR first) and ``num_pairs`` ``{genuine, impostor}``."""
+    fprs = _check_fprs(fprs)
+    n = len(pids)
+    same_id = int(sum(c * (c - 1) // 2 for c in torch.unique(torch.as_tensor(pids), return_counts=True)[1].tolist()))
+    num_impostor = n * (n - 1) // 2 - same_id
+    if num_impostor == 0:
+        raise InputError(f'the calibration set ({n} images) has no pair of different identities: it needs at least two')
+    keep = max(_allowed(f, num_impostor) for f in fprs) + 1
+    smallest, genuine = torch.empty(0), []
+    for genuine_block, impostor in _pair_distances(feats, pids, keys, metric, chunk_size, device):
+        genuine.append(genuine_block)
+        if len(smallest) == keep:
+            impostor = impostor[impostor < smallest[-1]]
+        if len(impostor):
+            smallest = torch.cat([smallest, impostor]).sort().values[:keep]
+    genuine = torch.cat(genuine) if genuine else torch.empty(0)
+    if len(genuine) == 0:
+        raise InputError(f'the calibration set ({n} images) has no genuine pair (same identity, two images the '
+                         f'protocol keeps): it needs identities with images from two cameras (or two files)')
+    points = []
+    for fpr in fprs:
+        allowed = _allowed(fpr, num_impostor)
+        threshold = float(smallest[allowed])
+        if allowed == 0:
+            _logger.warning(f'FPR {fpr:g} is not resolved by {num_impostor} impostor pairs (it needs {math.ceil(1 / fpr)}):'
+                            f' its threshold is the smallest impostor distance; calibrate on more images')
+        points.append(dict(fpr=fpr, threshold=threshold, tpr=float((genuine < threshold).double().mean()),
+                           impostor_pairs_below=int((smallest < threshold).sum())))
+    return dict(points=points, num_pairs=dict(genuine=len(genuine), impostor=num_impostor))
+
+
+def measured_rates(feats: ArrayLike, pids: ArrayLike, keys: ArrayLike, thresholds: Sequence[float],
+                   metric: str = 'cosine', chunk_size: int = 256,
+                   device: Optional[Union[str, torch.device]] = None) -> Dict[str, Any]:
+    """FPR and TPR of each threshold over the pairs of a (held-out) labelled set, counted in one pass:
+    ``{'rates': [(fpr, tpr), ...], 'num_pairs': {genuine, impostor}}``."""
+    limits = torch.tensor(list(thresholds), dtype=torch.float32)
+    accepted = torch.zeros(2, len(limits), dtype=torch.int64)
+    totals = [0, 0]
+    for genuine, impostor in _pair_distances(feats, pids, keys, metric, chunk_size, device):
+        for side, dist in enumerate((genuine, impostor)):
+            totals[side] += len(dist)
+            accepted[side] += torch.searchsorted(dist.sort().values, limits, side='left')
+    if not all(totals):
+        raise InputError(f'the held-out set has {totals[0]} genuine and {totals[1]} impostor pairs; it needs both: '
+                         f'hold out more identities or calibrate on a larger split')
+    rates = [(float(accepted[1, i]) / totals[1], float(accepted[0, i]) / totals[0]) for i in range(len(limits))]
+    return dict(rates=rates, num_pairs=dict(genuine=totals[0], impostor=totals[1]))
+
+
+def _split_identities(pids: torch.Tensor, holdout: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Masks of the calibration and the held-out images: a seeded share ``holdout`` of the identities."""
+    identities = torch.unique(pids)
+    order = identities[torch.randperm(len(identities), generator=torch.Generator().manual_seed(seed))]
+    held = order[:round(holdout * len(identities))]
+    heldout = torch.isin(pids, held)
+    return ~heldout, heldout
+
+
+def _config_file(source: PathLike) -> Optional[Path]:
+    """The local ``config.json`` of a checkpoint folder, ``local-dir:`` folder or ``.safetensors`` file."""
+    source = os.fspath(source)
+    path = Path(source[len(LOCAL_DIR_PREFIX):] if source.startswith(LOCAL_DIR_PREFIX) else source).expanduser()
+    if path.suffix == '.safetensors':
+        path = path.parent
+    return path / CONFIG_NAME if path.is_dir() else None
+
+
+def _checkpoint_config(source: PathLike) -> Path:
+    config = _config_file(source)
+    if config is None or not config.is_file():
+        raise InputError(f'{source} is not a checkpoint folder with a {CONFIG_NAME}: a calibration is written into the '
+                         f'config.json of the weights it was measured for; save the model to a folder first '
+                         f'(ptl_timm.hub.save_pretrained, or `ptl-timm publish` of a Hub download)')
+    return config
+
+
+def read_calibration(source: PathLike) -> Optional[Dict[str, Any]]:
+    """The calibration in the ``config.json`` of ``source`` (a checkpoint folder, ``local-dir:``, a
+    ``.safetensors`` file beside its config, or ``hf-hub:``), None if it has none."""
+    source = os.fspath(source)
+    if source.startswith((HUB_PREFIX, TIMM_HUB_PREFIX)):
+        from huggingface_hub import hf_hub_download
+        from ptl_timm.weights import require_downloadable
+        repo_id = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
+        require_downloadable(repo_id, (CONFIG_NAME,), what=f'the config of {source}')
+        config = Path(hf_hub_download(repo_id, CONFIG_NAME))
+    else:
+        config = _config_file(source)
+        if config is None or not config.is_file():
+            return None
+    with reading(config, what='model config', fix='re-save the checkpoint or restore the file'):
+        data = json.loads(config.read_text())
+    return data.get(CALIBRATION_KEY) if isinstance(data, dict) else None
+
+
+def write_calibration(folder: PathLike, calibration: Mapping[str, Any]) -> Path:
+    """Store ``calibration`` under :data:`CALIBRATION_KEY` in ``folder``'s ``config.json``, every other key kept,
+    replaced atomically (a crash leaves the old or the new file)."""
+    config = _checkpoint_config(folder)
+    with reading(config, what='model config', fix='re-save the checkpoint or restore the file'):
+        data = json.loads(config.read_text())
+    data[CALIBRATION_KEY] = dict(calibration)
+    atomic_save_json(data, config)
+    return config
+
+
+def calibrate(
+        model: PathLike,
+        dataset: Union[str, ReIDDataset],
+        data_root: Optional[PathLike] = None,
+        fprs: Sequence[float] = DEFAULT_FPRS,
+        splits: Sequence[str] = ('query', 'gallery'),
+        holdout: float = 0.5,
+        protocol: str = 'auto',
+        seed: int = 0,
+        metric: str = 'cosine',
+        write: bool = True,
+        batch_size: int = 64,
+        img_size: Optional[Sequence[int]] = None,
+        flip: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
+        num_workers: int = 0,
+        progress: bool = False,
+) -> Dict[str, Any]:
+    """Measure the operating points of ``model`` (a checkpoint folder) on a labelled split and, with
+    ``write``, store them in its ``config.json`` (:data:`CALIBRATION_KEY`).
+
+    Args:
+        model: the checkpoint folder (or ``local-dir:`` / ``.safetensors`` beside its config).
+        dataset: a dataset name of :data:`ptl_timm.data.DATASETS` read from ``data_root``, or a ``ReIDDataset``.
+        fprs: target false-positive rates.
+        splits: the dataset's splits pooled into the calibration set (default: the test images).
+        holdout: share of the identities held out to measure the FPR and TPR each threshold gives on
+            people it was not set on (0: none).
+        protocol: which pairs are excluded (:mod:`ptl_timm.eval.protocol`); ``auto`` by the cameras known.
+        seed: the held-out identities.
+        metric: distance between embeddings (cosine, as evaluation and search use).
+        batch_size, img_size, flip, device, num_workers, progress: feature extraction
+            (:class:`~ptl_timm.eval.extract.FeatureExtractor`); ``img_size`` and ``flip`` are recorded,
+            and :func:`verify` extracts the same way.
+    Returns the calibration (the dict stored in ``config.json``).
+    """
+    fprs = _check_fprs(fprs)
+    if not 0 <= holdout < 1:
+        raise InputError(f'holdout is the share of identities held out, in [0, 1); got {holdout}')
+    if metric not in METRICS:
+        raise InputError(f'metric must be one of {METRICS}, got {metric!r}')
+    if write:
+        _checkpoint_config(model)
+    if isinstance(dataset, str):
+        if data_root is None:
+            raise InputError(f'dataset {dataset!r} needs data_root (--data-root), the folder that holds it')
+        dataset = build_dataset(dataset, data_root)
+    unknown = [s for s in splits if s not in ('train', 'query', 'gallery')]
+    if unknown:
+        raise InputError(f'splits are train, query and gallery; got {unknown}')
+    records = list({r.path: r for s in splits for r in getattr(dataset, s)}.values())
+    if not records:
+        raise InputError(f'dataset {dataset.name!r} has no images in the splits {list(splits)}')
+    extractor = FeatureExtractor(model, device=device, batch_size=batch_size, img_size=img_size, flip=flip,
+                                 num_workers=num_workers, progress=progress)
+    feats, pids, camids = extractor.extract_records(records)
+    rule = resolve_protocol([FeatureSet(feats, pids, camids, [r.path for r in records])], protocol)
+    keys = rule.keys[0]
+    calibration_part, heldout_part = _split_identities(pids, holdout, seed)
+    options = dict(metric=metric, device=extractor.device)
+    points = operating_points(feats[calibration_part], pids[calibration_part], keys[calibration_part], fprs, **options)
+    result = dict(
+        format=CALIBRATION_FORMAT, metric=metric, decision=DECISION, protocol=rule.name,
+        protocol_description=rule.description, pairs=PAIRS, dataset=dataset.name, split='+'.join(splits),
+        input_size=[3, *extractor.img_size], flip=flip, embedding_dim=int(feats.shape[1]),
+        num_images=int(calibration_part.sum()), num_identities=len(torch.unique(pids[calibration_part])),
+        num_pairs=points['num_pairs'], points=points['points'])
+    if holdout > 0:
+        measured = measured_rates(feats[heldout_part], pids[heldout_part], keys[heldout_part],
+                                  [p['threshold'] for p in points['points']], **options)
+        for point, (fpr, tpr) in zip(result['points'], measured['rates']):
+            point.update(heldout_fpr=fpr, heldout_tpr=tpr)
+        result['heldout'] = dict(num_images=int(heldout_part.sum()), num_identities=len(torch.unique(pids[heldout_part])),
+                                 num_pairs=measured['num_pairs'], seed=seed)
+    if write:
+        write_calibration(model, result)
+    return result
+
+
+def select_point(calibration: Mapping[str, Any], fpr: Optional[float] = None, source: str = 'the model') -> Dict[str, Any]:
+    """The operating point at target ``fpr`` (default: the lowest calibrated FPR, the strictest);
+    refuses an FPR that was not calibrated."""
+    points = list(calibration.get('points', []))
+    if not points:
+        raise CheckpointError(f'the calibration of {source} has no operating points; calibrate it again')
+    if fpr is None:
+        return min(points, key=lambda p: p['fpr'])
+    for point in points:
+        if math.isclose(point['fpr'], fpr, rel_tol=1e-9):
+            return point
+    available = ', '.join(f'{p["fpr"]:g}' for p in points)
+    raise InputError(f'FPR {fpr:g} is not an operating point of {source} (calibrated: {available}); pass one of them, '
+                     f'or calibrate again with that target (ptl-timm calibrate --fprs ...)')
+
+
+def verify(
+        model: Union[PathLike, nn.Module],
+        image_a: Any,
+        image_b: Any,
+        fpr: Optional[float] = None,
+        calibration: Optional[Mapping[str, Any]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+) -> Verification:
+    """Same person or not: the distance of the two images' embeddings against the calibrated
+    threshold at ``fpr`` (default: the lowest calibrated FPR).
+
+    ``model`` is a checkpoint folder, ``local-dir:``/``hf-hub:`` id or ``.safetensors`` file whose
+    ``config.json`` carries a calibration (:func:`calibrate`), or a module with ``calibration`` given.
+    The images (paths or PIL images) are embedded as at calibration (input size, flip). Refuses a
+    model without calibration and an FPR that was not calibrated, before loading the model."""
+    source = type(model).__name__ if isinstance(model, nn.Module) else os.fspath(model)
+    if calibration is None:
+        if isinstance(model, nn.Module):
+            raise InputError('verify with a module needs its calibration (calibration=...); or pass the checkpoint folder')
+        calibration = read_calibration(model)
+        if calibration is None:
+            raise CheckpointError(
+                f'{source} carries no calibration (its {CONFIG_NAME} has no "{CALIBRATION_KEY}"), so there is no '
+                f'threshold to decide with: run `ptl-timm calibrate --model {source} --dataset DATASET --data-root '
+                f'FOLDER` first')
+    point = select_point(calibration, fpr, source)
+    missing = [str(p) for p in (image_a, image_b) if isinstance(p, (str, os.PathLike)) and not os.path.isfile(p)]
+    if missing:
+        raise InputError(f'image {missing[0]} does not exist')
+    extractor = FeatureExtractor(model, device=device, img_size=calibration['input_size'][-2:],
+                                 flip=calibration.get('flip', False))
+    feats = extractor([image_a, image_b])
+    if feats.shape[1] != calibration.get('embedding_dim', feats.shape[1]):
+        raise CheckpointError(f'{source} gives {feats.shape[1]}-d embeddings but was calibrated with '
+                              f'{calibration["embedding_dim"]}-d ones: the calibration belongs to other weights; '
+                              f'calibrate again')
+    _, dist = next(pairwise_distance_chunks(feats[:1], feats[1:], metric=calibration['metric'], device='cpu'))
+    distance = float(dist[0, 0])
+    return Verification(distance < point['threshold'], distance, point['threshold'], point['fpr'], point['tpr'],
+                        calibration['metric'])
+
+
+def calibration_card(calibration: Mapping[str, Any]) -> List[str]:
+    """Markdown lines of the model card's "Operating points" section."""
+    heldout = 'heldout' in calibration
+    header = '| target FPR | threshold | TPR (%) |' + (' held-out FPR | held-out TPR (%) |' if heldout else '')
+    lines = [
+        '## Operating points', '',
+        f'Calibrated by `ptl-timm calibrate` on {calibration["dataset"]} ({calibration["split"]}: '
+        f'{calibration["num_images"]} images of {calibration["num_identities"]} identities, '
+        f'{calibration["num_pairs"]["genuine"]:,} genuine and {calibration["num_pairs"]["impostor"]:,} impostor pairs); '
+        f'{calibration["metric"]} distance, {calibration["decision"]}. {calibration["protocol_description"]}.',
+        '', header, '| --- | --- | --- |' + (' --- | --- |' if heldout else '')]
+    for p in calibration['points']:
+        row = f'| {p["fpr"]:g} | {p["threshold"]:.4f} | {100 * p["tpr"]:.2f} |'
+        if heldout:
+            row += f' {p["heldout_fpr"]:.2e} | {100 * p["heldout_tpr"]:.2f} |'
+        lines.append(row)
+    if heldout:
+        h = calibration['heldout']
+        lines += ['', f'Held-out: {h["num_images"]} images of {h["num_identities"]} other identities '
+                      f'({h["num_pairs"]["impostor"]:,} impostor pairs), never used to set the thresholds.']
+    lines += ['', f'The thresholds are stored in `config.json` under `"{CALIBRATION_KEY}"`; '
+                  '`ptl-timm verify --model MODEL --images A.jpg B.jpg --fpr 0.001` and `ptl_timm.verify(...)` use them. '
+                  'They hold for data like the calibration set: measure again on your own cameras.']
+    return lines
