@@ -146,7 +146,8 @@ def export_onnx(
                 max_abs_diff = compare_onnx(tmp, wrapper, check)
                 if not max_abs_diff <= atol:
                     raise RuntimeError(f'the ONNX export of {path} differs from PyTorch by {max_abs_diff:.3g} '
-                                       f'(> {atol:g}), an exporter or onnxruntime fault; nothing was written')
+                                       f'(> {atol:g}): an exporter or onnxruntime fault, or an atol below float32 '
+                                       f'precision; nothing was written')
     finally:
         model.train(was_training)
     return ExportResult(path, output, input_size, output == 'embedding' and normalize, max_abs_diff)

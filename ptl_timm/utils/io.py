@@ -185,6 +185,9 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
                 os.replace(path, _aside(path))
             os.replace(staging, path)
             _fsync(path.parent, directory=True)
+        except OutputError as e:  # named as the user knows it, not by its hidden staging name
+            shutil.rmtree(staging, ignore_errors=True)
+            raise OutputError(str(e).replace(str(staging), str(path)), e.errno) from e
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
