@@ -359,14 +359,14 @@ def verify(
 
 def calibration_card(calibration: Mapping[str, Any]) -> List[str]:
     """Markdown lines of the model card's "Operating points" section."""
-    heldout = 'heldout' in calibration
+    heldout, protocol = 'heldout' in calibration, calibration['protocol_description']
     header = '| target FPR | threshold | TPR (%) |' + (' held-out FPR | held-out TPR (%) |' if heldout else '')
     lines = [
         '## Operating points', '',
         f'Calibrated by `ptl-timm calibrate` on {calibration["dataset"]} ({calibration["split"]}: '
         f'{calibration["num_images"]} images of {calibration["num_identities"]} identities, '
         f'{calibration["num_pairs"]["genuine"]:,} genuine and {calibration["num_pairs"]["impostor"]:,} impostor pairs); '
-        f'{calibration["metric"]} distance, {calibration["decision"]}. {calibration["protocol_description"]}.',
+        f'{calibration["metric"]} distance, {calibration["decision"]}. {protocol[:1].upper()}{protocol[1:]}.',
         '', header, '| --- | --- | --- |' + (' --- | --- |' if heldout else '')]
     for p in calibration['points']:
         row = f'| {p["fpr"]:g} | {p["threshold"]:.4f} | {100 * p["tpr"]:.2f} |'

@@ -3,15 +3,18 @@
 The faiss index is derived data: each generation that changes the gallery writes a new faiss file (ids are
 the image ids, so results map to the same metadata), named in that generation's metadata, so it is crash-safe
 the same way as the shards. Below :data:`IVF_MIN` images it is an exact flat index (an inverted file cannot
-be trained on fewer points); once the gallery reaches that size it is rebuilt as an inverted file
-(``IVF<nlist>``, nlist ≈ 4√N, its centroids trained on a sample of the gallery at that moment) storing the
-vectors as ``SQfp16`` (float16: half the memory of the vectors it holds, all of them, in the querying process). ``nprobe`` lists are visited per query (default nlist / 64):
-more is slower and closer to exact. Its recall@10 against the exact search is measured by
-``benchmarks/index_speed.py``; the exact search stays the default.
+be trained on fewer points). From then on it is an inverted file (``IVF<nlist>``, nlist ≈ √N, a power of
+two) storing the vectors as ``SQfp16`` (float16: half the memory of the vectors it holds), its centroids
+trained on a random sample of the whole gallery (39 points per list, faiss's minimum). Centroids trained on
+a gallery's first tenth place the people added later badly (recall@10 fell to 0.43 at 1M in
+``benchmarks/index_speed.py``), so the writer trains it again, from the shards, whenever the gallery has
+doubled since the last training: the cost is amortised to about two trainings' worth of the final size.
+``nprobe`` lists are visited per query (default nlist / 32): more is slower and closer to exact. Readers
+map the file (``IO_FLAG_MMAP``) instead of loading it. The exact search stays the default.
 """
 import math
 from pathlib import Path
-from typing import Iterable, Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,10 +22,12 @@ import torch
 from ptl_timm.errors import CorruptFileError, MissingExtraError, reading
 from ptl_timm.utils import atomic_path
 
-__all__ = ['faiss_module', 'IVF_MIN', 'new_index', 'train_index', 'load', 'save', 'search', 'default_nprobe']
+__all__ = ['faiss_module', 'IVF_MIN', 'RETRAIN_GROWTH', 'new_index', 'build_ivf', 'load', 'save', 'search',
+           'default_nprobe']
 
 IVF_MIN = 50_000
-TRAIN_SAMPLE = 64  # training points per list (faiss warns below 39)
+RETRAIN_GROWTH = 2  # train the inverted file again once the gallery has doubled since its last training
+TRAIN_PER_LIST = 39  # training points per list (faiss warns below 39)
 
 
 def faiss_module():
@@ -34,11 +39,11 @@ def faiss_module():
 
 
 def nlist_for(count: int) -> int:
-    return 2 ** max(4, round(math.log2(4 * math.sqrt(count))))
+    return 2 ** min(14, max(4, round(math.log2(math.sqrt(count)))))
 
 
 def default_nprobe(nlist: int) -> int:
-    return max(1, nlist // 64)
+    return max(1, nlist // 32)
 
 
 def new_index(dim: int):
@@ -47,15 +52,24 @@ def new_index(dim: int):
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
-def train_index(dim: int, count: int, sample: torch.Tensor, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]):
-    """An inverted-file index of ``count`` vectors, trained on ``sample`` and filled from ``batches`` of
-    (embeddings, ids)."""
+def build_ivf(dim: int, shards: Sequence, dtype: torch.dtype, seed: int = 0):
+    """An inverted file of every row of ``shards`` (:class:`~ptl_timm.index.store.Shard`), trained on a
+    random sample of them; one shard in memory at a time."""
     faiss = faiss_module()
-    nlist = nlist_for(count)
+    total = sum(s.rows for s in shards)
+    nlist = nlist_for(total)
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:nlist * TRAIN_PER_LIST].sort().values
+    sample, start = [], 0
+    for shard in shards:
+        rows = chosen[(chosen >= start) & (chosen < start + shard.rows)] - start
+        if len(rows):
+            sample.append(shard.read(dim, dtype)['embeddings'][rows].float())
+        start += shard.rows
     index = faiss.index_factory(dim, f'IVF{nlist},SQfp16', faiss.METRIC_INNER_PRODUCT)
-    index.train(np.ascontiguousarray(sample.float().numpy()))
-    for embeddings, ids in batches:
-        index.add_with_ids(np.ascontiguousarray(embeddings.float().numpy()), ids.numpy().astype(np.int64))
+    index.train(np.ascontiguousarray(torch.cat(sample).numpy()))
+    for shard in shards:
+        tensors = shard.read(dim, dtype)
+        index.add_with_ids(np.ascontiguousarray(tensors['embeddings'].float().numpy()), tensors['ids'].numpy())
     return index
 
 
@@ -63,10 +77,13 @@ def is_ivf(index) -> bool:
     return hasattr(index, 'nlist')
 
 
-def load(path: Path):
+def load(path: Path, mapped: bool = False):
+    """The faiss index in ``path``; ``mapped``: read-only, its lists mapped from the file (readers)."""
     faiss = faiss_module()
     with reading(path, what='faiss index', fix='the index is damaged: build it again (ptl-timm index build)'):
         try:
+            if mapped:
+                return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             return faiss.read_index(str(path))
         except RuntimeError as e:
             raise CorruptFileError(f'cannot read faiss index {path}: {e}; build the index again') from e

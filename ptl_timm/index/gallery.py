@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,10 +26,7 @@ from ptl_timm.errors import DatasetNotFoundError, InputError
 from ptl_timm.eval.extract import FeatureExtractor, image_files
 from . import ann
 from .search import Hits, exact_search, rerank_hits
-from .store import (
-    DTYPES, MANIFEST_NAME, SHARD_DIR, Snapshot, Writer, clean, create, is_index, now, open_snapshot, read_manifest,
-    writer,
-)
+from .store import DTYPES, SHARD_DIR, Snapshot, Writer, create, is_index, now, open_snapshot, read_manifest, writer
 
 __all__ = ['ImageIndex', 'BACKENDS', 'ROWS_PER_SHARD', 'describe_model', 'collect_images']
 
@@ -262,7 +260,6 @@ class ImageIndex:
         """The faiss file of the new generation: the current one changed by the same rows (or built anew)."""
         if not self.manifest.get('faiss'):
             return
-        import numpy as np
         faiss = ann.faiss_module()
         current = w.snapshot.state('faiss_file')
         index = ann.load(self.folder / current) if current else ann.new_index(w.snapshot.dim)
@@ -270,12 +267,15 @@ class ImageIndex:
             index.remove_ids(faiss.IDSelectorBatch(removed.numpy().astype(np.int64)))
         if added is not None:
             index.add_with_ids(np.ascontiguousarray(added[0].numpy()), added[1].numpy().astype(np.int64))
-        if not ann.is_ivf(index) and index.ntotal >= ann.IVF_MIN:
-            vectors = torch.from_numpy(index.index.reconstruct_n(0, index.ntotal))
-            ids = torch.from_numpy(faiss.vector_to_array(index.id_map).astype(np.int64))
-            sample = vectors[torch.randperm(len(vectors), generator=torch.Generator().manual_seed(0))[
-                :ann.nlist_for(len(vectors)) * ann.TRAIN_SAMPLE]]
-            index = ann.train_index(w.snapshot.dim, len(vectors), sample, [(vectors, ids)])
+        trained = int(w.state('faiss_trained', '0'))
+        if index.ntotal >= ann.IVF_MIN and (not ann.is_ivf(index) or index.ntotal >= ann.RETRAIN_GROWTH * trained):
+            shards = w.shards()
+            try:
+                index = ann.build_ivf(w.snapshot.dim, shards, w.snapshot.dtype)
+            finally:
+                for shard in shards:
+                    shard.file.close()
+            w.set_state('faiss_trained', index.ntotal)
         name = f'faiss-{w.generation:06d}.index'
         ann.save(index, self.folder / name)
         w.set_state('faiss_file', name)
@@ -303,7 +303,7 @@ class ImageIndex:
         if not self.manifest.get('faiss') or name is None:
             raise InputError(f'{self.folder} was built without faiss (ptl-timm index build --faiss); use the exact search')
         if self._faiss[0] != name:  # files are immutable: one read per generation
-            self._faiss = (name, ann.load(self.folder / name))
+            self._faiss = (name, ann.load(self.folder / name, mapped=True))
         index = self._faiss[1]
         exclude_ids = torch.full((len(queries),), -1) if exclude_ids is None else exclude_ids
         exclude_cameras = torch.full((len(queries),), -1) if exclude_cameras is None else exclude_cameras
@@ -407,8 +407,8 @@ class ImageIndex:
                 model={k: v for k, v in self.manifest['model'].items() if k != 'probe'},
                 preprocessing=self.manifest['preprocessing'], created=self.manifest['created'],
                 faiss=None if not self.manifest.get('faiss') else dict(
-                    file=faiss_file, kind='inverted file' if faiss_file and ann.is_ivf(ann.load(self.folder / faiss_file))
-                    else 'flat (exact)'),
+                    file=faiss_file, kind='inverted file' if faiss_file and ann.is_ivf(
+                        ann.load(self.folder / faiss_file, mapped=True)) else 'flat (exact)'),
                 verified=verify)
         return info
 

@@ -324,6 +324,11 @@ class Writer:
             safetensors.torch.save_file(tensors, str(tmp))
         self.db.execute('INSERT OR REPLACE INTO shards VALUES (?, ?, ?)', (shard_id, file, len(ids)))
 
+    def shards(self) -> List[Shard]:
+        """The shards of the generation being written, opened for reading (close their files)."""
+        rows = self.db.execute('SELECT id, file, rows FROM shards ORDER BY id').fetchall()
+        return [Shard(i, self.folder / SHARD_DIR / f, n, open(self.folder / SHARD_DIR / f, 'rb')) for i, f, n in rows]
+
     def drop_shard(self, shard_id: int) -> None:
         self.db.execute('DELETE FROM shards WHERE id = ?', (shard_id,))
 
