@@ -156,8 +156,9 @@ def _synthetic_stand_ins(work: Path, tokens: List[str]) -> None:
     """Real datasets a command reads, as tiny synthetic data in their layout under data/<name>."""
     for index, name in enumerate(_read_datasets(work, tokens)):
         if not (work / 'data' / name).exists():
+            # 12 identities: 24 query and gallery images, enough for re-ranking's default k1=20
             generate_synthetic(work / 'data', SYNTH_DOMAINS[index % len(SYNTH_DOMAINS)], layout=name, name=name,
-                               num_ids=8, images_per_id=4, num_cams=2, img_size=[int(s) for s in TINY_IMG])
+                               num_ids=12, images_per_id=4, num_cams=2, img_size=[int(s) for s in TINY_IMG])
 
 
 def _run(work: Path, command: str, verbatim: bool = False) -> None:

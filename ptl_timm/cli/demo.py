@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     scale.add_argument('--quick', dest='quick', action='store_true', default=True,
                        help='the small setting, a few CPU minutes (the default)')
     scale.add_argument('--full', dest='quick', action='store_false',
-                       help='more identities and epochs (tens of CPU minutes, clearer PTL/STD differences)')
+                       help='more identities and epochs (tens of CPU minutes; still one seed on a small split)')
     parser.add_argument('--backbone', default='resnet18', help='timm backbone of both networks')
     parser.add_argument('--seed', type=integer(), default=0, help='the data and the initial weights')
     add_quiet(parser)
