@@ -26,8 +26,28 @@ galleries of the small split's 25 identities. Tables, most important first:
 
 A last table compares the spread on the old small split (74 queries, 126 gallery) with the large one.
 
-    python -m benchmarks.state --reuse       # full setting: about 2.5 hours on 2 idle CPU cores; --reuse adds seeds later
-    python -m benchmarks.state --quick       # CI-size, writes only under --work
+That is the miniature (``--setting miniature``, the default): exact, but its models sit near chance, so
+it is kept as the small-scale record. ``--setting realistic`` asks the question where models work: each
+of two backbones pre-trained once to convergence (600 identities × 8 images, cross-entropy + triplet,
+40 epochs), fine-tuned with 50 mini-batches between state resets, a cosine learning-rate decay and
+cross-entropy + triplet, scored on about 750 queries and 2,200 gallery images; a one-seed plain pilot
+must first reach 30 mAP on that split (``--pilot``, recorded in ``pilots.json``). Its tables:
+
+* ``layers``: plain, PTL 'batch' / 'none' / 'sample', and a capacity-matched plain (the side network
+  with a plain conv block instead of each cell: the same parameters and MACs, no gates, no state);
+* ``bot-neck``: BoT, BoT + the 1×1 neck PTL adds, BoT + PTL 'batch' / 'none';
+* ``mechanism``: on trained 'batch' and 'sample' runs, the share of the carried term f⊙C_{b−1} in C_b,
+  the relative change of C per batch, and how much the embedding moves when C_{b−1} is replaced by its
+  running mean (a constant) or by zero.
+
+Every invocation writes ``runs.json`` after each seed and ``summary.json`` (arms and contrasts, machine
+readable) beside it; a run whose results are recorded needs no checkpoint, so the study grows across
+sessions with ``--reuse``.
+
+    python -m benchmarks.state --reuse                               # miniature: about 2.5 h on 2 idle cores
+    python -m benchmarks.state --setting realistic --pilot           # the gate: about 75 min on 2 idle cores
+    python -m benchmarks.state --setting realistic --reuse           # the study: about 13 h; resumable
+    python -m benchmarks.state --quick [--setting realistic]         # CI-size, writes only under --work
 """
 import argparse
 import hashlib
@@ -133,7 +153,7 @@ class StateExperiment(Experiment):
         super()._record(name, seed, started, model, result)
         last_epoch = result['history'][-1]
         self.runs[self.key(name, seed)].update(
-            backbone=self.backbone_ids.get(self.backbone_of(seed)),
+            backbone=self.backbone_ids.get(self.backbone_of(seed)), device=_device(),
             train_loss={k: round(v, 4) for k, v in last_epoch.items()
                         if k not in ('epoch', 'lr', 'time_s') and isinstance(v, float)})
 
@@ -236,6 +256,18 @@ class StateExperiment(Experiment):
         return q, g
 
 
+def _device() -> str:
+    """Where training ran (``TrainConfig.device='auto'``): recorded with every run, so that runs made on
+    different devices are never paired (see ``_unit_source``)."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'
+
+
+def _unit_source(run: Dict[str, Any]) -> str:
+    """What a seed's runs must share to be paired: the pre-trained backbone and the training device
+    (runs recorded before devices were recorded ran on CPU)."""
+    return f"{run['backbone']}/{run.get('device', 'cpu')}"
+
+
 def _scored(scores: Dict[str, Any], key: str) -> bool:
     return key in scores if key == 'probe' else 'mAP_groups' in scores.get(key, {})
 
@@ -284,7 +316,7 @@ def _metrics(q: torch.Tensor, g: torch.Tensor, test_set: Any, key: str, group: i
                 rank1_groups=statistics.mean(p[1] for p in parts), groups=len(parts))
 
 
-# BoT (issue 14) in the miniature: its recipe at the miniature's size, epochs and batch; the warm-up
+# BoT in the miniature: its recipe at the miniature's size, epochs and batch; the warm-up
 # scaled like the epochs (BoT: 10 of 120)
 BOT_RECIPE = dict(recipe='bot', lr=3.5e-4, warmup_epochs=1)
 BOT_ARGS = dict(neck='bnneck', last_stride=1, classifier_dims=())
@@ -434,7 +466,7 @@ def _values(runs: Dict[str, Dict[str, Any]], name: str, state: str, seeds: int,
             continue
         metrics = r.get('test', {}).get(state, {}) if split == 'large' else r['eval'][SYNTH_DOMAINS[3]]
         if all(field in metrics for _, field in MEASURES[:2 if split == 'small' else 3]):
-            found[r['seed'], r['backbone']] = tuple(metrics[field] for _, field in MEASURES if field in metrics)
+            found[r['seed'], _unit_source(r)] = tuple(metrics[field] for _, field in MEASURES if field in metrics)
     return found
 
 
@@ -652,11 +684,11 @@ def plot_forest(forest: List[Tuple[str, List[Paired]]], title: str, path: Path) 
 
 
 def _backbones(runs: Dict[str, Dict[str, Any]]) -> str:
-    counts = Counter(r['backbone'] for r in runs.values() if r['name'] != 'pretrain')
-    return (f'Pre-trained backbones: {", ".join(f"`{b}` ({n} runs)" for b, n in counts.items())}. Pre-training '
-            f'is not bit-reproducible across machines, so a later session may pre-train another; within a table '
-            f'every run of one seed starts from the same backbone (runs from different backbones are never '
-            f'paired).\n')
+    counts = Counter(_unit_source(r).replace('/', '` on `') for r in runs.values() if r['name'] != 'pretrain')
+    return (f'Pre-trained backbones and training devices: {", ".join(f"`{b}` ({n} runs)" for b, n in counts.items())}. '
+            f'Pre-training is not bit-reproducible across machines, so a later session may pre-train another; within '
+            f'a table every run of one seed starts from the same backbone on the same device (runs from different '
+            f'backbones or devices are never paired).\n')
 
 
 def render(runs: Dict[str, Dict[str, Any]], setting: Setting, keys: Sequence[str], plot_dir: Path,

@@ -7,13 +7,17 @@ exception is a bug and keeps its traceback (exit 1), so bugs stay visible. ``--d
 Each subclass also derives from the built-in exception older code caught (``ValueError``,
 ``FileNotFoundError``, ``OSError``, ``RuntimeError``), so ``except ValueError`` keeps working.
 
-Failures of the world (a full disk, a read-only folder, a truncated download) become user errors
-naming the file at the helper that reads or writes it: :func:`writing` and :func:`reading`.
+Failures of the world (a full disk, a read-only folder, a truncated download, a file that is not
+what it claims to be) become user errors naming the file at the helper that reads or writes it:
+:func:`writing` and :func:`reading`. A user error raised in a data-loader worker process reaches the
+user as its own one-line message (see :class:`PTLError`).
 """
 import contextlib
 import errno
 import json
 import os
+import pickle
+import re
 import shutil
 import zipfile
 from typing import Iterator, Union
@@ -21,7 +25,7 @@ from typing import Iterator, Union
 __all__ = [
     'PTLError', 'InputError', 'ConfigError', 'DatasetError', 'DatasetNotFoundError', 'DatasetFormatError',
     'CheckpointError', 'ManifestError', 'PublishError', 'MissingExtraError', 'OutputError', 'CorruptFileError',
-    'DEBUG_ENV', 'reading', 'writing',
+    'NonFiniteError', 'DEBUG_ENV', 'reading', 'writing',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -29,7 +33,31 @@ DEBUG_ENV = 'PTL_TIMM_DEBUG'
 
 
 class PTLError(Exception):
-    """A problem the user can fix: the message says what, where and how."""
+    """A problem the user can fix: the message says what, where and how.
+
+    torch's DataLoader re-raises an exception of a worker process as ``type(e)(text)``, ``text`` being
+    "Caught ... in DataLoader worker process N" and the worker's whole traceback; a user error built
+    that way keeps only the original message, so the user reads one line wherever it was raised.
+    """
+
+    def __init__(self, message: object = '', *args: object) -> None:
+        super().__init__(_worker_message(message) if isinstance(message, str) else message, *args)
+
+
+_WORKER_ERROR = re.compile(r'Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback')
+
+
+def _worker_message(text: str) -> str:
+    """The original message of a worker's formatted traceback (its last exception line, less the
+    class name); any other text unchanged."""
+    if not _WORKER_ERROR.match(text):
+        return text
+    lines = text.splitlines()
+    last = max(i for i, line in enumerate(lines) if line.endswith('Traceback (most recent call last):'))
+    rest = [line for line in lines[last + 1:] if line.strip()]
+    while rest and rest[0].startswith(' '):  # the frames of the last traceback
+        rest.pop(0)
+    return re.sub(r'^[\w.]+: ', '', '\n'.join(rest), count=1) if rest else text
 
 
 class InputError(PTLError, ValueError):
@@ -77,16 +105,28 @@ class OutputError(PTLError, OSError):
 
 
 class CorruptFileError(PTLError, ValueError):
-    """A file is there but cannot be read: truncated, not the expected format, too large to decode."""
+    """A file is there but cannot be read: truncated, not the expected format, too large to decode, or a
+    pickle that is not weights-only (refused for safety)."""
+
+
+class NonFiniteError(PTLError, ValueError):
+    """A model gives NaN or Inf (weights of a diverged run): a result made of it would be meaningless."""
 
 
 # OSError numbers that are the world's fault rather than the program's
 _OUTPUT_ERRNOS = {
     errno.ENOSPC: 'no space left on the device', errno.EROFS: 'the file system is read-only',
     errno.EACCES: 'permission denied', errno.EPERM: 'operation not permitted', errno.EDQUOT: 'disk quota exceeded',
+    errno.EFBIG: 'the file is larger than the file system or the file-size limit allows',
+    errno.EISDIR: 'it is a folder; name a file', errno.ENOTDIR: 'it, or a folder above it, is a file; name a folder',
 }
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # what torch.save / PytorchStreamWriter says when a write fails half-way (typically a full disk)
 _TORCH_WRITE_FAILURES = ('unexpected pos', 'PytorchStreamWriter failed', 'file write failed')
+# what torch.load / PytorchStreamReader says of a truncated or foreign file
+_TORCH_READ_FAILURES = ('PytorchStreamReader failed', 'failed finding central directory', 'invalid header',
+                        'unexpected EOF')
+_OS_ERROR_CODE = re.compile(r'\(os error (\d+)\)')  # how safetensors (Rust) reports an I/O error
 
 
 def _free_space(path: PathLike) -> str:
@@ -98,10 +138,28 @@ def _free_space(path: PathLike) -> str:
     return 'free space unknown'
 
 
+def _output_error(path: PathLike, code: int) -> OutputError:
+    if code in _FULL:
+        reason = f'{_OUTPUT_ERRNOS[code]} ({_free_space(path)}); free some space or choose another output folder'
+    elif code in (errno.EISDIR, errno.ENOTDIR):
+        reason = _OUTPUT_ERRNOS[code]
+    else:
+        reason = f'{_OUTPUT_ERRNOS[code]}; choose an output folder you can write to'
+    return OutputError(f'cannot write {path}: {reason}', code)
+
+
+def _safetensor_error() -> tuple:
+    with contextlib.suppress(ImportError):
+        from safetensors import SafetensorError
+        return (SafetensorError,)
+    return ()
+
+
 @contextlib.contextmanager
 def writing(path: PathLike) -> Iterator[None]:
-    """Turn a failed write of ``path`` caused by the machine (full disk, read-only or foreign folder,
-    a ``torch.save`` that stopped half-way) into an :class:`OutputError` naming the file."""
+    """Turn a failed write of ``path`` caused by the machine (full disk, read-only or foreign folder, a
+    folder where a file goes, a ``torch.save`` or ``safetensors`` write that stopped half-way) into an
+    :class:`OutputError` naming the file."""
     try:
         yield
     except OutputError:
@@ -109,16 +167,17 @@ def writing(path: PathLike) -> Iterator[None]:
     except OSError as e:
         if e.errno not in _OUTPUT_ERRNOS:
             raise
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            reason = f'{_OUTPUT_ERRNOS[e.errno]} ({_free_space(path)}); free some space or choose another output folder'
-        else:
-            reason = f'{_OUTPUT_ERRNOS[e.errno]}; choose an output folder you can write to'
-        raise OutputError(f'cannot write {path}: {reason}', e.errno) from e
+        raise _output_error(path, e.errno) from e
     except RuntimeError as e:
         if not any(text in str(e) for text in _TORCH_WRITE_FAILURES):
             raise
         raise OutputError(f'cannot write {path}: the write stopped half-way, most likely a full disk '
                           f'({_free_space(path)}); free some space or choose another output folder') from e
+    except _safetensor_error() as e:
+        code = _OS_ERROR_CODE.search(str(e))
+        if code is None or int(code.group(1)) not in _OUTPUT_ERRNOS:
+            raise
+        raise _output_error(path, int(code.group(1))) from e
 
 
 def _corrupt_types() -> tuple:
@@ -135,11 +194,21 @@ def _corrupt_types() -> tuple:
 
 @contextlib.contextmanager
 def reading(path: PathLike, what: str = 'file', fix: str = 'replace or re-download it') -> Iterator[None]:
-    """Turn an undecodable ``path`` (truncated ``.safetensors`` / ``.npz``, bad JSON, an image too large
-    to decode safely) into a :class:`CorruptFileError` naming the file, what it is and ``fix``."""
+    """Turn an undecodable ``path`` (truncated ``.safetensors`` / ``.npz`` / ``torch.save`` file, bad
+    JSON, an image too large to decode safely) into a :class:`CorruptFileError` naming the file, what it
+    is and ``fix``. A pickle that ``torch.load(weights_only=True)`` refuses (it would run code) is said
+    to be one, without torch's advice to load it unsafely."""
     try:
         yield
     except PTLError:
         raise
+    except pickle.UnpicklingError as e:
+        raise CorruptFileError(
+            f'cannot read {what} {path}: it is not a weights-only checkpoint (refused for safety: it holds Python '
+            f'objects that loading would run); {fix}') from None
     except _corrupt_types() as e:
         raise CorruptFileError(f'cannot read {what} {path}: {type(e).__name__}: {e}; {fix}') from e
+    except RuntimeError as e:
+        if not any(text in str(e) for text in _TORCH_READ_FAILURES):
+            raise
+        raise CorruptFileError(f'cannot read {what} {path}: {" ".join(str(e).split())}; {fix}') from e

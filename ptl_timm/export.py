@@ -6,10 +6,12 @@ like any CNN. The graph has a dynamic batch axis and a fixed image size (by defa
 weights were trained at, from ``pretrained_cfg``); its output is the retrieval embedding,
 L2-normalised by default so that it equals what ``ptl-timm extract`` / ``FeatureExtractor`` give
 for the same preprocessed image (compare with the inner product), or the identity logits.
-``export_onnx`` checks the file against PyTorch with onnxruntime whenever it is installed.
+``export_onnx`` checks the file against PyTorch with onnxruntime whenever it is installed, before the
+file takes the place of ``path``: a file that fails the check is never left there.
 """
 import dataclasses
 import importlib.util
+import math
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -18,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ptl_timm.errors import InputError, MissingExtraError
+from ptl_timm.errors import InputError, MissingExtraError, NonFiniteError
 from ptl_timm.eval.extract import embed
 from ptl_timm.utils import atomic_path
 
@@ -70,16 +72,28 @@ def _random_images(batch_size: int, input_size: Sequence[int], seed: int) -> tor
     return torch.randn((batch_size, *input_size), generator=torch.Generator().manual_seed(seed))
 
 
+def _reference(wrapper: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """PyTorch's output of ``images``, which must be finite: a model that gives NaN or Inf (weights of a
+    diverged run) has nothing to export, and would compare as "not different" (NaN > atol is false)."""
+    with torch.inference_mode():
+        expected = wrapper(images)
+    if not torch.isfinite(expected).all():
+        raise NonFiniteError(f'the model gives NaN/Inf {wrapper.output}s for a random batch in PyTorch: its weights '
+                             f'hold NaN/Inf (a diverged run?); export an earlier checkpoint')
+    return expected
+
+
 def compare_onnx(path: Union[str, os.PathLike], wrapper: nn.Module, images: torch.Tensor) -> float:
-    """Max absolute difference between the ONNX file (onnxruntime, CPU) and ``wrapper`` on ``images``."""
+    """Max absolute difference between the ONNX file (onnxruntime, CPU) and ``wrapper`` on ``images``
+    (``inf`` when the file gives NaN or Inf where PyTorch does not)."""
     _require(('onnxruntime',), 'checking an ONNX export')
     import onnxruntime
 
+    expected = _reference(wrapper, images)
     session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     (actual,) = session.run(None, {INPUT_NAME: images.numpy()})
-    with torch.inference_mode():
-        expected = wrapper(images)
-    return float((torch.from_numpy(actual) - expected).abs().max())
+    difference = (torch.from_numpy(actual) - expected).abs()
+    return float(difference.max()) if torch.isfinite(difference).all() else math.inf
 
 
 def export_onnx(
@@ -103,8 +117,10 @@ def export_onnx(
         normalize: L2-normalise the embedding (the default, as ``ptl-timm extract``); False gives the
             raw ``forward_reid(x).embedding``.
         opset: ONNX opset; default the exporter's.
-        verify: Compare with PyTorch on a random batch of another size than the traced one (needs
-            onnxruntime; skipped if it is missing) and raise ``ValueError`` above ``atol``.
+        verify: Check that PyTorch's output of a random batch is finite (else ``NonFiniteError``) and
+            compare the file with it on a batch of another size than the traced one (needs onnxruntime;
+            skipped if it is missing), raising ``RuntimeError`` above ``atol``. A file that fails is
+            removed; an earlier file at ``path`` stays as it was.
         atol: Largest accepted absolute difference.
         verbose: Show the exporter's progress messages.
     """
@@ -113,18 +129,25 @@ def export_onnx(
     input_size = tuple(input_size or model.pretrained_cfg['input_size'])
     was_training = model.training
     wrapper = ReIDExportWrapper(model, output, normalize).eval()
+    if not atol >= 0:
+        raise InputError(f'atol must be a number >= 0, got {atol}')
+    check = _random_images(3, input_size, seed=1)
+    if verify:
+        _reference(wrapper, check)
     try:
         batch = torch.export.Dim('batch', min=1)
-        with atomic_path(path) as tmp:
+        max_abs_diff = None
+        with atomic_path(path) as tmp:  # checked before it takes the place of path
             torch.onnx.export(
                 wrapper, (_random_images(2, input_size, seed=0),), str(tmp), input_names=[INPUT_NAME],
                 output_names=[output], dynamic_shapes={'images': {0: batch}}, opset_version=opset, dynamo=True,
                 external_data=False, verbose=verbose)
-        max_abs_diff = None
-        if verify and importlib.util.find_spec('onnxruntime') is not None:
-            max_abs_diff = compare_onnx(path, wrapper, _random_images(3, input_size, seed=1))
-            if max_abs_diff > atol:
-                raise RuntimeError(f'ONNX export {path} differs from PyTorch by {max_abs_diff:.3g} (> {atol:g})')
+            if verify and importlib.util.find_spec('onnxruntime') is not None:
+                max_abs_diff = compare_onnx(tmp, wrapper, check)
+                if not max_abs_diff <= atol:
+                    raise RuntimeError(f'the ONNX export of {path} differs from PyTorch by {max_abs_diff:.3g} '
+                                       f'(> {atol:g}): an exporter or onnxruntime fault, or an atol below float32 '
+                                       f'precision; nothing was written')
     finally:
         model.train(was_training)
     return ExportResult(path, output, input_size, output == 'embedding' and normalize, max_abs_diff)

@@ -24,12 +24,14 @@ import torch.nn as nn
 from timm.models._hub import load_model_config_from_hf, load_state_dict_from_hf, save_config_for_hf
 
 from ptl_timm import models  # noqa: F401  (registers the architectures a config.json may name)
-from ptl_timm.errors import CheckpointError, reading
+from ptl_timm.errors import CheckpointError, InputError, reading
+from ptl_timm.models.registry import check_model_args, check_model_name
 from ptl_timm.utils import atomic_path
 from ptl_timm.weights import check_pretrained_source, require_downloadable
 
 __all__ = [
-    'save_pretrained', 'load_model', 'load_weights_strict', 'set_preprocessing', 'CONFIG_NAME', 'WEIGHTS_NAME',
+    'save_pretrained', 'load_model', 'check_model_source', 'load_weights_strict', 'set_preprocessing', 'check_hub_id',
+    'CONFIG_NAME', 'WEIGHTS_NAME',
     'TRAIN_STATE_NAME', 'DATASET_METADATA_KEY', 'HUB_PREFIX', 'LOCAL_DIR_PREFIX',
 ]
 
@@ -144,12 +146,18 @@ def _read_folder_spec(folder: Path) -> ModelSpec:
     config_file = folder / CONFIG_NAME
     with reading(config_file, what='model config', fix='re-save the checkpoint or restore the file'):
         config = json.loads(config_file.read_text())
-    if not isinstance(config, dict) or not isinstance(config.get('pretrained_cfg', {}), dict):
-        raise CheckpointError(f'{config_file} is not a timm config.json (no architecture / pretrained_cfg)')
-    pretrained_cfg = dict(config.get('pretrained_cfg', {}), file=str(folder), source=LOCAL_DIR_PREFIX[:-1])
+    problem = ('no architecture' if not isinstance(config, dict) or not config.get('architecture')
+               else 'no pretrained_cfg (the input size and normalisation the weights were trained with)'
+               if not isinstance(config.get('pretrained_cfg'), dict)
+               else 'model_args that are not a mapping' if not isinstance(config.get('model_args', {}), dict) else '')
+    if problem:
+        raise CheckpointError(
+            f'{config_file} is not a complete timm config.json: it has {problem}; restore the {CONFIG_NAME} saved '
+            f'with the weights, or re-save the model with ptl_timm.hub.save_pretrained')
+    pretrained_cfg = dict(config['pretrained_cfg'], file=str(folder), source=LOCAL_DIR_PREFIX[:-1])
     if 'num_classes' in config:
         pretrained_cfg['num_classes'] = config['num_classes']
-    return pretrained_cfg, config.get('architecture', ''), dict(config.get('model_args', {}))
+    return pretrained_cfg, config['architecture'], dict(config.get('model_args', {}))
 
 
 def _build(spec: ModelSpec, source: str, state_dict: Callable[[], Dict[str, torch.Tensor]], pretrained: bool,
@@ -162,6 +170,10 @@ def _build(spec: ModelSpec, source: str, state_dict: Callable[[], Dict[str, torc
         raise CheckpointError(
             f'{source}: {CONFIG_NAME} names architecture {architecture!r}, which is not a registered timm model '
             f'(a model of another package, or not a model folder)')
+    try:
+        check_model_args(architecture, model_args)
+    except InputError as e:
+        raise CheckpointError(f'{source}: the model_args of its {CONFIG_NAME} do not build {architecture}: {e}') from None
     model = timm.create_model(architecture, pretrained=False, pretrained_cfg=pretrained_cfg,
                               **dict(model_args, **kwargs))
     if pretrained:
@@ -185,6 +197,19 @@ def _load_folder(folder: Path, pretrained: bool, kwargs: Dict[str, Any], weights
     return _build(_read_folder_spec(folder), str(weights), state_dict, pretrained, kwargs)
 
 
+def check_hub_id(repo_id: str, what: str = 'Hub id') -> None:
+    """Raise ``InputError`` unless ``repo_id`` (``ORG/NAME``, optionally ``@REVISION``) is a valid Hub
+    repository name: no path characters such as ``..`` that would reach outside the Hub cache."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id.split('@', 1)[0])
+    except HFValidationError:
+        raise InputError(f"{what} {repo_id!r} is not a Hub repository name: spell it ORG/NAME (letters, digits, '-', "
+                         f"'_' and '.', no '..' or '--'), e.g. {HUB_PREFIX}timm/resnet50.a1_in1k") from None
+
+
 def _load_hub(repo_id: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:
     require_downloadable(repo_id, (CONFIG_NAME,), what=f'the config of {HUB_PREFIX}{repo_id}')
     spec = load_model_config_from_hf(repo_id)
@@ -200,7 +225,20 @@ def _is_path_like(source: str) -> bool:
     return source.startswith(('.', '/', '~')) or os.sep in source or source.endswith('.safetensors')
 
 
-def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) -> nn.Module:
+def check_model_source(source: PathLike) -> None:
+    """The check of ``source`` that needs no file: a Hub id has no path characters, a timm name (what is
+    neither a path nor an existing folder) is in the registry, closest names suggested. ``load_model``
+    makes it first; the command line makes it as it parses ``--model``."""
+    source = os.fspath(source)
+    if source.startswith(HUB_PREFIX):
+        check_hub_id(source[len(HUB_PREFIX):])
+    elif source.startswith(TIMM_HUB_PREFIX):
+        check_hub_id(source)
+    elif not source.startswith(LOCAL_DIR_PREFIX) and not _is_path_like(source) and not Path(source).is_dir():
+        check_model_name(source)
+
+
+def load_model(source: PathLike, random_weights: bool = False, **kwargs) -> nn.Module:
     """Build a model from any of the places a ReID model comes from.
 
     ``source`` is one of (prefixes are honoured before anything is taken for a path):
@@ -208,26 +246,29 @@ def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) ->
         checkpoint or a published folder);
       * a ``.safetensors`` file beside such a ``config.json``;
       * ``hf-hub:<org>/<name>`` or ``timm/<name>`` (from the Hub, or its local cache when offline);
-      * a timm model name, optionally with a pretrained tag (``ptl_densenet161.market1501``); a tag
-        with no published weights (not in ``ptl_timm/weights_manifest.json``) raises ``UnpublishedWeightsError``.
+      * a timm model name with a pretrained tag (``ptl_densenet161.market1501``); a tag with no published
+        weights (not in ``ptl_timm/weights_manifest.json``) raises ``UnpublishedWeightsError``.
 
     Weights from a folder, file or ``hf-hub:`` load strictly (see the module notes) and the model
-    keeps the saved ``pretrained_cfg`` (input size, normalisation). ``pretrained`` defaults to True
-    except for an untagged model name (which would otherwise start a download of ImageNet weights).
-    ``kwargs`` go to ``timm.create_model`` (e.g. ``num_classes=0`` drops the classifier).
+    keeps the saved ``pretrained_cfg`` (input size, normalisation). A bare model name (no tag) names no
+    weights: it is refused, so that no reader scores random weights by accident, unless ``random_weights``
+    asks for them; ``random_weights`` builds the architecture any source names without loading weights
+    (for benchmarking speed or memory). ``kwargs`` go to ``timm.create_model`` (e.g. ``num_classes=0``
+    drops the classifier).
     """
     source = os.fspath(source)
-    loads_weights = True if pretrained is None else pretrained
+    check_model_source(source)
+    pretrained = not random_weights
     if source.startswith(LOCAL_DIR_PREFIX):
         folder = Path(source[len(LOCAL_DIR_PREFIX):]).expanduser()
         if not folder.is_dir():
             raise CheckpointError(f'{source}: folder {folder} does not exist')
-        return _load_folder(folder, loads_weights, kwargs)
+        return _load_folder(folder, pretrained, kwargs)
     if source.startswith((HUB_PREFIX, TIMM_HUB_PREFIX)):
-        return _load_hub(source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source, loads_weights, kwargs)
+        return _load_hub(source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source, pretrained, kwargs)
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_folder(path, loads_weights, kwargs)
+        return _load_folder(path, pretrained, kwargs)
     if path.suffix == '.safetensors':
         if not path.is_file():
             raise CheckpointError(f'weights file {path} does not exist')
@@ -235,13 +276,16 @@ def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) ->
             raise CheckpointError(
                 f'{path} has no {CONFIG_NAME} beside it, so its architecture is unknown; build the model with '
                 f"timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='{path}'))")
-        return _load_folder(path.parent, loads_weights, kwargs, weights=path)
+        return _load_folder(path.parent, pretrained, kwargs, weights=path)
     if _is_path_like(source):
         raise CheckpointError(
             f'model source {source!r} looks like a path but does not exist (Hub ids are spelled hf-hub:ORG/NAME)')
-    if pretrained is None:
-        pretrained = '.' in source
     architecture, _, tag = source.partition('.')
-    if timm.is_model(architecture):
-        check_pretrained_source(architecture, pretrained, dict(pretrained_cfg=tag) if tag else {})
+    if not tag and pretrained:
+        raise InputError(
+            f'{source!r} is a model name without weights, so it would be scored with random weights: point at '
+            f'trained weights (a run folder such as runs/NAME/best, local-dir:FOLDER, hf-hub:ORG/NAME or a '
+            f'published {source}.TAG, listed by `ptl-timm info`), or ask for random weights explicitly for '
+            f'benchmarking (--random-weights; Python: random_weights=True)')
+    check_pretrained_source(architecture, pretrained, dict(pretrained_cfg=tag) if tag else {})
     return timm.create_model(source, pretrained=pretrained, **kwargs)

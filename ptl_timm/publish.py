@@ -23,11 +23,13 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ptl_timm.data.synth import synth_params
-from ptl_timm.errors import PublishError
+from ptl_timm.errors import PublishError, reading
 from ptl_timm.eval.calibration import calibration_card, read_calibration, write_calibration
-from ptl_timm.hub import CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, load_model, save_pretrained
+from ptl_timm.hub import (
+    CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, check_hub_id, load_model, save_pretrained,
+)
 from ptl_timm.utils import atomic_folder, atomic_write
-from ptl_timm.weights import GENERIC_MODELS, hub_repo_id, sha256_file
+from ptl_timm.weights import GENERIC_MODELS, TAG_RULE, hub_repo_id, is_tag, sha256_file
 
 __all__ = [
     'PublishError', 'PublishResult', 'publish', 'check_checkpoint', 'find_run_metrics', 'render_model_card',
@@ -84,16 +86,22 @@ def find_run_metrics(checkpoint: PathLike) -> Dict[str, Any]:
     checkpoint = Path(checkpoint)
     own_state = checkpoint / TRAIN_STATE_NAME
     if own_state.is_file():
-        state = torch.load(own_state, map_location='cpu', weights_only=True)
+        state = _load_train_state(own_state)
         record = next((r for r in state.get('history', []) if r.get('epoch') == state.get('epoch')), None)
     elif checkpoint.name == 'best' and (checkpoint.parent / 'last' / TRAIN_STATE_NAME).is_file():
-        state = torch.load(checkpoint.parent / 'last' / TRAIN_STATE_NAME, map_location='cpu', weights_only=True)
+        state = _load_train_state(checkpoint.parent / 'last' / TRAIN_STATE_NAME)
         record = state.get('best')
     else:
         return {}
     if not record or 'eval' not in record:
         return dict(training_config=state.get('config', {}))
     return dict(eval=record['eval'], epoch=record['epoch'], training_config=state.get('config', {}))
+
+
+def _load_train_state(path: Path) -> Dict[str, Any]:
+    with reading(path, what='training state', fix='publish without it: copy config.json and model.safetensors to a '
+                                                  'folder of their own'):
+        return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def embedding_difference(reference: nn.Module, candidate: nn.Module, batch_size: int = 2, seed: int = 0) -> float:
@@ -241,6 +249,13 @@ def _refuse_out_in_source(checkpoint: Path, out: Path) -> None:
             f'would delete the run (train_state.pt, best/, metrics.jsonl): choose a folder outside it')
 
 
+def _check_tag(tag: str, what: str) -> str:
+    if not is_tag(tag):
+        raise PublishError(f'{what} {tag!r} has characters a pretrained tag cannot have (it becomes part of a model '
+                           f'name, a Hub repository and a folder name): use {TAG_RULE}; pass tag=/--tag')
+    return tag
+
+
 def _published_cfg(pretrained_cfg: Mapping[str, Any], tag: str, repo_id: str, license: str) -> Dict[str, Any]:
     """The checkpoint's pretrained cfg (its preprocessing) under the published name: the tag and Hub
     id replace those of the weights training started from."""
@@ -275,6 +290,10 @@ def publish(
         progress: Show a progress bar over the steps.
     """
     checkpoint, out = Path(checkpoint), Path(out)
+    if tag is not None:
+        _check_tag(tag, 'the tag given')
+    if repo_id is not None:
+        check_hub_id(repo_id, 'repo_id')
     _refuse_out_in_source(checkpoint, out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PublishError(f'{out} exists and is not empty; choose another --output or pass --overwrite')
@@ -290,9 +309,10 @@ def publish(
     with safetensors.safe_open(str(checkpoint / WEIGHTS_NAME), framework='pt') as f:
         metadata = f.metadata() or {}
     dataset = metadata.get(DATASET_METADATA_KEY, '')
-    tag = tag or dataset
-    if not tag or '.' in tag:
-        raise PublishError(f'the weights record no dataset to name the tag after (got {tag!r}); pass tag=/--tag')
+    if not tag:
+        if not dataset:
+            raise PublishError('the weights record no dataset to name the tag after; pass tag=/--tag')
+        tag = _check_tag(dataset, 'the dataset the weights record, the default tag,')
     repo_id = repo_id or hub_repo_id(architecture, tag)
     run = find_run_metrics(checkpoint)
     training_config = run.get('training_config', {})

@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from importlib import resources
 import urllib.error
 import urllib.request
@@ -28,7 +29,8 @@ from ptl_timm.errors import ManifestError, PTLError
 __all__ = [
     'HUB_ORG', 'MANIFEST_ENV', 'GENERIC_MODELS', 'ManifestError', 'UnpublishedWeightsError', 'WeightEntry',
     'default_manifest_path',
-    'load_manifest', 'manifest_cfgs', 'add_manifest_tags', 'require_published', 'sha256_file', 'hub_repo_id',
+    'load_manifest', 'manifest_cfgs', 'add_manifest_tags', 'require_published', 'sha256_file', 'hub_repo_id', 'TAG_RULE',
+    'is_tag',
     'WeightsUnavailableError', 'require_downloadable', 'check_pretrained_source',
 ]
 
@@ -69,6 +71,15 @@ def default_manifest_path() -> Path:
     return Path(str(resources.files('ptl_timm').joinpath(PACKAGED_MANIFEST)))
 
 
+TAG_RULE = "letters, digits, '_' and '-' (e.g. market1501)"  # what a pretrained tag is made of
+
+
+def is_tag(tag: str) -> bool:
+    """Whether ``tag`` can be a pretrained tag (``TAG_RULE``): it becomes part of a model name
+    (``arch.tag``), a Hub repository name and a folder name, so no dots, slashes or other path characters."""
+    return isinstance(tag, str) and re.fullmatch(r'[A-Za-z0-9_-]+', tag) is not None
+
+
 def hub_repo_id(model: str, tag: str, org: str = HUB_ORG) -> str:
     """The Hub repository of ``model.tag``: ``<org>/<model>.<tag>``, the name timm's ``hf-hub:`` expects."""
     return f'{org}/{model}.{tag}'
@@ -86,8 +97,8 @@ def _validate_entry(entry: Mapping[str, Any], org: str, where: str) -> None:
         raise ManifestError(
             f'{where}: {entry["model"]} takes its backbone as an argument, which a pretrained tag cannot carry; '
             f'publish it under hf-hub: only, or register a named architecture for it')
-    if '.' in entry['tag'] or not entry['tag']:
-        raise ManifestError(f'{where}: tag {entry["tag"]!r} of {entry["model"]} must be a non-empty name without dots')
+    if not is_tag(entry['tag']):
+        raise ManifestError(f'{where}: tag {entry["tag"]!r} of {entry["model"]} must be made of {TAG_RULE}')
 
 
 def load_manifest(path: Optional[Union[str, os.PathLike]] = None) -> List[WeightEntry]:

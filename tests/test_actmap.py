@@ -7,7 +7,9 @@ from PIL import Image
 
 import timm
 from ptl_timm.cli import main
-from ptl_timm.eval.actmap import activation_maps, overlay_grid
+from ptl_timm.eval.actmap import (
+    BAR_HEIGHT, BAR_WIDTH, CAPTION_HEIGHT, MIN_WIDTH, activation_maps, overlay_grid, with_header,
+)
 from ptl_timm.hub import save_pretrained
 
 
@@ -58,18 +60,23 @@ def test_cli_writes_one_png_grid_of_a_folder(tmp_path, capsys):
     out.parent.mkdir()
     assert main(['actmap', '--model', str(tmp_path / 'model'), '--folder', str(folder), '--num-images', '5',
                  '--columns', '4', '--device', 'cpu', '--output', str(out)]) == 0
-    with Image.open(out) as grid:
-        assert grid.size == (4 * (2 * 32 + 8 + 8) - 8, 2 * (64 + 8) - 8)
+    with Image.open(out) as picture:
+        grid_height = 2 * (64 + CAPTION_HEIGHT + 8) - 8  # two rows of four pairs, a file name under each
+        assert picture.size[0] == max(4 * (2 * 32 + 8 + 8) - 8, MIN_WIDTH) and picture.size[1] > grid_height
     assert [p.name for p in out.parent.iterdir()] == ['actmap.png']
     assert 'wrote' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('extra, message', [
     ([], 'give either --dataset with --data-root, or --folder'),
-    (['--folder', 'x', '--num-images', '0'], '--num-images and --columns must be >= 1'),
+    (['--folder', 'x', '--num-images', '0'], 'argument --num-images: must be an integer >= 1, got 0'),
 ])
 def test_cli_refuses_a_missing_or_bad_image_source(tmp_path, capsys, extra, message):
-    assert main(['actmap', '--model', 'bot_resnet50', '--output', str(tmp_path / 'a.png'), *extra]) == 2
+    try:
+        code = main(['actmap', '--model', 'bot_resnet50', '--output', str(tmp_path / 'a.png'), *extra])
+    except SystemExit as e:  # a number out of range is refused as it is parsed
+        code = e.code
+    assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'a.png').exists()
 
@@ -84,6 +91,25 @@ def test_cli_spreads_the_images_over_a_dataset_split(tmp_path, capsys):
     assert main(['actmap', '--model', str(tmp_path / 'model'), '--dataset', 'market1501', '--data-root',
                  domain['root'], '--split', 'gallery', '--num-images', '3', '--columns', '3', '--device', 'cpu',
                  '--output', str(out)]) == 0
-    with Image.open(out) as grid:
-        assert grid.size == (3 * (2 * 32 + 8 + 8) - 8, 64)
+    with Image.open(out) as picture:
+        assert picture.size[0] == max(3 * (2 * 32 + 8 + 8) - 8, MIN_WIDTH) and picture.size[1] > 64 + CAPTION_HEIGHT
     assert '(3 images)' in capsys.readouterr().out
+
+
+def test_picture_has_a_title_a_colour_bar_and_each_file_name():
+    from matplotlib import colormaps
+    images, maps = torch.rand(2, 3, 16, 8), torch.rand(2, 16, 8)
+    plain = np.asarray(overlay_grid(images, maps, columns=2, spacing=1))
+    captioned = np.asarray(overlay_grid(images, maps, columns=2, spacing=1, captions=['0001_c1s1_01.jpg', 'b.jpg']))
+    assert captioned.shape[0] == plain.shape[0] + CAPTION_HEIGHT
+    np.testing.assert_array_equal(captioned[:16], plain[:16])
+    under = captioned[16:16 + CAPTION_HEIGHT]
+    assert (under[:, :17] < 128).any() and (under[:, 18:] < 128).any(), 'a file name under each pair'
+    picture = np.asarray(with_header(Image.fromarray(captioned), 'my title'))
+    assert picture.shape[1] == MIN_WIDTH and (picture[2:14] < 128).any(), 'the title'
+    bar = picture[2 + CAPTION_HEIGHT + 2 + BAR_HEIGHT // 2, 2:2 + BAR_WIDTH].astype(int)  # under the title's line
+    expected = np.round(colormaps['jet'](np.linspace(0, 1, BAR_WIDTH))[:, :3] * 255)
+    np.testing.assert_allclose(bar, expected, atol=1)
+    np.testing.assert_array_equal(picture[-captioned.shape[0]:, :captioned.shape[1]], captioned)
+    long_title = np.asarray(with_header(Image.fromarray(captioned), 'x' * 200 + ' a/very/long/path/' * 10))
+    assert long_title.shape[1] == MIN_WIDTH and long_title.shape[0] > picture.shape[0], 'wrapped, not widened'

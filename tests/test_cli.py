@@ -133,3 +133,49 @@ def test_python_dash_m_runs_the_command_line_and_passes_on_its_exit_status():
     refused = subprocess.run([sys.executable, '-m', 'ptl_timm', 'train', '--set', 'epochs=0', '--print-config'],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and refused.stderr.count('\n') == 1 and 'epochs' in refused.stderr
+
+
+def test_an_unknown_flag_gets_the_subcommands_error_and_the_closest_flag(capsys):
+    """One line (the error contract), from the sub-command's parser: its name, the closest flag it has,
+    and where its usage is."""
+    from ptl_timm.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(['eval', '--features', 'f.safetensors', '--rernk'])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err == ('ptl-timm eval: error: unrecognized arguments: --rernk (--rernk: did you mean --rerank?) '
+                   '(see ptl-timm eval --help)\n')
+
+
+def test_version_is_answered_without_importing_torch():
+    """The console script's ``--version`` reads the installed metadata: no ``import ptl_timm``, no torch."""
+    import subprocess
+    import sys
+    import time
+    from ptl_timm import __version__
+    code = ('import sys, ptl_timm_launcher; code = ptl_timm_launcher.main(["--version"]); '
+            'print(sorted(m for m in ("torch", "timm", "ptl_timm") if m in sys.modules)); sys.exit(code)')
+    start = time.monotonic()
+    shown = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    took = time.monotonic() - start
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [f'ptl_timm {__version__}', '[]']
+    assert took < 5, took  # about 0.1 s; a loaded CI machine gets slack, importing torch alone takes seconds
+
+
+def test_the_console_script_runs_every_other_command_line_through_the_cli(capsys):
+    import ptl_timm_launcher
+    with pytest.raises(SystemExit) as exit_info:
+        ptl_timm_launcher.main(['info', '--bogus'])
+    assert exit_info.value.code == 2
+    assert 'ptl-timm info: error: unrecognized arguments: --bogus' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('main_process, printed', [(True, 1), (False, 0)])
+def test_a_training_command_reports_once_under_torchrun_from_rank_0(monkeypatch, capsys, main_process, printed):
+    """Every rank returns from training; only the one the engine marks as main prints the checkpoints line."""
+    import ptl_timm.cli.train as train
+    from ptl_timm.cli import main
+    monkeypatch.setattr(train, 'fine_tune', lambda cfg: dict(output=cfg.output, main_process=main_process))
+    assert main(['train', '--output', 'runs/x']) == 0
+    assert capsys.readouterr().out.count('checkpoints: runs/x/last') == printed

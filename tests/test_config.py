@@ -160,7 +160,7 @@ def test_printed_config_reads_back_to_the_same_config(tmp_path, capsys):
 
 def test_each_transfer_step_and_the_distill_section_gets_its_own_models_recipe():
     cfg = TransferConfig(model='ptl_resnet50', lr=0.02, steps=[
-        {'dataset': 'dukemtmc'}, {'dataset': 'market1501', 'model': 'ptl_mgn'}], distill={'model': 'reid_mgn'})
+        {'dataset': 'dukemtmc'}, {'dataset': 'market1501', 'model': 'ptl_mgn'}], distill={'model': 'mgn_resnet50'})
     assert cfg.img_size == (256, 128)
     assert cfg.steps[0] == {'dataset': 'dukemtmc'}, 'the same model: nothing differs from the transfer config'
     step = TrainConfig(**{**{k: v for k, v in vars(cfg).items() if k not in ('steps', 'distill')}, **cfg.steps[1]})

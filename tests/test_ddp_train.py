@@ -27,6 +27,7 @@ def test_two_process_gloo_training_evaluates_every_feature(tmp_path):
                '-m', 'ptl_timm', 'train', '--config', str(config_file), '--quiet']
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count('checkpoints:') == 1, run.stdout  # rank 0 reports, not every process
 
     record = json.loads((tmp_path / 'out' / 'metrics.jsonl').read_text().splitlines()[-1])
     reported = record['eval'][domain['label']]

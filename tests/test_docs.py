@@ -2,10 +2,12 @@
 of examples/, work as written, in order, on a scratch copy of the repository (issue 12.4).
 
 The fast tests parse every documented ``ptl-timm`` command with the real parser (no unknown flag, no
-deprecated spelling, no missing argument). The slow ones run the blocks, with scale-down flags
-appended (tiny synthetic data, one epoch, small images, no downloads), and real datasets that a
-config reads replaced by synthetic data in the same layout. A block that cannot run here says why
-in a ``<!-- docs-test: skip (reason) -->`` line right above it.
+deprecated spelling, no missing argument), and check that README's models table is ``ptl-timm info``'s
+output. The slow ones run the blocks, with scale-down flags appended (tiny synthetic data, one epoch, small
+images, no downloads), and real datasets that a command or config reads replaced by synthetic data in the
+same layout. A block marked ``<!-- docs-test: verbatim -->`` (README's "try it small") runs exactly as
+written, nothing appended. A block that cannot run here says why in a ``<!-- docs-test: skip (reason) -->``
+line right above it; ``text`` blocks show output and are not run.
 """
 import contextlib
 import io
@@ -26,6 +28,7 @@ from ptl_timm.data.synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP = re.compile(r'<!-- docs-test: skip \((.+)\) -->')
+VERBATIM = '<!-- docs-test: verbatim -->'
 TINY_IMG = ['96', '32']
 TRAINING = ['--epochs', '1', '--no-pretrained', '--img-size', *TINY_IMG, '--batch-size', '8', '--workers', '0',
             '--quiet', '--set', 'eval_batch_size=32']
@@ -43,6 +46,7 @@ class Block(NamedTuple):
     language: str
     lines: List[str]
     skip: Optional[str]  # why it is not run, from the line above it
+    verbatim: bool = False  # run as written, without scale-down flags
 
 
 def blocks(name: str) -> List[Block]:
@@ -51,7 +55,7 @@ def blocks(name: str) -> List[Block]:
     for line in (REPO / name).read_text().splitlines():
         if line.startswith('```') and current is None:
             skip = SKIP.search(previous)
-            current = Block(line[3:].strip(), [], skip.group(1) if skip else None)
+            current = Block(line[3:].strip(), [], skip.group(1) if skip else None, previous.strip() == VERBATIM)
         elif line.startswith('```'):
             found.append(current)
             current = None
@@ -95,7 +99,7 @@ def _cli_args(tokens: List[str]) -> Optional[List[str]]:
 def test_documented_blocks_are_run_or_say_why_they_are_not():
     for name in ('README.md', 'configs/README.md'):
         for block in blocks(name):
-            assert block.language in ('', 'bash', 'python', 'bibtex'), (name, block.language)
+            assert block.language in ('', 'bash', 'python', 'bibtex', 'text'), (name, block.language)
             if block.language in ('', 'bash') and not block.skip:
                 for command in shell_commands(block):
                     assert shlex.split(command)[0] in ('ptl-timm', 'torchrun', 'python'), command
@@ -136,24 +140,34 @@ def _config_datasets(config: Path) -> List[str]:
     return [n for n in names if n in LAYOUTS]
 
 
+def _read_datasets(work: Path, tokens: List[str]) -> List[str]:
+    """The real datasets a command reads from data/<name>: its config's, --data-root data/<name>'s, and a
+    transfer's --steps under --data-root data."""
+    if '--config' in tokens:
+        return _config_datasets(work / tokens[tokens.index('--config') + 1])
+    root = tokens[tokens.index('--data-root') + 1] if '--data-root' in tokens else ''
+    if tokens[0] == 'transfer' and root == 'data':
+        return [t for t in tokens[tokens.index('--steps') + 1:] if t in LAYOUTS]
+    name = root[len('data/'):] if root.startswith('data/') else ''
+    return [name] if name in LAYOUTS else []
+
+
 def _synthetic_stand_ins(work: Path, tokens: List[str]) -> None:
-    """Real datasets a config reads, as tiny synthetic data in their layout under data/<name>."""
-    if '--config' not in tokens:
-        return
-    for index, name in enumerate(_config_datasets(work / tokens[tokens.index('--config') + 1])):
+    """Real datasets a command reads, as tiny synthetic data in their layout under data/<name>."""
+    for index, name in enumerate(_read_datasets(work, tokens)):
         if not (work / 'data' / name).exists():
             generate_synthetic(work / 'data', SYNTH_DOMAINS[index % len(SYNTH_DOMAINS)], layout=name, name=name,
                                num_ids=8, images_per_id=4, num_cams=2, img_size=[int(s) for s in TINY_IMG])
 
 
-def _run(work: Path, command: str) -> None:
+def _run(work: Path, command: str, verbatim: bool = False) -> None:
     tokens = shlex.split(command)
     args = _cli_args(tokens)
     if args is not None:
         _synthetic_stand_ins(work, args)
         prefix = [sys.executable, '-m', 'ptl_timm'] if tokens[0] == 'ptl-timm' else [
             sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '-m', 'ptl_timm']
-        argv = prefix + args + SCALE_DOWN.get(args[0], [])
+        argv = prefix + args + ([] if verbatim else SCALE_DOWN.get(args[0], []))
     elif tokens[:2] == ['python', '-c']:
         argv = [sys.executable] + tokens[1:]
     else:
@@ -184,10 +198,42 @@ def test_readme_command_blocks_run_as_written_in_order(work):
         if block.language == 'python':
             _run(work, shlex.join(['python', '-c', '\n'.join(block.lines)]))
         for command in shell_commands(block):
-            _run(work, command)
+            _run(work, command, verbatim=block.verbatim)
 
 
 @pytest.mark.slow
 def test_example_usage_lines_run_as_written_in_order(work):
     for command in example_commands():
         _run(work, command)
+
+
+def _between(name: str, marker: str) -> List[str]:
+    lines = (REPO / name).read_text().splitlines()
+    return lines[lines.index(f'<!-- {marker}:begin -->') + 1:lines.index(f'<!-- {marker}:end -->')]
+
+
+def test_readme_models_table_is_what_ptl_timm_info_prints(capsys):
+    from ptl_timm.cli import main
+    assert main(['info']) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert _between('README.md', 'models') == table
+    assert {'`bot_resnet50`', '`ptl_bot_resnet50`'} <= {line.split('|')[1].strip() for line in table}
+
+
+def test_the_try_it_small_block_runs_verbatim_and_starts_from_random_weights_on_purpose():
+    small = [b for b in blocks('README.md') if b.verbatim]
+    assert len(small) == 1 and not small[0].skip
+    commands = shell_commands(small[0])
+    assert [shlex.split(c)[1] for c in commands][:2] == ['synth', 'train']
+    assert '--no-pretrained' in commands[1] and '--epochs' in commands[1]
+
+
+def test_readme_verdict_is_five_lines_that_link_to_the_tables_and_no_tracker_numbers():
+    text = (REPO / 'README.md').read_text()
+    section = text[text.index('## Does PTL work?'):].split('\n## ')[0]
+    prose = [line for line in section.splitlines()[1:] if line.strip()]
+    assert len(prose) <= 5 and '](BENCHMARKS.md#does-ptl-work-what-the-numbers-support)' in section
+    assert '## Does PTL work? What the numbers support' in (REPO / 'BENCHMARKS.md').read_text()
+    assert not re.search(r'\bissues? \d', text, re.IGNORECASE)
+    quickstart = _between('README.md', 'quickstart')
+    assert len(shell_commands(next(b for b in blocks('README.md') if b.lines == quickstart[2:-1]))) == 2

@@ -124,3 +124,24 @@ def test_cli_aqe_rerank_parameters_roc_and_camera_table_are_the_library_results(
     assert got['rerank_args'] == dict(k1=8, k2=3, lambda_value=0.5)
     default = run_eval(tmp_path, path, '--rerank')
     assert default['mAP'] != pytest.approx(got['mAP'])
+
+
+def test_cli_summary_names_every_post_processing_it_applied(tmp_path, feature_file, capsys):
+    path, _ = feature_file
+    got = run_eval(tmp_path, path, '--aqe', '--rerank', '--k1', '8')
+    summary = capsys.readouterr().out.splitlines()[0]
+    expected = ['average query expansion (k=10, alpha=3.0, 1x)', 'k-reciprocal re-ranking (k1=8, k2=6, lambda=0.3)']
+    assert got['post_processing'] == expected and summary.endswith(f'gallery; {", ".join(expected)})')
+    run_eval(tmp_path, path)
+    assert capsys.readouterr().out.splitlines()[0].endswith('gallery; no post-processing)')
+
+
+def test_cli_camera_table_names_cameras_as_the_file_names_do_and_says_what_a_pair_is(tmp_path, feature_file, capsys):
+    path, sets = feature_file
+    got = run_eval(tmp_path, path, '--camera-pairs')
+    lines = capsys.readouterr().out.splitlines()
+    cameras = [f'c{c + 1}' for c in sorted(set(sets['gallery'].camids.tolist()))]  # camid 0 is c1 in file names
+    assert got['camera_pairs']['gallery_cameras'] == cameras
+    header = next(i for i, line in enumerate(lines) if line.startswith('q\\g'))  # after the summary and protocol
+    assert lines[header].split() == ['q\\g', *cameras] and lines[header + 1].split()[0] == 'c1'
+    assert lines[-1].startswith("a pair's mAP ranks the queries of camera a against the gallery images of camera b")

@@ -219,3 +219,13 @@ def test_eval_command_refuses_unknown_query_cameras(tmp_path, capsys):
     save_features({'query': query, 'gallery': gallery}, tmp_path / 'feats.safetensors')
     assert main(['eval', '--features', str(tmp_path / 'feats.safetensors'), '--quiet']) == 2
     assert '4 of 12 images have no camera' in capsys.readouterr().err  # known for some only: no honest rule
+
+
+def test_progress_bars_name_the_split_they_extract(model_dir, dataset_root, tmp_path, capsys):
+    assert main(['extract', '--model', str(model_dir), '--img-size', *map(str, IMG_SIZE), '--device', 'cpu',
+                 '--dataset', 'market1501', '--data-root', str(dataset_root), '--output', str(tmp_path / 'f.npz')]) == 0
+    err = capsys.readouterr().err
+    assert 'extract query:' in err and 'extract gallery:' in err and 'extract:' not in err
+    evaluate_model(model_dir, build_dataset('market1501', dataset_root), img_size=IMG_SIZE, device='cpu')
+    err = capsys.readouterr().err
+    assert err.index('extract query:') < err.index('extract gallery:')

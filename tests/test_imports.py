@@ -164,7 +164,7 @@ def test_wheel_ships_the_same_manifest(tmp_path):
         pytest.skip('not a source checkout')
     source = tmp_path / 'src'  # a copy, so the build leaves no build/ folder in the checkout
     shutil.copytree(PACKAGE, source / 'ptl_timm', ignore=shutil.ignore_patterns('__pycache__'))
-    for name in ('setup.py', 'setup.cfg', 'README.md', 'MANIFEST.in', 'MODEL_CARD.md'):
+    for name in ('setup.py', 'setup.cfg', 'README.md', 'MANIFEST.in', 'MODEL_CARD.md', 'ptl_timm_launcher.py'):
         shutil.copy(root / name, source / name)
     built = subprocess.run(
         [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '-q', '-w',
@@ -173,6 +173,7 @@ def test_wheel_ships_the_same_manifest(tmp_path):
     wheel = next(tmp_path.glob('ptl_timm-*.whl'))
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read('ptl_timm/weights_manifest.json') == (PACKAGE / 'weights_manifest.json').read_bytes()
+        assert 'ptl_timm_launcher.py' in archive.namelist()  # the console script's entry
 
 
 @pytest.mark.slow

@@ -171,7 +171,8 @@ def test_dry_run_uploads_nothing_and_push_uploads_the_verified_folder(tmp_path, 
 
 def test_cli_turns_a_refusal_into_one_error_line_and_status_2(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / 'ckpt')
-    (checkpoint / CONFIG_NAME).write_text(json.dumps({'architecture': 'no_such_model'}))
+    config = json.loads((checkpoint / CONFIG_NAME).read_text())
+    (checkpoint / CONFIG_NAME).write_text(json.dumps(dict(config, architecture='no_such_model')))
     assert main(['publish', '--model', str(checkpoint), '--output', str(tmp_path / 'hub'), '--quiet']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('ptl-timm publish: error:') and 'no_such_model' in err[0]

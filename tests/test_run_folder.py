@@ -155,7 +155,7 @@ def test_lock_from_another_machine_says_how_to_clear_it(tmp_path):
 def test_unwritable_output_is_refused_before_the_first_epoch(tmp_path, domain, monkeypatch):
     monkeypatch.setattr(trainer_module, '_train_one_epoch', lambda *a: pytest.fail('trained before checking'))
     (tmp_path / 'file').write_text('not a folder')
-    with pytest.raises(OutputError, match='cannot write the run folder'):
+    with pytest.raises(OutputError, match='cannot write .*file/out.*is a file'):
         fine_tune(TrainConfig(**tiny_config(tmp_path / 'file' / 'out', domain)))
 
 
@@ -200,3 +200,19 @@ def test_resumed_state_reset_never_run_continues_with_its_saved_states(tmp_path,
     seen = states_seen_by_training_forwards(TrainConfig(**dict(values, epochs=2, resume=True)))
     cell_name = next(name for name in saved)
     torch.testing.assert_close(seen[0], saved[cell_name], msg='epoch 2 starts from the state epoch 1 ended with')
+
+
+@pytest.mark.slow
+def test_readme_states_the_run_folder_truthfully(cli_run):
+    """README's run-folder listing names every file and folder a training run writes, and no other
+    (entries written only with an option say 'with --...')."""
+    output, _ = cli_run
+    readme = (Path(__file__).resolve().parent.parent / 'README.md').read_text().splitlines()
+    listing = readme[readme.index('<!-- run-folder:begin -->') + 3:readme.index('<!-- run-folder:end -->') - 1]
+    entries = {line.split()[0]: line.split(None, 1)[1] for line in listing}
+    always = {name for name, text in entries.items() if 'with --' not in text}
+    assert {name.rstrip('/') for name in always} == {p.name for p in output.iterdir()}
+    for name in always:
+        if name.endswith('/'):
+            files = entries[name].split(':')[0].split(' + ')
+            assert sorted(files) == sorted(p.name for p in (output / name).iterdir()), name

@@ -104,6 +104,16 @@ def test_a_seed_is_one_unit_from_one_backbone():
     assert plain == {0: (1.0, 1.0, 1.0), 2: (2.0, 2.0, 2.0)} and bot == {0: (3.0, 3.0, 3.0), 2: (5.0, 5.0, 5.0)}
 
 
+def test_runs_from_one_backbone_on_different_devices_are_never_paired():
+    """A GPU session's runs do not pair with CPU runs of the same seed and backbone; a run recorded
+    before devices were recorded counts as CPU."""
+    runs = {f'{n}/seed{s}@A/{d}': dict(_record(n, s, 'A', m), **({'device': d} if d else {})) for n, s, d, m in [
+        ('plain', 0, None, 1.0), ('bot', 0, 'H100', 3.0), ('plain', 1, 'H100', 2.0), ('bot', 1, 'H100', 5.0),
+        ('plain', 2, 'cpu', 4.0), ('bot', 2, None, 6.0)]}
+    plain, bot = state._units([state._values(runs, name, 'zero', seeds=10) for name in ('plain', 'bot')])
+    assert sorted(plain) == sorted(bot) == [1, 2] and plain[1][0] == 2.0 and bot[2][0] == 6.0
+
+
 def test_a_unit_recorded_with_an_earlier_backbone_needs_no_training(tmp_path):
     previous = {f'{n}/seed0@legacy': _record(n, 0, 'legacy', 1.0) for n in ('plain', 'ptl-batch', 'ptl-none')}
     previous['ptl-batch/seed0@legacy']['test']['warm'] = dict(previous['ptl-batch/seed0@legacy']['test']['zero'])

@@ -9,6 +9,7 @@ can fix) is printed as one ``error:`` line with exit status 2; any other excepti
 its traceback (exit status 1). ``--debug`` or ``PTL_TIMM_DEBUG=1`` prints the traceback of user errors too.
 """
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -16,7 +17,7 @@ import traceback
 from typing import List, Optional
 
 from ptl_timm.errors import DEBUG_ENV, PTLError
-from .options import add_debug
+from .options import ArgumentParser, add_debug
 
 # Sub-command modules, in the order ``ptl-timm --help`` lists them.
 COMMAND_MODULES = (
@@ -40,7 +41,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='ptl-timm',
         description='Progressive Transfer Learning for person re-identification on timm backbones.',
     )
@@ -54,9 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: List[str]) -> None:
+    """Exit 2 with the sub-command's usage (not the top level's) and the closest flag it has."""
+    subparser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = [s for a in subparser._actions if a.help != argparse.SUPPRESS for s in a.option_strings]
+    hints = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split('=', 1)[0], flags, n=1) if arg.startswith('-') else []
+        if close:
+            hints.append(f'{arg}: did you mean {close[0]}?')
+    subparser.error(f'unrecognized arguments: {" ".join(unknown)}' + (f' ({"; ".join(hints)})' if hints else ''))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, args.command, unknown)
     try:
         return int(args.func(args) or 0)
     except PTLError as e:

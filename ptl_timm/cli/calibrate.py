@@ -17,17 +17,17 @@ from ptl_timm.eval.metrics import METRICS
 from ptl_timm.eval.protocol import PROTOCOLS
 from ptl_timm.utils import atomic_save_json
 from .extract import add_dataset_args, add_model_args
-from .options import add_command, add_quiet
+from .options import add_command, add_quiet, number
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
     add_model_args(parser)
     add_dataset_args(parser)
-    parser.add_argument('--fprs', nargs='+', type=float, default=list(DEFAULT_FPRS), help='target false-positive rates')
+    parser.add_argument('--fprs', nargs='+', type=number(0.0, 1.0), default=list(DEFAULT_FPRS), help='target false-positive rates')
     parser.add_argument('--splits', nargs='+', default=['query', 'gallery'], choices=('train', 'query', 'gallery'),
                         help='dataset splits pooled into the calibration set')
-    parser.add_argument('--holdout', type=float, default=0.5,
+    parser.add_argument('--holdout', type=number(0.0, 1.0), default=0.5,
                         help='share of the identities held out to measure the FPR/TPR each threshold gives (0: none)')
     parser.add_argument('--protocol', choices=PROTOCOLS, default='auto',
                         help='pairs excluded: camera (same identity and camera), self (only the same file), '

@@ -8,19 +8,19 @@ Example: ptl-timm demo --output ptl_timm_demo
 import argparse
 
 from ptl_timm.engine.demo import run_demo
-from .options import add_command, add_output, add_quiet
+from .options import add_command, add_output, add_quiet, integer
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
-    add_output(parser, help='folder for data, checkpoints, curves and table', default='ptl_timm_demo')
+    add_output(parser, help='folder for data, checkpoints, curves and table', folder=True, default='ptl_timm_demo')
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument('--quick', dest='quick', action='store_true', default=True,
                        help='the small setting, a few CPU minutes (the default)')
     scale.add_argument('--full', dest='quick', action='store_false',
                        help='more identities and epochs (tens of CPU minutes, clearer PTL/STD differences)')
     parser.add_argument('--backbone', default='resnet18', help='timm backbone of both networks')
-    parser.add_argument('--seed', type=int, default=0, help='the data and the initial weights')
+    parser.add_argument('--seed', type=integer(), default=0, help='the data and the initial weights')
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     result = run_demo(args.output, 'quick' if args.quick else 'full', backbone=args.backbone,
                       progress=not args.quiet, seed=args.seed)
-    print(result['table'], end='')
+    print(f"\n{result['table']}")
+    print(result['caveat'])
     print(f'checkpoints, curves.png and metrics.jsonl of each run: {result["output"]}/{{baseline,ptl,ptl_std}}')
     print(f'ranked lists of the distilled student: {result["ranked"]}')
     return 0

@@ -10,18 +10,19 @@ Example: ptl-timm eval --model runs/x/best --dataset market1501 --data-root data
 """
 import argparse
 import math
-from typing import Any, Dict
+from typing import Any, Dict, List
 
+from ptl_timm.data.datasets import camera_name
 from ptl_timm.errors import InputError
 from ptl_timm.eval.aqe import query_expansion
 from ptl_timm.eval.analysis import camera_pair_map
-from ptl_timm.eval.extract import evaluate_features, resolve_device
+from ptl_timm.eval.extract import evaluate_features
 from ptl_timm.eval.features import load_features
 from ptl_timm.eval.metrics import AP_MODES, METRICS
 from ptl_timm.eval.protocol import PROTOCOLS, resolve_protocol
-from ptl_timm.utils import atomic_save_json
+from ptl_timm.utils import atomic_save_json, resolve_device
 from .extract import add_dataset_args, add_model_args, load_dataset, make_extractor, split_features
-from .options import add_command, add_quiet
+from .options import add_command, add_quiet, integer, number, output_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,16 +34,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--ap-mode', choices=AP_MODES, default='default',
                         help='default: torchreid/fast-reid AP; official: Market-1501 trapezoid AP')
     parser.add_argument('--rerank', action='store_true', help='k-reciprocal re-ranking (Zhong et al. 2017)')
-    parser.add_argument('--k1', type=int, default=20, help='re-ranking: size of the k-reciprocal neighbourhoods')
-    parser.add_argument('--k2', type=int, default=6,
+    parser.add_argument('--k1', type=integer(1), default=20, help='re-ranking: size of the k-reciprocal neighbourhoods')
+    parser.add_argument('--k2', type=integer(1), default=6,
                         help='re-ranking: neighbours averaged by its local query expansion')
-    parser.add_argument('--lambda', dest='lambda_value', type=float, default=0.3,
+    parser.add_argument('--lambda', dest='lambda_value', type=number(0, 1), default=0.3,
                         help='re-ranking: weight of the original distance against the Jaccard distance')
     parser.add_argument('--aqe', action='store_true',
                         help='average query expansion (fast-reid\'s αQE) of query and gallery features before ranking')
-    parser.add_argument('--aqe-k', type=int, default=10, help='αQE: neighbours averaged per feature, itself included')
-    parser.add_argument('--aqe-alpha', type=float, default=3.0, help='αQE: exponent of the similarity weights')
-    parser.add_argument('--aqe-times', type=int, default=1, help='αQE: rounds of expansion')
+    parser.add_argument('--aqe-k', type=integer(1), default=10, help='αQE: neighbours averaged per feature, itself included')
+    parser.add_argument('--aqe-alpha', type=number(0), default=3.0, help='αQE: exponent of the similarity weights')
+    parser.add_argument('--aqe-times', type=integer(1), default=1, help='αQE: rounds of expansion')
     parser.add_argument('--roc', action='store_true',
                         help='also TPR at FPR 1e-4, 1e-3, 1e-2 over every query-gallery pair (fast-reid\'s ROC report)')
     parser.add_argument('--camera-pairs', action='store_true',
@@ -53,9 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              'itself, for data without cameras), auto (camera when every camera is known)')
     parser.add_argument('--single-gallery-shot', action='store_true',
                         help='classic CUHK03 CMC: one random gallery image per identity, averaged over draws')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the single-gallery-shot draws')
-    parser.add_argument('--max-rank', type=int, default=50, help='length of the CMC curve')
-    parser.add_argument('--json', metavar='FILE', help='also write the metrics (percent) as JSON')
+    parser.add_argument('--seed', type=integer(), default=0, help='seed of the single-gallery-shot draws')
+    parser.add_argument('--max-rank', type=integer(1), default=50, help='length of the CMC curve')
+    parser.add_argument('--json', metavar='FILE', type=output_file, help='also write the metrics (percent) as JSON')
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
@@ -73,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         sets = split_features(make_extractor(args), dataset)
     query, gallery = sets['query'], sets['gallery']
+    empty = [name for name in ('query', 'gallery') if not len(sets[name].feats)]
+    if empty:
+        raise InputError(f'{args.features or args.data_root}: the {" and the ".join(empty)} set{"s are" if len(empty) > 1 else " is"} '
+                         f'empty (0 images), so there is nothing to evaluate; extract features of a dataset with '
+                         f'query and gallery images')
     rule = resolve_protocol([query, gallery], args.protocol)
     if args.camera_pairs and rule.name != 'camera':
         raise InputError('--camera-pairs needs the camera of every image, and these images have none')
@@ -96,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
         metrics['rerank_args'] = rerank_args
     if args.aqe:
         metrics['aqe_args'] = dict(k=args.aqe_k, alpha=args.aqe_alpha, times=args.aqe_times)
+    metrics['post_processing'] = _post_processing(args)
     print(f'mAP {metrics["mAP"]:.2f}  Rank-1 {metrics["rank1"]:.2f}  Rank-5 {metrics["rank5"]:.2f}  '
           f'Rank-10 {metrics["rank10"]:.2f}  mINP {metrics["mINP"]:.2f}  '
-          f'({metrics["num_valid_queries"]} queries × {metrics["num_gallery"]} gallery{", re-ranked" if args.rerank else ""})')
+          f'({metrics["num_valid_queries"]} queries × {metrics["num_gallery"]} gallery; '
+          f'{", ".join(metrics["post_processing"]) or "no post-processing"})')
     print(f'protocol: {rule.description}')
     if args.roc:
         metrics['tpr_at_fpr'] = {f'{fpr:.0e}': 100 * tpr for fpr, tpr in result['tpr_at_fpr'].items()}
@@ -112,13 +120,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _post_processing(args: argparse.Namespace) -> List[str]:
+    """What stands between the model and the numbers, in the order it was applied, with its settings (the flip of
+    saved features was decided when they were extracted)."""
+    applied = []
+    if args.random_weights and args.model:
+        applied.append('RANDOM WEIGHTS (--random-weights: the scores mean nothing)')
+    if args.flip and args.model:
+        applied.append('flip test-time augmentation')
+    if args.aqe:
+        applied.append(f'average query expansion (k={args.aqe_k}, alpha={args.aqe_alpha}, {args.aqe_times}x)')
+    if args.rerank:
+        applied.append(f'k-reciprocal re-ranking (k1={args.k1}, k2={args.k2}, lambda={args.lambda_value})')
+    if args.single_gallery_shot:
+        applied.append('single-gallery-shot CMC')
+    if args.ap_mode != 'default':
+        applied.append('Market-1501 official (trapezoid) AP')
+    return applied
+
+
 def _print_camera_table(table: Dict[str, Any]) -> Dict[str, Any]:
-    """Print the query camera × gallery camera mAP table ('-': no valid query); return it for the JSON."""
-    cams = [str(c) for c in table['gallery_cameras']]
+    """Print the query camera × gallery camera mAP table ('-': no valid query), cameras named as in the file
+    names (c1, c2, ...); return it for the JSON."""
+    q_cams, g_cams = ([camera_name(c) for c in table[key]] for key in ('query_cameras', 'gallery_cameras'))
     print('mAP by camera pair (rows: query camera, columns: gallery camera, -: no query with a match there)')
-    print('q\\g ' + ' '.join(f'{c:>6}' for c in cams))
-    for cam, row in zip(table['query_cameras'], table['map']):
+    print('q\\g ' + ' '.join(f'{c:>6}' for c in g_cams))
+    for cam, row in zip(q_cams, table['map']):
         print(f'{cam:>4} ' + ' '.join('     -' if math.isnan(v) else f'{100 * v:6.2f}' for v in row))
-    return dict(query_cameras=[int(c) for c in table['query_cameras']], gallery_cameras=[int(c) for c in cams],
+    print("a pair's mAP ranks the queries of camera a against the gallery images of camera b only: a smaller "
+          'gallery, so pair values run higher than the overall mAP')
+    return dict(query_cameras=q_cams, gallery_cameras=g_cams,
                 mAP=[[None if math.isnan(v) else 100 * float(v) for v in row] for row in table['map']],
                 num_valid_queries=table['num_valid_queries'].tolist())

@@ -11,15 +11,15 @@ import argparse
 from ptl_timm.data.datasets import DATASETS
 from ptl_timm.engine.data import load_dataset
 from ptl_timm.engine.imagefolder import LINK_MODES, export_imagefolder
-from .options import add_command, add_data_root, add_dataset, add_output, add_quiet
+from .options import add_command, add_data_root, add_dataset, add_output, add_quiet, integer
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
     add_dataset(parser, choices=sorted(DATASETS), required=True)
     add_data_root(parser, required=True)
-    add_output(parser, help='folder to create (holds train/ and validation/)', required=True)
-    parser.add_argument('--val-per-id', type=int, default=1, help='images per identity held out for validation')
+    add_output(parser, help='folder to create (holds train/ and validation/)', folder=True, required=True)
+    parser.add_argument('--val-per-id', type=integer(0), default=1, help='images per identity held out for validation')
     parser.add_argument('--mode', choices=LINK_MODES, default='copy', help='copy the images or link to them')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
     add_quiet(parser)

@@ -17,7 +17,7 @@ from ptl_timm.eval.extract import FeatureExtractor, image_files
 from ptl_timm.eval.features import FeatureSet, save_features
 from .options import (
     add_batch_size, add_command, add_data_root, add_dataset, add_device, add_img_size, add_model, add_output, add_quiet,
-    add_workers,
+    add_random_weights, add_workers,
 )
 
 
@@ -25,6 +25,7 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     """The model options of extract, eval and search."""
     group = parser.add_argument_group('model')
     add_model(group, required=required)
+    add_random_weights(group)
     add_img_size(group, help="input height and width (default: the one the model's config.json records, i.e. its "
                              'training size; another size warns)')
     add_batch_size(group, 64)
@@ -44,7 +45,7 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
 def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
     return FeatureExtractor(args.model, device=args.device, batch_size=args.batch_size, img_size=args.img_size,
                             flip=args.flip, num_workers=args.workers, channels_last=args.channels_last,
-                            progress=not args.quiet)
+                            progress=not args.quiet, random_weights=args.random_weights)
 
 
 def load_dataset(args: argparse.Namespace) -> Optional[ReIDDataset]:
@@ -60,23 +61,23 @@ def split_features(extractor: FeatureExtractor, dataset: ReIDDataset, splits=('q
     sets = {}
     for split in splits:
         records = getattr(dataset, split)
-        feats, pids, camids = extractor.extract_records(records)
+        feats, pids, camids = extractor.extract_records(records, desc=f'extract {split}')
         sets[split] = FeatureSet(feats, pids, camids, [r.path for r in records])
     return sets
 
 
-def image_features(extractor: FeatureExtractor, paths: List[str]) -> FeatureSet:
-    """Features of image files, with identities and cameras when the file names carry them in a
-    dataset's convention (``0002_c1s1_000451_01.jpg``), else unknown (-1)."""
+def image_features(extractor: FeatureExtractor, paths: List[str], name: str) -> FeatureSet:
+    """Features of image files (the set ``name``: its progress bar says it), with identities and cameras when
+    the file names carry them in a dataset's convention (``0002_c1s1_000451_01.jpg``), else unknown (-1)."""
     labels = labels_from_names(paths)
     pids, camids = (torch.tensor(x, dtype=torch.int64) for x in labels) if labels else (
         torch.full((len(paths),), -1, dtype=torch.int64) for _ in range(2))
-    return FeatureSet(extractor(paths), pids, camids, paths)
+    return FeatureSet(extractor(paths, desc=f'extract {name}'), pids, camids, paths)
 
 
-def folder_features(extractor: FeatureExtractor, folder: str) -> FeatureSet:
+def folder_features(extractor: FeatureExtractor, folder: str, name: str) -> FeatureSet:
     """Features of every image under ``folder`` (see :func:`image_features`)."""
-    return image_features(extractor, image_files(folder))
+    return image_features(extractor, image_files(folder), name)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -86,7 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--folder', help='a folder of images instead of a dataset (saved as the set "images")')
     parser.add_argument('--splits', nargs='+', default=['query', 'gallery'], choices=('train', 'query', 'gallery'),
                         help='dataset splits to extract')
-    add_output(parser, 'output file (.safetensors or .npz)', required=True)
+    add_output(parser, 'output file (.safetensors or .npz)', folder=False, required=True)
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if (dataset is None) == (args.folder is None):
         raise InputError('give either --dataset/--data-root or --folder')
     extractor = make_extractor(args)
-    sets = split_features(extractor, dataset, args.splits) if dataset else {'images': folder_features(extractor, args.folder)}
+    sets = (split_features(extractor, dataset, args.splits) if dataset
+            else {'images': folder_features(extractor, args.folder, 'images')})
     save_features(sets, args.output)
     if not args.quiet:
         sizes = ', '.join(f'{name} {tuple(s.feats.shape)}' for name, s in sets.items())

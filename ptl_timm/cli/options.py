@@ -5,18 +5,87 @@ defined here once, with one spelling, one default and one help text.
 ``--img-size H W``, ``--device``, ``--workers``, ``--batch-size`` and ``--quiet``. Spellings the
 project used before (``--out``, ``--root``, ``--input-size``) still parse as deprecated aliases that
 print a warning naming the new flag.
+
+Every value is checked as it is parsed, so a bad one is a one-line error (exit 2) before anything is
+read or written: numbers by :func:`integer` / :func:`number` (the range of every numeric flag of every
+command, a test makes sure), ``--model`` by the model reader's checks, ``--device`` by the device
+resolver, outputs by whether they can be written.
 """
 import argparse
+import math
 import sys
 import textwrap
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
-from ptl_timm.utils import default_workers
+from ptl_timm.errors import PTLError
+from ptl_timm.hub import check_model_source
+from ptl_timm.utils import DEVICE_HELP, check_output_path, default_workers, resolve_device
 
 __all__ = [
-    'HelpFormatter', 'add_command', 'add_deprecated', 'add_output', 'add_data_root', 'add_dataset', 'add_model',
-    'add_img_size', 'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug',
+    'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'model_source', 'output_file',
+    'output_folder',
+    'add_command', 'add_deprecated', 'add_output', 'add_data_root', 'add_dataset', 'add_model', 'add_img_size',
+    'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug', 'add_random_weights',
 ]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, its errors one line like every other user error (the usage is in ``--help``)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+
+class Number:
+    """An argparse type: a finite integer or number within a range, which a bad value's error states."""
+
+    def __init__(self, kind: type, minimum: Optional[float] = None, maximum: Optional[float] = None) -> None:
+        self.kind, self.minimum, self.maximum = kind, minimum, maximum
+        self.__name__ = 'an integer' if kind is int else 'a number'  # argparse's word for the type
+
+    def describe(self) -> str:
+        bounds = [f'>= {self.minimum:g}' if self.minimum is not None else '',
+                  f'<= {self.maximum:g}' if self.maximum is not None else '']
+        return ' and '.join([self.__name__, *filter(None, bounds)]).replace(' and ', ' ', 1)
+
+    def __call__(self, text: str) -> Union[int, float]:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'must be {self.describe()}, got {text!r}') from None
+        if (not math.isfinite(value) or (self.minimum is not None and value < self.minimum)
+                or (self.maximum is not None and value > self.maximum)):
+            raise argparse.ArgumentTypeError(f'must be {self.describe()}, got {text}')
+        return value
+
+
+def integer(minimum: Optional[int] = None) -> Number:
+    """An integer flag's type: ``integer(1)`` for counts and sizes, ``integer(0)`` for what may be none."""
+    return Number(int, minimum)
+
+
+def number(minimum: Optional[float] = None, maximum: Optional[float] = None) -> Number:
+    """A real-valued flag's type: finite and within ``[minimum, maximum]``."""
+    return Number(float, minimum, maximum)
+
+
+def _checked(check: Callable[[str], Any], name: str) -> Callable[[str], str]:
+    """An argparse type that keeps the text when ``check(text)`` passes and turns its user error into
+    argparse's one-line error."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except PTLError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    parse.__name__ = name
+    return parse
+
+
+model_source = _checked(check_model_source, 'model')  # a Hub id without path characters, a registered name
+device = _checked(resolve_device, 'device')  # a device this machine has (the text is kept: configs store it)
+output_file = _checked(check_output_path, 'output file')  # not an existing folder
+output_folder = _checked(lambda text: check_output_path(text, folder=True), 'output folder')  # not an existing file
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -88,10 +157,12 @@ def _add(parser: argparse.ArgumentParser, flag: str, aliases: Sequence[str], req
     return action
 
 
-def add_output(parser: argparse.ArgumentParser, help: str, required: bool = False, default: Optional[str] = None,
-               dest: str = 'output') -> argparse.Action:
-    """``--output``: the file or folder a command writes (``--out`` is a deprecated alias)."""
-    return _add(parser, '--output', ('--out',), dest=dest, required=required, default=default, help=help)
+def add_output(parser: argparse.ArgumentParser, help: str, folder: bool = False, required: bool = False,
+               default: Optional[str] = None, dest: str = 'output') -> argparse.Action:
+    """``--output``: the file (or with ``folder`` the folder) a command writes; a file output naming an
+    existing folder is refused, and the other way round (``--out`` is a deprecated alias)."""
+    return _add(parser, '--output', ('--out',), dest=dest, required=required, default=default, help=help,
+                type=output_folder if folder else output_file)
 
 
 def add_data_root(parser: argparse.ArgumentParser, help: str = "the dataset's own folder",
@@ -109,37 +180,45 @@ def add_dataset(parser: argparse.ArgumentParser, choices: Optional[Sequence[str]
 
 
 def add_model(parser: argparse.ArgumentParser, required: bool = False, dest: str = 'model',
-              help: str = 'checkpoint folder, hf-hub:ORG/NAME, local-dir:FOLDER or timm name[.tag]') -> argparse.Action:
-    """``--model``: a flag everywhere, never positional."""
-    return parser.add_argument('--model', dest=dest, required=required, help=help)
+              help: str = 'checkpoint folder, hf-hub:ORG/NAME, local-dir:FOLDER or timm NAME.TAG '
+                          '(a bare NAME needs --random-weights)') -> argparse.Action:
+    """``--model``: a flag everywhere, never positional, checked as it is parsed (``check_model_source``)."""
+    return parser.add_argument('--model', dest=dest, required=required, type=model_source, help=help)
+
+
+def add_random_weights(parser: argparse.ArgumentParser) -> argparse.Action:
+    """``--random-weights``: what lets a reader build a bare model name (``--model reid_resnet50``), which
+    :func:`ptl_timm.hub.load_model` otherwise refuses so that random weights are never scored by accident."""
+    return parser.add_argument('--random-weights', action='store_true',
+                               help='build the architecture --model names with random weights instead of loading '
+                                    'trained ones (for benchmarking speed: the results mean nothing)')
 
 
 def add_img_size(parser: argparse.ArgumentParser, default: Optional[Sequence[int]] = None,
                  help: str = "input height and width (default: the model's pretrained_cfg)",
                  dest: str = 'img_size') -> argparse.Action:
     """``--img-size H W`` (``--input-size`` is a deprecated alias)."""
-    return _add(parser, '--img-size', ('--input-size',), dest=dest, type=int, nargs=2, metavar=('H', 'W'),
+    return _add(parser, '--img-size', ('--input-size',), dest=dest, type=integer(1), nargs=2, metavar=('H', 'W'),
                 default=None if default is None else list(default), help=help)
 
 
 def add_device(parser: argparse.ArgumentParser, default: Optional[str] = 'auto',
                dest: str = 'device') -> argparse.Action:
-    """``--device``: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."""
-    return parser.add_argument('--device', dest=dest, default=default,
-                               help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    """``--device``: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..., one this machine has."""
+    return parser.add_argument('--device', dest=dest, default=default, type=device, help=DEVICE_HELP)
 
 
 def add_workers(parser: argparse.ArgumentParser, dest: str = 'workers', from_config: bool = False) -> argparse.Action:
     """``--workers``: data-loader processes, by default :func:`ptl_timm.utils.default_workers` (``from_config``:
     no default here, the config's ``num_workers`` has the same one)."""
-    return parser.add_argument('--workers', dest=dest, type=int, default=None if from_config else default_workers(),
+    return parser.add_argument('--workers', dest=dest, type=integer(0), default=None if from_config else default_workers(),
                                help='data-loader worker processes decoding images (default: min(4, CPU cores))')
 
 
 def add_batch_size(parser: argparse.ArgumentParser, default: Optional[int], dest: str = 'batch_size',
                    help: str = 'images per batch') -> argparse.Action:
     """``--batch-size``."""
-    return parser.add_argument('--batch-size', dest=dest, type=int, default=default, help=help)
+    return parser.add_argument('--batch-size', dest=dest, type=integer(1), default=default, help=help)
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> argparse.Action:

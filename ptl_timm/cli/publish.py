@@ -18,7 +18,7 @@ from .options import add_command, add_model, add_output, add_quiet
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
     add_model(parser, required=True, help='checkpoint folder (config.json + model.safetensors [+ train_state.pt])')
-    add_output(parser, 'the Hub folder to write (outside the run folder of --model)', required=True)
+    add_output(parser, 'the Hub folder to write (outside the run folder of --model)', folder=True, required=True)
     parser.add_argument('--tag', help='pretrained tag, e.g. market1501 (default: the dataset the weights record)')
     parser.add_argument('--repo-id', help='Hub repository ORG/NAME (default: ptl-timm/<model>.<tag>)')
     parser.add_argument('--push', action='store_true', help='upload after verification (needs a Hub login)')

@@ -21,7 +21,7 @@ from ptl_timm.eval.retrieval import BACKENDS, draw_rankings, search, write_ranki
 from .extract import (
     add_dataset_args, add_model_args, folder_features, image_features, load_dataset, make_extractor, split_features,
 )
-from .options import add_command, add_output, add_quiet
+from .options import add_command, add_output, add_quiet, integer, output_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -31,13 +31,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--query', nargs='+', help='query image files or folders')
     parser.add_argument('--gallery', help='gallery image folder')
     parser.add_argument('--features', help='saved features (query/gallery sets, or images as the gallery)')
-    parser.add_argument('--num-queries', type=int, help='only N queries: the first N, or with --worst-first the N worst')
-    parser.add_argument('--top-k', type=int, default=10, help='results per query')
+    parser.add_argument('--num-queries', type=integer(1), help='only N queries: the first N, or with --worst-first the N worst')
+    parser.add_argument('--top-k', type=integer(1), default=10, help='results per query')
     parser.add_argument('--worst-first', action='store_true', help='queries with the lowest AP first (of all queries)')
     parser.add_argument('--backend', choices=BACKENDS, default='auto', help='gallery index (auto: faiss when installed)')
-    add_output(parser, 'ranked lists: a .json or .csv file', required=True)
-    parser.add_argument('--png', help='ranked-list picture (default: next to --output, .png)')
-    parser.add_argument('--max-rows', type=int, default=20, help='queries drawn in the picture')
+    add_output(parser, 'ranked lists: a .json or .csv file', folder=False, required=True)
+    parser.add_argument('--png', type=output_file, help='ranked-list picture (default: next to --output, .png)')
+    parser.add_argument('--max-rows', type=integer(1), default=20, help='queries drawn in the picture')
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
@@ -60,9 +60,9 @@ def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
     if dataset is not None:
         sets.update(split_features(extractor, dataset))
     if args.gallery:
-        sets['gallery'] = folder_features(extractor, args.gallery)
+        sets['gallery'] = folder_features(extractor, args.gallery, 'gallery')
     if args.query:
-        sets['query'] = image_features(extractor, _query_paths(args.query))
+        sets['query'] = image_features(extractor, _query_paths(args.query), 'query')
     missing = [name for name in ('query', 'gallery') if name not in sets]
     if missing:
         raise InputError(f'no {" and no ".join(missing)} images: give --query/--gallery, --dataset/--data-root or --features')

@@ -13,7 +13,7 @@ from pathlib import Path
 from ptl_timm.data.datasets import build_dataset
 from ptl_timm.data.synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.errors import InputError
-from .options import add_command, add_data_root, add_deprecated, add_img_size, add_quiet
+from .options import add_command, add_data_root, add_deprecated, add_img_size, add_quiet, integer
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,11 +23,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--domain', choices=SYNTH_DOMAINS, default=SYNTH_DOMAINS[0], help='imaging domain')
     parser.add_argument('--layout', choices=LAYOUTS, default='market1501',
                         help='on-disk format to write (the --dataset name that reads it)')
-    parser.add_argument('--num-ids', type=int, default=100, help='identities (alternately train and test)')
-    parser.add_argument('--images-per-id', type=int, default=8, help='images of each identity')
-    parser.add_argument('--num-cams', type=int, default=4, help='cameras of the domain')
+    parser.add_argument('--num-ids', type=integer(2), default=100, help='identities (alternately train and test)')
+    parser.add_argument('--images-per-id', type=integer(2), default=8, help='images of each identity')
+    parser.add_argument('--num-cams', type=integer(2), default=4, help='cameras of the domain')
     add_img_size(parser, default=(128, 64), help='image height and width')
-    parser.add_argument('--seed', type=int, default=0, help='the people and their images')
+    parser.add_argument('--seed', type=integer(), default=0, help='the people and their images')
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser

@@ -59,7 +59,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig]
                         help='override any config key (value parsed as YAML), repeatable')
     parser.add_argument('--print-config', action='store_true',
                         help='print the resolved config as YAML and exit (reads no data, writes nothing)')
-    add_output(parser, help='run folder for config.yaml, last/, best/, metrics.jsonl, curves.png'
+    add_output(parser, folder=True, help='run folder for config.yaml, last/, best/, metrics.jsonl, curves.png'
                             + _default_text('output', cls))
     add_data_root(parser, help="the dataset's folder (or a folder holding <dataset>/)")
     add_img_size(parser, help=f'training and evaluation input height and width{_default_text("img_size", cls)}')
@@ -95,12 +95,14 @@ def config_from_args(cls: Type[T], args: argparse.Namespace, task: str, extra: S
 def resolve_and_run(cls: Type[T], args: argparse.Namespace, task: str, runner: Callable[[T], Dict[str, Any]],
                     extra: Sequence[ValueFlag] = (), values: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
     """The config of :func:`config_from_args` run by ``runner``; with ``--print-config`` printed as YAML
-    (readable back with ``--config``) instead, returning None."""
+    (readable back with ``--config``) instead, returning None. Under torchrun only rank 0 gets the result
+    (the others None), so a command reports once, not once per process."""
     cfg = config_from_args(cls, args, task, extra, values)
     if args.print_config:
         print(config_to_yaml(cfg), end='')
         return None
-    return runner(cfg)
+    result = runner(cfg)
+    return result if result['main_process'] else None
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -10,14 +10,14 @@ import argparse
 
 from ptl_timm.eval.calibration import verify
 from ptl_timm.utils import atomic_save_json
-from .options import add_command, add_device, add_model
+from .options import add_command, add_device, add_model, number
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
     add_model(parser, required=True, help='calibrated checkpoint folder, local-dir:FOLDER or hf-hub:ORG/NAME')
     parser.add_argument('--images', nargs=2, required=True, metavar=('A', 'B'), help='the two images to compare')
-    parser.add_argument('--fpr', type=float, help='operating point (default: the lowest calibrated FPR)')
+    parser.add_argument('--fpr', type=number(0.0, 1.0), help='operating point (default: the lowest calibrated FPR)')
     add_device(parser)
     parser.add_argument('--json', metavar='FILE', help='also write the answer as JSON')
     parser.set_defaults(func=run)

@@ -44,7 +44,7 @@ from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
 __all__ = [
     'ReIDRecord', 'ReIDDataset', 'DatasetNotFoundError', 'DatasetFormatError', 'IMAGE_EXTENSIONS', 'DATASETS',
     'build_dataset', 'build_union', 'market1501', 'dukemtmc', 'msmt17', 'cuhk03_np', 'image_folder', 'FILE_NAMINGS',
-    'labels_from_names',
+    'labels_from_names', 'camera_name',
 ]
 
 PathLike = Union[str, Path]
@@ -249,6 +249,12 @@ def labels_from_names(paths: Sequence[PathLike]) -> Optional[Tuple[List[int], Li
         if names and all(m is not None and int(m.group(2)) >= 1 for m in matches):
             return [int(m.group(1)) for m in matches], [int(m.group(2)) - 1 for m in matches]
     return None
+
+
+def camera_name(camid: int) -> str:
+    """A 0-based camid as the file names count cameras, from 1: ``c1`` for camid 0 (what a user sees in
+    ``0002_c1s1_000451_01.jpg``; a ``folder`` dataset's first camera folder in sorted order)."""
+    return f'c{int(camid) + 1}'
 
 
 DATASETS: Dict[str, Callable[..., ReIDDataset]] = {

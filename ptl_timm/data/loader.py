@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
 from ptl_timm.errors import ConfigError, CorruptFileError, DatasetError, DatasetFormatError, DatasetNotFoundError
+from ptl_timm.utils import to_rgb
 from .datasets import ReIDRecord
 
 __all__ = ['CorruptImageError', 'ImageDataset', 'PKSampler', 'build_transforms', 'timm_augmentation', 'read_image']
@@ -28,10 +29,11 @@ class CorruptImageError(DatasetFormatError, CorruptFileError):
 
 
 def read_image(path: str) -> Image.Image:
-    """The RGB image at ``path``; a missing or undecodable file names itself and the fix."""
+    """The 8-bit RGB image at ``path`` (:func:`ptl_timm.utils.to_rgb`: every mode, 16-bit and float
+    included); a missing, undecodable or unconvertible file names itself and the fix."""
     try:
         with Image.open(path) as image:
-            return image.convert('RGB')
+            return to_rgb(image, path)
     except FileNotFoundError as e:
         raise DatasetNotFoundError(
             f'image {path} listed in the dataset does not exist; the dataset folder changed after it was read: '

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from ptl_timm.errors import CheckpointError, CorruptFileError, reading
+from ptl_timm.errors import CheckpointError, reading
 from ptl_timm.hub import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, save_pretrained
 from ptl_timm.utils import atomic_folder, atomic_path, recover_folder
 
@@ -81,12 +81,8 @@ def load_train_state(path: PathLike) -> Dict[str, Any]:
     state_file = path / TRAIN_STATE_NAME
     if not state_file.is_file():
         raise CheckpointError(f'{path} holds weights only (no {TRAIN_STATE_NAME}), so a run cannot resume from it')
-    fix = 'the run cannot resume from it; start it again with --overwrite'
-    with reading(state_file, what='training state', fix=fix):
-        try:
-            return torch.load(state_file, map_location='cpu', weights_only=True)
-        except RuntimeError as e:  # torch's reader of a truncated zip archive
-            raise CorruptFileError(f'cannot read training state {state_file}: {e}; {fix}') from e
+    with reading(state_file, what='training state', fix='the run cannot resume from it; start it again with --overwrite'):
+        return torch.load(state_file, map_location='cpu', weights_only=True)
 
 
 def read_checkpoint_info(path: PathLike) -> Dict[str, Any]:

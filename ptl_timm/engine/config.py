@@ -26,10 +26,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, T
 
 import yaml
 
-from ptl_timm.errors import ConfigError
+from ptl_timm.errors import ConfigError, InputError
 from ptl_timm.eval.metrics import METRICS
 from ptl_timm.hub import TRAIN_STATE_NAME
 from ptl_timm.layers import STATE_MODES
+from ptl_timm.models.registry import check_model_args
 from ptl_timm.utils import atomic_write, default_workers
 from .checkpoint import load_train_state
 from .schedule import LR_SCHEDULES
@@ -365,6 +366,10 @@ def _check_combinations(values: Dict[str, Any], where: str) -> None:
     if values['sampler'] == 'pk' and values['batch_size'] % values['num_instances']:
         raise ConfigError(f'{where}: batch_size {values["batch_size"]} is not a multiple of num_instances '
                           f'{values["num_instances"]} (the P×K sampler draws K images of P identities)')
+    try:  # the model's name, backbone and arguments, before any data is read
+        check_model_args(values['model'], values['model_args'])
+    except InputError as e:
+        raise ConfigError(f'{where}: {e}') from None
     state_mode = values['model_args'].get('state_mode')
     if state_mode is not None and state_mode not in STATE_MODES:
         raise ConfigError(f'{where}: model_args.state_mode must be one of {", ".join(STATE_MODES)}, got {state_mode!r}')

@@ -40,18 +40,18 @@ def check_evaluable(dataset: ReIDDataset, label: str) -> None:
             f'gallery folders and their camera ids')
 
 
-def _features(model: nn.Module, records, cfg: TrainConfig, ctx: DistContext):
+def _features(model: nn.Module, records, cfg: TrainConfig, ctx: DistContext, split: str):
     feats, pids, camids = extract_features(
         model, eval_loader(records, cfg, ctx), flip=cfg.eval_flip, device=ctx.device,
-        progress=cfg.progress and ctx.is_main, channels_last=cfg.channels_last)
+        progress=cfg.progress and ctx.is_main, channels_last=cfg.channels_last, desc=f'extract {split}')
     return tuple(gather_rows(t, ctx) for t in (feats, pids, camids))
 
 
 def evaluate_split(model: nn.Module, dataset: ReIDDataset, cfg: TrainConfig, ctx: DistContext) -> Dict[str, float]:
     """mAP, Rank-1/5/10 and mINP (percent) of ``model`` on ``dataset``'s query/gallery split, and
     how many query and gallery features were ranked."""
-    q_feats, q_pids, q_camids = _features(model, dataset.query, cfg, ctx)
-    g_feats, g_pids, g_camids = _features(model, dataset.gallery, cfg, ctx)
+    q_feats, q_pids, q_camids = _features(model, dataset.query, cfg, ctx, 'query')
+    g_feats, g_pids, g_camids = _features(model, dataset.gallery, cfg, ctx, 'gallery')
     metrics = None
     if ctx.is_main:
         if cfg.eval_aqe:

@@ -71,7 +71,7 @@ def run_lock(output: Union[str, os.PathLike]) -> Iterator[None]:
     ``OutputError`` here, before any training)."""
     path = Path(output) / LOCK_NAME
     try:
-        with writing(path):
+        with writing(path.parent):  # a full disk, or a file where the folder should be, names the run folder
             path.parent.mkdir(parents=True, exist_ok=True)
             _acquire(path)
     except OutputError:

@@ -36,7 +36,7 @@ from ptl_timm.layers import ddp_ignore_latent_states, restore_latent_states, sna
 from ptl_timm.losses import CenterLoss, ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
-from ptl_timm.utils import atomic_write
+from ptl_timm.utils import atomic_write, require_free_space
 from .checkpoint import (
     CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, recover_folder,
     rng_state, save_checkpoint, set_rng_state, write_train_state)
@@ -95,9 +95,7 @@ def build_model(cfg: TrainConfig, num_classes: int, dataset_label: str) -> nn.Mo
         load_checkpoint_weights(model, cfg.init_checkpoint, skip=_classifier_names(model) if reset else ())
         return model
     if cfg.pretrained and cfg.model in _GENERIC_MODELS:
-        args = dict(cfg.model_args)
-        return create_ptl(args.pop('backbone'), pretrained=True, ptl=_GENERIC_MODELS[cfg.model],
-                          num_classes=num_classes, **args)
+        return create_ptl(pretrained=True, ptl=_GENERIC_MODELS[cfg.model], num_classes=num_classes, **cfg.model_args)
     return timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, **cfg.model_args)
 
 
@@ -225,7 +223,22 @@ def prepare_session(cfg: TrainConfig, ctx: DistContext, model_fn: Callable[[int,
     model = model_fn(data.num_classes, label)
     # what data.loader.build_transforms does at evaluation: bilinear resize to img_size, ImageNet mean/std
     set_preprocessing(model, cfg.img_size, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+    if ctx.is_main:  # a full disk found now, not after the first epoch
+        require_free_space(cfg.output, _checkpoint_bytes(cfg, model), 'a checkpoint (weights and optimizer state)')
     return TrainSession(cfg, ctx, model, data, eval_sets)
+
+
+_OPTIMIZER_SLOTS = {'sgd': 1, 'adam': 2, 'adamw': 2}  # state tensors per parameter (SGD: momentum; Adam: two moments)
+
+
+def _checkpoint_bytes(cfg: TrainConfig, model: nn.Module) -> int:
+    """About how large one checkpoint of ``model`` is: its weights, and in ``train_state.pt`` the
+    optimizer state (and with EMA the trained weights besides the averaged ones)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    slots = 0 if cfg.optimizer == 'sgd' and not cfg.momentum else _OPTIMIZER_SLOTS[cfg.optimizer]
+    slots += int(cfg.amsgrad and cfg.optimizer != 'sgd')  # AMSGrad's running maximum
+    return weights * (2 if cfg.ema_decay else 1) + params * slots
 
 
 def _should_evaluate(cfg: TrainConfig, epoch: int) -> bool:
@@ -237,7 +250,8 @@ def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     """Train ``session.model`` for ``cfg.epochs`` epochs (resuming from ``output/last`` if asked),
     holding the run folder's lock; the resolved config is saved there first (``config.yaml``).
 
-    Returns the output folder, the metric history, and the best and last evaluation results.
+    Returns the output folder, the metric history, the best and last evaluation results, and whether this
+    process is the main one (``main_process``: rank 0, the one that writes and reports).
     """
     cfg = session.cfg
     with _deterministic(cfg.deterministic):
@@ -341,7 +355,7 @@ def _epoch_loop(session: TrainSession, state: TrainState, loss_step: LossStep) -
         if board is not None:
             board.close()
     return dict(output=str(session.output), history=state.history, best=state.best,
-                last=next((r for r in reversed(state.history) if 'eval' in r), None))
+                last=next((r for r in reversed(state.history) if 'eval' in r), None), main_process=ctx.is_main)
 
 
 def _amp_dtype(ctx: DistContext) -> torch.dtype:

@@ -31,15 +31,26 @@ def _base_fields(cfg: TransferConfig, cls) -> Dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if f.name in names}
 
 
+def _distinct_decimals(values: Sequence[float], fewest: int = 2, most: int = 6) -> int:
+    """The fewest decimals (at least ``fewest``) at which values that differ also print differently, so two
+    models never look identical in a table (48.4509 and 48.4543 are both "48.45" at two)."""
+    distinct = set(values)
+    return next((d for d in range(fewest, most) if len({f'{v:.{d}f}' for v in distinct}) == len(distinct)), most)
+
+
 def results_table(rows: Sequence[Dict[str, Any]], test_sets: Sequence[str]) -> str:
-    """Markdown table: one row per step, mAP / Rank-1 (%) per test set."""
+    """Markdown table: one row per step, mAP / Rank-1 (%) per test set, each column with the decimals that
+    tell its different values apart (:func:`_distinct_decimals`)."""
     header = ['step', 'model', 'fine-tuning list'] + [f'{name} mAP / R-1' for name in test_sets]
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    decimals = {(name, key): _distinct_decimals([r['eval'][name][key] for r in rows if name in r['eval']])
+                for name in test_sets for key in ('mAP', 'rank1')}
     for row in rows:
         cells = [str(row['step']), row['model'], row['route']]
         for name in test_sets:
             metrics = row['eval'].get(name)
-            cells.append(f'{metrics["mAP"]:.2f} / {metrics["rank1"]:.2f}' if metrics else '–')
+            cells.append(f'{metrics["mAP"]:.{decimals[name, "mAP"]}f} / {metrics["rank1"]:.{decimals[name, "rank1"]}f}'
+                         if metrics else '–')
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
@@ -105,4 +116,4 @@ def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
         with atomic_write(output / 'transfer.md', 'w') as f:
             f.write(table)
         atomic_save_json(dict(test_sets=test_sets, rows=rows), output / 'transfer.json')
-    return dict(rows=rows, table=table, test_sets=test_sets)
+    return dict(rows=rows, table=table, test_sets=test_sets, main_process=ctx.is_main)

@@ -22,15 +22,16 @@ from tqdm.auto import tqdm
 
 from ptl_timm.data.datasets import ReIDDataset
 from ptl_timm.data.loader import ImageDataset, read_image
-from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError
+from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError, NonFiniteError
 from ptl_timm.hub import load_model
+from ptl_timm.utils import resolve_device, to_rgb
 from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
 from .analysis import VerificationRates
 from .metrics import evaluate_distance_chunks, pairwise_distance_chunks
 from .rerank import iter_re_ranking
 
 __all__ = [
-    'embed', 'extract_features', 'eval_data_config', 'resolve_device', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
+    'embed', 'extract_features', 'eval_data_config', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
     'image_files', 'IMAGE_EXTENSIONS']
 
 _logger = logging.getLogger(__name__)
@@ -44,13 +45,6 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
-def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """``device``, where None or 'auto' means CUDA when available, else CPU."""
-    if device is None or device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
 
@@ -62,26 +56,32 @@ def extract_features(
         device: Optional[Union[str, torch.device]] = None,
         progress: bool = True,
         channels_last: bool = False,
+        desc: str = 'extract',
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Embeddings of every batch of ``loader`` (L2-normalised, float32, on CPU) with its pids and camids.
+    """Embeddings of every batch of ``loader`` (L2-normalised, float32, on CPU) with its pids and camids;
+    ``desc`` names the progress bar (``'extract query'``: which split is running).
 
     Batches are ``(images, pids, camids, ...)`` as :class:`ptl_timm.data.loader.ImageDataset` yields,
     or ``(images,)`` / bare image tensors (pids and camids then -1). The model runs in eval mode on
     ``device`` (default: where its parameters are) and is put back in its previous mode afterwards.
+    An embedding with NaN or Inf (weights of a diverged run) raises ``NonFiniteError`` naming how many
+    images have one: ranks or files made of them would be meaningless.
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(device) if device is not None else _model_device(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
     feats, pids, camids = [], [], []
+    non_finite = 0
     try:
         with torch.inference_mode():
-            for batch in tqdm(loader, desc='extract', unit='batch', disable=not progress, leave=False):
+            for batch in tqdm(loader, desc=desc, unit='batch', disable=not progress, leave=False):
                 images = batch if isinstance(batch, torch.Tensor) else batch[0]
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 embedding = embed(model, images).float()
                 if flip:
                     embedding = embedding + embed(model, images.flip(3)).float()
+                non_finite += int((~torch.isfinite(embedding).all(dim=1)).sum())
                 feats.append(F.normalize(embedding, dim=1).cpu())
                 unknown = torch.full((len(images),), -1, dtype=torch.int64)
                 labelled = not isinstance(batch, torch.Tensor) and len(batch) >= 3
@@ -91,7 +91,11 @@ def extract_features(
         model.train(was_training)
     if not feats:
         raise InputError('no images to extract features from (the loader is empty)')
-    return torch.cat(feats), torch.cat(pids), torch.cat(camids)
+    feats = torch.cat(feats)
+    if non_finite:
+        raise NonFiniteError(f'the model gives NaN/Inf embeddings for {non_finite} of {len(feats)} images: its weights '
+                             f'hold NaN/Inf (a diverged run?) or the input does; use an earlier checkpoint')
+    return feats, torch.cat(pids), torch.cat(camids)
 
 
 def image_files(folder: Union[str, os.PathLike]) -> List[str]:
@@ -132,7 +136,7 @@ class _Images(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.items[index]
-        image = item.convert('RGB') if isinstance(item, Image.Image) else read_image(str(item))
+        image = to_rgb(item, f'number {index}') if isinstance(item, Image.Image) else read_image(str(item))
         return self.transform(image)
 
 
@@ -140,9 +144,10 @@ class FeatureExtractor:
     """Images → L2-normalised ReID embeddings, batched, with any ptl_timm or timm model.
 
     Args:
-        model: a module, a timm model name (with pretrained tag), an ``hf-hub:``/``local-dir:`` id,
+        model: a module, a timm model name with a pretrained tag, an ``hf-hub:``/``local-dir:`` id,
             a checkpoint folder or a ``.safetensors`` file beside its ``config.json``
-            (see :func:`ptl_timm.hub.load_model`; the classifier is not built).
+            (see :func:`ptl_timm.hub.load_model`; the classifier is not built). A bare model name
+            is refused unless ``random_weights``.
         device: default (None or 'auto') CUDA when available, else CPU.
         batch_size: images per forward pass.
         img_size: (height, width); default the model's ``pretrained_cfg['input_size']`` (a checkpoint's
@@ -152,6 +157,8 @@ class FeatureExtractor:
         num_workers: DataLoader workers decoding images.
         channels_last: run in channels-last memory format (faster convolutions on many CPUs/GPUs).
         progress: show a progress bar.
+        random_weights: build the architecture ``model`` names with random weights (benchmarking speed;
+            the features mean nothing).
 
     ``extractor(images)`` / ``extractor.extract(images)`` takes image paths, a folder (every image
     below it, sorted by path), PIL images, or an already preprocessed tensor (B × 3 × H × W or one
@@ -168,10 +175,13 @@ class FeatureExtractor:
             num_workers: int = 0,
             channels_last: bool = False,
             progress: bool = False,
+            random_weights: bool = False,
     ):
+        if isinstance(model, nn.Module) and random_weights:
+            raise InputError('random_weights applies to a model source (a name, folder or Hub id), not to a module')
+        self.device = resolve_device(device)  # before the model is read: a bad device is found at once
         if not isinstance(model, nn.Module):
-            model = load_model(model, num_classes=0)
-        self.device = resolve_device(device)
+            model = load_model(model, random_weights=random_weights, num_classes=0)
         self.model = model.to(self.device)  # extract_features switches to eval mode and back
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -198,19 +208,21 @@ class FeatureExtractor:
         return DataLoader(_Images(images, self.transform), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
 
-    def extract(self, images: ImageSource) -> torch.Tensor:
+    def extract(self, images: ImageSource, desc: str = 'extract') -> torch.Tensor:
         feats, _, _ = extract_features(self.model, self._loader(images), flip=self.flip, device=self.device,
-                                       progress=self.progress, channels_last=self.channels_last)
+                                       progress=self.progress, channels_last=self.channels_last, desc=desc)
         return feats
 
     __call__ = extract
 
-    def extract_records(self, records: Sequence[Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Features, pids and camids of dataset records (``ReIDRecord``: path, pid, camid)."""
+    def extract_records(self, records: Sequence[Any],
+                        desc: str = 'extract') -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features, pids and camids of dataset records (``ReIDRecord``: path, pid, camid); ``desc`` names the
+        progress bar (e.g. ``'extract gallery'``)."""
         loader = DataLoader(ImageDataset(records, self.transform), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
         return extract_features(self.model, loader, flip=self.flip, device=self.device, progress=self.progress,
-                                channels_last=self.channels_last)
+                                channels_last=self.channels_last, desc=desc)
 
 
 def evaluate_model(
@@ -224,19 +236,21 @@ def evaluate_model(
         device: Optional[Union[str, torch.device]] = None,
         num_workers: int = 0,
         progress: bool = True,
+        random_weights: bool = False,
         **metric_kwargs,
 ) -> Dict[str, Any]:
     """mAP, CMC and mINP (fractions) of ``model`` on ``dataset``'s query/gallery split.
 
-    ``rerank`` applies k-reciprocal re-ranking (k1=20, k2=6, λ=0.3) to the features; ``metric_kwargs``
-    go to :func:`ptl_timm.eval.metrics.evaluate_distance_chunks` (``ap_mode``, ``max_rank``, ...).
+    ``model`` and ``random_weights`` as in :class:`FeatureExtractor`. ``rerank`` applies k-reciprocal
+    re-ranking (k1=20, k2=6, λ=0.3) to the features; ``metric_kwargs`` go to
+    :func:`ptl_timm.eval.metrics.evaluate_distance_chunks` (``ap_mode``, ``max_rank``, ...).
     """
     if not dataset.query or not dataset.gallery:
         raise DatasetFormatError(f'dataset {dataset.name!r} at {dataset.root} has no query or no gallery images')
     extractor = FeatureExtractor(model, device=device, batch_size=batch_size, img_size=img_size, flip=flip,
-                                 num_workers=num_workers, progress=progress)
-    q_feats, q_pids, q_camids = extractor.extract_records(dataset.query)
-    g_feats, g_pids, g_camids = extractor.extract_records(dataset.gallery)
+                                 num_workers=num_workers, progress=progress, random_weights=random_weights)
+    q_feats, q_pids, q_camids = extractor.extract_records(dataset.query, desc='extract query')
+    g_feats, g_pids, g_camids = extractor.extract_records(dataset.gallery, desc='extract gallery')
     return evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, rerank=rerank,
                              device=extractor.device, **metric_kwargs)
 

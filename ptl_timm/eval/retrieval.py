@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from ptl_timm.errors import InputError, MissingExtraError
-from ptl_timm.utils import atomic_path, atomic_save_json, atomic_write
+from ptl_timm.utils import atomic_path, atomic_save_json, atomic_write, to_rgb
 from .features import FeatureSet
 from .metrics import _ordered_keys, evaluate_rank
 from .protocol import resolve_protocol
@@ -187,7 +187,7 @@ def _thumbnail(path: str, size: Tuple[int, int], colour: Tuple[int, int, int], b
     height, width = size
     try:
         with Image.open(path) as image:
-            picture = image.convert('RGB').resize((width - 2 * border, height - 2 * border), Image.BILINEAR)
+            picture = to_rgb(image, path).resize((width - 2 * border, height - 2 * border), Image.BILINEAR)
     except OSError:  # a path that is gone: keep the grid readable
         picture = Image.new('RGB', (width - 2 * border, height - 2 * border), (235, 235, 235))
     return ImageOps.expand(picture, border=border, fill=colour)

@@ -38,12 +38,14 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from ptl_timm.errors import InputError
 from ptl_timm.layers import BConvCell, create_global_pool, ddp_ignore_latent_states
 from ptl_timm.weights import add_manifest_tags, check_pretrained_source
+from .registry import check_model_name
 from .reid_model import ReIDModelMixin, reid_cfg
 from .reid_output import ReIDOutput
 
 __all__ = ['ReIDNet', 'PTLSideNetwork', 'ConvSideBlock', 'SIDE_BLOCKS', 'ReIDClassifier', 'BNNeck', 'NECKS', 'create_ptl', 'create_reid']
 
 NECKS = ('', 'bnneck')  # what follows the pooling: nothing, or BoT's BatchNorm neck
+DEFAULT_BACKBONE = 'resnet50'  # the paper's
 
 
 @register_notrace_module  # shape-dependent branch: FX keeps it a leaf
@@ -290,7 +292,7 @@ class ReIDNet(ReIDModelMixin, nn.Module):
 
     def __init__(
             self,
-            backbone: str = 'resnet50',
+            backbone: str = DEFAULT_BACKBONE,
             num_classes: int = 751,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -319,6 +321,7 @@ class ReIDNet(ReIDModelMixin, nn.Module):
             raise InputError(
                 'embed_dim=0 (no 1×1 conv) needs ptl=False: the 1×1 conv fuses the last stage with the side '
                 'network\'s output; give embed_dim (e.g. 2048)')
+        check_model_name(backbone, what='backbone')
         dd = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -511,7 +514,7 @@ def _with_fixed_input_size(variant: str, kwargs: Dict[str, Any]) -> Dict[str, An
     """A backbone built for one input size (ViT, Swin: ``fixed_input_size`` in timm's cfg) is built for
     the ReID input size this model reports (its cfg's, or a ``pretrained_cfg_overlay``'s), unless
     ``backbone_args`` sets ``img_size``."""
-    backbone_cfg = timm.models.get_pretrained_cfg(kwargs.get('backbone', 'resnet50'))
+    backbone_cfg = timm.models.get_pretrained_cfg(kwargs.get('backbone', DEFAULT_BACKBONE))
     backbone_args = dict(kwargs.get('backbone_args') or {})
     if backbone_cfg is None or not backbone_cfg.fixed_input_size or 'img_size' in backbone_args:
         return kwargs
@@ -536,7 +539,7 @@ def _create_reid_net(variant: str, pretrained: bool = False, **kwargs) -> ReIDNe
 _WEIGHT_SOURCE_KEYS = ('url', 'file', 'hf_hub_id', 'hf_hub_filename')
 
 
-def create_ptl(backbone: str, pretrained: bool = False, ptl: bool = True, **kwargs) -> ReIDNet:
+def create_ptl(backbone: str = DEFAULT_BACKBONE, pretrained: bool = False, ptl: bool = True, **kwargs) -> ReIDNet:
     """Build the PTL network on any timm backbone, e.g. ``create_ptl('convnext_tiny', num_classes=751)``.
 
     This is ``timm.create_model('ptl_net', backbone=...)``: the architecture saved in ``config.json``
@@ -544,10 +547,12 @@ def create_ptl(backbone: str, pretrained: bool = False, ptl: bool = True, **kwar
     ``pretrained=True`` loads the backbone's default timm ImageNet weights into the backbone and
     leaves the cells and head initialised.
     """
+    check_model_name(backbone, what='backbone')
     if pretrained and 'pretrained_cfg_overlay' not in kwargs:
         source = timm.models.get_pretrained_cfg(backbone)
         if source is None or not source.has_weights:
-            raise ValueError(f'timm has no pretrained weights for backbone {backbone!r}; use pretrained=False')
+            raise InputError(f'timm has no pretrained weights for backbone {backbone!r}; use pretrained=False '
+                             f'(`--no-pretrained`)')
         kwargs['pretrained_cfg_overlay'] = {k: getattr(source, k) for k in _WEIGHT_SOURCE_KEYS if getattr(source, k)}
     return timm.create_model('ptl_net' if ptl else 'reid_net', pretrained=pretrained, backbone=backbone, **kwargs)
 

@@ -1,15 +1,95 @@
-"""Which of timm's registered models this package provides."""
-from typing import List
+"""timm's registry as this package uses it: which models it provides, and the one check of a model's
+name and constructor arguments against it, made before anything is built, read or trained.
+
+A model's constructor is the class its entrypoint is annotated to return (timm's and this package's
+entrypoints all are, e.g. ``def ptl_net(...) -> ReIDNet``), so ``model_args`` are checked against that
+class's signature without building anything. This matters because timm drops ``None`` arguments: the
+YAML typo ``{backbone:resnet18}`` (no space) is a key ``'backbone:resnet18'`` with a null value, which
+would otherwise build the default backbone without a word.
+"""
+import difflib
+import inspect
+import typing
+from typing import Any, Callable, List, Mapping, Optional
 
 import timm
 from timm.models import model_entrypoint
 
+from ptl_timm.errors import InputError
 from ptl_timm.weights import GENERIC_MODELS
 
-__all__ = ['list_models', 'GENERIC_MODELS']
+__all__ = ['list_models', 'GENERIC_MODELS', 'check_model_name', 'check_model_args', 'model_class']
+
+# constructor arguments whose value is itself a timm model name, and those whose value are its arguments
+_MODEL_NAME_ARGS = ('backbone',)
+_MODEL_ARGS_ARGS = {'backbone_args': 'backbone'}
 
 
 def list_models(include_generic: bool = False) -> List[str]:
     """Names of the models ``import ptl_timm`` added to timm's registry, sorted."""
     names = [n for n in timm.list_models() if model_entrypoint(n).__module__.startswith('ptl_timm.')]
     return [n for n in names if include_generic or n not in GENERIC_MODELS]
+
+
+def _closest(name: str, valid: List[str]) -> str:
+    matches = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+    return f' (did you mean {" or ".join(repr(m) for m in matches)}?)' if matches else ''
+
+
+def check_model_name(name: str, what: str = 'model') -> None:
+    """Raise ``InputError`` unless ``name`` (``arch`` or ``arch.tag``) is in timm's registry, suggesting
+    the closest registered names. (Whether a tag's weights exist is ``ptl_timm.weights``' check.)"""
+    if not isinstance(name, str) or not name:
+        raise InputError(f'{what} must be a timm model name, got {name!r}')
+    architecture = name.partition('.')[0]
+    if not timm.is_model(architecture):
+        ours = list_models(include_generic=True)
+        hint = _closest(architecture, ours) or _closest(architecture, timm.list_models())
+        raise InputError(f'{what} {name!r} is not a registered timm model{hint}; `ptl-timm info` lists the models of '
+                         f'ptl_timm, timm.list_models() all of timm\'s')
+
+
+def model_class(name: str) -> Optional[type]:
+    """The class the registered model ``name`` builds (its entrypoint's return annotation), or None
+    when the entrypoint does not say."""
+    entrypoint: Callable = model_entrypoint(name.partition('.')[0])
+    try:
+        cls = typing.get_type_hints(entrypoint).get('return')
+    except Exception:  # an annotation that does not resolve: the class is unknown, not an error
+        return None
+    return cls if inspect.isclass(cls) else None
+
+
+def _accepted(cls: type) -> Optional[List[str]]:
+    """The keyword arguments ``cls`` takes, or None when it takes any (``**kwargs``)."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.name != 'self' and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_model_args(name: str, model_args: Mapping[str, Any], where: str = 'model_args') -> None:
+    """Check the arguments ``model_args`` that build the registered model ``name``, naming the key at
+    fault: every key is an argument of its constructor (closest ones suggested), no value is null
+    (timm would drop it and build the default), and a ``backbone`` names a registered timm model
+    (its ``backbone_args`` checked against it the same way)."""
+    check_model_name(name)
+    if not isinstance(model_args, Mapping):
+        raise InputError(f'{where} must be a mapping of argument names to values, got {model_args!r}')
+    cls = model_class(name)
+    accepted = _accepted(cls) if cls is not None else None
+    for key, value in model_args.items():
+        if value is None:
+            typo = (f"; in YAML '{{{key}}}' is a key with no value: write '{{{key.replace(':', ': ', 1)}}}' (a space "
+                    f"after the colon)" if isinstance(key, str) and ':' in key else '')
+            raise InputError(f'{where}: {key!r} has no value (null){typo}; give it a value or leave the key out')
+        if accepted is not None and key not in accepted:
+            raise InputError(f'{where}: {name} has no argument {key!r}{_closest(str(key), accepted)}; '
+                             f'{cls.__name__} takes {", ".join(accepted)}')
+    for key in _MODEL_NAME_ARGS:
+        if key in model_args:
+            check_model_name(model_args[key], what=f'{where}: {key}')
+    for key, model_key in _MODEL_ARGS_ARGS.items():
+        if key in model_args and accepted is not None and model_key in accepted:
+            model = model_args.get(model_key, inspect.signature(cls.__init__).parameters[model_key].default)
+            check_model_args(model, model_args[key], where=f'{where}: {key}')

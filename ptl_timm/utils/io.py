@@ -13,6 +13,7 @@ or a read-only folder raise :class:`ptl_timm.errors.OutputError` naming the file
 staging files behind.
 """
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -22,9 +23,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-from ptl_timm.errors import writing
+from ptl_timm.errors import OutputError, writing
 
-__all__ = ['atomic_write', 'atomic_path', 'atomic_save_json', 'atomic_folder', 'recover_folder', 'current_umask']
+__all__ = [
+    'atomic_write', 'atomic_path', 'atomic_save_json', 'atomic_folder', 'recover_folder', 'current_umask',
+    'check_output_path', 'require_free_space',
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,6 +49,32 @@ def _umask_by_setting() -> int:
     umask = os.umask(0o22)
     os.umask(umask)
     return umask
+
+
+def check_output_path(path: PathLike, folder: bool = False) -> Path:
+    """``path`` as an output that can be written: a file output must not name an existing folder, a
+    folder output not an existing file. Checked before any work, so the work is not lost at the end."""
+    path = Path(path)
+    with writing(path):
+        if not folder and path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if folder and path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    return path
+
+
+def require_free_space(path: PathLike, needed: int, what: str) -> None:
+    """Raise :class:`OutputError` (ENOSPC) when the file system of ``path`` (or of its nearest existing
+    parent) has less than ``needed`` bytes free for ``what``: a long job then stops before it starts,
+    not when it first writes."""
+    folder = Path(path).expanduser().absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OutputError(f'cannot write {path}: {what} needs about {needed / 2 ** 20:.0f} MiB and only '
+                          f'{free / 2 ** 20:.0f} MiB are free there; free some space or choose another output folder',
+                          errno.ENOSPC)
 
 
 def _fsync(path: PathLike, directory: bool = False) -> None:
@@ -83,7 +113,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` for writers that take a file name
     (``safetensors.torch.save_file``, ``torch.save``, ``PIL.Image.save``); on success it is synced
     and renamed onto ``path``, on failure removed."""
-    path = Path(path)
+    path = check_output_path(path)
     tmp = None
     with writing(path):
         try:
@@ -142,7 +172,7 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     it replaces ``path`` (old folder aside, new one in, old one deleted). On an exception the staging
     folder is removed and ``path`` is untouched. A crash at any point leaves the old or the new
     folder complete (after :func:`recover_folder`)."""
-    path = Path(path)
+    path = check_output_path(path, folder=True)
     staging = _staging(path)
     with writing(path):
         recover_folder(path)
@@ -155,6 +185,9 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
                 os.replace(path, _aside(path))
             os.replace(staging, path)
             _fsync(path.parent, directory=True)
+        except OutputError as e:  # named as the user knows it, not by its hidden staging name
+            shutil.rmtree(staging, ignore_errors=True)
+            raise OutputError(str(e).replace(str(staging), str(path)), e.errno) from e
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
