@@ -127,7 +127,9 @@ def child_query(folder: str, size: int, batch: int, dim: int, count: int, backen
         times.append(elapsed)
         ids.append(hits.ids[0].tolist())
     times = np.array(times) * 1000
-    kind = index.info()['faiss']['kind'] if backend == 'faiss' else 'exact'
+    faiss = index.info()['faiss'] if backend == 'faiss' else None
+    kind = 'exact' if faiss is None else (
+        f'{faiss["kind"]}, nprobe {faiss["nprobe"]} of {faiss["lists"]} lists' if faiss['lists'] else faiss['kind'])
     return dict(p50_ms=float(np.percentile(times, 50)), p99_ms=float(np.percentile(times, 99)), first_s=load,
                 peak_mb=peak_mb(), ids=ids, kind=kind)
 
@@ -184,7 +186,7 @@ def measure(size: int, args: argparse.Namespace, work: Path) -> List[List[str]]:
         reference = exact if kind == 'reid' else run_child(
             'query', folder=str(faiss_dir), count=args.queries, backend='exact', kind=kind, **common)
         approximate = run_child('query', folder=str(faiss_dir), count=args.queries, backend='faiss', kind=kind, **common)
-        label = f'faiss ({approximate["kind"]}, default nprobe)' + (', uniform vectors' if kind == 'uniform' else '')
+        label = f'faiss ({approximate["kind"]})' + (', uniform vectors' if kind == 'uniform' else '')
         row(label, built_faiss, None, approximate,
             f'{recall(approximate["ids"], reference["ids"]):.3f} (first query {approximate["first_s"]:.1f} s: loads it)')
         shutil.rmtree(faiss_dir)

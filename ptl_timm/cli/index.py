@@ -94,7 +94,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     query.add_argument('--query', nargs='+', required=True, help='query image files or folders')
     query.add_argument('--top-k', type=int, default=10, help='results per query')
     query.add_argument('--backend', choices=BACKENDS, default='exact', help='exact, or faiss (index built with --faiss)')
-    query.add_argument('--nprobe', type=int, help='faiss: inverted lists visited per query (default: lists / 64)')
+    query.add_argument('--nprobe', type=int,
+                       help='faiss: inverted lists visited per query (default: the one tuned to recall@10 >= 0.95 '
+                            'when the faiss index was trained)')
     query.add_argument('--rerank', action='store_true', help='k-reciprocal re-ranking of each query\'s candidates')
     query.add_argument('--candidates', type=int, default=100, help='re-ranking: nearest items re-ranked per query')
     query.add_argument('--exclude-camera', action='store_true', help='skip results from the query\'s own camera')

@@ -5,12 +5,17 @@ the image ids, so results map to the same metadata), named in that generation's 
 the same way as the shards. Below :data:`IVF_MIN` images it is an exact flat index (an inverted file cannot
 be trained on fewer points). From then on it is an inverted file (``IVF<nlist>``, nlist ≈ √N, a power of
 two) storing the vectors as ``SQfp16`` (float16: half the memory of the vectors it holds), its centroids
-trained on a random sample of the whole gallery (39 points per list, faiss's minimum). Centroids trained on
-a gallery's first tenth place the people added later badly (recall@10 fell to 0.43 at 1M in
-``benchmarks/index_speed.py``), so the writer trains it again, from the shards, whenever the gallery has
-doubled since the last training: the cost is amortised to about two trainings' worth of the final size.
-``nprobe`` lists are visited per query (default nlist / 32): more is slower and closer to exact. Readers
-map the file (``IO_FLAG_MMAP``) instead of loading it. The exact search stays the default.
+trained on a random sample of the whole gallery (64 points per list). Centroids trained on a gallery's first
+tenth place the people added later badly (recall@10 fell to 0.43 at 1M in ``benchmarks/index_speed.py``), so
+the writer trains it again, from the shards, whenever the gallery has doubled since the last training: the
+cost is amortised to about two trainings' worth of the final size.
+
+How many lists a query visits (``nprobe``) decides its recall, and the right number depends on the data
+(a fixed nlist/32 gave recall@10 0.59 on the benchmark's ReID-like gallery at 100k). So after each training
+the writer measures it: :data:`TUNE_QUERIES` stored images are searched exactly and with faiss at doubling
+nprobe, and the smallest nprobe whose recall@10 reaches :data:`TARGET_RECALL` is recorded with the recall it
+gave (``ptl-timm index info`` shows both; ``--nprobe`` overrides). Readers map the faiss file
+(``IO_FLAG_MMAP``) instead of loading it. The exact search stays the default.
 """
 import math
 from pathlib import Path
@@ -22,12 +27,15 @@ import torch
 from ptl_timm.errors import CorruptFileError, MissingExtraError, reading
 from ptl_timm.utils import atomic_path
 
-__all__ = ['faiss_module', 'IVF_MIN', 'RETRAIN_GROWTH', 'new_index', 'build_ivf', 'load', 'save', 'search',
-           'default_nprobe']
+__all__ = ['faiss_module', 'IVF_MIN', 'RETRAIN_GROWTH', 'TARGET_RECALL', 'new_index', 'build_ivf', 'tune_nprobe',
+           'load', 'save', 'search', 'default_nprobe']
 
 IVF_MIN = 50_000
 RETRAIN_GROWTH = 2  # train the inverted file again once the gallery has doubled since its last training
-TRAIN_PER_LIST = 39  # training points per list (faiss warns below 39)
+TRAIN_PER_LIST = 64  # training points per list (faiss warns below 39)
+TARGET_RECALL = 0.95
+TUNE_QUERIES = 200
+TOP_K = 10
 
 
 def faiss_module():
@@ -43,7 +51,8 @@ def nlist_for(count: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    return max(1, nlist // 32)
+    """Where :func:`tune_nprobe` starts (a file written before tuning falls back to it)."""
+    return max(1, nlist // 64)
 
 
 def new_index(dim: int):
@@ -71,6 +80,33 @@ def build_ivf(dim: int, shards: Sequence, dtype: torch.dtype, seed: int = 0):
         tensors = shard.read(dim, dtype)
         index.add_with_ids(np.ascontiguousarray(tensors['embeddings'].float().numpy()), tensors['ids'].numpy())
     return index
+
+
+def tune_nprobe(index, shards: Sequence, dim: int, dtype: torch.dtype, seed: int = 0) -> Tuple[int, float]:
+    """The smallest nprobe (doubling from nlist / 64) whose recall@10 against the exact search reaches
+    :data:`TARGET_RECALL` on :data:`TUNE_QUERIES` stored images used as queries (each excluding itself),
+    and that recall; nlist (exhaustive) if none does."""
+    from types import SimpleNamespace
+    from .search import exact_search
+    total = sum(s.rows for s in shards)
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:TUNE_QUERIES].sort().values
+    queries, ids, start = [], [], 0
+    for shard in shards:
+        rows = chosen[(chosen >= start) & (chosen < start + shard.rows)] - start
+        if len(rows):
+            tensors = shard.read(dim, dtype)
+            queries.append(tensors['embeddings'][rows].float())
+            ids.append(tensors['ids'][rows])
+        start += shard.rows
+    queries, ids = torch.cat(queries), torch.cat(ids)
+    exact = exact_search(SimpleNamespace(shards=shards, dim=dim, dtype=dtype), queries, TOP_K, exclude_ids=ids).ids
+    nprobe, recall = default_nprobe(index.nlist) // 2, 0.0
+    while nprobe < index.nlist and recall < TARGET_RECALL:
+        nprobe = min(index.nlist, max(1, nprobe * 2))
+        _, found = search(index, queries, TOP_K + 1, nprobe)
+        found = [[i for i in row if i != own][:TOP_K] for row, own in zip(found.tolist(), ids.tolist())]
+        recall = float(sum(len(set(f) & set(e)) for f, e in zip(found, exact.tolist())) / exact.numel())
+    return nprobe, recall
 
 
 def is_ivf(index) -> bool:

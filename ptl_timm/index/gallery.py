@@ -26,7 +26,7 @@ from ptl_timm.errors import DatasetNotFoundError, InputError
 from ptl_timm.eval.extract import FeatureExtractor, image_files
 from . import ann
 from .search import Hits, exact_search, rerank_hits
-from .store import DTYPES, SHARD_DIR, Snapshot, Writer, create, is_index, now, open_snapshot, read_manifest, writer
+from .store import DTYPES, Snapshot, Writer, create, is_index, now, open_snapshot, read_manifest, writer
 
 __all__ = ['ImageIndex', 'BACKENDS', 'ROWS_PER_SHARD', 'describe_model', 'collect_images']
 
@@ -272,10 +272,13 @@ class ImageIndex:
             shards = w.shards()
             try:
                 index = ann.build_ivf(w.snapshot.dim, shards, w.snapshot.dtype)
+                nprobe, recall = ann.tune_nprobe(index, shards, w.snapshot.dim, w.snapshot.dtype)
             finally:
                 for shard in shards:
                     shard.file.close()
             w.set_state('faiss_trained', index.ntotal)
+            w.set_state('faiss_nprobe', nprobe)
+            w.set_state('faiss_recall', f'{recall:.4f}')
         name = f'faiss-{w.generation:06d}.index'
         ann.save(index, self.folder / name)
         w.set_state('faiss_file', name)
@@ -302,6 +305,7 @@ class ImageIndex:
         name = snapshot.state('faiss_file')
         if not self.manifest.get('faiss') or name is None:
             raise InputError(f'{self.folder} was built without faiss (ptl-timm index build --faiss); use the exact search')
+        nprobe = nprobe or int(snapshot.state('faiss_nprobe', '0')) or None  # the one measured at training
         if self._faiss[0] != name:  # files are immutable: one read per generation
             self._faiss = (name, ann.load(self.folder / name, mapped=True))
         index = self._faiss[1]
@@ -392,13 +396,14 @@ class ImageIndex:
             db = snapshot.db
             count = db.execute('SELECT count(*) FROM images').fetchone()[0]
             identities = db.execute('SELECT count(DISTINCT identity), sum(identity IS NULL) FROM images').fetchone()
-            cameras = dict(db.execute('SELECT coalesce(camera, "(unknown)"), count(*) FROM images GROUP BY camera'))
+            cameras = dict(db.execute("SELECT coalesce(camera, '(unknown)'), count(*) FROM images GROUP BY camera"))
             if verify:
                 for shard in snapshot.shards:
                     shard.read(snapshot.dim, snapshot.dtype)
-            files = [snapshot.folder / SHARD_DIR / s.path.name for s in snapshot.shards]
-            faiss_file = snapshot.state('faiss_file')
-            size = sum(f.stat().st_size for f in files) + (snapshot.folder / f'meta-{snapshot.generation:06d}.sqlite').stat().st_size
+            files = [s.path for s in snapshot.shards] + [self.folder / f'meta-{snapshot.generation:06d}.sqlite']
+            if snapshot.state('faiss_file'):
+                files.append(self.folder / snapshot.state('faiss_file'))
+            size = sum(f.stat().st_size for f in files)
             info = dict(
                 index=str(self.folder), generation=snapshot.generation, images=count,
                 identities=identities[0], images_without_identity=identities[1] or 0, cameras=cameras,
@@ -406,11 +411,19 @@ class ImageIndex:
                 dtype=self.manifest['storage']['dtype'], bytes=size,
                 model={k: v for k, v in self.manifest['model'].items() if k != 'probe'},
                 preprocessing=self.manifest['preprocessing'], created=self.manifest['created'],
-                faiss=None if not self.manifest.get('faiss') else dict(
-                    file=faiss_file, kind='inverted file' if faiss_file and ann.is_ivf(
-                        ann.load(self.folder / faiss_file, mapped=True)) else 'flat (exact)'),
+                faiss=None if not self.manifest.get('faiss') else _faiss_info(self.folder, snapshot),
                 verified=verify)
         return info
+
+
+def _faiss_info(folder: Path, snapshot: Snapshot) -> Dict[str, Any]:
+    name = snapshot.state('faiss_file')
+    index = ann.load(folder / name, mapped=True) if name else None
+    ivf = index is not None and ann.is_ivf(index)
+    return dict(file=name, kind='inverted file' if ivf else 'flat (exact)', lists=index.nlist if ivf else None,
+                nprobe=int(snapshot.state('faiss_nprobe', '0')) or None,
+                recall_at_10=float(snapshot.state('faiss_recall', 'nan')) if ivf else 1.0,
+                trained_on=int(snapshot.state('faiss_trained', '0')) or None)
 
 
 def _source(model: Union[PathLike, nn.Module]) -> str:
