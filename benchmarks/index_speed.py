@@ -19,8 +19,8 @@ reported with the table, and timings under load are upper bounds.
 
     python -m benchmarks.index_speed [--quick] [--sizes 100000 1000000] [--queries 100] [--skip-faiss]
 
-``--quick`` (20k, 10 queries) and any changed setting write a scratch report; the full run writes
-``benchmarks/results/index_speed.md`` (merged into BENCHMARKS.md by hand).
+``--quick`` (20k, 10 queries) and any changed setting write a scratch report; the full run rewrites its
+section of BENCHMARKS.md.
 """
 import argparse
 import json
@@ -37,9 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import ROOT, add_report_argument, markdown_table, scratch_dir, write_section
+from benchmarks.report import ROOT, add_report_argument, markdown_table, report_path, write_section
 
-RESULTS = ROOT / 'benchmarks' / 'results' / 'index_speed.md'
 IMAGES_PER_ID = 10
 NOISE = 0.8
 BATCH = 100_000
@@ -208,11 +207,9 @@ def main() -> None:
         spec = json.loads(args.child)
         print(json.dumps(CHILDREN[spec.pop('task')](**spec)))
         return
+    report = report_path(parser, args)  # before --quick shrinks the sizes: only the full run writes BENCHMARKS.md
     if args.quick:
         args.sizes, args.queries = [20_000], 10
-    defaults = not args.quick and args.sizes == [100_000, 1_000_000] and args.queries == 100 and args.dim == 512 \
-        and not args.skip_faiss
-    report = Path(args.report) if args.report else (RESULTS if defaults else scratch_dir() / 'index_speed.md')
     work = Path(args.work or tempfile.mkdtemp(prefix='ptl_timm-index-'))
     load_before, rows = load_average(), []
     try:
