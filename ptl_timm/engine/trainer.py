@@ -40,11 +40,12 @@ from ptl_timm.utils import atomic_write
 from .checkpoint import (
     CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, recover_folder,
     rng_state, save_checkpoint, set_rng_state, write_train_state)
-from .config import TrainConfig, check_config, config_to_dict, save_run_config
+from .config import TrainConfig, check_config, config_to_dict
 from .data import TrainData, build_train_data, load_dataset, spec_label
 from .distributed import DistContext, setup_distributed, sync_buffers
 from .evaluate import check_evaluable, evaluate_split
 from .plots import plot_curves
+from .run_folder import run_config, save_run_config
 from .run_lock import run_lock
 from .schedule import lr_factor
 from .tensorboard_log import TENSORBOARD_DIR, TensorBoardLog
@@ -467,6 +468,7 @@ def fine_tune(cfg: TrainConfig) -> Dict[str, Any]:
 
     Works in one process or under torchrun (DDP). Returns ``run_training``'s summary.
     """
+    cfg = run_config(cfg)
     ctx = setup_distributed(cfg.device)
     try:
         session = prepare_session(cfg, ctx, lambda num_classes, label: build_model(cfg, num_classes, label))
