@@ -10,13 +10,18 @@ Each subclass also derives from the built-in exception older code caught (``Valu
 Failures of the world (a full disk, a read-only folder, a truncated download) become user errors
 naming the file at the helper that reads or writes it: :func:`writing` and :func:`reading`.
 """
+from __future__ import annotations
+
 import contextlib
 import errno
 import json
 import os
 import shutil
 import zipfile
-from typing import Iterator, Union
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:  # the package's one path type; errors sit below utils, so only type checkers import it
+    from ptl_timm.utils import PathLike
 
 __all__ = [
     'PTLError', 'InputError', 'ConfigError', 'DatasetError', 'DatasetNotFoundError', 'DatasetFormatError',
@@ -24,7 +29,6 @@ __all__ = [
     'DEBUG_ENV', 'reading', 'writing',
 ]
 
-PathLike = Union[str, os.PathLike]
 DEBUG_ENV = 'PTL_TIMM_DEBUG'
 
 

@@ -10,9 +10,8 @@ for the same preprocessed image (compare with the inner product), or the identit
 """
 import dataclasses
 import importlib.util
-import os
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from ptl_timm.errors import InputError, MissingExtraError
 from ptl_timm.eval.extract import embed
-from ptl_timm.utils import atomic_path
+from ptl_timm.utils import PathLike, atomic_path
 
 __all__ = ['OUTPUTS', 'MissingExtraError', 'ExportResult', 'ReIDExportWrapper', 'export_onnx', 'compare_onnx']
 
@@ -70,7 +69,7 @@ def _random_images(batch_size: int, input_size: Sequence[int], seed: int) -> tor
     return torch.randn((batch_size, *input_size), generator=torch.Generator().manual_seed(seed))
 
 
-def compare_onnx(path: Union[str, os.PathLike], wrapper: nn.Module, images: torch.Tensor) -> float:
+def compare_onnx(path: PathLike, wrapper: nn.Module, images: torch.Tensor) -> float:
     """Max absolute difference between the ONNX file (onnxruntime, CPU) and ``wrapper`` on ``images``."""
     _require(('onnxruntime',), 'checking an ONNX export')
     import onnxruntime
@@ -84,7 +83,7 @@ def compare_onnx(path: Union[str, os.PathLike], wrapper: nn.Module, images: torc
 
 def export_onnx(
         model: nn.Module,
-        path: Union[str, os.PathLike],
+        path: PathLike,
         output: str = 'embedding',
         input_size: Optional[Sequence[int]] = None,
         normalize: bool = True,

@@ -15,7 +15,7 @@ on purpose (another ``num_classes``) may be absent. The model keeps the checkpoi
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import safetensors.torch
 import timm
@@ -25,7 +25,7 @@ from timm.models._hub import load_model_config_from_hf, load_state_dict_from_hf,
 
 from ptl_timm import models  # noqa: F401  (registers the architectures a config.json may name)
 from ptl_timm.errors import CheckpointError, reading
-from ptl_timm.utils import atomic_path
+from ptl_timm.utils import PathLike, atomic_path, readable_folder
 from ptl_timm.weights import check_pretrained_source, require_downloadable
 
 __all__ = [
@@ -40,7 +40,6 @@ DATASET_METADATA_KEY = 'ptl_timm_dataset'  # safetensors header: the dataset a c
 HUB_PREFIX = 'hf-hub:'
 LOCAL_DIR_PREFIX = 'local-dir:'
 TIMM_HUB_PREFIX = 'timm/'  # timm's short form of hf-hub:timm/...
-PathLike = Union[str, os.PathLike]
 ModelSpec = Tuple[Dict[str, Any], str, Dict[str, Any]]  # pretrained_cfg, architecture, model_args
 
 
@@ -225,7 +224,7 @@ def load_model(source: PathLike, pretrained: Optional[bool] = None, **kwargs) ->
         return _load_folder(folder, loads_weights, kwargs)
     if source.startswith((HUB_PREFIX, TIMM_HUB_PREFIX)):
         return _load_hub(source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source, loads_weights, kwargs)
-    path = Path(source).expanduser()
+    path = readable_folder(Path(source).expanduser())  # the old folder while a writer swaps it
     if path.is_dir():
         return _load_folder(path, loads_weights, kwargs)
     if path.suffix == '.safetensors':

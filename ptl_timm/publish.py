@@ -10,10 +10,9 @@ registry tag. Nothing leaves the machine without ``push=True``.
 import dataclasses
 import json
 import math
-import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
 import safetensors
 import timm
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from ptl_timm.data.synth import synth_params
 from ptl_timm.errors import PublishError
 from ptl_timm.hub import CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, load_model, save_pretrained
-from ptl_timm.utils import atomic_folder, atomic_write
+from ptl_timm.utils import PathLike, atomic_folder, atomic_write
 from ptl_timm.weights import GENERIC_MODELS, hub_repo_id, sha256_file
 
 __all__ = [
@@ -41,7 +40,6 @@ RUN_CHECKPOINTS = ('last', 'best')  # the checkpoint folders of a training run, 
 INSTALL_LINE = 'pip install .  # in a checkout of the ptl_timm source (see its README); ptl_timm is not on PyPI'
 # MODEL_CARD.md sections about the repository's state (e.g. "nothing published yet"), not a checkpoint's
 _REPOSITORY_ONLY = re.compile(r'<!-- repository-only:begin.*?<!-- repository-only:end -->\n?', re.DOTALL)
-PathLike = Union[str, os.PathLike]
 
 
 @dataclasses.dataclass

@@ -21,9 +21,10 @@ from importlib import resources
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ptl_timm.errors import ManifestError, PTLError
+from ptl_timm.utils import PathLike
 
 __all__ = [
     'HUB_ORG', 'MANIFEST_ENV', 'GENERIC_MODELS', 'ManifestError', 'UnpublishedWeightsError', 'WeightEntry',
@@ -90,7 +91,7 @@ def _validate_entry(entry: Mapping[str, Any], org: str, where: str) -> None:
         raise ManifestError(f'{where}: tag {entry["tag"]!r} of {entry["model"]} must be a non-empty name without dots')
 
 
-def load_manifest(path: Optional[Union[str, os.PathLike]] = None) -> List[WeightEntry]:
+def load_manifest(path: Optional[PathLike] = None) -> List[WeightEntry]:
     """The validated entries of the manifest at ``path`` (default: ``default_manifest_path()``).
 
     A missing default manifest means nothing is published (an installed wheel without the file);
@@ -192,7 +193,7 @@ def require_published(name: str) -> None:
         f"timm.create_model('local-dir:path/to/folder', pretrained=True)")
 
 
-def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file (the manifest records it for ``model.safetensors``)."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:

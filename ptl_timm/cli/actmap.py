@@ -13,7 +13,7 @@ from typing import List
 import numpy as np
 
 from ptl_timm.data.datasets import DATASETS, build_dataset
-from ptl_timm.engine.distributed import resolve_device
+from ptl_timm.utils import resolve_device
 from ptl_timm.errors import InputError
 from ptl_timm.eval.actmap import save_actmap_grid
 from ptl_timm.eval.extract import image_files

@@ -14,10 +14,10 @@ from typing import Any, Dict
 from ptl_timm.errors import InputError
 from ptl_timm.eval.aqe import query_expansion
 from ptl_timm.eval.analysis import camera_pair_map
-from ptl_timm.eval.extract import evaluate_features, resolve_device
+from ptl_timm.eval.extract import evaluate_features
 from ptl_timm.eval.features import load_features
 from ptl_timm.eval.metrics import AP_MODES, METRICS
-from ptl_timm.utils import atomic_save_json
+from ptl_timm.utils import atomic_save_json, resolve_device
 from .extract import add_dataset_args, add_model_args, load_dataset, make_extractor, split_features
 from .options import add_command, add_quiet
 

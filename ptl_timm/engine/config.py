@@ -38,7 +38,7 @@ import yaml
 from ptl_timm.errors import ConfigError
 from ptl_timm.eval.metrics import METRICS
 from ptl_timm.layers import STATE_MODES
-from ptl_timm.utils import default_workers
+from ptl_timm.utils import PathLike, default_workers
 from .schedule import LR_SCHEDULES
 
 __all__ = [
@@ -503,7 +503,7 @@ def check_config(cfg: 'TrainConfig') -> 'TrainConfig':
     return cfg
 
 
-def load_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def load_config(path: PathLike) -> Dict[str, Any]:
     """Read a YAML or JSON config file into a dict (checked by ``build_config``)."""
     path = Path(path)
     if not path.is_file():
@@ -559,7 +559,7 @@ def build_config(
         cls: Type[T],
         file_data: Optional[Dict[str, Any]] = None,
         overrides: Optional[Dict[str, Any]] = None,
-        source: Union[str, os.PathLike, None] = None,
+        source: Optional[PathLike] = None,
 ) -> T:
     """The config of a config file's values (read from ``source``) and ``overrides`` (later wins):
     ``cls(**values)``, with each value's errors naming the file or the overrides it came from."""

@@ -10,7 +10,9 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistContext', 'setup_distributed', 'resolve_device', 'gather_rows', 'broadcast_object', 'sync_buffers']
+from ptl_timm.utils import resolve_device
+
+__all__ = ['DistContext', 'setup_distributed', 'gather_rows', 'broadcast_object', 'sync_buffers']
 
 
 @dataclass
@@ -36,15 +38,6 @@ class DistContext:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """'auto' → this rank's GPU when there is one, else CPU; anything else is passed to torch."""
-    if device == 'auto':
-        device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
-    elif device == 'cuda':
-        device = f'cuda:{local_rank}'
-    return torch.device(device)
 
 
 def setup_distributed(device: str = 'auto') -> DistContext:

@@ -7,13 +7,12 @@ contradicts the saved one is an error unless it only changes how the run proceed
 (``RESUME_OVERRIDABLE``, epochs only upwards).
 """
 import logging
-import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 from ptl_timm.errors import ConfigError
 from ptl_timm.hub import TRAIN_STATE_NAME
-from ptl_timm.utils import atomic_write
+from ptl_timm.utils import PathLike, atomic_write
 from .checkpoint import load_train_state
 from .config import (
     CONFIG_FILE_NAME, RESUME_OVERRIDABLE, RUN_CONTROL, T, TrainConfig, check_config, check_values, load_config,
@@ -24,7 +23,7 @@ __all__ = ['saved_config', 'run_config', 'save_run_config']
 _logger = logging.getLogger(__name__)
 
 
-def saved_config(output: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+def saved_config(output: PathLike) -> Optional[Dict[str, Any]]:
     """The config a run in ``output`` saved (``config.yaml``; older runs: ``last/train_state.pt``), or None."""
     output = Path(output)
     if (output / CONFIG_FILE_NAME).is_file():

@@ -36,10 +36,10 @@ from ptl_timm.layers import ddp_ignore_latent_states, restore_latent_states, sna
 from ptl_timm.losses import CenterLoss, ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
-from ptl_timm.utils import atomic_write
+from ptl_timm.utils import atomic_write, readable_folder, recover_folder
 from .checkpoint import (
-    CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, recover_folder,
-    rng_state, save_checkpoint, set_rng_state, write_train_state)
+    CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, rng_state,
+    save_checkpoint, set_rng_state, write_train_state)
 from .config import TrainConfig, check_config, config_to_dict
 from .data import TrainData, build_train_data, load_dataset, spec_label
 from .distributed import DistContext, setup_distributed, sync_buffers
@@ -201,7 +201,7 @@ class TrainState:
 def _check_output(cfg: TrainConfig) -> None:
     """An earlier run's checkpoints are replaced only when asked to, and resuming needs one."""
     output = Path(cfg.output)
-    last = recover_folder(output / 'last')
+    last = readable_folder(output / 'last')
     if not cfg.resume and not cfg.overwrite and last.exists():
         raise CheckpointError(
             f'{output} already holds the checkpoints of a run ({last}); pass --resume to continue it, '
@@ -244,6 +244,8 @@ def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     with _deterministic(cfg.deterministic):
         with run_lock(session.output) if session.ctx.is_main else contextlib.nullcontext():
             if session.ctx.is_main:
+                for name in ('last', 'best'):  # the writer finishes a swap its killed predecessor left
+                    recover_folder(session.output / name)
                 _check_output(cfg)  # again, now that no other run can write here
                 save_run_config(cfg)
             return _epoch_loop(session, _start_state(session), loss_step)

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from ptl_timm.errors import CheckpointError, ConfigError
-from ptl_timm.utils import atomic_save_json, atomic_write
-from .checkpoint import recover_folder
+from ptl_timm.utils import atomic_save_json, atomic_write, readable_folder
 from .config import TransferConfig
 from .data import located_spec, spec_label
 from .distill import run_distill
@@ -39,7 +38,7 @@ def results_table(rows: Sequence[Dict[str, Any]], test_sets: Sequence[str]) -> s
 
 def _resumable(cfg: TransferConfig, step_output: Path) -> bool:
     """With ``resume``, finished and interrupted steps continue from their ``last/``; later ones start."""
-    return cfg.resume and recover_folder(step_output / 'last').exists()
+    return cfg.resume and readable_folder(step_output / 'last').exists()
 
 
 def _row(step: Any, model: str, route: List[str], result: Dict[str, Any]) -> Dict[str, Any]:

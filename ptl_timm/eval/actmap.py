@@ -4,7 +4,6 @@ The map of an image is the channel-wise energy of its last feature map (Σ_c f_c
 upsampled bilinearly to the image and scaled to [0, 1] per image; it is drawn over the image with the
 jet colour map. ``save_actmap_grid`` writes a few images and their overlays as one PNG.
 """
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -16,12 +15,11 @@ from PIL import Image
 from timm.data import create_transform
 
 from ptl_timm.data.loader import read_image
-from ptl_timm.utils import atomic_path
+from ptl_timm.utils import PathLike, atomic_path
 from .extract import eval_data_config
 
 __all__ = ['activation_maps', 'overlay_grid', 'save_actmap_grid']
 
-PathLike = Union[str, os.PathLike]
 
 
 def activation_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

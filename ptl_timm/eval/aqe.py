@@ -11,7 +11,9 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .metrics import ArrayLike, _as_tensor, default_device
+from ptl_timm.utils import resolve_device
+
+from .metrics import ArrayLike, _as_tensor
 
 __all__ = ['query_expansion']
 
@@ -30,7 +32,7 @@ def query_expansion(q_feats: ArrayLike, g_feats: ArrayLike, k: int = 10, alpha: 
         chunk_size: Rows of the similarity matrix formed at once.
         device: Where to compute (CUDA when present by default).
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     q, g = (_as_tensor(x, torch.float32, device) for x in (q_feats, g_feats))
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(

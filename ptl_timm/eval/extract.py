@@ -24,13 +24,14 @@ from ptl_timm.data.datasets import ReIDDataset
 from ptl_timm.data.loader import ImageDataset, read_image
 from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError
 from ptl_timm.hub import load_model
+from ptl_timm.utils import PathLike, resolve_device
 from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
 from .analysis import VerificationRates
 from .metrics import evaluate_distance_chunks, pairwise_distance_chunks
 from .rerank import iter_re_ranking
 
 __all__ = [
-    'embed', 'extract_features', 'eval_data_config', 'resolve_device', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
+    'embed', 'extract_features', 'eval_data_config', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
     'image_files', 'IMAGE_EXTENSIONS']
 
 _logger = logging.getLogger(__name__)
@@ -42,13 +43,6 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     if hasattr(model, 'forward_reid'):
         return model.forward_reid(images).embedding
     return model.forward_head(model.forward_features(images), pre_logits=True)
-
-
-def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """``device``, where None or 'auto' means CUDA when available, else CPU."""
-    if device is None or device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -94,7 +88,7 @@ def extract_features(
     return torch.cat(feats), torch.cat(pids), torch.cat(camids)
 
 
-def image_files(folder: Union[str, os.PathLike]) -> List[str]:
+def image_files(folder: PathLike) -> List[str]:
     """Every image under ``folder`` (recursively), in sorted path order."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ptl_timm.errors import InputError
+from ptl_timm.utils import resolve_device
 
 __all__ = ['evaluate_rank', 'evaluate_distmat', 'evaluate_distance_chunks', 'pairwise_distance_chunks', 'METRICS']
 
@@ -43,10 +44,6 @@ _INDEX_BITS = 32
 
 def _as_tensor(x: ArrayLike, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device=device, dtype=dtype)
-
-
-def default_device() -> torch.device:
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
 def _squared_norms(x: torch.Tensor, block: int = 8192) -> torch.Tensor:
@@ -68,7 +65,7 @@ def pairwise_distance_chunks(
     """
     if metric not in METRICS:
         raise InputError(f'metric must be one of {METRICS}, got {metric!r}')
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     g = _as_tensor(g_feats, torch.float32, device)
     q_all = q_feats if isinstance(q_feats, torch.Tensor) else torch.from_numpy(np.asarray(q_feats))
     if q_all.ndim != 2 or g.ndim != 2 or q_all.shape[1] != g.shape[1]:
@@ -360,7 +357,7 @@ def evaluate_distmat(
     """The same metrics from a precomputed query × gallery distance matrix (e.g. re-ranked);
     ``kwargs`` are those of ``evaluate_distance_chunks``."""
     distmat = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.asarray(distmat))
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     if distmat.ndim != 2 or distmat.shape[0] != len(q_pids):
         raise InputError(f'distmat must be (num_query, num_gallery), got {tuple(distmat.shape)} for {len(q_pids)} queries')
     chunks = ((slice(s, min(s + chunk_size, distmat.shape[0])), distmat[s:s + chunk_size].to(device=device, dtype=torch.float32))

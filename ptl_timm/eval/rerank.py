@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ptl_timm.errors import InputError
-from .metrics import ArrayLike, _squared_norms, default_device
+from ptl_timm.utils import resolve_device
+from .metrics import ArrayLike, _squared_norms
 
 __all__ = ['re_ranking', 'iter_re_ranking']
 
@@ -200,7 +201,7 @@ def iter_re_ranking(q_feats: ArrayLike, g_feats: ArrayLike, k1: int = 20, k2: in
                     device: Optional[Union[str, torch.device]] = None) -> Iterator[Tuple[slice, torch.Tensor]]:
     """Yield ``(query rows, re-ranked distances)`` blocks of the query × gallery matrix, ready for
     :func:`ptl_timm.eval.metrics.evaluate_distance_chunks`; no N × N matrix is ever held."""
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     features = _Features(q_feats, g_feats, device)
     if k1 < 1 or k2 < 1 or k1 + 1 > len(features) or k2 > k1 + 1:
         raise InputError(f'need 1 <= k2 <= k1 + 1 <= number of images ({len(features)}), got k1={k1}, k2={k2}')

@@ -1,15 +1,16 @@
 """The one list of image file types every reader accepts (datasets, image folders, search)."""
-import os
 import warnings
 from pathlib import Path
-from typing import List, Union
+from typing import List
+
+from .io import PathLike
 
 __all__ = ['IMAGE_EXTENSIONS', 'list_images']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
-def list_images(folder: Union[str, os.PathLike], recursive: bool = False) -> List[Path]:
+def list_images(folder: PathLike, recursive: bool = False) -> List[Path]:
     """The image files in ``folder`` (and its sub-folders if ``recursive``), sorted.
 
     Entries named like images that are not readable files (a folder called ``x.jpg``, a broken
