@@ -6,7 +6,7 @@ cast, noise, blur, resolution, scale, occlusion, scene) and the clothing palette
 (default backbone timm's tiny ``test_resnet``, from scratch: nothing is downloaded) is trained with
 CE + batch-hard triplet on P×K batches (``PKSampler``) of one domain, then evaluated (exact mAP /
 Rank-1 from ``ptl_timm.eval.evaluate_rank``) on the query/gallery of every domain; the untrained
-network is the chance-level reference. Acceptance (issue 4): a model loses accuracy on domains it was
+network is the chance-level reference. Expected: a model loses accuracy on domains it was
 not trained on, i.e. for each test domain the in-domain model beats the models trained elsewhere.
 
 Images are decoded once through ``ImageDataset`` with the evaluation transform and kept as one
@@ -162,7 +162,7 @@ def main() -> None:
             print(f'trained on {source}: mAP', {t: round(r['mAP'], 1) for t, r in results[source].items()}, flush=True)
     train_images = len(next(iter(domains.values())).dataset.train)
     body = report(results, s, args.seed, train_images, (time.perf_counter() - started) / 60)
-    write_section('domain_shift', 'Synthetic domain shift (issue 4, acceptance 4)', body,
+    write_section('domain_shift', 'Synthetic domain shift', body,
                   command='python -m benchmarks.domain_shift ' + ' '.join(sys.argv[1:]),
                   path=report_path(parser, args))
     print(body)

@@ -5,7 +5,7 @@ Market-1501 scale (3,368 queries × 15,913 gallery): the same random features ar
 argsort of it, torchreid's per-query loop), and the two results are checked to agree. Two ratios:
 end to end (features → metrics; both spend the same time in the distance matmul) and the ranking
 stage alone (a precomputed distance matrix → metrics; ``evaluate_distmat`` vs the reference).
-Target (issue 4): ranking ≥ 5× faster in one run.
+Target: ranking ≥ 5× faster in one run.
 
 MSMT17 scale (11,659 × 82,161): ``evaluate_rank`` in a fresh subprocess, whose peak resident memory
 (``VmHWM`` of ``/proc/self/status``: the whole process, Python, torch, the features and the

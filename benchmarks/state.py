@@ -284,7 +284,7 @@ def _metrics(q: torch.Tensor, g: torch.Tensor, test_set: Any, key: str, group: i
                 rank1_groups=statistics.mean(p[1] for p in parts), groups=len(parts))
 
 
-# BoT (issue 14) in the miniature: its recipe at the miniature's size, epochs and batch; the warm-up
+# BoT in the miniature: its recipe at the miniature's size, epochs and batch; the warm-up
 # scaled like the epochs (BoT: 10 of 120)
 BOT_RECIPE = dict(recipe='bot', lr=3.5e-4, warmup_epochs=1)
 BOT_ARGS = dict(neck='bnneck', last_stride=1, classifier_dims=())

@@ -1,6 +1,6 @@
 """How fast the synthetic generator writes datasets: images per minute for each layout, one process.
 
-Target (issue 4): thousands of images per minute on 2 CPU cores. Rendering is numpy masks on a
+Target: thousands of images per minute on 2 CPU cores. Rendering is numpy masks on a
 coordinate grid plus PIL blur and encoding; CUHK03-NP writes two PNGs (labeled, detected) per shot.
 
     python -m benchmarks.synth_speed [--num-ids 200] [--images-per-id 10] [--img-size 128 64] [--quiet]
@@ -43,7 +43,7 @@ def main() -> None:
             f'on {os.cpu_count()} logical cores (other jobs share the machine when it exceeds 1).\n\n'
             + markdown_table(['layout', 'domain', 'files written', 'seconds', 'images / minute',
                               'train / query / gallery read back'], rows))
-    write_section('synth_speed', 'Synthetic generator speed (issue 4)', body, path=report_path(parser, args))
+    write_section('synth_speed', 'Synthetic generator speed', body, path=report_path(parser, args))
     print(body)
 
 

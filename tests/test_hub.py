@@ -170,7 +170,7 @@ def test_manifest_rejects_missing_fields(tmp_path):
 
 @pytest.mark.parametrize('name,backbone', [('ptl_net', 'resnet18'), ('reid_net', 'densenet121')])
 def test_imagenet_backbone_file_loads_every_backbone_tensor_and_nothing_else(tmp_path, name, backbone):
-    """Acceptance 2: a state dict in the backbone's own timm format, given as a file."""
+    """A state dict in the backbone's own timm format, given as a file."""
     torch.manual_seed(123)
     source = timm.create_model(backbone, num_classes=1000).state_dict()
     safetensors.torch.save_file(source, str(tmp_path / 'backbone.safetensors'))
@@ -205,7 +205,7 @@ def _build_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
 
 @pytest.mark.slow  # a fresh interpreter
 def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
-    """Acceptance 1: publish → Hub cache → hf-hub:ORG/NAME and the manifest tag, offline."""
+    """Publish → Hub cache → hf-hub:ORG/NAME and the manifest tag, offline."""
     torch.manual_seed(0)
     model = timm.create_model('reid_resnet50', num_classes=11)
     save_pretrained(model, tmp_path / 'ckpt', metadata={'ptl_timm_dataset': 'market1501'})

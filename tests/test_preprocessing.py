@@ -1,4 +1,4 @@
-"""Every reader uses the preprocessing a checkpoint records (issue 12.1): a model trained at 64×32 is
+"""Every reader uses the preprocessing a checkpoint records: a model trained at 64×32 is
 evaluated, extracted, searched, exported and published at 64×32 without being told, and a size
 option that disagrees with the checkpoint warns, naming both."""
 import importlib.util

@@ -54,7 +54,7 @@ def test_checkpoint_config_records_the_training_input_size(cli_run):
 
 @pytest.mark.slow
 def test_eval_with_default_flags_reproduces_the_training_number(cli_run, domain, capsys):
-    """Issue 12.1's case in miniature: the checkpoint alone says how to preprocess (64×32 here)."""
+    """The reported case in miniature: the checkpoint alone says how to preprocess (64×32 here)."""
     output, _ = cli_run
     trained = json.loads((output / 'metrics.jsonl').read_text().splitlines()[0])['eval'][domain['label']]
     capsys.readouterr()
@@ -74,7 +74,7 @@ def test_every_run_saves_its_resolved_config(cli_run):
 
 @pytest.mark.slow
 def test_resume_needs_only_the_output_folder(cli_run, caplog):
-    """The issue's case: flags forgotten on resume are taken from the saved config (not the defaults)."""
+    """The reported case: flags forgotten on resume are taken from the saved config (not the defaults)."""
     output, _ = cli_run
     with caplog.at_level(logging.WARNING):
         assert main(['train', '--output', str(output), '--resume', '--epochs', '2', '--quiet']) == 0
@@ -87,7 +87,7 @@ def test_resume_needs_only_the_output_folder(cli_run, caplog):
 
 @pytest.mark.slow
 def test_resume_repeating_the_flags_but_one_continues_at_the_saved_image_size(cli_run):
-    """The issue's report: --config repeated, --img-size forgotten; the run went on at 256×128."""
+    """As reported: --config repeated, --img-size forgotten; the run went on at 256×128."""
     output, config_file = cli_run
     assert main(['train', '--config', str(config_file), '--resume', '--epochs', '3', '--quiet']) == 0
     state = load_train_state(output / 'last')

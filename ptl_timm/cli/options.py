@@ -2,19 +2,16 @@
 defined here once, with one spelling, one default and one help text.
 
 ``--output`` (what a command writes), ``--data-root`` (a dataset's own folder), ``--model``,
-``--img-size H W``, ``--device``, ``--workers``, ``--batch-size`` and ``--quiet``. Spellings the
-project used before (``--out``, ``--root``, ``--input-size``) still parse as deprecated aliases that
-print a warning naming the new flag.
+``--img-size H W``, ``--device``, ``--workers``, ``--batch-size`` and ``--quiet``.
 """
 import argparse
-import sys
 import textwrap
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from ptl_timm.utils import default_workers
 
 __all__ = [
-    'HelpFormatter', 'add_command', 'add_deprecated', 'add_output', 'add_data_root', 'add_dataset', 'add_model',
+    'HelpFormatter', 'add_command', 'add_output', 'add_data_root', 'add_dataset', 'add_model',
     'add_img_size', 'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug',
 ]
 
@@ -60,45 +57,16 @@ def add_command(subparsers, module: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-class _DeprecatedAlias(argparse.Action):
-    """Stores like the flag it stands for, and says once on stderr which flag to use instead."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, replacement: str, **kwargs: Any) -> None:
-        self.replacement = replacement
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string: Optional[str] = None) -> None:
-        print(f'{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}', file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_deprecated(parser: argparse.ArgumentParser, flag: str, replacement: str, dest: str,
-                   **kwargs: Any) -> argparse.Action:
-    """An old spelling, hidden from ``--help``, that still works and warns to use ``replacement``."""
-    return parser.add_argument(flag, dest=dest, action=_DeprecatedAlias, replacement=replacement, **kwargs)
-
-
-def _add(parser: argparse.ArgumentParser, flag: str, aliases: Sequence[str], required: bool = False,
-         **kwargs: Any) -> argparse.Action:
-    if required and aliases:  # either spelling satisfies a required flag
-        parser = parser.add_mutually_exclusive_group(required=True)
-    action = parser.add_argument(flag, required=required and not aliases, **kwargs)
-    for alias in aliases:
-        add_deprecated(parser, alias, flag, action.dest, type=action.type, nargs=action.nargs, metavar=action.metavar)
-    return action
-
-
 def add_output(parser: argparse.ArgumentParser, help: str, required: bool = False, default: Optional[str] = None,
                dest: str = 'output') -> argparse.Action:
-    """``--output``: the file or folder a command writes (``--out`` is a deprecated alias)."""
-    return _add(parser, '--output', ('--out',), dest=dest, required=required, default=default, help=help)
+    """``--output``: the file or folder a command writes."""
+    return parser.add_argument('--output', dest=dest, required=required, default=default, help=help)
 
 
 def add_data_root(parser: argparse.ArgumentParser, help: str = "the dataset's own folder",
-                  required: bool = False, dest: str = 'data_root', old_root: bool = True) -> argparse.Action:
-    """``--data-root``: the folder that holds one dataset's files; ``--root`` is a deprecated alias
-    (``old_root=False`` where ``--root`` meant something else and keeps its own deprecated meaning)."""
-    return _add(parser, '--data-root', ('--root',) if old_root else (), dest=dest, required=required, help=help)
+                  required: bool = False, dest: str = 'data_root') -> argparse.Action:
+    """``--data-root``: the folder that holds one dataset's files."""
+    return parser.add_argument('--data-root', dest=dest, required=required, help=help)
 
 
 def add_dataset(parser: argparse.ArgumentParser, choices: Optional[Sequence[str]] = None,
@@ -117,9 +85,9 @@ def add_model(parser: argparse.ArgumentParser, required: bool = False, dest: str
 def add_img_size(parser: argparse.ArgumentParser, default: Optional[Sequence[int]] = None,
                  help: str = "input height and width (default: the model's pretrained_cfg)",
                  dest: str = 'img_size') -> argparse.Action:
-    """``--img-size H W`` (``--input-size`` is a deprecated alias)."""
-    return _add(parser, '--img-size', ('--input-size',), dest=dest, type=int, nargs=2, metavar=('H', 'W'),
-                default=None if default is None else list(default), help=help)
+    """``--img-size H W``."""
+    return parser.add_argument('--img-size', dest=dest, type=int, nargs=2, metavar=('H', 'W'),
+                               default=None if default is None else list(default), help=help)
 
 
 def add_device(parser: argparse.ArgumentParser, default: Optional[str] = 'auto',
