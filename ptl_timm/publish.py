@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -29,12 +30,12 @@ from ptl_timm.weights import GENERIC_MODELS, hub_repo_id, sha256_file
 
 __all__ = [
     'PublishError', 'PublishResult', 'publish', 'check_checkpoint', 'find_run_metrics', 'render_model_card',
-    'describe_training_data', 'describe_initialisation', 'embedding_difference', 'README_NAME', 'TRAIN_STATE_NAME',
+    'default_model_card', 'describe_training_data', 'describe_initialisation', 'embedding_difference', 'README_NAME', 'TRAIN_STATE_NAME',
     'INSTALL_LINE',
 ]
 
 README_NAME = 'README.md'
-MODEL_CARD_NAME = 'MODEL_CARD.md'
+MODEL_CARD_TEMPLATE = 'model_card_template.md'  # package data: the repository's MODEL_CARD.md, shipped in the wheel
 RUN_CHECKPOINTS = ('last', 'best')  # the checkpoint folders of a training run, inside the run folder
 # ptl_timm is not on PyPI: the card says how it really installs
 INSTALL_LINE = 'pip install .  # in a checkout of the ptl_timm source (see its README); ptl_timm is not on PyPI'
@@ -218,8 +219,10 @@ def render_model_card(
     return '\n'.join(lines)
 
 
-def _default_model_card() -> Path:
-    return Path(__file__).resolve().parent.parent / MODEL_CARD_NAME
+def default_model_card() -> Path:
+    """The card template every install has: package data found through ``importlib.resources`` (a
+    wheel carries no ``MODEL_CARD.md``; the template is that file, kept identical by a test)."""
+    return Path(str(resources.files(__package__ or 'ptl_timm').joinpath(MODEL_CARD_TEMPLATE)))
 
 
 def _refuse_out_in_source(checkpoint: Path, out: Path) -> None:
@@ -261,7 +264,7 @@ def publish(
         tag: The pretrained tag (default: the dataset recorded in the weights' metadata).
         repo_id: The Hub repository (default ``<HUB_ORG>/<architecture>.<tag>``).
         push: Upload to the Hub after verification (needs a Hub login); otherwise a dry run.
-        model_card: The card template (default: the repository's ``MODEL_CARD.md``).
+        model_card: The card template (default: :func:`default_model_card`, the packaged ``MODEL_CARD.md``).
         license: Licence of the published weights (Hub front matter and pretrained cfg).
         protocol: Evaluation protocol recorded in the manifest entry.
         overwrite: Replace a non-empty ``out``.
@@ -271,7 +274,7 @@ def publish(
     _refuse_out_in_source(checkpoint, out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PublishError(f'{out} exists and is not empty; choose another --output or pass --overwrite')
-    model_card = Path(model_card) if model_card is not None else _default_model_card()
+    model_card = Path(model_card) if model_card is not None else default_model_card()
     if not model_card.is_file():
         raise PublishError(f'model card template {model_card} does not exist; pass model_card=/--model-card')
     steps = tqdm(total=4, desc='publish', disable=not progress)
