@@ -1,6 +1,7 @@
 """The installed package stands on its own: a wheel built from the source, installed in a fresh
 environment, trains, publishes with its packaged model card template, evaluates and builds models."""
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+METADATA = ('setup.py', 'setup.cfg', 'MANIFEST.in', 'README.md', 'MODEL_CARD.md')  # what a build reads besides the package
 TINY = '{backbone: test_resnet, embed_dim: 64, classifier_dims: [32, 16]}'
 
 
@@ -23,7 +25,11 @@ def _run(*command, cwd: Path) -> str:
 
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_trains_publishes_without_a_card_flag_evaluates_and_creates_models(tmp_path):
-    _run(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--quiet', '-w', 'wheels', REPO,
+    source = tmp_path / 'source'  # a copy: the build writes build/ and *.egg-info beside the sources
+    shutil.copytree(REPO / 'ptl_timm', source / 'ptl_timm', ignore=shutil.ignore_patterns('__pycache__'))
+    for name in METADATA:
+        shutil.copy2(REPO / name, source / name)
+    _run(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--quiet', '-w', 'wheels', source,
          cwd=tmp_path)
     wheel = next((tmp_path / 'wheels').glob('ptl_timm-*.whl'))
     venv = tmp_path / 'venv'
