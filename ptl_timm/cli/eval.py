@@ -18,8 +18,7 @@ from ptl_timm.eval.extract import evaluate_features
 from ptl_timm.eval.features import load_features
 from ptl_timm.eval.metrics import AP_MODES, METRICS
 from ptl_timm.utils import atomic_save_json, resolve_device
-from .extract import add_dataset_args, add_model_args, load_dataset, make_extractor, split_features
-from .options import add_command, add_quiet
+from .options import add_command, add_dataset_args, add_model_args, add_quiet, dataset_from_args, extractor_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -57,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args)
+    dataset = dataset_from_args(args)
     if (dataset is None) == (args.features is None) or (dataset is not None and not args.model):
         raise InputError('give either --model with --dataset/--data-root, or --features')
     if args.features:
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f'{args.features} holds the sets {sorted(sets)}; evaluation needs query and gallery '
                              f'(extract them from a dataset)')
     else:
-        sets = split_features(make_extractor(args), dataset)
+        sets = extractor_from_args(args).extract_splits(dataset)
     query, gallery = sets['query'], sets['gallery']
     if not (query.has_labels and gallery.has_labels):
         unknown = [int(((s.pids < 0) | (s.camids < 0)).sum()) for s in (query, gallery)]

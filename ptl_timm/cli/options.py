@@ -2,17 +2,22 @@
 defined here once, with one spelling, one default and one help text.
 
 ``--output`` (what a command writes), ``--data-root`` (a dataset's own folder), ``--model``,
-``--img-size H W``, ``--device``, ``--workers``, ``--batch-size`` and ``--quiet``.
+``--img-size H W``, ``--device``, ``--workers``, ``--batch-size`` and ``--quiet``; the model and dataset
+groups of extract, eval and search, and the extractor and dataset they describe.
 """
 import argparse
 import textwrap
 from typing import Optional, Sequence
 
+from ptl_timm.data.datasets import DATASETS, ReIDDataset, build_dataset
+from ptl_timm.errors import InputError
+from ptl_timm.eval.extract import FeatureExtractor
 from ptl_timm.utils import default_workers
 
 __all__ = [
     'HelpFormatter', 'add_command', 'add_output', 'add_data_root', 'add_dataset', 'add_model',
-    'add_img_size', 'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug',
+    'add_img_size', 'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug', 'add_model_args',
+    'add_dataset_args', 'extractor_from_args', 'dataset_from_args',
 ]
 
 
@@ -119,3 +124,40 @@ def add_debug(parser: argparse.ArgumentParser) -> argparse.Action:
     """``--debug``: tracebacks for user errors too (also ``PTL_TIMM_DEBUG=1``)."""
     return parser.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
                                help='show the traceback of user errors too (or set PTL_TIMM_DEBUG=1)')
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The model options of extract, eval and search."""
+    group = parser.add_argument_group('model')
+    add_model(group, required=required)
+    add_img_size(group, help="input height and width (default: the one the model's config.json records, i.e. its "
+                             'training size; another size warns)')
+    add_batch_size(group, 64)
+    group.add_argument('--flip', action='store_true', help='flip test-time augmentation (sum with the mirror image)')
+    add_device(group)
+    add_workers(group)
+    group.add_argument('--channels-last', action='store_true', help='channels-last memory format')
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """The dataset options of extract, eval and search."""
+    group = parser.add_argument_group('dataset')
+    add_dataset(group, choices=sorted(DATASETS))
+    add_data_root(group)
+    group.add_argument('--variant', choices=('detected', 'labeled'), help='cuhk03_np boxes')
+
+
+def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
+    """The ``FeatureExtractor`` the options of :func:`add_model_args` describe."""
+    return FeatureExtractor(args.model, device=args.device, batch_size=args.batch_size, img_size=args.img_size,
+                            flip=args.flip, num_workers=args.workers, channels_last=args.channels_last,
+                            progress=not args.quiet)
+
+
+def dataset_from_args(args: argparse.Namespace) -> Optional[ReIDDataset]:
+    """The dataset named by --dataset/--data-root (:func:`add_dataset_args`), or None when neither is given."""
+    if not args.dataset and not args.data_root:
+        return None
+    if not (args.dataset and args.data_root):
+        raise InputError('--dataset and --data-root go together (the layout and the folder holding it)')
+    return build_dataset(args.dataset, args.data_root, **({'variant': args.variant} if args.variant else {}))

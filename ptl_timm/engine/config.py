@@ -479,7 +479,8 @@ def resolve_values(cls: Type['TrainConfig'], values: Dict[str, Any], where: str 
         resolved['steps'] = [_resolve_section(step, values, resolved, f'{where}: transfer step {i}')
                              for i, step in enumerate(resolved['steps'], 1)]
         if resolved['distill'] is not None:
-            resolved['distill'] = _resolve_section(resolved['distill'], values, resolved, f'{where}: the distill section')
+            resolved['distill'] = _resolve_section(
+                resolved['distill'], values, resolved, f'{where}: the distill section')
     return resolved
 
 

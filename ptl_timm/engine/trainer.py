@@ -37,6 +37,7 @@ from ptl_timm.losses import CenterLoss, ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
 from ptl_timm.utils import atomic_write, readable_folder, recover_folder
+from ptl_timm.utils.plots import plot_curves
 from .checkpoint import (
     CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, rng_state,
     save_checkpoint, set_rng_state, write_train_state)
@@ -44,7 +45,6 @@ from .config import TrainConfig, check_config, config_to_dict
 from .data import TrainData, build_train_data, load_dataset, spec_label
 from .distributed import DistContext, setup_distributed, sync_buffers
 from .evaluate import check_evaluable, evaluate_split
-from .plots import plot_curves
 from .run_folder import run_config, save_run_config
 from .run_lock import run_lock
 from .schedule import lr_factor

@@ -20,13 +20,14 @@ from timm.data import create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ptl_timm.data.datasets import ReIDDataset
+from ptl_timm.data.datasets import ReIDDataset, labels_from_names
 from ptl_timm.data.loader import ImageDataset, read_image
 from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError
 from ptl_timm.hub import load_model
 from ptl_timm.utils import PathLike, resolve_device
 from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
 from .analysis import VerificationRates
+from .features import FeatureSet
 from .metrics import evaluate_distance_chunks, pairwise_distance_chunks
 from .rerank import iter_re_ranking
 
@@ -205,6 +206,28 @@ class FeatureExtractor:
                             num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
         return extract_features(self.model, loader, flip=self.flip, device=self.device, progress=self.progress,
                                 channels_last=self.channels_last)
+
+    def extract_splits(self, dataset: ReIDDataset,
+                       splits: Sequence[str] = ('query', 'gallery')) -> Dict[str, FeatureSet]:
+        """A ``FeatureSet`` per split of ``dataset`` (``'train'``, ``'query'``, ``'gallery'``)."""
+        sets = {}
+        for split in splits:
+            records = getattr(dataset, split)
+            feats, pids, camids = self.extract_records(records)
+            sets[split] = FeatureSet(feats, pids, camids, [r.path for r in records])
+        return sets
+
+    def extract_images(self, paths: Sequence[str]) -> FeatureSet:
+        """Features of image files, with identities and cameras when the file names carry them in a
+        dataset's convention (``0002_c1s1_000451_01.jpg``), else unknown (-1)."""
+        labels = labels_from_names(paths)
+        pids, camids = (torch.tensor(x, dtype=torch.int64) for x in labels) if labels else (
+            torch.full((len(paths),), -1, dtype=torch.int64) for _ in range(2))
+        return FeatureSet(self(list(paths)), pids, camids, list(paths))
+
+    def extract_folder(self, folder: PathLike) -> FeatureSet:
+        """Features of every image under ``folder`` (see :meth:`extract_images`)."""
+        return self.extract_images(image_files(folder))
 
 
 def evaluate_model(

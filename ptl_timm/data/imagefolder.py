@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List
 
-from ptl_timm.data.datasets import ReIDDataset, ReIDRecord
 from ptl_timm.errors import DatasetError, InputError
 from ptl_timm.utils import PathLike, atomic_folder, recover_folder
+from .datasets import ReIDDataset, ReIDRecord
 
 __all__ = ['export_imagefolder', 'LINK_MODES']
 

@@ -1,7 +1,7 @@
 """Training curves: loss per epoch and mAP / Rank-1 of every evaluated dataset, one PNG."""
 from typing import Any, Dict, List, Tuple
 
-from ptl_timm.utils import PathLike, atomic_path
+from .io import PathLike, atomic_path
 
 __all__ = ['plot_curves']
 
