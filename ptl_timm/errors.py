@@ -10,18 +10,13 @@ Each subclass also derives from the built-in exception older code caught (``Valu
 Failures of the world (a full disk, a read-only folder, a truncated download) become user errors
 naming the file at the helper that reads or writes it: :func:`writing` and :func:`reading`.
 """
-from __future__ import annotations
-
 import contextlib
 import errno
 import json
 import os
 import shutil
 import zipfile
-from typing import TYPE_CHECKING, Iterator
-
-if TYPE_CHECKING:  # the package's one path type; errors sit below utils, so only type checkers import it
-    from ptl_timm.utils import PathLike
+from typing import Iterator, Union  # a path is Union[str, os.PathLike] here: ptl_timm.utils.PathLike sits above
 
 __all__ = [
     'PTLError', 'InputError', 'ConfigError', 'DatasetError', 'DatasetNotFoundError', 'DatasetFormatError',
@@ -93,7 +88,7 @@ _OUTPUT_ERRNOS = {
 _TORCH_WRITE_FAILURES = ('unexpected pos', 'PytorchStreamWriter failed', 'file write failed')
 
 
-def _free_space(path: PathLike) -> str:
+def _free_space(path: Union[str, os.PathLike]) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     while folder and not os.path.isdir(folder):
         folder = os.path.dirname(folder)
@@ -103,7 +98,7 @@ def _free_space(path: PathLike) -> str:
 
 
 @contextlib.contextmanager
-def writing(path: PathLike) -> Iterator[None]:
+def writing(path: Union[str, os.PathLike]) -> Iterator[None]:
     """Turn a failed write of ``path`` caused by the machine (full disk, read-only or foreign folder,
     a ``torch.save`` that stopped half-way) into an :class:`OutputError` naming the file."""
     try:
@@ -138,7 +133,8 @@ def _corrupt_types() -> tuple:
 
 
 @contextlib.contextmanager
-def reading(path: PathLike, what: str = 'file', fix: str = 'replace or re-download it') -> Iterator[None]:
+def reading(path: Union[str, os.PathLike], what: str = 'file',
+            fix: str = 'replace or re-download it') -> Iterator[None]:
     """Turn an undecodable ``path`` (truncated ``.safetensors`` / ``.npz``, bad JSON, an image too large
     to decode safely) into a :class:`CorruptFileError` naming the file, what it is and ``fix``."""
     try:

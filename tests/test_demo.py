@@ -1,6 +1,6 @@
 """The demo says what it runs: each block is labelled before its epochs, with the domain's own name
 and the fact that the networks start from random weights."""
-from ptl_timm.engine import demo
+from ptl_timm.tools import demo
 from ptl_timm.tools.demo import DemoScale, run_demo
 
 
