@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from ptl_timm.data.specs import resolve_spec
 from ptl_timm.data.synth import synth_params
 from ptl_timm.errors import PublishError
 from ptl_timm.hub import CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, load_model, save_pretrained
@@ -113,11 +114,8 @@ def _metrics_table(evaluations: Mapping[str, Mapping[str, float]]) -> List[str]:
 
 
 def _describe_dataset(spec: Any, data_root: Any) -> str:
-    name = spec.get('name') if isinstance(spec, Mapping) else spec
-    root = spec.get('root') if isinstance(spec, Mapping) else None
-    if root is None:
-        root = data_root.get(name) if isinstance(data_root, Mapping) else data_root
-    if not root or not Path(root).expanduser().is_dir():
+    name, root, _, _ = resolve_spec(spec, data_root)
+    if root is None or not root.is_dir():
         return (f'data in the {name} layout (its folder is no longer where training read it, so whether it was the '
                 f'real {name} or synthetic data is not known)')
     synth = synth_params(root)

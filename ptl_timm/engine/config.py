@@ -35,6 +35,7 @@ from typing import (
 
 import yaml
 
+from ptl_timm.data.specs import DataRoot, DatasetName, DatasetSpec
 from ptl_timm.errors import ConfigError
 from ptl_timm.eval.metrics import METRICS
 from ptl_timm.layers import STATE_MODES
@@ -48,10 +49,6 @@ __all__ = [
     'parse_overrides', 'build_config', 'check_config', 'check_values', 'config_task', 'task_of', 'config_to_dict',
     'config_to_yaml', 'run_config_yaml', 'plain',
 ]
-
-DatasetSpec = Union[str, Dict[str, Any]]  # a registered name, or {name, root, label, <dataset kwargs>}
-DataRoot = Union[str, Dict[str, str]]
-DatasetName = Union[DatasetSpec, List[DatasetSpec]]  # a list: the union of the training sets
 
 CONFIG_FILE_NAME = 'config.yaml'  # the resolved config, saved in every run folder
 OPTIMIZERS = ('sgd', 'adam', 'adamw')

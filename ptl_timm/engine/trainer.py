@@ -31,6 +31,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
+from ptl_timm.data.specs import load_dataset, spec_label
 from ptl_timm.hub import DATASET_METADATA_KEY, set_preprocessing
 from ptl_timm.layers import ddp_ignore_latent_states, restore_latent_states, snapshot_latent_states
 from ptl_timm.losses import CenterLoss, ReIDLoss
@@ -42,7 +43,7 @@ from .checkpoint import (
     CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, rng_state,
     save_checkpoint, set_rng_state, write_train_state)
 from .config import TrainConfig, check_config, config_to_dict
-from .data import TrainData, build_train_data, load_dataset, spec_label
+from .data import TrainData, build_train_data
 from .distributed import DistContext, setup_distributed, sync_buffers
 from .evaluate import check_evaluable, evaluate_split
 from .run_folder import run_config, save_run_config

@@ -10,10 +10,10 @@ import contextlib
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from ptl_timm.data.specs import located_spec, spec_label
 from ptl_timm.errors import CheckpointError, ConfigError
 from ptl_timm.utils import atomic_save_json, atomic_write, readable_folder
 from .config import TransferConfig
-from .data import located_spec, spec_label
 from .distill import run_distill
 from .distributed import DistContext, setup_distributed
 from .run_folder import run_config, save_run_config
