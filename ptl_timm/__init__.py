@@ -1,11 +1,11 @@
 """ptl_timm: Progressive Transfer Learning (PTL, IJCAI-19) for person re-identification on timm.
 
 ``import ptl_timm`` registers every model in timm's registry, so ``timm.create_model('ptl_resnet50')``
-works afterwards. ``ptl_timm.hub`` (loading and saving), ``ptl_timm.weights`` (published weights) and
-``ptl_timm.errors`` are available as attributes after it.
+works afterwards, with the published ReID tags and the offline check layered on by ``ptl_timm.hub``
+(loading, saving, published weights); ``ptl_timm.hub`` and ``ptl_timm.errors`` are attributes after it.
 """
 from .version import __version__
 from .layers import BConvCell, reset_latent_states
 from .models import MGN, ReIDNet, ReIDOutput, create_ptl, create_reid
 from .eval import FeatureExtractor, evaluate_rank, re_ranking
-from . import errors, hub, weights
+from . import errors, hub

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import timm
 from ptl_timm import BConvCell, create_ptl
 from ptl_timm.errors import InputError
-from ptl_timm.export import export_onnx
+from ptl_timm.hub.export import export_onnx
 from ptl_timm.hub import load_model, save_pretrained
 from ptl_timm.models.ptl_net import BNNeck
 from ptl_timm.models.registry import list_models

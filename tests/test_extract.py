@@ -12,7 +12,8 @@ import ptl_timm
 from ptl_timm.cli import main
 from ptl_timm.data.datasets import build_dataset
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
-from ptl_timm.eval.extract import FeatureExtractor, embed, evaluate_model, extract_features, image_files
+from ptl_timm.eval.extract import FeatureExtractor, evaluate_model, extract_features, image_files
+from ptl_timm.models import embed
 from ptl_timm.eval.features import FeatureSet, load_features, save_features
 from ptl_timm.eval.metrics import evaluate_rank
 from ptl_timm.hub import save_pretrained

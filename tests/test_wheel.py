@@ -1,16 +1,20 @@
-"""The installed package stands on its own: a wheel built from the source, installed in a fresh
-environment, trains, publishes with its packaged model card template, evaluates and builds models."""
+"""The installed package stands on its own: a wheel built from the source carries its package data (the
+weights manifest, the model card template) and, installed in a fresh environment, trains, publishes
+with its packaged card template, evaluates and builds models."""
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / 'ptl_timm'
 METADATA = ('setup.py', 'setup.cfg', 'MANIFEST.in', 'README.md', 'MODEL_CARD.md')  # what a build reads besides the package
+PACKAGE_DATA = ('weights_manifest.json', 'hub/model_card_template.md')
 TINY = '{backbone: test_resnet, embed_dim: 64, classifier_dims: [32, 16]}'
 
 
@@ -23,15 +27,29 @@ def _run(*command, cwd: Path) -> str:
     return done.stdout
 
 
-@pytest.mark.slow
-def test_wheel_in_a_fresh_venv_trains_publishes_without_a_card_flag_evaluates_and_creates_models(tmp_path):
-    source = tmp_path / 'source'  # a copy: the build writes build/ and *.egg-info beside the sources
-    shutil.copytree(REPO / 'ptl_timm', source / 'ptl_timm', ignore=shutil.ignore_patterns('__pycache__'))
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the sources (the build writes build/ and *.egg-info beside them)."""
+    if not (REPO / 'setup.cfg').is_file():
+        pytest.skip('not a source checkout')
+    root = tmp_path_factory.mktemp('wheel')
+    shutil.copytree(PACKAGE, root / 'source' / 'ptl_timm', ignore=shutil.ignore_patterns('__pycache__'))
     for name in METADATA:
-        shutil.copy2(REPO / name, source / name)
-    _run(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--quiet', '-w', 'wheels', source,
-         cwd=tmp_path)
-    wheel = next((tmp_path / 'wheels').glob('ptl_timm-*.whl'))
+        shutil.copy2(REPO / name, root / 'source' / name)
+    _run(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '--quiet', '-w',
+         'wheels', 'source', cwd=root)
+    return next((root / 'wheels').glob('ptl_timm-*.whl'))
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_package_data_byte_identical(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        for name in PACKAGE_DATA:
+            assert archive.read(f'ptl_timm/{name}') == (PACKAGE / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_wheel_in_a_fresh_venv_trains_publishes_without_a_card_flag_evaluates_and_creates_models(wheel, tmp_path):
     venv = tmp_path / 'venv'
     _run(sys.executable, '-m', 'venv', '--without-pip', venv, cwd=tmp_path)
     python = venv / 'bin' / 'python'

@@ -10,7 +10,7 @@ Example: ptl-timm publish --model runs/x/best --output hub/ptl_resnet50.market15
 import argparse
 import json
 
-from ptl_timm.publish import publish
+from ptl_timm.hub.publish import publish
 from ptl_timm.utils import atomic_save_json
 from .options import add_command, add_model, add_output, add_quiet
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ptl_timm.errors import CheckpointError, CorruptFileError, reading
-from ptl_timm.hub import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, save_pretrained
+from ptl_timm.hub import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, load_weights_strict, save_pretrained
 from ptl_timm.utils import PathLike, atomic_folder, atomic_path, readable_folder
 
 __all__ = [
@@ -104,30 +104,16 @@ def read_checkpoint_info(path: PathLike) -> Dict[str, Any]:
 
 def load_checkpoint_weights(model: nn.Module, path: PathLike, skip: Tuple[str, ...] = ()) -> None:
     """Load the weights of checkpoint ``path`` into ``model``, the modules named in ``skip`` excepted
-    (the classifier being re-initialised). Anything else that does not match is a ``CheckpointError``
-    naming both architectures, and ``model`` is left unchanged."""
+    (the classifier being re-initialised), with the one strict loader: anything else that does not
+    match is a ``CheckpointError`` naming both architectures, and ``model`` is left unchanged."""
     path = readable_folder(path)
     _require_folder(path)
     with reading(path / WEIGHTS_NAME, what='checkpoint weights'):
         state_dict = safetensors.torch.load_file(str(path / WEIGHTS_NAME))
-    own = model.state_dict()
-
-    prefixes = tuple(f'{name}.' for name in skip)
-
-    def kept(key: str) -> bool:
-        return not key.startswith(prefixes)
-
-    missing = sorted(k for k in own if kept(k) and k not in state_dict)
-    unexpected = sorted(k for k in state_dict if kept(k) and k not in own)
-    reshaped = sorted(k for k in own if kept(k) and k in state_dict and state_dict[k].shape != own[k].shape)
-    if missing or unexpected or reshaped:
-        info = read_checkpoint_info(path)
-        wanted = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
-        raise CheckpointError(
-            f'checkpoint {path} holds a {info["architecture"]} model (model_args {info["model_args"]}) that does not '
-            f'match {wanted}: {len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} reshaped '
-            f'tensors (e.g. {(missing + unexpected + reshaped)[:3]}); set model/model_args to the checkpoint\'s')
-    model.load_state_dict({k: v for k, v in state_dict.items() if kept(k)}, strict=not skip)
+    info = read_checkpoint_info(path)
+    load_weights_strict(model, state_dict, f'checkpoint {path}', skip=skip, fix=(
+        f'the checkpoint holds a {info["architecture"]} model (model_args {info["model_args"]}): set model/model_args '
+        f"to the checkpoint's"))
 
 
 def rng_state() -> Dict[str, Any]:

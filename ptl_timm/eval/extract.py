@@ -24,6 +24,7 @@ from ptl_timm.data.datasets import ReIDDataset, labels_from_names
 from ptl_timm.data.loader import ImageDataset, read_image
 from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError
 from ptl_timm.hub import load_model
+from ptl_timm.models import embed
 from ptl_timm.utils import PathLike, resolve_device
 from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
 from .analysis import VerificationRates
@@ -32,18 +33,11 @@ from .metrics import evaluate_distance_chunks, pairwise_distance_chunks
 from .rerank import iter_re_ranking
 
 __all__ = [
-    'embed', 'extract_features', 'eval_data_config', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
+    'extract_features', 'eval_data_config', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
     'image_files', 'IMAGE_EXTENSIONS']
 
 _logger = logging.getLogger(__name__)
 ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor, Sequence[Union[str, os.PathLike, Image.Image]]]
-
-
-def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The retrieval embedding of a batch (no normalisation)."""
-    if hasattr(model, 'forward_reid'):
-        return model.forward_reid(images).embedding
-    return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
 def _model_device(model: nn.Module) -> torch.device:

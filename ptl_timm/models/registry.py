@@ -4,9 +4,11 @@ from typing import List
 import timm
 from timm.models import model_entrypoint
 
-from ptl_timm.weights import GENERIC_MODELS
-
 __all__ = ['list_models', 'GENERIC_MODELS']
+
+# Entrypoints that wrap a backbone chosen at call time (kwarg ``backbone``): no pretrained tag can name
+# their weights.
+GENERIC_MODELS = ('ptl_net', 'reid_net')
 
 
 def list_models(include_generic: bool = False) -> List[str]:

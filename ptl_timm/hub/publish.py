@@ -17,7 +17,6 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import safetensors
 import timm
-from timm.models._input import get_model_args
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -25,9 +24,10 @@ from tqdm import tqdm
 from ptl_timm.data.specs import resolve_spec
 from ptl_timm.data.synth import synth_params
 from ptl_timm.errors import PublishError
-from ptl_timm.hub import CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, load_model, save_pretrained
+from ptl_timm.models.registry import GENERIC_MODELS
 from ptl_timm.utils import PathLike, atomic_folder, atomic_write
-from ptl_timm.weights import GENERIC_MODELS, hub_repo_id, sha256_file
+from .folder import CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, load_model, save_pretrained
+from .pretrained import hub_repo_id, sha256_file
 
 __all__ = [
     'PublishError', 'PublishResult', 'publish', 'check_checkpoint', 'find_run_metrics', 'render_model_card',
@@ -220,7 +220,7 @@ def render_model_card(
 def default_model_card() -> Path:
     """The card template every install has: package data found through ``importlib.resources`` (a
     wheel carries no ``MODEL_CARD.md``; the template is that file, kept identical by a test)."""
-    return Path(str(resources.files(__package__ or 'ptl_timm').joinpath(MODEL_CARD_TEMPLATE)))
+    return Path(str(resources.files('ptl_timm.hub').joinpath(MODEL_CARD_TEMPLATE)))
 
 
 def _refuse_out_in_source(checkpoint: Path, out: Path) -> None:
@@ -342,7 +342,7 @@ def _tag_limitation(architecture: str, model_args: Mapping[str, Any], num_classe
     classes but no constructor arguments, so only an architecture's defaults fit one."""
     if architecture in GENERIC_MODELS:
         return f'{architecture} takes its backbone as an argument, which a pretrained tag cannot carry'
-    defaults = get_model_args(timm.create_model(architecture, num_classes=num_classes, device='meta'), {})
+    defaults = timm.models.get_model_args(timm.create_model(architecture, num_classes=num_classes, device='meta'), {})
     differing = {k: v for k, v in model_args.items() if defaults.get(k) != v}
     if differing:
         return f'model_args {differing} differ from the {architecture} defaults, which a pretrained tag would use'

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ptl_timm.errors import InputError, MissingExtraError
-from ptl_timm.eval.extract import embed
+from ptl_timm.models import embed
 from ptl_timm.utils import PathLike, atomic_path
 
 __all__ = ['OUTPUTS', 'MissingExtraError', 'ExportResult', 'ReIDExportWrapper', 'export_onnx', 'compare_onnx']
