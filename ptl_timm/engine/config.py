@@ -484,11 +484,11 @@ def resolve_values(cls: Type['TrainConfig'], values: Dict[str, Any], where: str 
 def _resolve_section(section: _Section, given: Dict[str, Any], parent: Dict[str, Any], where: str) -> _Section:
     """A transfer step or distill section resolved over the transfer's given values, kept as what
     differs from the transfer config (so a saved config resolves to the same sections again)."""
-    names = set(section.inherited())
-    shared = {k: v for k, v in given.items() if k in names}
+    shared = {k: v for k, v in given.items() if k in section.inherited()}
     full = resolve_values(section.config_cls, {**shared, **section}, where)
+    kept = set(section.keys_allowed()) - set(section.own)
     return type(section)({k: v for k, v in full.items()
-                          if k in section or (k in names and (k not in parent or parent[k] != v))})
+                          if k in section or (k in kept and (k not in parent or parent[k] != v))})
 
 
 def check_config(cfg: 'TrainConfig') -> 'TrainConfig':

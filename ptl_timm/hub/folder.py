@@ -142,7 +142,7 @@ def load_weights_strict(
         details = '; '.join(f'{len(keys)} {what} (e.g. {", ".join(keys[:3])})' for what, keys in (
             ('missing', missing), ('unexpected', unexpected), ('reshaped', reshaped)) if keys)
         raise CheckpointError(
-            f'the weights of {source} do not fit the {architecture} model: {details}; {fix}')
+            f'the weights of {source} do not fit the {architecture} model its config describes: {details}; {fix}')
     model.load_state_dict({k: v for k, v in state_dict.items() if kept(k)}, strict=not skipped)
 
 
