@@ -221,3 +221,18 @@ def test_engine_modules_are_not_shadowed_by_functions(name):
     assert isinstance(module, types.ModuleType)
     package, _, attr = name.rpartition('.')
     assert getattr(importlib.import_module(package), attr) is module
+
+
+def test_query_expansion_and_re_ranking_defaults_are_defined_once():
+    """The config, ``ptl-timm eval`` and the library functions share one set of values."""
+    import inspect
+    from ptl_timm.cli import build_parser
+    from ptl_timm.eval.aqe import query_expansion
+    from ptl_timm.eval.rerank import re_ranking
+    args, cfg = build_parser().parse_args(['eval']), TrainConfig()
+    rerank = inspect.signature(re_ranking).parameters
+    aqe = inspect.signature(query_expansion).parameters
+    assert (args.k1, args.k2, args.lambda_value) == (cfg.rerank_k1, cfg.rerank_k2, cfg.rerank_lambda) == tuple(
+        rerank[name].default for name in ('k1', 'k2', 'lambda_value'))
+    assert (args.aqe_k, args.aqe_alpha, args.aqe_times) == (cfg.aqe_k, cfg.aqe_alpha, cfg.aqe_times) == tuple(
+        aqe[name].default for name in ('k', 'alpha', 'times'))

@@ -37,7 +37,9 @@ import yaml
 
 from ptl_timm.data.specs import DataRoot, DatasetName, DatasetSpec
 from ptl_timm.errors import ConfigError
+from ptl_timm.eval.aqe import AQE_ALPHA, AQE_K, AQE_TIMES
 from ptl_timm.eval.metrics import METRICS
+from ptl_timm.eval.rerank import RERANK_K1, RERANK_K2, RERANK_LAMBDA
 from ptl_timm.layers import STATE_MODES
 from ptl_timm.utils import PathLike, default_workers
 from .schedule import LR_SCHEDULES
@@ -227,13 +229,13 @@ class TrainConfig:
     eval_flip: bool = False
     eval_metric: str = setting('cosine', choices=METRICS)
     eval_aqe: bool = False  # average query expansion (fast-reid's αQE) before ranking
-    aqe_k: int = setting(10, range=AT_LEAST_1)
-    aqe_alpha: float = setting(3.0, range=AT_LEAST_0)
-    aqe_times: int = setting(1, range=AT_LEAST_1)
+    aqe_k: int = setting(AQE_K, range=AT_LEAST_1)
+    aqe_alpha: float = setting(AQE_ALPHA, range=AT_LEAST_0)
+    aqe_times: int = setting(AQE_TIMES, range=AT_LEAST_1)
     eval_rerank: bool = False  # k-reciprocal re-ranking (`ptl-timm eval --rerank --k1 --k2 --lambda`)
-    rerank_k1: int = setting(20, range=AT_LEAST_1)
-    rerank_k2: int = setting(6, range=AT_LEAST_1)
-    rerank_lambda: float = setting(0.3, range=FRACTION)
+    rerank_k1: int = setting(RERANK_K1, range=AT_LEAST_1)
+    rerank_k2: int = setting(RERANK_K2, range=AT_LEAST_1)
+    rerank_lambda: float = setting(RERANK_LAMBDA, range=FRACTION)
     # run
     output: str = 'output/train'
     seed: int = 0
