@@ -37,7 +37,7 @@ def wheel(tmp_path_factory) -> Path:
     for name in METADATA:
         shutil.copy2(REPO / name, root / 'source' / name)
     _run(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '--quiet', '-w',
-         'wheels', 'source', cwd=root)
+         root / 'wheels', root / 'source', cwd=root)
     return next((root / 'wheels').glob('ptl_timm-*.whl'))
 
 
