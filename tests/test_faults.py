@@ -25,7 +25,7 @@ from ptl_timm.engine.config import RANGES, ConfigError
 from ptl_timm.errors import CorruptFileError, InputError, NonFiniteError, OutputError, PTLError, reading, writing
 from ptl_timm.eval.extract import FeatureExtractor
 from ptl_timm.eval.features import FeatureSet, save_features
-from ptl_timm.hub import WEIGHTS_NAME, load_model, save_pretrained, set_preprocessing
+from ptl_timm.hub import WEIGHTS_NAME, load_model, set_preprocessing
 from ptl_timm.models.registry import check_model_args
 from ptl_timm.utils import atomic_path, resolve_device, to_rgb
 
@@ -284,7 +284,7 @@ def test_an_export_failing_verification_never_reaches_the_output(folders, tmp_pa
     """The failed file stayed at --output; now an earlier export there is left as it was."""
     pytest.importorskip('onnxscript')
     pytest.importorskip('onnxruntime')
-    import ptl_timm.export as export
+    import ptl_timm.hub.export as export
 
     monkeypatch.setattr(torch.onnx, 'export', lambda *args, **kwargs: Path(args[2]).write_bytes(b'new'))
     monkeypatch.setattr(export, 'compare_onnx', lambda *args: difference)
