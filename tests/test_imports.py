@@ -5,6 +5,7 @@ sub-module; the weights manifest is package data, read the same way from a wheel
 import ast
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -174,6 +175,18 @@ def test_no_package_attribute_shadows_a_submodule():
         if getattr(package, info.name.rsplit('.', 1)[1]) is not module:
             shadowed.append(info.name)
     assert not shadowed, f'package attributes hide these modules: {shadowed}'
+
+
+def test_the_architecture_page_lists_every_part_at_its_rank():
+    """docs/architecture.md's table says what RANKS enforces (``import ptl_timm`` is the part 'api')."""
+    page = PACKAGE.parent / 'docs' / 'architecture.md'
+    if not page.is_file():
+        pytest.skip('not a source checkout')
+    listed = {}
+    for rank, parts in re.findall(r'^\| (\d+) \| ([^|]+) \|', page.read_text(), re.MULTILINE):
+        for part in re.findall(r'`([^`]+)`', parts):
+            listed['api' if part == 'import ptl_timm' else part] = int(rank)
+    assert listed == {part: rank for part, rank in RANKS.items() if part != '__main__'}
 
 
 def test_manifest_is_package_data_found_through_importlib_resources(monkeypatch):
