@@ -6,7 +6,7 @@ cast, noise, blur, resolution, scale, occlusion, scene) and the clothing palette
 (default backbone timm's tiny ``test_resnet``, from scratch: nothing is downloaded) is trained with
 CE + batch-hard triplet on P×K batches (``PKSampler``) of one domain, then evaluated (exact mAP /
 Rank-1 from ``ptl_timm.eval.evaluate_rank``) on the query/gallery of every domain; the untrained
-network is the chance-level reference. The acceptance criterion: a model loses accuracy on domains it was
+network is the chance-level reference. Expected: a model loses accuracy on domains it was
 not trained on, i.e. for each test domain the in-domain model beats the models trained elsewhere.
 
 Images are decoded once through ``ImageDataset`` with the evaluation transform and kept as one

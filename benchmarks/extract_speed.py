@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from benchmarks.report import add_report_argument, markdown_table, report_path, write_section
 from ptl_timm.data.loader import read_image
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
-from ptl_timm.eval.extract import FeatureExtractor, embed, image_files
+from ptl_timm.eval.extract import FeatureExtractor, image_files
+from ptl_timm.models import embed
 
 
 def naive_loop(model: torch.nn.Module, transform: Callable, paths: List[str]) -> torch.Tensor:

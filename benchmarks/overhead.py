@@ -2,7 +2,7 @@
 against the same network without cells, as ratios measured in one run.
 
 Paired models are timed alternately (plain, PTL, plain, PTL, ...) and compared by median, so
-machine load drifts affect both sides alike. Target (issue: core): PTL train step ≤ 1.3× plain.
+machine load drifts affect both sides alike. Target: PTL train step ≤ 1.3× plain.
 Multiply-accumulates (convolutions and linear layers, counted with forward hooks) give the
 load-independent cost, and the share spent in the side network says where any excess comes from.
 

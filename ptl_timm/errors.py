@@ -20,7 +20,7 @@ import pickle
 import re
 import shutil
 import zipfile
-from typing import Iterator, Union
+from typing import Iterator, Union  # a path is Union[str, os.PathLike] here: ptl_timm.utils.PathLike sits above
 
 __all__ = [
     'PTLError', 'InputError', 'ConfigError', 'DatasetError', 'DatasetNotFoundError', 'DatasetFormatError',
@@ -28,7 +28,6 @@ __all__ = [
     'NonFiniteError', 'DEBUG_ENV', 'reading', 'writing',
 ]
 
-PathLike = Union[str, os.PathLike]
 DEBUG_ENV = 'PTL_TIMM_DEBUG'
 
 
@@ -129,7 +128,7 @@ _TORCH_READ_FAILURES = ('PytorchStreamReader failed', 'failed finding central di
 _OS_ERROR_CODE = re.compile(r'\(os error (\d+)\)')  # how safetensors (Rust) reports an I/O error
 
 
-def _free_space(path: PathLike) -> str:
+def _free_space(path: Union[str, os.PathLike]) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     while folder and not os.path.isdir(folder):
         folder = os.path.dirname(folder)
@@ -138,7 +137,7 @@ def _free_space(path: PathLike) -> str:
     return 'free space unknown'
 
 
-def _output_error(path: PathLike, code: int) -> OutputError:
+def _output_error(path: Union[str, os.PathLike], code: int) -> OutputError:
     if code in _FULL:
         reason = f'{_OUTPUT_ERRNOS[code]} ({_free_space(path)}); free some space or choose another output folder'
     elif code in (errno.EISDIR, errno.ENOTDIR):
@@ -156,7 +155,7 @@ def _safetensor_error() -> tuple:
 
 
 @contextlib.contextmanager
-def writing(path: PathLike) -> Iterator[None]:
+def writing(path: Union[str, os.PathLike]) -> Iterator[None]:
     """Turn a failed write of ``path`` caused by the machine (full disk, read-only or foreign folder, a
     folder where a file goes, a ``torch.save`` or ``safetensors`` write that stopped half-way) into an
     :class:`OutputError` naming the file."""
@@ -193,7 +192,8 @@ def _corrupt_types() -> tuple:
 
 
 @contextlib.contextmanager
-def reading(path: PathLike, what: str = 'file', fix: str = 'replace or re-download it') -> Iterator[None]:
+def reading(path: Union[str, os.PathLike], what: str = 'file',
+            fix: str = 'replace or re-download it') -> Iterator[None]:
     """Turn an undecodable ``path`` (truncated ``.safetensors`` / ``.npz`` / ``torch.save`` file, bad
     JSON, an image too large to decode safely) into a :class:`CorruptFileError` naming the file, what it
     is and ``fix``. A pickle that ``torch.load(weights_only=True)`` refuses (it would run code) is said
@@ -202,7 +202,7 @@ def reading(path: PathLike, what: str = 'file', fix: str = 'replace or re-downlo
         yield
     except PTLError:
         raise
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise CorruptFileError(
             f'cannot read {what} {path}: it is not a weights-only checkpoint (refused for safety: it holds Python '
             f'objects that loading would run); {fix}') from None

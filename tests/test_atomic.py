@@ -103,7 +103,7 @@ def test_folder_replace_killed_at_each_step_leaves_old_or_new_complete(tmp_path)
 
 @pytest.mark.slow
 def test_synth_regeneration_killed_at_each_step_is_never_accepted_half_written(tmp_path):
-    """The issue's case: a regeneration killed while the old folder is deleted must not leave a folder
+    """The reported case: a regeneration killed while the old folder is deleted must not leave a folder
     whose marker makes a rerun accept it; after a kill, a rerun returns the old or new dataset whole."""
     small = dict(num_ids=4, images_per_id=2, num_cams=2, img_size=(16, 8))
 

@@ -1,5 +1,5 @@
 """Benchmarks: only the documented full run updates the tracked BENCHMARKS.md; --quick (CI size) and
-any reduced setting write a scratch report (issue 12.3)."""
+any reduced setting write a scratch report."""
 import argparse
 import hashlib
 import os

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import timm
 from ptl_timm import BConvCell, create_ptl
 from ptl_timm.errors import InputError
-from ptl_timm.export import export_onnx
+from ptl_timm.hub.export import export_onnx
 from ptl_timm.hub import load_model, save_pretrained
 from ptl_timm.models.ptl_net import BNNeck
 from ptl_timm.models.registry import list_models
@@ -187,7 +187,7 @@ def test_options_export_to_onnx(tmp_path):
 
 
 def test_fixed_input_size_backbone_is_built_for_the_reid_input_size():
-    """Issue 12.7: the wrapper reports 256×128, so a ViT is built for 256×128 (timm's img_size)."""
+    """The wrapper reports 256×128, so a ViT is built for 256×128 (timm's img_size)."""
     torch.manual_seed(0)
     model = create_ptl('test_vit', num_classes=3).eval()
     assert model.pretrained_cfg['input_size'] == (3, 256, 128)

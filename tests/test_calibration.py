@@ -184,7 +184,7 @@ def test_calibrate_refuses_a_model_it_cannot_write_to_before_reading_anything(tm
 
 def test_publish_keeps_the_calibration_in_config_json_and_shows_it_in_the_card(checkpoint, tmp_path):
     from ptl_timm.eval.calibration import write_calibration
-    from ptl_timm.publish import README_NAME, publish
+    from ptl_timm.hub.publish import README_NAME, publish
     _, folder = checkpoint
     model = _copy(folder, tmp_path / 'model')
     calibration = dict(

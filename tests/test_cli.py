@@ -1,5 +1,5 @@
 """One command-line vocabulary: one spelling, meaning and default per concept in every sub-command,
-defaults and an example in every --help, old spellings as warned aliases (issue 13.4)."""
+defaults and an example in every --help."""
 import argparse
 import contextlib
 import io
@@ -9,7 +9,6 @@ import shlex
 import pytest
 
 from ptl_timm.cli import build_parser
-from ptl_timm.cli import options
 from ptl_timm.cli.options import add_command
 from ptl_timm.utils import default_workers
 
@@ -81,21 +80,6 @@ def test_workers_and_device_have_one_default_everywhere():
                 assert action.default in ('auto', None), name
     assert TrainConfig().num_workers == default_workers() and TrainConfig().device == 'auto'
     assert default_workers() <= (os.cpu_count() or 1)
-
-
-@pytest.mark.parametrize('old, new', [('--out', '--output'), ('--root', '--data-root'), ('--input-size', '--img-size')])
-def test_old_spellings_still_work_and_warn(old, new, capsys):
-    parser = argparse.ArgumentParser(prog='ptl-timm x')
-    subparsers = parser.add_subparsers()
-    command = add_command(subparsers, 'x', 'X.\n\nExample: ptl-timm x')
-    options.add_output(command, help='out', required=old == '--out')  # a required flag accepts the old spelling
-    options.add_data_root(command)
-    options.add_img_size(command)
-    value = ['256', '128'] if new == '--img-size' else ['somewhere']
-    args = parser.parse_args(['x', old, *value])
-    assert getattr(args, new[2:].replace('-', '_')) == ([256, 128] if new == '--img-size' else 'somewhere')
-    assert f'{old} is deprecated; use {new}' in capsys.readouterr().err
-
 
 
 def test_a_command_reads_its_help_from_its_module_docstring():

@@ -7,7 +7,7 @@ import yaml
 
 from ptl_timm.cli import main
 from ptl_timm.engine import DistillConfig, TrainConfig, TransferConfig, build_config, fine_tune, load_config
-from ptl_timm.engine.config import CHOICES, RECIPES, check_config, config_to_yaml
+from ptl_timm.engine.config import RECIPES, DistillSection, TransferStep, check_config, config_to_yaml, field_rules
 from ptl_timm.errors import ConfigError, PTLError
 
 # (--set value(s), the key the error must name): bad types, unknown keys and choices, out-of-range values
@@ -163,9 +163,34 @@ def test_each_transfer_step_and_the_distill_section_gets_its_own_models_recipe()
         {'dataset': 'dukemtmc'}, {'dataset': 'market1501', 'model': 'ptl_mgn'}], distill={'model': 'mgn_resnet50'})
     assert cfg.img_size == (256, 128)
     assert cfg.steps[0] == {'dataset': 'dukemtmc'}, 'the same model: nothing differs from the transfer config'
-    step = TrainConfig(**{**{k: v for k, v in vars(cfg).items() if k not in ('steps', 'distill')}, **cfg.steps[1]})
+    assert isinstance(cfg.steps[0], TransferStep) and isinstance(cfg.distill, DistillSection)
+    step = cfg.steps[1].config(cfg, output=cfg.output)
     assert step == TrainConfig(model='ptl_mgn', lr=0.02, dataset='market1501', output=cfg.output)
     assert cfg.distill['img_size'] == (384, 128) and cfg.distill['lam'] == 0.8
+
+
+@pytest.mark.parametrize('section, key', [({'steps': [{'dataset': 'dukemtmc', 'output': 'elsewhere'}]}, 'output'),
+                                          ({'steps': [{'dataset': 'dukemtmc'}], 'distill': {'teacher': 'x'}}, 'teacher')])
+def test_a_section_cannot_set_what_the_transfer_sets(section, key):
+    with pytest.raises(ConfigError, match=f'{key} is set by the transfer'):
+        TransferConfig(**section)
+
+
+def test_constructing_a_resumed_config_reads_nothing(tmp_path, monkeypatch):
+    """Resume is the run layer's job: the config only records the wish and the values given."""
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(output=str(tmp_path / 'no_run_here'), resume=True, epochs=3)
+    assert cfg.resume and cfg.given_keys == {'output', 'resume', 'epochs'}
+    assert cfg.lr == TrainConfig().lr, 'defaults, not a saved config'
+
+
+def test_resume_reads_the_saved_config_in_the_run_layer(tmp_path):
+    from ptl_timm.engine.run_folder import run_config, save_run_config
+    save_run_config(TrainConfig(output=str(tmp_path), lr=0.5, epochs=2, img_size=(64, 32)))
+    resumed = run_config(TrainConfig(output=str(tmp_path), resume=True, epochs=4))
+    assert (resumed.lr, resumed.epochs, resumed.img_size, resumed.resume) == (0.5, 4, (64, 32), True)
+    with pytest.raises(ConfigError, match='lr=0.1 \\(saved: 0.5\\)'):
+        run_config(TrainConfig(output=str(tmp_path), resume=True, lr=0.1))
 
 
 def test_training_entry_checks_a_config_changed_after_construction(tmp_path):
@@ -180,7 +205,13 @@ def test_training_entry_checks_a_config_changed_after_construction(tmp_path):
 
 def test_choices_are_defined_once_where_they_live():
     from ptl_timm.eval.metrics import METRICS
-    assert CHOICES['eval_metric'] is METRICS
+    assert field_rules(TrainConfig)['eval_metric'][0] is METRICS
+
+
+def test_each_field_carries_its_own_rules():
+    rules = field_rules(DistillConfig)
+    assert rules['optimizer'][0] == ('sgd', 'adam', 'adamw') and rules['lam'][1].text == 'in [0, 1]'
+    assert 'lam' not in field_rules(TrainConfig), 'a rule lives on its field, not in a shared table'
 
 
 @pytest.mark.parametrize('name', ['ptl_timm.engine.transfer', 'ptl_timm.engine.distill', 'ptl_timm.engine.trainer',
@@ -190,3 +221,18 @@ def test_engine_modules_are_not_shadowed_by_functions(name):
     assert isinstance(module, types.ModuleType)
     package, _, attr = name.rpartition('.')
     assert getattr(importlib.import_module(package), attr) is module
+
+
+def test_query_expansion_and_re_ranking_defaults_are_defined_once():
+    """The config, ``ptl-timm eval`` and the library functions share one set of values."""
+    import inspect
+    from ptl_timm.cli import build_parser
+    from ptl_timm.eval.aqe import query_expansion
+    from ptl_timm.eval.rerank import re_ranking
+    args, cfg = build_parser().parse_args(['eval']), TrainConfig()
+    rerank = inspect.signature(re_ranking).parameters
+    aqe = inspect.signature(query_expansion).parameters
+    assert (args.k1, args.k2, args.lambda_value) == (cfg.rerank_k1, cfg.rerank_k2, cfg.rerank_lambda) == tuple(
+        rerank[name].default for name in ('k1', 'k2', 'lambda_value'))
+    assert (args.aqe_k, args.aqe_alpha, args.aqe_times) == (cfg.aqe_k, cfg.aqe_alpha, cfg.aqe_times) == tuple(
+        aqe[name].default for name in ('k', 'alpha', 'times'))

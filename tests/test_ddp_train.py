@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ptl_timm.engine import TrainConfig, build_config
-from ptl_timm.engine.data import load_dataset
+from ptl_timm.data.specs import load_dataset
 from ptl_timm.engine.distributed import DistContext
 from ptl_timm.engine.evaluate import evaluate_split
 from ptl_timm.hub import load_model

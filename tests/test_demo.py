@@ -1,7 +1,7 @@
 """The demo says what it runs: each block is labelled before its epochs, with the domain's own name
 and the fact that the networks start from random weights."""
-from ptl_timm.engine import demo
-from ptl_timm.engine.demo import DemoScale, run_demo
+from ptl_timm.tools import demo
+from ptl_timm.tools.demo import DemoScale, run_demo
 
 
 def test_demo_labels_each_block_and_says_the_weights_are_random(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,5 @@
 """Documentation that runs: every command block of README.md and configs/README.md, and the usage lines
-of examples/, work as written, in order, on a scratch copy of the repository (issue 12.4).
+of examples/, work as written, in order, on a scratch copy of the repository.
 
 The fast tests parse every documented ``ptl-timm`` command with the real parser (no unknown flag, no
 deprecated spelling, no missing argument), and check that README's models table is ``ptl-timm info``'s

@@ -14,8 +14,8 @@ from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.engine import (
     CheckpointError, ConfigError, TrainConfig, build_config, fine_tune, load_train_state, run_distill, run_transfer)
 from ptl_timm.engine.config import TASKS, config_task, load_config
-from ptl_timm.engine.data import load_dataset
-from ptl_timm.engine.demo import DemoScale, run_demo
+from ptl_timm.data.specs import load_dataset
+from ptl_timm.tools.demo import DemoScale, run_demo
 from ptl_timm.engine.distributed import DistContext
 from ptl_timm.engine.evaluate import evaluate_split
 from ptl_timm.engine.trainer import build_model

@@ -86,9 +86,9 @@ def test_every_user_error_class_is_a_ptl_error_and_keeps_its_builtin_base():
             assert issubclass(value, PTLError), name
     from ptl_timm.engine.checkpoint import CheckpointError
     from ptl_timm.engine.config import ConfigError
-    from ptl_timm.export import MissingExtraError
-    from ptl_timm.publish import PublishError
-    from ptl_timm.weights import ManifestError, UnpublishedWeightsError
+    from ptl_timm.hub.export import MissingExtraError
+    from ptl_timm.hub.publish import PublishError
+    from ptl_timm.hub.pretrained import ManifestError, UnpublishedWeightsError
     for cls in (CheckpointError, ConfigError, MissingExtraError, PublishError, ManifestError, UnpublishedWeightsError,
                 CorruptImageError):
         assert issubclass(cls, PTLError), cls

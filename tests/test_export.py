@@ -8,7 +8,7 @@ import torch
 
 import timm
 from ptl_timm.cli import main
-from ptl_timm.export import MissingExtraError, ReIDExportWrapper, export_onnx
+from ptl_timm.hub.export import MissingExtraError, ReIDExportWrapper, export_onnx
 from ptl_timm.hub import save_pretrained
 
 SMALL = (3, 64, 32)

@@ -12,7 +12,8 @@ import ptl_timm
 from ptl_timm.cli import main
 from ptl_timm.data.datasets import build_dataset
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
-from ptl_timm.eval.extract import FeatureExtractor, embed, evaluate_model, extract_features, image_files
+from ptl_timm.eval.extract import FeatureExtractor, evaluate_model, extract_features, image_files
+from ptl_timm.models import embed
 from ptl_timm.eval.features import FeatureSet, load_features, save_features
 from ptl_timm.eval.metrics import evaluate_rank
 from ptl_timm.hub import save_pretrained
@@ -211,7 +212,7 @@ def test_eval_command_without_a_source_is_a_clear_error(capsys):
 
 
 def test_eval_command_refuses_unknown_query_cameras(tmp_path, capsys):
-    """Camera -1 would keep same-camera gallery images as matches (issue: mAP 19.92 -> 33.94, exit 0)."""
+    """Camera -1 would keep same-camera gallery images as matches (as reported: mAP 19.92 -> 33.94, exit 0)."""
     g = torch.Generator().manual_seed(0)
     gallery = FeatureSet(F.normalize(torch.randn(8, 4, generator=g), dim=1), torch.arange(8) % 4, torch.arange(8) % 2,
                          [f'g{i}.jpg' for i in range(8)])

@@ -21,11 +21,11 @@ from ptl_timm.cli import main
 from ptl_timm.data.loader import ImageDataset, read_image
 from ptl_timm.engine import TrainConfig, build_config, parse_overrides
 from ptl_timm.engine.checkpoint import load_train_state, save_checkpoint
-from ptl_timm.engine.config import RANGES, ConfigError
+from ptl_timm.engine.config import TASKS, ConfigError, field_rules
 from ptl_timm.errors import CorruptFileError, InputError, NonFiniteError, OutputError, PTLError, reading, writing
 from ptl_timm.eval.extract import FeatureExtractor
 from ptl_timm.eval.features import FeatureSet, save_features
-from ptl_timm.hub import WEIGHTS_NAME, load_model, save_pretrained, set_preprocessing
+from ptl_timm.hub import WEIGHTS_NAME, load_model, set_preprocessing
 from ptl_timm.models.registry import check_model_args
 from ptl_timm.utils import atomic_path, resolve_device, to_rgb
 
@@ -205,12 +205,13 @@ def _subparsers():
 
 def test_every_numeric_flag_of_every_command_has_a_range():
     """A flag typed ``int``/``float`` is checked by nothing: each one is an ``options.Number`` instead, or
-    (train, distill, transfer) a config key whose range ``engine.config.RANGES`` holds."""
+    (train, distill, transfer) a config field whose metadata holds its range."""
     config_keys = {f for f in TrainConfig.__dataclass_fields__} | {'lam', 'teacher'}
+    ranged = {key for cls in TASKS.values() for key, (_, rule) in field_rules(cls).items() if rule is not None}
     unchecked = []
     for name, parser in _subparsers().items():
         for action in parser._actions:
-            if action.type in (int, float) and not (action.dest in config_keys and action.dest in {*RANGES, 'seed'}):
+            if action.type in (int, float) and not (action.dest in config_keys and action.dest in {*ranged, 'seed'}):
                 unchecked.append(f'{name} {action.option_strings[0]}')
     assert not unchecked, f'numeric flags without a range: {unchecked}'
 
@@ -284,7 +285,7 @@ def test_an_export_failing_verification_never_reaches_the_output(folders, tmp_pa
     """The failed file stayed at --output; now an earlier export there is left as it was."""
     pytest.importorskip('onnxscript')
     pytest.importorskip('onnxruntime')
-    import ptl_timm.export as export
+    import ptl_timm.hub.export as export
 
     monkeypatch.setattr(torch.onnx, 'export', lambda *args, **kwargs: Path(args[2]).write_bytes(b'new'))
     monkeypatch.setattr(export, 'compare_onnx', lambda *args: difference)

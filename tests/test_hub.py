@@ -22,11 +22,12 @@ from ptl_timm.cli import main
 from ptl_timm.errors import CheckpointError
 from ptl_timm.eval.features import load_features
 from ptl_timm.hub import WEIGHTS_NAME, load_model, save_pretrained, set_preprocessing
-from ptl_timm.publish import publish
-from ptl_timm.weights import (
-    HUB_ORG, MANIFEST_ENV, ManifestError, UnpublishedWeightsError, WeightsUnavailableError, add_manifest_tags,
-    load_manifest, manifest_cfgs, sha256_file,
+from ptl_timm.hub.pretrained import (
+    HUB_ORG, MANIFEST_ENV, ManifestError, UnpublishedWeightsError, WeightsUnavailableError, load_manifest,
+    manifest_cfgs, register_published_weights, sha256_file,
 )
+from ptl_timm.hub.publish import publish
+from ptl_timm.models import ptl_net
 
 SMALL = (3, 64, 32)
 
@@ -143,10 +144,29 @@ def test_manifest_entry_becomes_a_cfg_with_the_hub_id_and_classes():
     assert base['hf_hub_id'] == 'timm/resnet50.tv_in1k'  # the architecture's cfg is not modified
 
 
-def test_manifest_tags_come_after_the_untagged_default(tmp_path, monkeypatch):
-    monkeypatch.setenv(MANIFEST_ENV, str(write_manifest(tmp_path / 'm.json', [manifest_entry()])))
-    cfgs = add_manifest_tags({'reid_resnet50.tv_in1k': dict(hf_hub_id='timm/resnet50.tv_in1k'), 'other': {}})
-    assert list(cfgs) == ['reid_resnet50.tv_in1k', 'other', 'reid_resnet50.market1501']
+@pytest.fixture
+def published_tag():
+    """timm's registry with ptl_densenet161.market1501 published; the shipped manifest's tags again after."""
+    register_published_weights([manifest_entry('ptl_densenet161')])
+    yield 'ptl_densenet161.market1501'
+    register_published_weights()
+
+
+def test_manifest_tags_follow_the_untagged_default_and_leave_the_model_file_literal(published_tag):
+    assert set(timm.list_pretrained('ptl_densenet161.*')) == {'ptl_densenet161.tv_in1k', published_tag}
+    assert timm.models.get_pretrained_cfg('ptl_densenet161').tag == 'tv_in1k', 'the default stays the default'
+    assert timm.models.get_pretrained_cfg(published_tag).hf_hub_id == f'{HUB_ORG}/{published_tag}'
+    assert list(ptl_net.default_cfgs['ptl_densenet161'].tags) == ['tv_in1k'], 'the hub part adds, the model file holds'
+
+
+def test_timm_create_model_resolves_a_published_tag_and_fails_fast_offline(published_tag, tmp_path, monkeypatch):
+    """The tag and the offline check come from the hub part, and work through timm alone: offline and
+    not cached, the tag's own Hub repository is named at once, before anything is built."""
+    _offline_hub(monkeypatch, tmp_path / 'cache')
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match=f'from {HUB_ORG}/{published_tag}: it is not in the local'):
+        timm.create_model(published_tag, pretrained=True)
+    assert time.monotonic() - start < 10
 
 
 def test_manifest_rejects_a_hub_id_outside_the_organisation(tmp_path):
@@ -170,7 +190,7 @@ def test_manifest_rejects_missing_fields(tmp_path):
 
 @pytest.mark.parametrize('name,backbone', [('ptl_net', 'resnet18'), ('reid_net', 'densenet121')])
 def test_imagenet_backbone_file_loads_every_backbone_tensor_and_nothing_else(tmp_path, name, backbone):
-    """Acceptance 2: a state dict in the backbone's own timm format, given as a file."""
+    """A state dict in the backbone's own timm format, given as a file."""
     torch.manual_seed(123)
     source = timm.create_model(backbone, num_classes=1000).state_dict()
     safetensors.torch.save_file(source, str(tmp_path / 'backbone.safetensors'))
@@ -205,7 +225,7 @@ def _build_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
 
 @pytest.mark.slow  # a fresh interpreter
 def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
-    """Acceptance 1: publish → Hub cache → hf-hub:ORG/NAME and the manifest tag, offline."""
+    """Publish → Hub cache → hf-hub:ORG/NAME and the manifest tag, offline."""
     torch.manual_seed(0)
     model = timm.create_model('reid_resnet50', num_classes=11)
     save_pretrained(model, tmp_path / 'ckpt', metadata={'ptl_timm_dataset': 'market1501'})
@@ -236,7 +256,7 @@ def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
 
 @pytest.mark.slow  # a fresh interpreter
 def test_hub_is_an_attribute_after_a_plain_import():
-    proc = run_python("import ptl_timm; print(ptl_timm.hub.load_model.__name__, ptl_timm.weights.HUB_ORG)", {})
+    proc = run_python("import ptl_timm; print(ptl_timm.hub.load_model.__name__, ptl_timm.hub.pretrained.HUB_ORG)", {})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ['load_model', HUB_ORG]
 

@@ -1,5 +1,5 @@
 """One list of image types for every reader; entries named like images that are not files are
-counted and reported, never dropped silently (issue 13.8)."""
+counted and reported, never dropped silently."""
 import os
 
 import pytest

@@ -1,13 +1,13 @@
 """A package without cycles: the import graph between ptl_timm's parts, read from the source (imports
-inside functions included), only points down the layers; no package attribute hides a sub-module;
-the weights manifest is package data, read the same way from a wheel and from the checkout."""
+inside functions included), only points down the layers; the model family (layers + models) stands
+alone; timm's private modules are imported in one named place; no package attribute hides a
+sub-module; the weights manifest is package data, read the same way from a wheel and from the checkout."""
 import ast
 import importlib
 import pkgutil
-import shutil
+import re
 import subprocess
 import sys
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Set
@@ -18,12 +18,15 @@ import ptl_timm
 
 PACKAGE = Path(ptl_timm.__file__).parent
 # Each part may import only parts of a lower rank (and itself). Data flows down:
-# errors → utils → layers → weights → models → hub → data / losses → eval → export / publish / index →
-# the package's API (``import ptl_timm``) → engine → cli.
+# errors → utils → the model family (layers → models) → data / losses → hub (folders, published weights,
+# publishing, export) → eval → index → the package's API (``import ptl_timm``) → engine → tools → cli.
 RANKS = {
-    'errors': 0, 'version': 0, 'utils': 1, 'layers': 2, 'weights': 3, 'models': 4, 'hub': 5, 'data': 6,
-    'losses': 6, 'eval': 7, 'export': 8, 'publish': 8, 'index': 8, 'api': 9, 'engine': 10, 'cli': 11, '__main__': 12,
+    'errors': 0, 'version': 0, 'utils': 1, 'layers': 2, 'models': 3, 'data': 4, 'losses': 4, 'hub': 5, 'eval': 6,
+    'index': 7, 'api': 8, 'engine': 9, 'tools': 10, 'cli': 11, '__main__': 12,
 }
+MODEL_FAMILY = ('layers', 'models')
+# the one module allowed timm's private modules, and what it takes from them (check these on a timm upgrade)
+PRIVATE_TIMM = {'ptl_timm.hub.folder': {'timm.models._hub.save_config_for_hf'}}
 
 
 def _module_name(path: Path) -> str:
@@ -114,12 +117,40 @@ def test_no_import_cycles_between_parts_or_modules():
     assert _cycles(modules) == []
 
 
+def test_the_model_family_stands_alone():
+    """layers + models import nothing of the hub, data, evaluation, training or command line (errors aside):
+    the model family can be read, and used with timm, on its own."""
+    foreign = sorted(f'{module} imports {target}' for module, targets in GRAPH.items() if _part(module) in MODEL_FAMILY
+                     for target in targets if _part(target) not in (*MODEL_FAMILY, 'errors'))
+    assert not foreign, '\n'.join(foreign)
+
+
+def _private_timm_imports(path: Path) -> Set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [f'{node.module}.{a.name}' for a in node.names] if isinstance(node, ast.ImportFrom) and node.module
+                 else [])
+        found.update(n for n in names if n.split('.')[0] == 'timm' and any(p.startswith('_') for p in n.split('.')))
+    return found
+
+
+def test_private_timm_imports_are_in_one_module_named_here():
+    """timm's public API (timm.models: register_model, generate_default_cfgs, load_model_config_from_hf,
+    load_state_dict_from_hf, get_model_args, ...) everywhere else, in the tests and benchmarks too."""
+    repo = PACKAGE.parent
+    files = {**{m: p for m, p in MODULES.items()}, **{str(p.relative_to(repo)): p for folder in ('tests', 'benchmarks',
+             'examples') for p in (repo / folder).glob('*.py')}}
+    found = {name: imports for name, path in files.items() if (imports := _private_timm_imports(path))}
+    assert found == PRIVATE_TIMM
+
+
 def test_the_graph_sees_imports_inside_functions():
     """The checker itself: an import inside a function counts (the bug it must catch);
     ``cli.build_parser`` imports the version inside the function."""
     assert 'ptl_timm.version' in GRAPH['ptl_timm.cli']
     assert any(_part(t) == 'utils' for t in GRAPH['ptl_timm.cli.options'])
-    assert 'ptl_timm' in GRAPH['ptl_timm.engine.timm_script']
+    assert 'ptl_timm' in GRAPH['ptl_timm.tools.timm_script']
     assert _cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
 
 
@@ -146,34 +177,26 @@ def test_no_package_attribute_shadows_a_submodule():
     assert not shadowed, f'package attributes hide these modules: {shadowed}'
 
 
+def test_the_architecture_page_lists_every_part_at_its_rank():
+    """docs/architecture.md's table says what RANKS enforces (``import ptl_timm`` is the part 'api')."""
+    page = PACKAGE.parent / 'docs' / 'architecture.md'
+    if not page.is_file():
+        pytest.skip('not a source checkout')
+    listed = {}
+    for rank, parts in re.findall(r'^\| (\d+) \| ([^|]+) \|', page.read_text(), re.MULTILINE):
+        for part in re.findall(r'`([^`]+)`', parts):
+            listed['api' if part == 'import ptl_timm' else part] = int(rank)
+    assert listed == {part: rank for part, rank in RANKS.items() if part != '__main__'}
+
+
 def test_manifest_is_package_data_found_through_importlib_resources(monkeypatch):
     from importlib import resources
 
-    from ptl_timm.weights import MANIFEST_ENV, default_manifest_path
+    from ptl_timm.hub.pretrained import MANIFEST_ENV, default_manifest_path
     monkeypatch.delenv(MANIFEST_ENV, raising=False)
     path = default_manifest_path()
     assert path == Path(str(resources.files('ptl_timm') / 'weights_manifest.json')) and path.is_file()
     assert path.parent == PACKAGE
-
-
-@pytest.mark.slow
-def test_wheel_ships_the_same_manifest(tmp_path):
-    """A wheel built from the checkout holds the manifest as package data, byte-identical."""
-    root = PACKAGE.parent
-    if not (root / 'setup.cfg').is_file():
-        pytest.skip('not a source checkout')
-    source = tmp_path / 'src'  # a copy, so the build leaves no build/ folder in the checkout
-    shutil.copytree(PACKAGE, source / 'ptl_timm', ignore=shutil.ignore_patterns('__pycache__'))
-    for name in ('setup.py', 'setup.cfg', 'README.md', 'MANIFEST.in', 'MODEL_CARD.md', 'ptl_timm_launcher.py'):
-        shutil.copy(root / name, source / name)
-    built = subprocess.run(
-        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '-q', '-w',
-         str(tmp_path), str(source)], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr[-2000:]
-    wheel = next(tmp_path.glob('ptl_timm-*.whl'))
-    with zipfile.ZipFile(wheel) as archive:
-        assert archive.read('ptl_timm/weights_manifest.json') == (PACKAGE / 'weights_manifest.json').read_bytes()
-        assert 'ptl_timm_launcher.py' in archive.namelist()  # the console script's entry
 
 
 @pytest.mark.slow

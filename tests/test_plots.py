@@ -3,7 +3,7 @@ state is left alone."""
 import matplotlib
 from PIL import Image
 
-from ptl_timm.engine.plots import plot_curves
+from ptl_timm.utils.plots import plot_curves
 
 
 def _history(eval_epochs):

@@ -1,4 +1,4 @@
-"""Every reader uses the preprocessing a checkpoint records (issue 12.1): a model trained at 64×32 is
+"""Every reader uses the preprocessing a checkpoint records: a model trained at 64×32 is
 evaluated, extracted, searched, exported and published at 64×32 without being told, and a size
 option that disagrees with the checkpoint warns, naming both."""
 import importlib.util
@@ -14,7 +14,8 @@ from ptl_timm.cli import main
 from ptl_timm.data.datasets import build_dataset
 from ptl_timm.data.loader import ImageDataset, build_transforms
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
-from ptl_timm.eval.extract import FeatureExtractor, embed
+from ptl_timm.eval.extract import FeatureExtractor
+from ptl_timm.models import embed
 from ptl_timm.eval.features import load_features
 from ptl_timm.eval.metrics import evaluate_rank
 from ptl_timm.hub import load_model, save_pretrained, set_preprocessing

@@ -203,7 +203,7 @@ def test_grad_checkpointing_model_matches_plain_step():
 
 @pytest.mark.parametrize('name', ['ptl_resnet50.market1501', 'mgn_resnet50.msmt17'])
 def test_unpublished_tag_says_so(name):
-    from ptl_timm.weights import UnpublishedWeightsError
+    from ptl_timm.hub.pretrained import UnpublishedWeightsError
     with pytest.raises(UnpublishedWeightsError, match='not in the weights manifest'):
         timm.create_model(name, device='meta')
 

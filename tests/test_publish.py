@@ -7,12 +7,12 @@ import safetensors.torch
 import torch
 
 import timm
-from timm.models._hub import load_model_config_from_path
 
 from ptl_timm.cli import main
 from ptl_timm.hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 from ptl_timm.errors import CheckpointError
-from ptl_timm.publish import INSTALL_LINE, PublishError, TRAIN_STATE_NAME, find_run_metrics, publish
+from ptl_timm.hub.publish import (
+    INSTALL_LINE, PublishError, TRAIN_STATE_NAME, default_model_card, find_run_metrics, publish)
 
 BACKBONE = 'test_resnet'  # timm's smallest ResNet: seconds per publish
 DATASET = {'ptl_timm_dataset': 'market1501'}
@@ -46,11 +46,12 @@ def test_hub_folder_holds_only_config_safetensors_and_readme(published):
 
 
 def test_config_parses_with_timm_and_model_args_are_json(published):
-    pretrained_cfg, architecture, model_args = load_model_config_from_path(published.folder)
+    config = json.loads((published.folder / CONFIG_NAME).read_text())
+    pretrained_cfg, architecture, model_args = config['pretrained_cfg'], config['architecture'], config['model_args']
     assert architecture == 'ptl_net'
     assert model_args['backbone'] == BACKBONE
     assert json.loads(json.dumps(model_args)) == model_args
-    assert pretrained_cfg['num_classes'] == 7 and pretrained_cfg['classifier'] == 'head.fc'
+    assert config['num_classes'] == 7 and pretrained_cfg['classifier'] == 'head.fc'
 
 
 def test_published_folder_reloads_with_identical_features(published):
@@ -69,6 +70,12 @@ def test_readme_carries_the_model_card_without_its_repository_only_section(publi
     card = (Path(__file__).parent.parent / 'MODEL_CARD.md').read_text()
     assert '## Out-of-scope use' in card and '## Out-of-scope use' in readme
     assert '## Status of trained weights' in card and '## Status of trained weights' not in readme
+
+
+def test_the_packaged_card_template_is_the_repositorys_model_card():
+    """A wheel carries no MODEL_CARD.md: publish reads the package's copy, which must not drift from it
+    (after editing MODEL_CARD.md: cp MODEL_CARD.md ptl_timm/hub/model_card_template.md)."""
+    assert default_model_card().read_text() == (Path(__file__).parent.parent / 'MODEL_CARD.md').read_text()
 
 
 def test_repo_id_and_tag_default_to_the_recorded_dataset(published):

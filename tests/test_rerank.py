@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.eval_speed import classic_encoding, classic_re_ranking
 from ptl_timm.eval.metrics import evaluate_distance_chunks, evaluate_distmat
 from ptl_timm.eval.rerank import (_encoding, _expansion_sets, _Features, _neighbours, _query_expansion, iter_re_ranking,
                                   re_ranking)
+
+from rerank_reference import classic_encoding, classic_re_ranking
 
 
 def euclidean(a, b):

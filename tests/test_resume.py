@@ -1,18 +1,22 @@
-"""Checkpoints and resume: a SIGKILLed run resumes and ends with the weights of an uninterrupted run."""
+"""Checkpoints and resume: a SIGKILLed run resumes and ends with the weights of an uninterrupted run;
+readers of a checkpoint being replaced read a complete one and never write."""
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import safetensors.torch
+import timm
 import torch
 import yaml
 
 from ptl_timm.engine import TrainConfig, build_config, fine_tune, load_train_state, save_checkpoint
-from ptl_timm.engine.checkpoint import recover_folder
+from ptl_timm.engine.checkpoint import read_checkpoint_info, write_train_state
 from ptl_timm.hub import WEIGHTS_NAME, load_model
+from ptl_timm.utils import recover_folder
 
 from engine_support import make_domain, save_untrained, tiny_config
 
@@ -84,6 +88,44 @@ def test_interrupted_folder_swap_is_recovered(tmp_path):
     os.replace(tmp_path / 'last', tmp_path / '.last.old')
     assert recover_folder(tmp_path / 'last').joinpath(WEIGHTS_NAME).is_file()
     assert not (tmp_path / '.last.old').exists()
+
+
+def test_reader_between_the_writers_two_renames_reads_the_old_checkpoint_and_moves_nothing(tmp_path):
+    """A reader (eval, a resume check, best/ from last/) running while the writer has put the old folder
+    aside and not yet renamed the new one in reads the old checkpoint whole and leaves both folders to
+    the writer, which then completes its swap."""
+    last = save_untrained(tmp_path / 'last', 'reid_net', num_classes=8, backbone='test_resnet')
+    write_train_state(last, {'epoch': 1})
+    new_model = timm.create_model('reid_net', backbone='test_resnet', num_classes=5)
+    paused, resume = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer: pauses right after its first rename, the old folder aside
+        code = 1
+        try:
+            replace = os.replace
+
+            def pausing_replace(src, dst):
+                replace(src, dst)
+                if Path(dst).name == '.last.old':
+                    os.write(paused[1], b'x')
+                    os.read(resume[0], 1)
+            os.replace = pausing_replace
+            save_checkpoint(last, new_model, {'epoch': 2})
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(paused[0], 1)
+    try:
+        assert not last.exists(), 'the writer is between its two renames'
+        assert read_checkpoint_info(last)['num_classes'] == 8 and load_train_state(last) == {'epoch': 1}
+        assert load_model(last).num_classes == 8
+        assert not last.exists() and (tmp_path / '.last.old').is_dir(), 'the readers moved nothing'
+    finally:
+        os.write(resume[1], b'x')
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, 'the writer completed its swap'
+    assert read_checkpoint_info(last)['num_classes'] == 5 and load_train_state(last) == {'epoch': 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['last']
 
 
 def test_checkpoint_replacement_leaves_no_staging_folders(tmp_path):

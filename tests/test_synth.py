@@ -82,7 +82,7 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 
 def test_cli_writes_a_readable_dataset_at_its_data_root(tmp_path, capsys):
-    """``synth --data-root X`` writes the dataset at X, so ``--data-root X`` reads it everywhere (issue 12.4)."""
+    """``synth --data-root X`` writes the dataset at X, so ``--data-root X`` reads it everywhere."""
     status = main(['synth', '--data-root', str(tmp_path / 'market1501'), '--domain', 'night', '--layout', 'msmt17',
                    '--num-ids', '4', '--images-per-id', '3', '--num-cams', '2', '--img-size', '32', '16', '--quiet'])
     assert status == 0 and capsys.readouterr().out == ''
@@ -90,12 +90,6 @@ def test_cli_writes_a_readable_dataset_at_its_data_root(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['market1501']
 
 
-def test_cli_old_root_flag_keeps_its_meaning_and_warns(tmp_path, capsys):
-    status = main(['synth', '--root', str(tmp_path), '--domain', 'night', '--num-ids', '4', '--images-per-id', '3',
-                   '--num-cams', '2', '--img-size', '32', '16', '--quiet'])
-    assert status == 0
-    assert '--root is deprecated; use --data-root ROOT/DOMAIN' in capsys.readouterr().err
-    assert build_dataset('market1501', tmp_path / 'night').num_train_pids == 2
 
 
 def test_cli_needs_the_folder(capsys):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 
 from ptl_timm.data import build_dataset
-from ptl_timm.engine.imagefolder import export_imagefolder
+from ptl_timm.data.imagefolder import export_imagefolder
 from ptl_timm.engine.trainer import ReIDTrainModule
 from ptl_timm.layers import BConvCell
 
@@ -117,14 +117,14 @@ def test_timm_script_runner_registers_ptl_models_for_the_script(tmp_path):
         'model = timm.create_model(sys.argv[1], num_classes=3, backbone="test_resnet")\n'
         'open(sys.argv[2], "w").write(type(model).__name__)\n')
     out = tmp_path / 'out.txt'
-    run = subprocess.run([sys.executable, '-m', 'ptl_timm.engine.timm_script', str(script), 'ptl_net', str(out)],
+    run = subprocess.run([sys.executable, '-m', 'ptl_timm.tools.timm_script', str(script), 'ptl_net', str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert out.read_text() == 'ReIDNet'
 
 
 def test_timm_script_runner_gives_back_the_callers_argv_and_path(tmp_path):
-    from ptl_timm.engine.timm_script import run_timm_script
+    from ptl_timm.tools.timm_script import run_timm_script
     script = tmp_path / 'script.py'
     script.write_text(f'import sys\nassert sys.argv == [{str(script)!r}, "--model", "ptl_net"]\n'
                       f'assert sys.path[0] == {str(tmp_path.resolve())!r}\n')

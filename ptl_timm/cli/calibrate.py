@@ -16,8 +16,7 @@ from ptl_timm.eval.calibration import DEFAULT_FPRS, calibrate
 from ptl_timm.eval.metrics import METRICS
 from ptl_timm.eval.protocol import PROTOCOLS
 from ptl_timm.utils import atomic_save_json
-from .extract import add_dataset_args, add_model_args
-from .options import add_command, add_quiet, number
+from .options import add_command, add_dataset_args, add_model_args, add_quiet, number
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

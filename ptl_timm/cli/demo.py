@@ -7,7 +7,7 @@ Example: ptl-timm demo --output ptl_timm_demo
 """
 import argparse
 
-from ptl_timm.engine.demo import run_demo
+from ptl_timm.tools.demo import run_demo
 from .options import add_command, add_output, add_quiet, integer
 
 

@@ -14,15 +14,17 @@ from typing import Any, Dict, List
 
 from ptl_timm.data.datasets import camera_name
 from ptl_timm.errors import InputError
-from ptl_timm.eval.aqe import query_expansion
+from ptl_timm.eval.aqe import AQE_ALPHA, AQE_K, AQE_TIMES, query_expansion
 from ptl_timm.eval.analysis import camera_pair_map
 from ptl_timm.eval.extract import evaluate_features
 from ptl_timm.eval.features import load_features
 from ptl_timm.eval.metrics import AP_MODES, METRICS
 from ptl_timm.eval.protocol import PROTOCOLS, resolve_protocol
+from ptl_timm.eval.rerank import RERANK_K1, RERANK_K2, RERANK_LAMBDA
 from ptl_timm.utils import atomic_save_json, resolve_device
-from .extract import add_dataset_args, add_model_args, load_dataset, make_extractor, split_features
-from .options import add_command, add_quiet, integer, number, output_file
+from .options import (
+    add_command, add_dataset_args, add_model_args, add_quiet, dataset_from_args, extractor_from_args, integer, number,
+    output_file)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -34,16 +36,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--ap-mode', choices=AP_MODES, default='default',
                         help='default: torchreid/fast-reid AP; official: Market-1501 trapezoid AP')
     parser.add_argument('--rerank', action='store_true', help='k-reciprocal re-ranking (Zhong et al. 2017)')
-    parser.add_argument('--k1', type=integer(1), default=20, help='re-ranking: size of the k-reciprocal neighbourhoods')
-    parser.add_argument('--k2', type=integer(1), default=6,
+    parser.add_argument('--k1', type=integer(1), default=RERANK_K1, help='re-ranking: size of the k-reciprocal neighbourhoods')
+    parser.add_argument('--k2', type=integer(1), default=RERANK_K2,
                         help='re-ranking: neighbours averaged by its local query expansion')
-    parser.add_argument('--lambda', dest='lambda_value', type=number(0, 1), default=0.3,
+    parser.add_argument('--lambda', dest='lambda_value', type=number(0, 1), default=RERANK_LAMBDA,
                         help='re-ranking: weight of the original distance against the Jaccard distance')
     parser.add_argument('--aqe', action='store_true',
                         help='average query expansion (fast-reid\'s αQE) of query and gallery features before ranking')
-    parser.add_argument('--aqe-k', type=integer(1), default=10, help='αQE: neighbours averaged per feature, itself included')
-    parser.add_argument('--aqe-alpha', type=number(0), default=3.0, help='αQE: exponent of the similarity weights')
-    parser.add_argument('--aqe-times', type=integer(1), default=1, help='αQE: rounds of expansion')
+    parser.add_argument('--aqe-k', type=integer(1), default=AQE_K, help='αQE: neighbours averaged per feature, itself included')
+    parser.add_argument('--aqe-alpha', type=number(0), default=AQE_ALPHA, help='αQE: exponent of the similarity weights')
+    parser.add_argument('--aqe-times', type=integer(1), default=AQE_TIMES, help='αQE: rounds of expansion')
     parser.add_argument('--roc', action='store_true',
                         help='also TPR at FPR 1e-4, 1e-3, 1e-2 over every query-gallery pair (fast-reid\'s ROC report)')
     parser.add_argument('--camera-pairs', action='store_true',
@@ -63,7 +65,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args)
+    dataset = dataset_from_args(args)
     if (dataset is None) == (args.features is None) or (dataset is not None and not args.model):
         raise InputError('give either --model with --dataset/--data-root, or --features')
     if args.features:
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f'{args.features} holds the sets {sorted(sets)}; evaluation needs query and gallery '
                              f'(extract them from a dataset)')
     else:
-        sets = split_features(make_extractor(args), dataset)
+        sets = extractor_from_args(args).extract_splits(dataset)
     query, gallery = sets['query'], sets['gallery']
     empty = [name for name in ('query', 'gallery') if not len(sets[name].feats)]
     if empty:

@@ -10,7 +10,7 @@ Example: ptl-timm export --model runs/x/best --output reid.onnx
 import argparse
 
 from ptl_timm.eval.extract import eval_data_config
-from ptl_timm.export import OUTPUTS, export_onnx
+from ptl_timm.hub.export import OUTPUTS, export_onnx
 from ptl_timm.hub import load_model
 from .options import add_command, add_img_size, add_model, add_output, add_quiet, add_random_weights, integer, number
 

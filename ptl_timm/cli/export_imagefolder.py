@@ -9,8 +9,8 @@ Example: ptl-timm export-imagefolder --dataset market1501 --data-root data/marke
 import argparse
 
 from ptl_timm.data.datasets import DATASETS
-from ptl_timm.engine.data import load_dataset
-from ptl_timm.engine.imagefolder import LINK_MODES, export_imagefolder
+from ptl_timm.data.imagefolder import LINK_MODES, export_imagefolder
+from ptl_timm.data.specs import load_dataset
 from .options import add_command, add_data_root, add_dataset, add_output, add_quiet, integer
 
 

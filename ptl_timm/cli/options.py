@@ -2,9 +2,8 @@
 defined here once, with one spelling, one default and one help text.
 
 ``--output`` (what a command writes), ``--data-root`` (a dataset's own folder), ``--model``,
-``--img-size H W``, ``--device``, ``--workers``, ``--batch-size`` and ``--quiet``. Spellings the
-project used before (``--out``, ``--root``, ``--input-size``) still parse as deprecated aliases that
-print a warning naming the new flag.
+``--img-size H W``, ``--device``, ``--workers``, ``--batch-size`` and ``--quiet``; the model and dataset
+groups of extract, eval and search, and the extractor and dataset they describe.
 
 Every value is checked as it is parsed, so a bad one is a one-line error (exit 2) before anything is
 read or written: numbers by :func:`integer` / :func:`number` (the range of every numeric flag of every
@@ -13,19 +12,21 @@ resolver, outputs by whether they can be written.
 """
 import argparse
 import math
-import sys
 import textwrap
 from typing import Any, Callable, Optional, Sequence, Union
 
-from ptl_timm.errors import PTLError
+from ptl_timm.data.datasets import DATASETS, ReIDDataset, build_dataset
+from ptl_timm.errors import InputError, PTLError
+from ptl_timm.eval.extract import FeatureExtractor
 from ptl_timm.hub import check_model_source
 from ptl_timm.utils import DEVICE_HELP, check_output_path, default_workers, resolve_device
 
 __all__ = [
     'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'model_source', 'output_file',
     'output_folder',
-    'add_command', 'add_deprecated', 'add_output', 'add_data_root', 'add_dataset', 'add_model', 'add_img_size',
-    'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug', 'add_random_weights',
+    'add_command', 'add_output', 'add_data_root', 'add_dataset', 'add_model', 'add_img_size',
+    'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug', 'add_random_weights', 'add_model_args',
+    'add_dataset_args', 'extractor_from_args', 'dataset_from_args',
 ]
 
 
@@ -129,47 +130,18 @@ def add_command(subparsers, module: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-class _DeprecatedAlias(argparse.Action):
-    """Stores like the flag it stands for, and says once on stderr which flag to use instead."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, replacement: str, **kwargs: Any) -> None:
-        self.replacement = replacement
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string: Optional[str] = None) -> None:
-        print(f'{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}', file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_deprecated(parser: argparse.ArgumentParser, flag: str, replacement: str, dest: str,
-                   **kwargs: Any) -> argparse.Action:
-    """An old spelling, hidden from ``--help``, that still works and warns to use ``replacement``."""
-    return parser.add_argument(flag, dest=dest, action=_DeprecatedAlias, replacement=replacement, **kwargs)
-
-
-def _add(parser: argparse.ArgumentParser, flag: str, aliases: Sequence[str], required: bool = False,
-         **kwargs: Any) -> argparse.Action:
-    if required and aliases:  # either spelling satisfies a required flag
-        parser = parser.add_mutually_exclusive_group(required=True)
-    action = parser.add_argument(flag, required=required and not aliases, **kwargs)
-    for alias in aliases:
-        add_deprecated(parser, alias, flag, action.dest, type=action.type, nargs=action.nargs, metavar=action.metavar)
-    return action
-
-
 def add_output(parser: argparse.ArgumentParser, help: str, folder: bool = False, required: bool = False,
                default: Optional[str] = None, dest: str = 'output') -> argparse.Action:
     """``--output``: the file (or with ``folder`` the folder) a command writes; a file output naming an
-    existing folder is refused, and the other way round (``--out`` is a deprecated alias)."""
-    return _add(parser, '--output', ('--out',), dest=dest, required=required, default=default, help=help,
-                type=output_folder if folder else output_file)
+    existing folder is refused, and the other way round."""
+    return parser.add_argument('--output', dest=dest, required=required, default=default, help=help,
+                               type=output_folder if folder else output_file)
 
 
 def add_data_root(parser: argparse.ArgumentParser, help: str = "the dataset's own folder",
-                  required: bool = False, dest: str = 'data_root', old_root: bool = True) -> argparse.Action:
-    """``--data-root``: the folder that holds one dataset's files; ``--root`` is a deprecated alias
-    (``old_root=False`` where ``--root`` meant something else and keeps its own deprecated meaning)."""
-    return _add(parser, '--data-root', ('--root',) if old_root else (), dest=dest, required=required, help=help)
+                  required: bool = False, dest: str = 'data_root') -> argparse.Action:
+    """``--data-root``: the folder that holds one dataset's files."""
+    return parser.add_argument('--data-root', dest=dest, required=required, help=help)
 
 
 def add_dataset(parser: argparse.ArgumentParser, choices: Optional[Sequence[str]] = None,
@@ -197,9 +169,9 @@ def add_random_weights(parser: argparse.ArgumentParser) -> argparse.Action:
 def add_img_size(parser: argparse.ArgumentParser, default: Optional[Sequence[int]] = None,
                  help: str = "input height and width (default: the model's pretrained_cfg)",
                  dest: str = 'img_size') -> argparse.Action:
-    """``--img-size H W`` (``--input-size`` is a deprecated alias)."""
-    return _add(parser, '--img-size', ('--input-size',), dest=dest, type=integer(1), nargs=2, metavar=('H', 'W'),
-                default=None if default is None else list(default), help=help)
+    """``--img-size H W``."""
+    return parser.add_argument('--img-size', dest=dest, type=integer(1), nargs=2, metavar=('H', 'W'),
+                               default=None if default is None else list(default), help=help)
 
 
 def add_device(parser: argparse.ArgumentParser, default: Optional[str] = 'auto',
@@ -230,3 +202,41 @@ def add_debug(parser: argparse.ArgumentParser) -> argparse.Action:
     """``--debug``: tracebacks for user errors too (also ``PTL_TIMM_DEBUG=1``)."""
     return parser.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
                                help='show the traceback of user errors too (or set PTL_TIMM_DEBUG=1)')
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The model options of extract, eval and search."""
+    group = parser.add_argument_group('model')
+    add_model(group, required=required)
+    add_random_weights(group)
+    add_img_size(group, help="input height and width (default: the one the model's config.json records, i.e. its "
+                             'training size; another size warns)')
+    add_batch_size(group, 64)
+    group.add_argument('--flip', action='store_true', help='flip test-time augmentation (sum with the mirror image)')
+    add_device(group)
+    add_workers(group)
+    group.add_argument('--channels-last', action='store_true', help='channels-last memory format')
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """The dataset options of extract, eval and search."""
+    group = parser.add_argument_group('dataset')
+    add_dataset(group, choices=sorted(DATASETS))
+    add_data_root(group)
+    group.add_argument('--variant', choices=('detected', 'labeled'), help='cuhk03_np boxes')
+
+
+def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
+    """The ``FeatureExtractor`` the options of :func:`add_model_args` describe."""
+    return FeatureExtractor(args.model, device=args.device, batch_size=args.batch_size, img_size=args.img_size,
+                            flip=args.flip, num_workers=args.workers, channels_last=args.channels_last,
+                            progress=not args.quiet, random_weights=args.random_weights)
+
+
+def dataset_from_args(args: argparse.Namespace) -> Optional[ReIDDataset]:
+    """The dataset named by --dataset/--data-root (:func:`add_dataset_args`), or None when neither is given."""
+    if not args.dataset and not args.data_root:
+        return None
+    if not (args.dataset and args.data_root):
+        raise InputError('--dataset and --data-root go together (the layout and the folder holding it)')
+    return build_dataset(args.dataset, args.data_root, **({'variant': args.variant} if args.variant else {}))

@@ -10,7 +10,7 @@ Example: ptl-timm publish --model runs/x/best --output hub/ptl_resnet50.market15
 import argparse
 import json
 
-from ptl_timm.publish import publish
+from ptl_timm.hub.publish import publish
 from ptl_timm.utils import atomic_save_json
 from .options import add_command, add_model, add_output, add_quiet
 
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--repo-id', help='Hub repository ORG/NAME (default: ptl-timm/<model>.<tag>)')
     parser.add_argument('--push', action='store_true', help='upload after verification (needs a Hub login)')
     parser.add_argument('--dry-run', dest='push', action='store_false', help='write and verify only (the default)')
-    parser.add_argument('--model-card', help="card template (default: the repository's MODEL_CARD.md)")
+    parser.add_argument('--model-card', help="card template (default: the package's copy of MODEL_CARD.md)")
     parser.add_argument('--license', default='apache-2.0', help='licence of the weights')
     parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --output')
     parser.add_argument('--entry', metavar='FILE', help='also write the manifest entry to FILE (JSON)')

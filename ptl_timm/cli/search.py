@@ -18,10 +18,9 @@ from ptl_timm.eval.extract import image_files
 from ptl_timm.eval.features import FeatureSet, load_features
 from ptl_timm.eval.protocol import resolve_protocol
 from ptl_timm.eval.retrieval import BACKENDS, draw_rankings, search, write_rankings
-from .extract import (
-    add_dataset_args, add_model_args, folder_features, image_features, load_dataset, make_extractor, split_features,
-)
-from .options import add_command, add_output, add_quiet, integer, output_file
+from .options import (
+    add_command, add_dataset_args, add_model_args, add_output, add_quiet, dataset_from_args, extractor_from_args,
+    integer, output_file)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -52,17 +51,17 @@ def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
     sets = dict(load_features(args.features)) if args.features else {}
     if 'gallery' not in sets and 'images' in sets:
         sets['gallery'] = sets.pop('images')
-    dataset = load_dataset(args)
+    dataset = dataset_from_args(args)
     needs_model = dataset is not None or args.query or args.gallery
     if needs_model and not args.model:
         raise InputError('extracting features of images needs --model')
-    extractor = make_extractor(args) if needs_model else None
+    extractor = extractor_from_args(args) if needs_model else None
     if dataset is not None:
-        sets.update(split_features(extractor, dataset))
+        sets.update(extractor.extract_splits(dataset))
     if args.gallery:
-        sets['gallery'] = folder_features(extractor, args.gallery, 'gallery')
+        sets['gallery'] = extractor.extract_folder(args.gallery, 'gallery')
     if args.query:
-        sets['query'] = image_features(extractor, _query_paths(args.query), 'query')
+        sets['query'] = extractor.extract_images(_query_paths(args.query), 'query')
     missing = [name for name in ('query', 'gallery') if name not in sets]
     if missing:
         raise InputError(f'no {" and no ".join(missing)} images: give --query/--gallery, --dataset/--data-root or --features')

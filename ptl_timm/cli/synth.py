@@ -13,13 +13,12 @@ from pathlib import Path
 from ptl_timm.data.datasets import build_dataset
 from ptl_timm.data.synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.errors import InputError
-from .options import add_command, add_data_root, add_deprecated, add_img_size, add_quiet, integer
+from .options import add_command, add_data_root, add_img_size, add_quiet, integer
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
-    add_data_root(parser, help='the dataset folder to write (it holds the layout\'s split folders)', old_root=False)
-    add_deprecated(parser, '--root', '--data-root ROOT/DOMAIN', dest='parent')  # the parent folder, as before
+    add_data_root(parser, help='the dataset folder to write (it holds the layout\'s split folders)')
     parser.add_argument('--domain', choices=SYNTH_DOMAINS, default=SYNTH_DOMAINS[0], help='imaging domain')
     parser.add_argument('--layout', choices=LAYOUTS, default='market1501',
                         help='on-disk format to write (the --dataset name that reads it)')
@@ -34,9 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.data_root is None) == (args.parent is None):
+    if args.data_root is None:
         raise InputError('give the dataset folder to write with --data-root FOLDER')
-    folder = (Path(args.data_root) if args.data_root else Path(args.parent) / args.domain).expanduser().resolve()
+    folder = Path(args.data_root).expanduser().resolve()
     started = time.perf_counter()
     path = generate_synthetic(
         folder.parent, args.domain, layout=args.layout, num_ids=args.num_ids, images_per_id=args.images_per_id,

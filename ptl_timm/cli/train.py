@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 from ptl_timm.engine import TrainConfig, build_config, fine_tune, load_config, parse_overrides
 from ptl_timm.engine.config import RECIPES, T, config_task, config_to_yaml
+from ptl_timm.engine.run_folder import run_config
 from ptl_timm.errors import ConfigError
 from .options import add_command, add_data_root, add_device, add_img_size, add_output, add_quiet, add_workers
 
@@ -95,11 +96,11 @@ def config_from_args(cls: Type[T], args: argparse.Namespace, task: str, extra: S
 def resolve_and_run(cls: Type[T], args: argparse.Namespace, task: str, runner: Callable[[T], Dict[str, Any]],
                     extra: Sequence[ValueFlag] = (), values: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
     """The config of :func:`config_from_args` run by ``runner``; with ``--print-config`` printed as YAML
-    (readable back with ``--config``) instead, returning None. Under torchrun only rank 0 gets the result
-    (the others None), so a command reports once, not once per process."""
+    (readable back with ``--config``; with ``--resume``, the run's saved config) instead, returning None. Under
+    torchrun only rank 0 gets the result (the others None), so a command reports once, not once per process."""
     cfg = config_from_args(cls, args, task, extra, values)
     if args.print_config:
-        print(config_to_yaml(cfg), end='')
+        print(config_to_yaml(run_config(cfg)), end='')
         return None
     result = runner(cfg)
     return result if result['main_process'] else None

@@ -36,9 +36,10 @@ import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError
+from ptl_timm.utils import PathLike
 from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     'labels_from_names', 'camera_name',
 ]
 
-PathLike = Union[str, Path]
 MARKET_SPLITS = (('train', 'bounding_box_train'), ('query', 'query'), ('gallery', 'bounding_box_test'))
 # ``0002_c1s1_000451_01.jpg`` (Market, CUHK03-NP) and ``0001_c2_f0046182.jpg`` (Duke): pid, camera
 MARKET_NAME = re.compile(r'^(-?\d+)_c(\d+)')

@@ -25,18 +25,17 @@ seed. :func:`generate_synthetic` writes Market-1501, DukeMTMC-reID, MSMT17 (with
 """
 import colorsys
 import json
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from ptl_timm.errors import InputError, reading
-from ptl_timm.utils import atomic_folder, atomic_save_json, recover_folder
+from ptl_timm.utils import PathLike, atomic_folder, atomic_save_json, recover_folder
 
 __all__ = [
     'SynthDomain', 'DOMAIN_STYLES', 'SYNTH_DOMAINS', 'LAYOUTS', 'MANIFEST', 'generate_synthetic', 'synth_params',
@@ -357,7 +356,7 @@ def _save(picture: Image.Image, path: Path) -> None:
         picture.save(path, format='JPEG', quality=JPEG_QUALITY)
 
 
-def synth_params(folder: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+def synth_params(folder: PathLike) -> Optional[Dict[str, Any]]:
     """The generation recorded in ``folder/synth.json`` (domain, layout, sizes, seed), or None for a
     folder the generator did not write: how labels and model cards tell synthetic data from real."""
     manifest = Path(folder).expanduser() / MANIFEST
@@ -368,7 +367,7 @@ def synth_params(folder: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
 
 
 def generate_synthetic(
-        root: Union[str, os.PathLike],
+        root: PathLike,
         domain: str,
         layout: str = 'market1501',
         num_ids: int = 100,

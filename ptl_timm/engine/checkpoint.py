@@ -2,8 +2,10 @@
 ``train_state.pt`` (optimizer, scheduler, RNG, sampler epoch, metrics).
 
 A folder is replaced as a whole by :func:`ptl_timm.utils.atomic_folder` (written beside, synced, the
-old one renamed aside, the new one renamed in); ``recover_folder`` (called by every reader here) finishes
-an interrupted swap, so a reader always finds a complete checkpoint. ``train_state.pt`` is read with
+old one renamed aside, the new one renamed in). Readers here never write: they read the folder
+:func:`ptl_timm.utils.readable_folder` names (the old one while a swap has it aside), so a reader
+always finds a complete checkpoint and never moves one under a writer; only the writer repairs an
+interrupted swap. ``train_state.pt`` is read with
 ``torch.load(weights_only=True)``: it holds tensors, numbers, strings, lists and dicts only.
 """
 import json
@@ -11,7 +13,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import safetensors
@@ -20,16 +22,14 @@ import torch
 import torch.nn as nn
 
 from ptl_timm.errors import CheckpointError, reading
-from ptl_timm.hub import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, save_pretrained
-from ptl_timm.utils import atomic_folder, atomic_path, recover_folder
+from ptl_timm.hub import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, load_weights_strict, save_pretrained
+from ptl_timm.utils import PathLike, atomic_folder, atomic_path, readable_folder
 
 __all__ = [
-    'TRAIN_STATE_NAME', 'CheckpointError', 'save_checkpoint', 'write_train_state', 'copy_weights', 'recover_folder',
-    'load_train_state',
+    'TRAIN_STATE_NAME', 'CheckpointError', 'save_checkpoint', 'write_train_state', 'copy_weights', 'load_train_state',
     'read_checkpoint_info', 'load_checkpoint_weights', 'rng_state', 'set_rng_state',
 ]
 
-PathLike = Union[str, os.PathLike]
 
 
 def save_checkpoint(
@@ -56,7 +56,7 @@ def write_train_state(path: PathLike, train_state: Dict[str, Any]) -> None:
 def copy_weights(source: PathLike, path: PathLike) -> Path:
     """Make checkpoint folder ``path`` hold the weights of ``source`` (``best/`` from ``last/``):
     hard links where the file system allows (no second write of a large file), else copies."""
-    source = recover_folder(source)
+    source = readable_folder(source)
     with atomic_folder(path) as staging:
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             try:
@@ -76,7 +76,7 @@ def _require_folder(path: Path) -> None:
 
 def load_train_state(path: PathLike) -> Dict[str, Any]:
     """The training state of checkpoint folder ``path`` (for ``--resume``)."""
-    path = recover_folder(path)
+    path = readable_folder(path)
     _require_folder(path)
     state_file = path / TRAIN_STATE_NAME
     if not state_file.is_file():
@@ -87,7 +87,7 @@ def load_train_state(path: PathLike) -> Dict[str, Any]:
 
 def read_checkpoint_info(path: PathLike) -> Dict[str, Any]:
     """Architecture, model_args and the safetensors metadata (dataset, classes) of a checkpoint."""
-    path = recover_folder(path)
+    path = readable_folder(path)
     _require_folder(path)
     with reading(path / CONFIG_NAME, what='checkpoint config'):
         config = json.loads((path / CONFIG_NAME).read_text())
@@ -100,30 +100,16 @@ def read_checkpoint_info(path: PathLike) -> Dict[str, Any]:
 
 def load_checkpoint_weights(model: nn.Module, path: PathLike, skip: Tuple[str, ...] = ()) -> None:
     """Load the weights of checkpoint ``path`` into ``model``, the modules named in ``skip`` excepted
-    (the classifier being re-initialised). Anything else that does not match is a ``CheckpointError``
-    naming both architectures, and ``model`` is left unchanged."""
-    path = recover_folder(path)
+    (the classifier being re-initialised), with the one strict loader: anything else that does not
+    match is a ``CheckpointError`` naming both architectures, and ``model`` is left unchanged."""
+    path = readable_folder(path)
     _require_folder(path)
     with reading(path / WEIGHTS_NAME, what='checkpoint weights'):
         state_dict = safetensors.torch.load_file(str(path / WEIGHTS_NAME))
-    own = model.state_dict()
-
-    prefixes = tuple(f'{name}.' for name in skip)
-
-    def kept(key: str) -> bool:
-        return not key.startswith(prefixes)
-
-    missing = sorted(k for k in own if kept(k) and k not in state_dict)
-    unexpected = sorted(k for k in state_dict if kept(k) and k not in own)
-    reshaped = sorted(k for k in own if kept(k) and k in state_dict and state_dict[k].shape != own[k].shape)
-    if missing or unexpected or reshaped:
-        info = read_checkpoint_info(path)
-        wanted = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
-        raise CheckpointError(
-            f'checkpoint {path} holds a {info["architecture"]} model (model_args {info["model_args"]}) that does not '
-            f'match {wanted}: {len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} reshaped '
-            f'tensors (e.g. {(missing + unexpected + reshaped)[:3]}); set model/model_args to the checkpoint\'s')
-    model.load_state_dict({k: v for k, v in state_dict.items() if kept(k)}, strict=not skip)
+    info = read_checkpoint_info(path)
+    load_weights_strict(model, state_dict, f'checkpoint {path}', skip=skip, fix=(
+        f'the checkpoint holds a {info["architecture"]} model (model_args {info["model_args"]}): set model/model_args '
+        f"to the checkpoint's"))
 
 
 def rng_state() -> Dict[str, Any]:

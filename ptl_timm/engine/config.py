@@ -4,180 +4,60 @@ Every door (``TrainConfig(...)`` in Python, ``ptl-timm train|distill|transfer``,
 transfer steps, the distill section of a transfer) builds a config the same way, so the same
 inputs give the same config. Resolution order (later wins): the dataclass defaults (the PTL
 paper's recipe, §5.1) → the recipe chosen by ``recipe`` ('auto' picks 'mgn' for MGN models) → the
-values given (a config file, then overrides). A resumed run (``resume=True``) starts from the
-run's saved ``config.yaml`` instead, and a given value that contradicts it is an error unless it
-only changes how the run proceeds (``RESUME_OVERRIDABLE``).
+values given (a config file, then overrides).
 
-Values are coerced where that is unambiguous (``'5'`` → 5, ``'1e-3'`` → 0.001, lists → tuples)
-and refused otherwise; choices and ranges are checked; an unknown key names the closest valid
-one. A small validator over the dataclass fields does this rather than a library (pydantic,
-OmegaConf): the configs stay plain dataclasses that every caller already uses, no dependency is
-added, and each message names the file, transfer step or key the user has to fix.
+A config is a value: building one reads no file and changes nothing. ``resume=True`` only records
+the wish; the run layer (``ptl_timm.engine.run_folder.run_config``) reads the run's saved
+``config.yaml`` and checks the given values (``given_keys``) against it.
+
+Each field carries its own rules next to its default (:func:`setting`: ``choices`` and a ``Range``
+in the field's metadata); values are coerced where that is unambiguous (``'5'`` → 5, ``'1e-3'`` →
+0.001, lists → tuples) and refused otherwise; an unknown key names the closest valid one. A small
+validator over the dataclass fields does this rather than a library (pydantic, OmegaConf): the
+configs stay plain dataclasses that every caller already uses, no dependency is added, and each
+message names the file, transfer step or key the user has to fix.
+
+A transfer's steps and its distill section are their own small types (``TransferStep``,
+``DistillSection``): the values of a ``TrainConfig`` / ``DistillConfig`` that differ from the
+transfer's, less those the transfer sets itself (``set_by_transfer``).
 """
 import dataclasses
 import difflib
 import json
-import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union, get_args, get_origin
+from typing import (
+    Any, Callable, ClassVar, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type, TypeVar, Union,
+    get_args, get_origin)
 
 import yaml
 
+from ptl_timm.data.specs import DataRoot, DatasetName, DatasetSpec
 from ptl_timm.errors import ConfigError, InputError
+from ptl_timm.eval.aqe import AQE_ALPHA, AQE_K, AQE_TIMES
 from ptl_timm.eval.metrics import METRICS
-from ptl_timm.hub import TRAIN_STATE_NAME
+from ptl_timm.eval.rerank import RERANK_K1, RERANK_K2, RERANK_LAMBDA
 from ptl_timm.layers import STATE_MODES
 from ptl_timm.models.registry import check_model_args
-from ptl_timm.utils import atomic_write, default_workers
-from .checkpoint import load_train_state
+from ptl_timm.utils import PathLike, default_workers
 from .schedule import LR_SCHEDULES
 
 __all__ = [
-    'ConfigError', 'TrainConfig', 'DistillConfig', 'TransferConfig', 'RECIPES', 'TASKS', 'CHOICES', 'RANGES',
-    'OPTIMIZERS', 'SAMPLERS', 'STATE_RESETS', 'RESET_CLASSIFIER', 'RECIPE_CHOICES', 'RESUME_OVERRIDABLE',
-    'CONFIG_FILE_NAME', 'resolve_recipe', 'load_config', 'parse_overrides', 'build_config', 'check_config',
-    'config_task', 'task_of', 'config_to_dict', 'config_to_yaml', 'run_config_yaml', 'save_run_config', 'saved_config',
+    'ConfigError', 'TrainConfig', 'DistillConfig', 'TransferConfig', 'TransferStep', 'DistillSection', 'Range',
+    'setting', 'field_rules', 'RECIPES', 'TASKS', 'OPTIMIZERS', 'SAMPLERS', 'STATE_RESETS', 'RESET_CLASSIFIER',
+    'RECIPE_CHOICES', 'RESUME_OVERRIDABLE', 'RUN_CONTROL', 'CONFIG_FILE_NAME', 'resolve_recipe', 'load_config',
+    'parse_overrides', 'build_config', 'check_config', 'check_values', 'config_task', 'task_of', 'config_to_dict',
+    'config_to_yaml', 'run_config_yaml', 'plain',
 ]
-
-_logger = logging.getLogger(__name__)
-
-DatasetSpec = Union[str, Dict[str, Any]]  # a registered name, or {name, root, label, <dataset kwargs>}
-DataRoot = Union[str, Dict[str, str]]
-DatasetName = Union[DatasetSpec, List[DatasetSpec]]  # a list: the union of the training sets
 
 CONFIG_FILE_NAME = 'config.yaml'  # the resolved config, saved in every run folder
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SAMPLERS = ('random', 'pk')
 STATE_RESETS = ('epoch', 'never')
 RESET_CLASSIFIER = ('auto', 'yes', 'no')
-
-
-def _config_class(cls):
-    """``@dataclass(kw_only=True)`` whose ``__init__`` resolves and checks its values (``resolve_values``),
-    so ``TrainConfig(model='ptl_mgn')`` is the config ``ptl-timm train --model ptl_mgn`` trains with.
-    ``dataclasses.replace`` passes every field, so it re-checks values but applies no recipe."""
-    cls = dataclass(kw_only=True)(cls)
-    cls._init_fields = cls.__init__
-
-    def __init__(self, **values: Any) -> None:
-        self._init_fields(**resolve_values(type(self), values))
-    __init__.__doc__ = 'Defaults → recipe (or the saved config of a resumed run) → ``values``, checked.'
-    cls.__init__ = __init__
-    return cls
-
-
-@_config_class
-class TrainConfig:
-    """Fine-tuning (``ptl-timm train``). Defaults are the paper's ResNet-50/DenseNet-161 recipe:
-    SGD momentum 0.9, lr 0.01 divided by 10 every 10 epochs, 50 epochs, batch 32, 256×128, CE."""
-    # model
-    model: str = 'ptl_resnet50'
-    model_args: Dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = True  # ImageNet weights of the backbone (ignored when init_checkpoint is set)
-    init_checkpoint: Optional[str] = None  # a ReID checkpoint folder to fine-tune from
-    reset_classifier: str = 'auto'  # 'auto': new classifier unless trained on this very dataset; 'yes'/'no'
-    # data: a spec, or a list of specs trained as their union (query/gallery of the first)
-    dataset: DatasetName = 'market1501'
-    data_root: DataRoot = 'data'  # a dataset's folder, or {name: folder}
-    dataset_args: Dict[str, Any] = field(default_factory=dict)  # e.g. {variant: labeled} for cuhk03_np
-    test_datasets: List[DatasetSpec] = field(default_factory=list)  # evaluated besides the training set's split
-    img_size: Tuple[int, int] = (256, 128)
-    sampler: str = 'random'  # 'random' or 'pk' (P identities × K images)
-    batch_size: int = 32
-    num_instances: int = 4  # K of the P×K sampler
-    random_erasing: float = 0.0
-    augment: str = ''  # a timm augmentation string: 'rand-m9-mstd0.5' (RandAugment), 'augmix-m5-w4-d2', 'original'
-    color_jitter: float = 0.0  # brightness, contrast and saturation jitter (0: off)
-    num_workers: int = field(default_factory=default_workers)  # data-loader processes: min(4, cores)
-    # optimisation
-    optimizer: str = 'sgd'  # 'sgd', 'adam', 'adamw'
-    lr: float = 0.01
-    side_lr_mult: float = 1.0  # lr factor of the PTL side network (cells + fuses), which starts untrained
-    momentum: float = 0.9
-    nesterov: bool = False
-    amsgrad: bool = False
-    weight_decay: float = 5e-4
-    epochs: int = 50
-    lr_step: int = 10  # StepLR period in epochs (used when lr_milestones is empty)
-    lr_milestones: List[int] = field(default_factory=list)
-    lr_gamma: float = 0.1
-    lr_schedule: str = 'step'  # 'step' (lr_step / lr_milestones) or 'cosine' (to lr × min_lr_factor)
-    min_lr_factor: float = 0.0  # the cosine's floor, a factor of lr
-    warmup_epochs: int = 0
-    warmup_factor: float = 0.1  # the warm-up starts at lr × warmup_factor and reaches lr at warmup_epochs
-    freeze_epochs: int = 0  # the backbone stays frozen this many epochs: cells, fuses, neck and head train first
-    clip_grad: float = 0.0  # max gradient norm (0: no clipping)
-    ema_decay: float = 0.0  # evaluate and save an EMA of the weights (timm ModelEmaV3; e.g. 0.9998; 0: off)
-    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests
-    # 'epoch': BConv-Cell states start at zero every epoch (the paper; what model.train() does);
-    # 'never': carried over epochs and evaluations, and over a resume (an ablation)
-    state_reset: str = 'epoch'
-    # loss (ReIDLoss)
-    ce_weight: float = 1.0
-    triplet_weight: float = 0.0
-    triplet_margin: float = 0.3
-    label_smoothing: float = 0.0
-    xbm_size: int = 0  # cross-batch memory of embeddings for the triplet term (0: off)
-    xbm_weight: float = 1.0
-    center_weight: float = 0.0  # centre loss on the metric feature (BoT: 5e-4)
-    center_lr: float = 0.5  # SGD lr of the centres (BoT), on their unweighted gradient
-    # evaluation
-    eval_every: int = 10  # epochs; the last epoch is always evaluated; 0: only the last
-    eval_batch_size: int = 128
-    eval_flip: bool = False
-    eval_metric: str = 'cosine'
-    eval_aqe: bool = False  # average query expansion (fast-reid's αQE) before ranking
-    aqe_k: int = 10
-    aqe_alpha: float = 3.0
-    aqe_times: int = 1
-    eval_rerank: bool = False  # k-reciprocal re-ranking (`ptl-timm eval --rerank --k1 --k2 --lambda`)
-    rerank_k1: int = 20
-    rerank_k2: int = 6
-    rerank_lambda: float = 0.3
-    # run
-    output: str = 'output/train'
-    seed: int = 0
-    deterministic: bool = False
-    device: str = 'auto'
-    amp: bool = False
-    channels_last: bool = False
-    resume: bool = False  # continue the run in output from its saved config and last/
-    overwrite: bool = False  # replace the checkpoints of an earlier run in output (else an error)
-    progress: bool = True
-    tensorboard: bool = False  # also log to output/tensorboard (pip install "ptl_timm[tensorboard]")
-    recipe: str = 'auto'  # 'auto', 'paper', 'mgn' or 'bot': the defaults under the given values
-
-
-@_config_class
-class DistillConfig(TrainConfig):
-    """Student-Teacher Distillation (paper §4, Eq. 4): the student (``model``, a ``reid_*`` network
-    starting from ``init_checkpoint``, its own fine-tuned weights) learns
-    (1-λ)·CE + λ·L1(student embedding, teacher embedding) from a trained PTL ``teacher`` kept in
-    eval mode. When the two embedding widths differ a linear adapter (student → teacher width,
-    trained with the student, discarded afterwards) sits in front of the L1 term only."""
-    model: str = 'reid_resnet50'
-    teacher: str = ''  # checkpoint folder (or hub id) of the trained PTL model
-    lam: float = 0.8
-    output: str = 'output/distill'
-
-
-@_config_class
-class TransferConfig(TrainConfig):
-    """Multi-step transfer (paper §5.7): ``steps`` fine-tuned in order, each from the previous
-    step's weights; every step's model is evaluated on every dataset of ``test_datasets``.
-    Each step is a mapping of ``TrainConfig`` values (at least ``dataset``) over the values given
-    here; ``distill`` (optional) is a mapping of ``DistillConfig`` values run after the last step
-    with its model as the teacher. Both are resolved like a config of their own (their model's
-    recipe included) and stored as what differs from this config."""
-    steps: List[Dict[str, Any]] = field(default_factory=list)
-    distill: Optional[Dict[str, Any]] = None
-    output: str = 'output/transfer'
-
-
-TASKS: Dict[str, Type[TrainConfig]] = {'finetune': TrainConfig, 'distill': DistillConfig, 'transfer': TransferConfig}
 
 # Recipes are values under the given ones.
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -199,37 +79,228 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 }
 RECIPE_CHOICES = ('auto', *RECIPES)
 
-# each concept with choices, defined once (metrics and state modes where they live)
-CHOICES: Dict[str, Sequence[str]] = dict(
-    optimizer=OPTIMIZERS, sampler=SAMPLERS, state_reset=STATE_RESETS, reset_classifier=RESET_CLASSIFIER,
-    eval_metric=METRICS, recipe=RECIPE_CHOICES, lr_schedule=LR_SCHEDULES)
 
-_Rule = Tuple[Callable[[Any], bool], str]
-_AT_LEAST_0: _Rule = (lambda v: v >= 0, '>= 0')
-_AT_LEAST_1: _Rule = (lambda v: v >= 1, '>= 1')
-_POSITIVE: _Rule = (lambda v: v > 0, '> 0')
-_FRACTION: _Rule = (lambda v: 0 <= v <= 1, 'in [0, 1]')
-RANGES: Dict[str, _Rule] = dict(
-    batch_size=_AT_LEAST_1, num_instances=_AT_LEAST_1, random_erasing=_FRACTION, num_workers=_AT_LEAST_0,
-    lr=_POSITIVE, side_lr_mult=_POSITIVE, momentum=(lambda v: 0 <= v < 1, 'in [0, 1)'), weight_decay=_AT_LEAST_0,
-    epochs=_AT_LEAST_1, lr_step=_AT_LEAST_1, lr_gamma=_POSITIVE, warmup_epochs=_AT_LEAST_0,
-    max_steps_per_epoch=_AT_LEAST_1, ce_weight=_AT_LEAST_0, triplet_weight=_AT_LEAST_0, triplet_margin=_AT_LEAST_0,
-    label_smoothing=(lambda v: 0 <= v < 1, 'in [0, 1)'), xbm_size=_AT_LEAST_0, xbm_weight=_AT_LEAST_0,
-    color_jitter=_AT_LEAST_0, min_lr_factor=_FRACTION, warmup_factor=_FRACTION, freeze_epochs=_AT_LEAST_0,
-    clip_grad=_AT_LEAST_0, ema_decay=(lambda v: 0 <= v < 1, 'in [0, 1)'), center_weight=_AT_LEAST_0,
-    center_lr=_POSITIVE, aqe_k=_AT_LEAST_1, aqe_alpha=_AT_LEAST_0, aqe_times=_AT_LEAST_1, rerank_k1=_AT_LEAST_1,
-    rerank_k2=_AT_LEAST_1, rerank_lambda=_FRACTION,
-    eval_every=_AT_LEAST_0, eval_batch_size=_AT_LEAST_1, lam=_FRACTION,
-    img_size=(lambda v: min(v) >= 1, 'two positive sizes'),
-    lr_milestones=(lambda v: all(m >= 1 for m in v) and list(v) == sorted(set(v)), 'increasing epochs >= 1'),
-)
+class Range(NamedTuple):
+    """The values a numeric field accepts: ``test(value)``, and ``text`` for the error message."""
+    test: Callable[[Any], bool]
+    text: str
+
+
+AT_LEAST_0 = Range(lambda v: v >= 0, '>= 0')
+AT_LEAST_1 = Range(lambda v: v >= 1, '>= 1')
+POSITIVE = Range(lambda v: v > 0, '> 0')
+FRACTION = Range(lambda v: 0 <= v <= 1, 'in [0, 1]')
+BELOW_1 = Range(lambda v: 0 <= v < 1, 'in [0, 1)')
+IMG_SIZE = Range(lambda v: min(v) >= 1, 'two positive sizes')
+MILESTONES = Range(lambda v: all(m >= 1 for m in v) and list(v) == sorted(set(v)), 'increasing epochs >= 1')
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING,
+            choices: Optional[Sequence[str]] = None, range: Optional[Range] = None) -> Any:
+    """A config field with its rules beside its default: the allowed ``choices`` or a ``range``."""
+    return field(default=default, default_factory=factory, metadata=dict(choices=choices, range=range))
+
+
+def field_rules(cls: type) -> Dict[str, Tuple[Optional[Sequence[str]], Optional[Range]]]:
+    """``{field: (choices, range)}`` of a config class, read from its fields' metadata."""
+    return {f.name: (f.metadata.get('choices'), f.metadata.get('range')) for f in dataclasses.fields(cls)}
+
+
+def _config_class(cls):
+    """``@dataclass(kw_only=True)`` whose ``__init__`` resolves and checks its values (``resolve_values``),
+    so ``TrainConfig(model='ptl_mgn')`` is the config ``ptl-timm train --model ptl_mgn`` trains with.
+    ``dataclasses.replace`` passes every field, so it re-checks values but applies no recipe."""
+    cls = dataclass(kw_only=True)(cls)
+    cls._init_fields = cls.__init__
+
+    def __init__(self, **values: Any) -> None:
+        self._init_fields(**resolve_values(type(self), values))
+        self.given_keys = frozenset(values)
+    __init__.__doc__ = 'Defaults → recipe → ``values``, checked; ``given_keys`` records which were given.'
+    cls.__init__ = __init__
+    return cls
+
+
+class _Section(Mapping):
+    """Values of a ``config_cls`` that a transfer runs with: a read-only mapping of the keys that differ
+    from the transfer config, checked as that config's values. ``set_by_transfer``: the keys the
+    transfer gives every section itself, which a section may not set; ``own``: keys a section never
+    takes from the transfer config; ``required``: keys every section states."""
+    config_cls: ClassVar[type]
+    set_by_transfer: ClassVar[Tuple[str, ...]]
+    own: ClassVar[Tuple[str, ...]] = ()
+    required: ClassVar[Tuple[str, ...]] = ()
+
+    def __init__(self, values: Mapping) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self._values!r})'
+
+    @classmethod
+    def keys_allowed(cls) -> List[str]:
+        return [f.name for f in dataclasses.fields(cls.config_cls) if f.name not in cls.set_by_transfer]
+
+    @classmethod
+    def inherited(cls) -> List[str]:
+        """The keys a section takes from the transfer config (its ``TrainConfig`` values) unless it sets them."""
+        shared = {f.name for f in dataclasses.fields(TrainConfig)}
+        return [name for name in cls.keys_allowed() if name in shared and name not in cls.own]
+
+    def config(self, transfer: 'TransferConfig', **given: Any):
+        """The full config of this section: the transfer's values, then ``given`` by the transfer runner
+        (its ``set_by_transfer`` keys and defaults such as the last step's dataset), then its own."""
+        shared = {name: getattr(transfer, name) for name in self.inherited()}
+        return self.config_cls(**{**shared, **given, **self._values})
+
+
+@_config_class
+class TrainConfig:
+    """Fine-tuning (``ptl-timm train``). Defaults are the paper's ResNet-50/DenseNet-161 recipe:
+    SGD momentum 0.9, lr 0.01 divided by 10 every 10 epochs, 50 epochs, batch 32, 256×128, CE."""
+    # model
+    model: str = 'ptl_resnet50'
+    model_args: Dict[str, Any] = setting(factory=dict)
+    pretrained: bool = True  # ImageNet weights of the backbone (ignored when init_checkpoint is set)
+    init_checkpoint: Optional[str] = None  # a ReID checkpoint folder to fine-tune from
+    # 'auto': new classifier unless trained on this very dataset; 'yes'/'no'
+    reset_classifier: str = setting('auto', choices=RESET_CLASSIFIER)
+    # data: a spec, or a list of specs trained as their union (query/gallery of the first)
+    dataset: DatasetName = 'market1501'
+    data_root: DataRoot = 'data'  # a dataset's folder, or {name: folder}
+    dataset_args: Dict[str, Any] = setting(factory=dict)  # e.g. {variant: labeled} for cuhk03_np
+    test_datasets: List[DatasetSpec] = setting(factory=list)  # evaluated besides the training set's split
+    img_size: Tuple[int, int] = setting((256, 128), range=IMG_SIZE)
+    sampler: str = setting('random', choices=SAMPLERS)  # 'random' or 'pk' (P identities × K images)
+    batch_size: int = setting(32, range=AT_LEAST_1)
+    num_instances: int = setting(4, range=AT_LEAST_1)  # K of the P×K sampler
+    random_erasing: float = setting(0.0, range=FRACTION)
+    augment: str = ''  # a timm augmentation string: 'rand-m9-mstd0.5' (RandAugment), 'augmix-m5-w4-d2', 'original'
+    color_jitter: float = setting(0.0, range=AT_LEAST_0)  # brightness, contrast and saturation jitter (0: off)
+    num_workers: int = setting(factory=default_workers, range=AT_LEAST_0)  # data-loader processes: min(4, cores)
+    # optimisation
+    optimizer: str = setting('sgd', choices=OPTIMIZERS)
+    lr: float = setting(0.01, range=POSITIVE)
+    # lr factor of the PTL side network (cells + fuses), which starts untrained
+    side_lr_mult: float = setting(1.0, range=POSITIVE)
+    momentum: float = setting(0.9, range=BELOW_1)
+    nesterov: bool = False
+    amsgrad: bool = False
+    weight_decay: float = setting(5e-4, range=AT_LEAST_0)
+    epochs: int = setting(50, range=AT_LEAST_1)
+    lr_step: int = setting(10, range=AT_LEAST_1)  # StepLR period in epochs (used when lr_milestones is empty)
+    lr_milestones: List[int] = setting(factory=list, range=MILESTONES)
+    lr_gamma: float = setting(0.1, range=POSITIVE)
+    # 'step' (lr_step / lr_milestones) or 'cosine' (to lr × min_lr_factor)
+    lr_schedule: str = setting('step', choices=LR_SCHEDULES)
+    min_lr_factor: float = setting(0.0, range=FRACTION)  # the cosine's floor, a factor of lr
+    warmup_epochs: int = setting(0, range=AT_LEAST_0)
+    # the warm-up starts at lr × warmup_factor and reaches lr at warmup_epochs
+    warmup_factor: float = setting(0.1, range=FRACTION)
+    # the backbone stays frozen this many epochs: cells, fuses, neck and head train first
+    freeze_epochs: int = setting(0, range=AT_LEAST_0)
+    clip_grad: float = setting(0.0, range=AT_LEAST_0)  # max gradient norm (0: no clipping)
+    # evaluate and save an EMA of the weights (timm ModelEmaV3; e.g. 0.9998; 0: off)
+    ema_decay: float = setting(0.0, range=BELOW_1)
+    max_steps_per_epoch: Optional[int] = setting(None, range=AT_LEAST_1)  # cap for smoke tests
+    # 'epoch': BConv-Cell states start at zero every epoch (the paper; what model.train() does);
+    # 'never': carried over epochs and evaluations, and over a resume (an ablation)
+    state_reset: str = setting('epoch', choices=STATE_RESETS)
+    # loss (ReIDLoss)
+    ce_weight: float = setting(1.0, range=AT_LEAST_0)
+    triplet_weight: float = setting(0.0, range=AT_LEAST_0)
+    triplet_margin: float = setting(0.3, range=AT_LEAST_0)
+    label_smoothing: float = setting(0.0, range=BELOW_1)
+    xbm_size: int = setting(0, range=AT_LEAST_0)  # cross-batch memory of embeddings for the triplet term (0: off)
+    xbm_weight: float = setting(1.0, range=AT_LEAST_0)
+    center_weight: float = setting(0.0, range=AT_LEAST_0)  # centre loss on the metric feature (BoT: 5e-4)
+    center_lr: float = setting(0.5, range=POSITIVE)  # SGD lr of the centres (BoT), on their unweighted gradient
+    # evaluation
+    eval_every: int = setting(10, range=AT_LEAST_0)  # epochs; the last epoch is always evaluated; 0: only the last
+    eval_batch_size: int = setting(128, range=AT_LEAST_1)
+    eval_flip: bool = False
+    eval_metric: str = setting('cosine', choices=METRICS)
+    eval_aqe: bool = False  # average query expansion (fast-reid's αQE) before ranking
+    aqe_k: int = setting(AQE_K, range=AT_LEAST_1)
+    aqe_alpha: float = setting(AQE_ALPHA, range=AT_LEAST_0)
+    aqe_times: int = setting(AQE_TIMES, range=AT_LEAST_1)
+    eval_rerank: bool = False  # k-reciprocal re-ranking (`ptl-timm eval --rerank --k1 --k2 --lambda`)
+    rerank_k1: int = setting(RERANK_K1, range=AT_LEAST_1)
+    rerank_k2: int = setting(RERANK_K2, range=AT_LEAST_1)
+    rerank_lambda: float = setting(RERANK_LAMBDA, range=FRACTION)
+    # run
+    output: str = 'output/train'
+    seed: int = 0
+    deterministic: bool = False
+    device: str = 'auto'
+    amp: bool = False
+    channels_last: bool = False
+    resume: bool = False  # continue the run in output from its saved config and last/
+    overwrite: bool = False  # replace the checkpoints of an earlier run in output (else an error)
+    progress: bool = True
+    tensorboard: bool = False  # also log to output/tensorboard (pip install "ptl_timm[tensorboard]")
+    # 'auto', 'paper', 'mgn' or 'bot': the defaults under the given values
+    recipe: str = setting('auto', choices=RECIPE_CHOICES)
+
+
+@_config_class
+class DistillConfig(TrainConfig):
+    """Student-Teacher Distillation (paper §4, Eq. 4): the student (``model``, a ``reid_*`` network
+    starting from ``init_checkpoint``, its own fine-tuned weights) learns
+    (1-λ)·CE + λ·L1(student embedding, teacher embedding) from a trained PTL ``teacher`` kept in
+    eval mode. When the two embedding widths differ a linear adapter (student → teacher width,
+    trained with the student, discarded afterwards) sits in front of the L1 term only."""
+    model: str = 'reid_resnet50'
+    teacher: str = ''  # checkpoint folder (or hub id) of the trained PTL model
+    lam: float = setting(0.8, range=FRACTION)
+    output: str = 'output/distill'
+
+
+class TransferStep(_Section):
+    """One step of a transfer: fine-tuning on ``dataset`` (required) from the previous step's weights,
+    with the ``TrainConfig`` values that differ from the transfer's."""
+    config_cls = TrainConfig
+    set_by_transfer = ('output', 'resume', 'init_checkpoint', 'test_datasets')
+    required = ('dataset',)
+
+
+class DistillSection(_Section):
+    """The distillation after a transfer's last step, whose model is the teacher: the ``DistillConfig``
+    values that differ from the transfer's (the student's ``model`` and ``init_checkpoint``, ``lam``, ...)."""
+    config_cls = DistillConfig
+    set_by_transfer = ('output', 'resume', 'teacher', 'test_datasets')
+    own = ('init_checkpoint',)  # the student's own fine-tuned weights, not the first step's start
+
+
+@_config_class
+class TransferConfig(TrainConfig):
+    """Multi-step transfer (paper §5.7): ``steps`` fine-tuned in order, each from the previous
+    step's weights; every step's model is evaluated on every dataset of ``test_datasets``.
+    Each step (``TransferStep``) holds ``TrainConfig`` values (at least ``dataset``) over the values
+    given here; ``distill`` (optional, ``DistillSection``) holds ``DistillConfig`` values of a
+    distillation run after the last step with its model as the teacher. Both are resolved like a
+    config of their own (their model's recipe included) and stored as what differs from this config."""
+    steps: List[TransferStep] = setting(factory=list)
+    distill: Optional[DistillSection] = None
+    output: str = 'output/transfer'
+
+
+TASKS: Dict[str, Type[TrainConfig]] = {'finetune': TrainConfig, 'distill': DistillConfig, 'transfer': TransferConfig}
+_SECTIONS = {'steps': TransferStep, 'distill': DistillSection}
 
 # Keys a resumed run may change, because they change how the run proceeds, not what it trains
 # (epochs only upwards). Any other given value must match the saved config.
 RESUME_OVERRIDABLE = ('epochs', 'eval_every', 'eval_batch_size', 'progress', 'num_workers', 'device')
-_RUN_CONTROL = ('resume', 'overwrite')  # how this invocation treats the folder: never compared
-# set by the transfer runner for each step / the distill section
-_TRANSFER_OWNED = ('output', 'resume', 'init_checkpoint', 'test_datasets', 'teacher', 'steps', 'distill')
+RUN_CONTROL = ('resume', 'overwrite')  # how this invocation treats the folder: never saved, never compared
 
 
 class _BadValue(Exception):
@@ -248,7 +319,7 @@ def _describe(kind: Any, plural: bool = False) -> str:
     if origin in (tuple, list):
         what = 'lists of' if plural else 'a list of'
         return f'{what} {len(args) if origin is tuple else ""} {_describe(args[0], plural=True)}'.replace('  ', ' ')
-    if origin is dict:
+    if origin is dict or isinstance(kind, type) and issubclass(kind, _Section):
         return 'mappings' if plural else 'a mapping'
     return _NAMES[kind][plural] if kind in _NAMES else str(kind)
 
@@ -280,7 +351,8 @@ def _coerce_scalar(value: Any, kind: type) -> Any:
 
 
 def _coerce(value: Any, kind: Any) -> Any:
-    """``value`` as ``kind`` (a field's annotation) where that is unambiguous, else ``_BadValue``."""
+    """``value`` as ``kind`` (a field's annotation) where that is unambiguous, else ``_BadValue``.
+    A section comes back as a plain dict; its keys and values are checked by ``_check_section``."""
     origin, args = get_origin(kind), get_args(kind)
     if kind is Any:
         return value
@@ -303,11 +375,11 @@ def _coerce(value: Any, kind: Any) -> Any:
         if not isinstance(value, dict):
             raise _BadValue
         return {_coerce(k, args[0]): _coerce(v, args[1]) for k, v in value.items()}
+    if isinstance(kind, type) and issubclass(kind, _Section):
+        if not isinstance(value, Mapping):
+            raise _BadValue
+        return dict(value)
     return _coerce_scalar(value, kind)
-
-
-def _field_types(cls: Type['TrainConfig']) -> Dict[str, Any]:
-    return {f.name: f.type for f in dataclasses.fields(cls)}
 
 
 def _defaults(cls: Type['TrainConfig']) -> Dict[str, Any]:
@@ -320,40 +392,51 @@ def _closest(name: str, valid: Sequence[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ''
 
 
-def _check_keys(cls: Type['TrainConfig'], values: Dict[str, Any], where: str) -> None:
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
+def _check_keys(cls: type, keys: Sequence[str], where: str, valid: Optional[Sequence[str]] = None) -> None:
+    names = [f.name for f in dataclasses.fields(cls)] if valid is None else list(valid)
+    for key in keys:
         if key not in names:
             raise ConfigError(
                 f'{where}: unknown key {key!r}{_closest(str(key), names)}; {cls.__name__} keys: {", ".join(names)}')
 
 
-def _check_value(key: str, value: Any, kind: Any, where: str) -> Any:
-    """One value, coerced to its field's type and checked against its choices and range."""
+def _check_value(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """One value, coerced to its field's type and checked against the field's choices and range."""
     try:
-        value = _coerce(value, kind)
+        value = _coerce(value, f.type)
     except _BadValue:
-        raise ConfigError(f'{where}: {key} must be {_describe(kind)}, got {value!r}') from None
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f'{where}: {key} must be one of {", ".join(CHOICES[key])}, got {value!r}'
-                          f'{_closest(str(value), CHOICES[key])}')
-    rule = RANGES.get(key)
-    if rule is not None and value is not None and not rule[0](value):
-        raise ConfigError(f'{where}: {key} must be {rule[1]}, got {value!r}')
+        raise ConfigError(f'{where}: {f.name} must be {_describe(f.type)}, got {value!r}') from None
+    choices, rule = f.metadata.get('choices'), f.metadata.get('range')
+    if choices is not None and value not in choices:
+        raise ConfigError(f'{where}: {f.name} must be one of {", ".join(choices)}, got {value!r}'
+                          f'{_closest(str(value), choices)}')
+    if rule is not None and value is not None and not rule.test(value):
+        raise ConfigError(f'{where}: {f.name} must be {rule.text}, got {value!r}')
     return value
 
 
-def _check_values(cls: Type['TrainConfig'], values: Dict[str, Any], where: str) -> Dict[str, Any]:
+def _check_section(section_cls: Type[_Section], values: Dict[str, Any], where: str) -> _Section:
+    for key in section_cls.required:
+        if key not in values:
+            raise ConfigError(f'{where} has no {key}; each is a mapping with at least a {key}')
+    for key in values:
+        if key in section_cls.set_by_transfer:
+            raise ConfigError(f'{where}: {key} is set by the transfer for every section; set it on the transfer '
+                              f'config, or drop it')
+    _check_keys(section_cls.config_cls, list(values), where, section_cls.keys_allowed())
+    return section_cls(check_values(section_cls.config_cls, values, where))
+
+
+def check_values(cls: Type['TrainConfig'], values: Dict[str, Any], where: str) -> Dict[str, Any]:
     """Known keys, each value coerced and checked (a transfer's sections: keys and values too)."""
-    _check_keys(cls, values, where)
-    types = _field_types(cls)
-    checked = {key: _check_value(key, value, types[key], where) for key, value in values.items()}
-    for i, step in enumerate(checked.get('steps') or (), 1):
-        if 'dataset' not in step:
-            raise ConfigError(f'{where}: transfer step {i} has no dataset; each step is a mapping with at least one')
-        checked['steps'][i - 1] = _check_values(TrainConfig, step, f'{where}: transfer step {i}')
+    _check_keys(cls, list(values), where)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    checked = {key: _check_value(fields[key], value, where) for key, value in values.items()}
+    if checked.get('steps') is not None:
+        checked['steps'] = [_check_section(TransferStep, step, f'{where}: transfer step {i}')
+                            for i, step in enumerate(checked['steps'], 1)]
     if checked.get('distill') is not None:
-        checked['distill'] = _check_values(DistillConfig, checked['distill'], f'{where}: the distill section')
+        checked['distill'] = _check_section(DistillSection, checked['distill'], f'{where}: the distill section')
     return checked
 
 
@@ -389,88 +472,43 @@ def task_of(cls: Type['TrainConfig']) -> str:
 
 
 def resolve_values(cls: Type['TrainConfig'], values: Dict[str, Any], where: str = 'config') -> Dict[str, Any]:
-    """Every field of ``cls``: defaults → recipe → ``values`` (or, resuming, the run's saved config with
-    ``values`` checked against it), coerced and checked; a transfer's steps and distill section are
-    resolved the same way with their own model's recipe."""
-    values = _check_values(cls, values, where)
-    if values.get('resume'):
-        resolved = given = _resume_values(cls, values, where)
-    else:
-        defaults = _defaults(cls)
-        recipe = resolve_recipe(values.get('recipe', defaults['recipe']), values.get('model', defaults['model']))
-        resolved, given = _check_values(cls, {**defaults, **RECIPES[recipe], **values}, where), values
+    """Every field of ``cls``: defaults → recipe → ``values``, coerced and checked; a transfer's steps and
+    distill section are resolved the same way with their own model's recipe."""
+    values = check_values(cls, values, where)
+    defaults = _defaults(cls)
+    recipe = resolve_recipe(values.get('recipe', defaults['recipe']), values.get('model', defaults['model']))
+    resolved = check_values(cls, {**defaults, **RECIPES[recipe], **values}, where)
     _check_combinations(resolved, where)
     if cls is TransferConfig:
-        shared = {k: v for k, v in given.items() if k not in _TRANSFER_OWNED}
-        resolved['steps'] = [_resolve_section(TrainConfig, shared, step, resolved, f'{where}: transfer step {i}')
+        resolved['steps'] = [_resolve_section(step, values, resolved, f'{where}: transfer step {i}')
                              for i, step in enumerate(resolved['steps'], 1)]
         if resolved['distill'] is not None:
             resolved['distill'] = _resolve_section(
-                DistillConfig, shared, resolved['distill'], resolved, f'{where}: the distill section')
+                resolved['distill'], values, resolved, f'{where}: the distill section')
     return resolved
 
 
-def _resolve_section(cls, shared: Dict[str, Any], section: Dict[str, Any], parent: Dict[str, Any], where: str):
+def _resolve_section(section: _Section, given: Dict[str, Any], parent: Dict[str, Any], where: str) -> _Section:
     """A transfer step or distill section resolved over the transfer's given values, kept as what
     differs from the transfer config (so a saved config resolves to the same sections again)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    full = resolve_values(cls, {**{k: v for k, v in shared.items() if k in names}, **section}, where)
-    return {k: v for k, v in full.items()
-            if k in section or (k not in _TRANSFER_OWNED and (k not in parent or parent[k] != v))}
-
-
-def saved_config(output: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
-    """The config a run in ``output`` saved (``config.yaml``; older runs: ``last/train_state.pt``), or None."""
-    output = Path(output)
-    if (output / CONFIG_FILE_NAME).is_file():
-        return load_config(output / CONFIG_FILE_NAME)
-    if (output / 'last' / TRAIN_STATE_NAME).is_file():
-        return load_train_state(output / 'last').get('config')
-    return None
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as it reads back from ``config.yaml`` (tuples as lists)."""
-    return json.loads(json.dumps(value))
-
-
-def _resume_values(cls: Type['TrainConfig'], values: Dict[str, Any], where: str) -> Dict[str, Any]:
-    output = values.get('output', _defaults(cls)['output'])
-    saved = saved_config(output)
-    if saved is None:
-        raise ConfigError(f'{where}: nothing to resume in {output}: it holds no {CONFIG_FILE_NAME} of a run '
-                          f'(was the run started with output={output}?)')
-    task = saved.pop('task', task_of(cls))
-    if task != task_of(cls):
-        raise ConfigError(f'{where}: {output} holds a {task!r} run; resume it with `ptl-timm {task} --resume`')
-    saved = _check_values(cls, saved, f'{Path(output) / CONFIG_FILE_NAME}')
-    contradictions = []
-    for key, value in values.items():
-        if key in _RUN_CONTROL or key == 'output' or _plain(value) == _plain(saved.get(key)):
-            continue
-        if key in RESUME_OVERRIDABLE and not (key == 'epochs' and value < saved['epochs']):
-            _logger.warning('resuming %s with %s=%r instead of the saved %r', output, key, value, saved.get(key))
-        else:
-            contradictions.append(f'{key}={value!r} (saved: {saved.get(key)!r})')
-    if contradictions:
-        raise ConfigError(
-            f'{where}: resuming {output}, which was started with other values: {"; ".join(contradictions)}. '
-            f'Resume needs only the output folder: drop these values, or start a new run (another output, or '
-            f'overwrite). Only {", ".join(RESUME_OVERRIDABLE)} may change (epochs only upwards)')
-    return {**saved, **values}
+    shared = {k: v for k, v in given.items() if k in section.inherited()}
+    full = resolve_values(section.config_cls, {**shared, **section}, where)
+    kept = set(section.keys_allowed()) - set(section.own)
+    return type(section)({k: v for k, v in full.items()
+                          if k in section or (k in kept and (k not in parent or parent[k] != v))})
 
 
 def check_config(cfg: 'TrainConfig') -> 'TrainConfig':
     """Check a config again (its fields may have been assigned since construction): what every
     training entry point does first. Returns ``cfg`` with its values coerced."""
-    values = _check_values(type(cfg), dataclasses.asdict(cfg), 'config')
+    values = check_values(type(cfg), dataclasses.asdict(cfg), 'config')
     _check_combinations(values, 'config')
     for key, value in values.items():
         setattr(cfg, key, value)
     return cfg
 
 
-def load_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def load_config(path: PathLike) -> Dict[str, Any]:
     """Read a YAML or JSON config file into a dict (checked by ``build_config``)."""
     path = Path(path)
     if not path.is_file():
@@ -526,41 +564,37 @@ def build_config(
         cls: Type[T],
         file_data: Optional[Dict[str, Any]] = None,
         overrides: Optional[Dict[str, Any]] = None,
-        source: Union[str, os.PathLike, None] = None,
+        source: Optional[PathLike] = None,
 ) -> T:
     """The config of a config file's values (read from ``source``) and ``overrides`` (later wins):
     ``cls(**values)``, with each value's errors naming the file or the overrides it came from."""
     file_data = {k: v for k, v in (file_data or {}).items() if k != 'task'}
     overrides = {k: v for k, v in (overrides or {}).items() if k != 'task'}
     where = f'config file {source}' if source else 'config file'
-    _check_values(cls, file_data, where)
-    _check_values(cls, overrides, 'overrides')
+    check_values(cls, file_data, where)
+    check_values(cls, overrides, 'overrides')
+    values = {**file_data, **overrides}
     cfg = cls.__new__(cls)
-    cfg._init_fields(**resolve_values(cls, {**file_data, **overrides}, where if file_data else 'overrides'))
+    cfg._init_fields(**resolve_values(cls, values, where if file_data else 'overrides'))
+    cfg.given_keys = frozenset(values)
     return cfg
+
+
+def plain(value: Any) -> Any:
+    """``value`` as it reads back from ``config.yaml`` (tuples as lists, sections as mappings)."""
+    return json.loads(json.dumps(value, default=dict))
 
 
 def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
     """JSON-friendly view (tuples as lists), stored with every checkpoint."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return plain(dataclasses.asdict(cfg))
 
 
 def run_config_yaml(cfg: TrainConfig) -> str:
     """``config.yaml`` of a run folder: the resolved config without how this invocation treated the
     folder (``resume``, ``overwrite``), so ``--config`` on it starts the same training afresh."""
-    values = {k: v for k, v in config_to_dict(cfg).items() if k not in _RUN_CONTROL}
+    values = {k: v for k, v in config_to_dict(cfg).items() if k not in RUN_CONTROL}
     return yaml.safe_dump({'task': task_of(type(cfg)), **values}, sort_keys=False)
-
-
-def save_run_config(cfg: TrainConfig) -> None:
-    """Write ``config.yaml`` into ``cfg.output``: what the run trains with, and what ``--resume``
-    reads. A resumed run's allowed changes (``RESUME_OVERRIDABLE``, each logged) update it."""
-    path = Path(cfg.output) / CONFIG_FILE_NAME
-    text = run_config_yaml(cfg)
-    if cfg.resume and path.is_file() and path.read_text() != text:
-        _logger.warning('%s: recording the values this resumed run changed', path)
-    with atomic_write(path, 'w') as f:
-        f.write(text)
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:

@@ -1,88 +1,21 @@
-"""From config values to datasets and loaders: dataset specs, roots, samplers, evaluation shards.
+"""From a training config to loaders: the training set with its sampler, and evaluation shards.
 
-A dataset spec is a registered name (``'market1501'``), or a mapping
-``{name: ..., root: ..., label: ..., <build_dataset kwargs>}`` for a dataset somewhere else than the
-config's ``data_root`` (e.g. several synthetic domains in one layout). A list of specs is the union
-of their training sets (``build_union``: the Market-Duke setting), tested on the first one's split.
+The datasets come from their specs (``ptl_timm.data.specs``); this is what a run adds: P×K or shuffled
+sampling, distributed-aware and deterministic per seed and epoch, and each rank's evaluation shard.
 """
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Sequence
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ptl_timm.data.datasets import ReIDDataset, build_dataset, build_union
+from ptl_timm.data.datasets import ReIDDataset
 from ptl_timm.data.loader import ImageDataset, PKSampler, build_transforms
-from ptl_timm.data.synth import synth_params
-from ptl_timm.errors import ConfigError, DatasetError, DatasetNotFoundError
-from .config import DataRoot, DatasetName, TrainConfig
+from ptl_timm.data.specs import load_dataset, spec_label
+from ptl_timm.errors import DatasetError
+from .config import TrainConfig
 from .distributed import DistContext
 
-__all__ = ['DatasetSpec', 'TrainData', 'spec_label', 'located_spec', 'load_dataset', 'build_train_data', 'eval_loader']
-
-DatasetSpec = DatasetName
-
-
-def _parts(spec: Union[str, Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
-    if isinstance(spec, str):
-        return spec, {}
-    if not isinstance(spec, dict) or 'name' not in spec:
-        raise ConfigError(f'a dataset spec is a name or a mapping with a name (and root, label, options), got {spec!r}')
-    options = {k: v for k, v in spec.items() if k not in ('name', 'label')}
-    return spec['name'], options
-
-
-def spec_label(spec: DatasetSpec, data_root: Optional[DataRoot] = None) -> str:
-    """Display name of a spec: its ``label``; else ``synth-<domain>`` when its folder (the spec's root,
-    or found in ``data_root``) holds synthetic data, so two synthetic domains in one layout do not both
-    read "market1501"; else its name. A union joins the labels with '+'."""
-    if isinstance(spec, list):
-        return '+'.join(spec_label(s, data_root) for s in spec)
-    if isinstance(spec, dict) and 'label' in spec:
-        return str(spec['label'])
-    name, options = _parts(spec)
-    root = options.get('root')
-    if root is None and data_root and (not isinstance(data_root, dict) or name in data_root):
-        root = _root(name, data_root)
-    synth = synth_params(root) if root else None
-    return f'synth-{synth["domain"]}' if synth else name
-
-
-def _root(name: str, data_root: DataRoot) -> Path:
-    """``data_root`` is a mapping of names to folders, a folder holding ``<name>/``, or the dataset's folder."""
-    if isinstance(data_root, dict):
-        if name not in data_root:
-            raise ConfigError(f'data_root has no folder for dataset {name!r} (it names {sorted(data_root)})')
-        return Path(data_root[name]).expanduser()
-    root = Path(data_root).expanduser()
-    return root / name if (root / name).is_dir() else root
-
-
-def located_spec(spec: DatasetSpec, data_root: DataRoot) -> DatasetSpec:
-    """``spec`` with its folder and label written out, so that it names the same data under any other
-    ``data_root`` (a transfer step's dataset, which every later step evaluates under its own)."""
-    if isinstance(spec, list):
-        return [located_spec(s, data_root) for s in spec]
-    name, options = _parts(spec)
-    root = options.get('root') or _root(name, data_root)
-    return {**(spec if isinstance(spec, dict) else {'name': name}), 'root': str(root),
-            'label': spec_label(spec, data_root)}
-
-
-def load_dataset(spec: DatasetSpec, data_root: DataRoot, dataset_args: Dict[str, Any]) -> ReIDDataset:
-    """Build one dataset, or the union of a list of them; a missing root is a ``DatasetNotFoundError``."""
-    if isinstance(spec, list):
-        if not spec:
-            raise ConfigError('dataset is an empty list')
-        return build_union([load_dataset(s, data_root, dataset_args) for s in spec])
-    name, options = _parts(spec)
-    root = Path(options.pop('root')).expanduser() if 'root' in options else _root(name, data_root)
-    if not root.exists():
-        raise DatasetNotFoundError(
-            f'dataset {name!r}: root folder {root} does not exist; set data_root (or the spec\'s root) to the '
-            f'folder holding the dataset')
-    return build_dataset(name, root, **{**dataset_args, **options})
-
+__all__ = ['TrainData', 'build_train_data', 'eval_loader']
 
 @dataclass
 class TrainData:

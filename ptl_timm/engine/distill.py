@@ -20,6 +20,7 @@ from ptl_timm.losses import DistillationLoss
 from ptl_timm.errors import ConfigError
 from .config import DistillConfig
 from .distributed import setup_distributed
+from .run_folder import run_config
 from .trainer import LossStep, build_model, prepare_session, run_training
 
 __all__ = ['run_distill', 'load_teacher', 'distillation_step']
@@ -54,6 +55,7 @@ def run_distill(cfg: DistillConfig) -> Dict[str, Any]:
     """Distil ``cfg.teacher`` into the student ``cfg.model`` on ``cfg.dataset``; returns the run summary.
     Metric-learning terms set by the config or the student's recipe (BoT's triplet and centre loss) are
     not part of Eq. 4: they are reported as unused, not silently dropped."""
+    cfg = run_config(cfg)
     unused = {key: getattr(cfg, key) for key in _UNUSED_TERMS if getattr(cfg, key)}
     if unused:
         _logger.warning('distillation trains with (1-λ)·CE + λ·L1 (Eq. 4) only; %s (from the config or the '

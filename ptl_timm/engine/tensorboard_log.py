@@ -7,9 +7,10 @@ is an optional dependency (``pip install "ptl_timm[tensorboard]"``).
 import importlib.util
 import os
 from numbers import Number
-from typing import Any, Dict, Union
+from typing import Any, Dict
 
 from ptl_timm.errors import MissingExtraError
+from ptl_timm.utils import PathLike
 
 __all__ = ['TENSORBOARD_DIR', 'TensorBoardLog']
 
@@ -19,7 +20,7 @@ TENSORBOARD_DIR = 'tensorboard'  # under the run's output folder
 class TensorBoardLog:
     """Writes epoch records (the ``metrics.jsonl`` dicts) as TensorBoard scalars to ``logdir``."""
 
-    def __init__(self, logdir: Union[str, os.PathLike]):
+    def __init__(self, logdir: PathLike):
         if importlib.util.find_spec('tensorboard') is None:
             raise MissingExtraError(
                 'TensorBoard logging (tensorboard: true) needs the tensorboard package, which is not installed: '

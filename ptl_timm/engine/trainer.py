@@ -31,20 +31,22 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
+from ptl_timm.data.specs import load_dataset, spec_label
 from ptl_timm.hub import DATASET_METADATA_KEY, set_preprocessing
 from ptl_timm.layers import ddp_ignore_latent_states, restore_latent_states, snapshot_latent_states
 from ptl_timm.losses import CenterLoss, ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
-from ptl_timm.utils import atomic_write, require_free_space
+from ptl_timm.utils import atomic_write, readable_folder, recover_folder, require_free_space
+from ptl_timm.utils.plots import plot_curves
 from .checkpoint import (
-    CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, recover_folder,
-    rng_state, save_checkpoint, set_rng_state, write_train_state)
-from .config import TrainConfig, check_config, config_to_dict, save_run_config
-from .data import TrainData, build_train_data, load_dataset, spec_label
+    CheckpointError, copy_weights, load_checkpoint_weights, load_train_state, read_checkpoint_info, rng_state,
+    save_checkpoint, set_rng_state, write_train_state)
+from .config import TrainConfig, check_config, config_to_dict
+from .data import TrainData, build_train_data
 from .distributed import DistContext, setup_distributed, sync_buffers
 from .evaluate import check_evaluable, evaluate_split
-from .plots import plot_curves
+from .run_folder import run_config, save_run_config
 from .run_lock import run_lock
 from .schedule import lr_factor
 from .tensorboard_log import TENSORBOARD_DIR, TensorBoardLog
@@ -198,7 +200,7 @@ class TrainState:
 def _check_output(cfg: TrainConfig) -> None:
     """An earlier run's checkpoints are replaced only when asked to, and resuming needs one."""
     output = Path(cfg.output)
-    last = recover_folder(output / 'last')
+    last = readable_folder(output / 'last')
     if not cfg.resume and not cfg.overwrite and last.exists():
         raise CheckpointError(
             f'{output} already holds the checkpoints of a run ({last}); pass --resume to continue it, '
@@ -257,6 +259,8 @@ def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     with _deterministic(cfg.deterministic):
         with run_lock(session.output) if session.ctx.is_main else contextlib.nullcontext():
             if session.ctx.is_main:
+                for name in ('last', 'best'):  # the writer finishes a swap its killed predecessor left
+                    recover_folder(session.output / name)
                 _check_output(cfg)  # again, now that no other run can write here
                 save_run_config(cfg)
             return _epoch_loop(session, _start_state(session), loss_step)
@@ -481,6 +485,7 @@ def fine_tune(cfg: TrainConfig) -> Dict[str, Any]:
 
     Works in one process or under torchrun (DDP). Returns ``run_training``'s summary.
     """
+    cfg = run_config(cfg)
     ctx = setup_distributed(cfg.device)
     try:
         session = prepare_session(cfg, ctx, lambda num_classes, label: build_model(cfg, num_classes, label))

@@ -7,28 +7,20 @@ Step *i* writes its checkpoints to ``<output>/step<i>-<dataset>/`` and starts fr
 ``<output>/transfer.md`` and ``<output>/transfer.json``.
 """
 import contextlib
-import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from ptl_timm.data.specs import located_spec, spec_label
 from ptl_timm.errors import CheckpointError, ConfigError
-from ptl_timm.utils import atomic_save_json, atomic_write
-from .checkpoint import recover_folder
-from .config import DistillConfig, TrainConfig, TransferConfig, check_config, save_run_config
-from .data import located_spec, spec_label
+from ptl_timm.utils import atomic_save_json, atomic_write, readable_folder
+from .config import TransferConfig
 from .distill import run_distill
 from .distributed import DistContext, setup_distributed
+from .run_folder import run_config, save_run_config
 from .run_lock import run_lock
 from .trainer import fine_tune
 
 __all__ = ['run_transfer', 'results_table']
-
-
-def _base_fields(cfg: TransferConfig, cls) -> Dict[str, Any]:
-    """The transfer's values a step (``TrainConfig``) or the distill section (``DistillConfig``)
-    starts from; the section's own values, resolved with the transfer config, come on top."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if f.name in names}
 
 
 def _distinct_decimals(values: Sequence[float], fewest: int = 2, most: int = 6) -> int:
@@ -57,7 +49,7 @@ def results_table(rows: Sequence[Dict[str, Any]], test_sets: Sequence[str]) -> s
 
 def _resumable(cfg: TransferConfig, step_output: Path) -> bool:
     """With ``resume``, finished and interrupted steps continue from their ``last/``; later ones start."""
-    return cfg.resume and recover_folder(step_output / 'last').exists()
+    return cfg.resume and readable_folder(step_output / 'last').exists()
 
 
 def _row(step: Any, model: str, route: List[str], result: Dict[str, Any]) -> Dict[str, Any]:
@@ -68,7 +60,7 @@ def _row(step: Any, model: str, route: List[str], result: Dict[str, Any]) -> Dic
 def run_transfer(cfg: TransferConfig) -> Dict[str, Any]:
     """Run every step of ``cfg.steps`` (then ``cfg.distill``); returns the rows and the table.
     The transfer folder is locked meanwhile and holds the resolved ``config.yaml``."""
-    check_config(cfg)
+    cfg = run_config(cfg)
     if not cfg.steps:
         raise ConfigError('a transfer needs at least one step: set steps to a list of {dataset: ...} mappings')
     earlier = sorted(Path(cfg.output).glob('*/last'))
@@ -91,24 +83,21 @@ def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
     test_specs = [located_spec(s, cfg.data_root) for s in cfg.test_datasets] or list(
         {spec_label(spec): spec for spec in located}.values())
     test_sets = [spec_label(s, cfg.data_root) for s in test_specs]
-    base = _base_fields(cfg, TrainConfig)
     rows, route, previous = [], [], cfg.init_checkpoint
     for i, step in enumerate(cfg.steps, 1):
         label = spec_label(step['dataset'], step.get('data_root', cfg.data_root))
         route.append(label)
         step_output = output / f'step{i}-{label}'
-        step_cfg = TrainConfig(**{
-            **base, 'test_datasets': test_specs, 'init_checkpoint': previous, 'output': str(step_output),
-            'resume': _resumable(cfg, step_output), **step})
+        step_cfg = step.config(cfg, test_datasets=test_specs, init_checkpoint=previous, output=str(step_output),
+                               resume=_resumable(cfg, step_output))
         result = fine_tune(step_cfg)
         rows.append(_row(i, step_cfg.model, route, result))
         previous = str(Path(result['output']) / 'last')
     if cfg.distill is not None:
-        distill_cfg = DistillConfig(**{
-            **_base_fields(cfg, DistillConfig), 'dataset': cfg.steps[-1]['dataset'], 'test_datasets': test_specs,
-            'init_checkpoint': None, 'output': str(output / 'distill'), 'teacher': previous,
-            'resume': _resumable(cfg, output / 'distill'),
-            **{k: cfg.steps[-1][k] for k in ('data_root', 'dataset_args') if k in cfg.steps[-1]}, **cfg.distill})
+        last_step = {k: cfg.steps[-1][k] for k in ('dataset', 'data_root', 'dataset_args') if k in cfg.steps[-1]}
+        distill_cfg = cfg.distill.config(
+            cfg, **last_step, test_datasets=test_specs, output=str(output / 'distill'), teacher=previous,
+            resume=_resumable(cfg, output / 'distill'))
         result = run_distill(distill_cfg)
         rows.append(_row('STD', distill_cfg.model, route, result))
     table = results_table(rows, test_sets)

@@ -5,7 +5,6 @@ upsampled bilinearly to the image and scaled to [0, 1] per image; it is drawn ov
 jet colour map. ``save_actmap_grid`` writes a few images and their overlays as one PNG that explains itself:
 a title, the colour bar of the map's scale, and each image's file name under it.
 """
-import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
@@ -17,12 +16,11 @@ from PIL import Image, ImageDraw
 from timm.data import create_transform
 
 from ptl_timm.data.loader import read_image
-from ptl_timm.utils import atomic_path, resolve_device
+from ptl_timm.utils import PathLike, atomic_path, resolve_device
 from .extract import eval_data_config
 
 __all__ = ['activation_maps', 'overlay_grid', 'with_header', 'save_actmap_grid']
 
-PathLike = Union[str, os.PathLike]
 CAPTION_HEIGHT = 14  # one line of text: a file name under each image/overlay pair
 BAR_WIDTH, BAR_HEIGHT = 160, 10
 MIN_WIDTH = 320  # the header's: room for the colour bar and its legend beside a grid of small images

@@ -14,11 +14,14 @@ import torch.nn.functional as F
 from ptl_timm.utils import resolve_device
 from .metrics import ArrayLike, _as_tensor
 
-__all__ = ['query_expansion']
+__all__ = ['query_expansion', 'AQE_K', 'AQE_ALPHA', 'AQE_TIMES']
+
+# fast-reid's settings: the defaults here, in `ptl-timm eval` and in the training config
+AQE_K, AQE_ALPHA, AQE_TIMES = 10, 3.0, 1
 
 
-def query_expansion(q_feats: ArrayLike, g_feats: ArrayLike, k: int = 10, alpha: float = 3.0, times: int = 1,
-                    chunk_size: int = 1024,
+def query_expansion(q_feats: ArrayLike, g_feats: ArrayLike, k: int = AQE_K, alpha: float = AQE_ALPHA,
+                    times: int = AQE_TIMES, chunk_size: int = 1024,
                     device: Optional[Union[str, torch.device]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The expanded ``(q_feats, g_feats)`` (float32, on CPU), for any distance the evaluation then uses.
 

@@ -3,7 +3,7 @@
 A ranked list needs no threshold; a deployment that must answer "same person?" does. Here the answer
 is calibrated on a labelled split and stored with the weights, in the checkpoint's ``config.json``
 under :data:`CALIBRATION_KEY`, so every copy of the model (a published Hub folder included) carries
-its operating points.
+its operating points (:mod:`ptl_timm.hub.calibration` reads, writes and shows them).
 
 Protocol. Every unordered pair of two distinct images of the calibration set is a trial:
 
@@ -36,20 +36,20 @@ The stored calibration::
       "points": [{"fpr": 0.01, "threshold": 0.41, "tpr": 0.93, "heldout_fpr": 0.011, "heldout_tpr": 0.92}, ...]
     }
 """
-import json
 import logging
 import math
 import os
-from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from ptl_timm.data.datasets import ReIDDataset, build_dataset
-from ptl_timm.errors import CheckpointError, InputError, reading
-from ptl_timm.hub import CONFIG_NAME, HUB_PREFIX, LOCAL_DIR_PREFIX, TIMM_HUB_PREFIX
-from ptl_timm.utils import atomic_save_json
+from ptl_timm.errors import CheckpointError, InputError
+from ptl_timm.hub import CONFIG_NAME
+from ptl_timm.hub.calibration import (
+    CALIBRATION_KEY, calibration_card, checkpoint_config, read_calibration, write_calibration)
+from ptl_timm.utils import PathLike
 from .extract import FeatureExtractor
 from .features import FeatureSet
 from .metrics import METRICS, ArrayLike, pairwise_distance_chunks
@@ -60,13 +60,11 @@ __all__ = [
     'read_calibration', 'write_calibration', 'select_point', 'calibration_card',
 ]
 
-CALIBRATION_KEY = 'reid_calibration'
 CALIBRATION_FORMAT = 1
 DEFAULT_FPRS = (1e-2, 1e-3, 1e-4)
 DECISION = 'same person when distance < threshold'
 PAIRS = ('unordered pairs of distinct images; impostor: different identities; genuine: same identity, excluding '
          'pairs the protocol excludes')
-PathLike = Union[str, os.PathLike]
 _logger = logging.getLogger(__name__)
 
 
@@ -172,54 +170,6 @@ def _split_identities(pids: torch.Tensor, holdout: float, seed: int) -> Tuple[to
     return ~heldout, heldout
 
 
-def _config_file(source: PathLike) -> Optional[Path]:
-    """The local ``config.json`` of a checkpoint folder, ``local-dir:`` folder or ``.safetensors`` file."""
-    source = os.fspath(source)
-    path = Path(source[len(LOCAL_DIR_PREFIX):] if source.startswith(LOCAL_DIR_PREFIX) else source).expanduser()
-    if path.suffix == '.safetensors':
-        path = path.parent
-    return path / CONFIG_NAME if path.is_dir() else None
-
-
-def _checkpoint_config(source: PathLike) -> Path:
-    config = _config_file(source)
-    if config is None or not config.is_file():
-        raise InputError(f'{source} is not a checkpoint folder with a {CONFIG_NAME}: a calibration is written into the '
-                         f'config.json of the weights it was measured for; save the model to a folder first '
-                         f'(ptl_timm.hub.save_pretrained, or `ptl-timm publish` of a Hub download)')
-    return config
-
-
-def read_calibration(source: PathLike) -> Optional[Dict[str, Any]]:
-    """The calibration in the ``config.json`` of ``source`` (a checkpoint folder, ``local-dir:``, a
-    ``.safetensors`` file beside its config, or ``hf-hub:``), None if it has none."""
-    source = os.fspath(source)
-    if source.startswith((HUB_PREFIX, TIMM_HUB_PREFIX)):
-        from huggingface_hub import hf_hub_download
-        from ptl_timm.weights import require_downloadable
-        repo_id = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
-        require_downloadable(repo_id, (CONFIG_NAME,), what=f'the config of {source}')
-        config = Path(hf_hub_download(repo_id, CONFIG_NAME))
-    else:
-        config = _config_file(source)
-        if config is None or not config.is_file():
-            return None
-    with reading(config, what='model config', fix='re-save the checkpoint or restore the file'):
-        data = json.loads(config.read_text())
-    return data.get(CALIBRATION_KEY) if isinstance(data, dict) else None
-
-
-def write_calibration(folder: PathLike, calibration: Mapping[str, Any]) -> Path:
-    """Store ``calibration`` under :data:`CALIBRATION_KEY` in ``folder``'s ``config.json``, every other key kept,
-    replaced atomically (a crash leaves the old or the new file)."""
-    config = _checkpoint_config(folder)
-    with reading(config, what='model config', fix='re-save the checkpoint or restore the file'):
-        data = json.loads(config.read_text())
-    data[CALIBRATION_KEY] = dict(calibration)
-    atomic_save_json(data, config)
-    return config
-
-
 def calibrate(
         model: PathLike,
         dataset: Union[str, ReIDDataset],
@@ -262,7 +212,7 @@ def calibrate(
     if metric not in METRICS:
         raise InputError(f'metric must be one of {METRICS}, got {metric!r}')
     if write:
-        _checkpoint_config(model)
+        checkpoint_config(model)
     if isinstance(dataset, str):
         if data_root is None:
             raise InputError(f'dataset {dataset!r} needs data_root (--data-root), the folder that holds it')
@@ -356,28 +306,3 @@ def verify(
     return Verification(distance < point['threshold'], distance, point['threshold'], point['fpr'], point['tpr'],
                         calibration['metric'])
 
-
-def calibration_card(calibration: Mapping[str, Any]) -> List[str]:
-    """Markdown lines of the model card's "Operating points" section."""
-    heldout, protocol = 'heldout' in calibration, calibration['protocol_description']
-    header = '| target FPR | threshold | TPR (%) |' + (' held-out FPR | held-out TPR (%) |' if heldout else '')
-    lines = [
-        '## Operating points', '',
-        f'Calibrated by `ptl-timm calibrate` on {calibration["dataset"]} ({calibration["split"]}: '
-        f'{calibration["num_images"]} images of {calibration["num_identities"]} identities, '
-        f'{calibration["num_pairs"]["genuine"]:,} genuine and {calibration["num_pairs"]["impostor"]:,} impostor pairs); '
-        f'{calibration["metric"]} distance, {calibration["decision"]}. {protocol[:1].upper()}{protocol[1:]}.',
-        '', header, '| --- | --- | --- |' + (' --- | --- |' if heldout else '')]
-    for p in calibration['points']:
-        row = f'| {p["fpr"]:g} | {p["threshold"]:.4f} | {100 * p["tpr"]:.2f} |'
-        if heldout:
-            row += f' {p["heldout_fpr"]:.2e} | {100 * p["heldout_tpr"]:.2f} |'
-        lines.append(row)
-    if heldout:
-        h = calibration['heldout']
-        lines += ['', f'Held-out: {h["num_images"]} images of {h["num_identities"]} other identities '
-                      f'({h["num_pairs"]["impostor"]:,} impostor pairs), never used to set the thresholds.']
-    lines += ['', f'The thresholds are stored in `config.json` under `"{CALIBRATION_KEY}"`; '
-                  '`ptl-timm verify --model MODEL --images A.jpg B.jpg --fpr 0.001` and `ptl_timm.verify(...)` use them. '
-                  'They hold for data like the calibration set: measure again on your own cameras.']
-    return lines

@@ -20,29 +20,24 @@ from timm.data import create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ptl_timm.data.datasets import ReIDDataset
+from ptl_timm.data.datasets import ReIDDataset, labels_from_names
 from ptl_timm.data.loader import ImageDataset, read_image
 from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError, NonFiniteError
 from ptl_timm.hub import load_model
-from ptl_timm.utils import resolve_device, to_rgb
+from ptl_timm.models import embed
+from ptl_timm.utils import PathLike, resolve_device, to_rgb
 from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
 from .analysis import VerificationRates
+from .features import FeatureSet
 from .metrics import evaluate_distance_chunks, pairwise_distance_chunks
 from .rerank import iter_re_ranking
 
 __all__ = [
-    'embed', 'extract_features', 'eval_data_config', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
+    'extract_features', 'eval_data_config', 'FeatureExtractor', 'evaluate_model', 'evaluate_features',
     'image_files', 'IMAGE_EXTENSIONS']
 
 _logger = logging.getLogger(__name__)
 ImageSource = Union[str, os.PathLike, Image.Image, torch.Tensor, Sequence[Union[str, os.PathLike, Image.Image]]]
-
-
-def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The retrieval embedding of a batch (no normalisation)."""
-    if hasattr(model, 'forward_reid'):
-        return model.forward_reid(images).embedding
-    return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -98,7 +93,7 @@ def extract_features(
     return feats, torch.cat(pids), torch.cat(camids)
 
 
-def image_files(folder: Union[str, os.PathLike]) -> List[str]:
+def image_files(folder: PathLike) -> List[str]:
     """Every image under ``folder`` (recursively), in sorted path order."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -223,6 +218,28 @@ class FeatureExtractor:
                             num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
         return extract_features(self.model, loader, flip=self.flip, device=self.device, progress=self.progress,
                                 channels_last=self.channels_last, desc=desc)
+
+    def extract_splits(self, dataset: ReIDDataset,
+                       splits: Sequence[str] = ('query', 'gallery')) -> Dict[str, FeatureSet]:
+        """A ``FeatureSet`` per split of ``dataset`` (``'train'``, ``'query'``, ``'gallery'``)."""
+        sets = {}
+        for split in splits:
+            records = getattr(dataset, split)
+            feats, pids, camids = self.extract_records(records, desc=f'extract {split}')
+            sets[split] = FeatureSet(feats, pids, camids, [r.path for r in records])
+        return sets
+
+    def extract_images(self, paths: Sequence[str], name: str = 'images') -> FeatureSet:
+        """Features of image files (the set ``name``: its progress bar says it), with identities and cameras when
+        the file names carry them in a dataset's convention (``0002_c1s1_000451_01.jpg``), else unknown (-1)."""
+        labels = labels_from_names(paths)
+        pids, camids = (torch.tensor(x, dtype=torch.int64) for x in labels) if labels else (
+            torch.full((len(paths),), -1, dtype=torch.int64) for _ in range(2))
+        return FeatureSet(self(list(paths), desc=f'extract {name}'), pids, camids, list(paths))
+
+    def extract_folder(self, folder: PathLike, name: str = 'images') -> FeatureSet:
+        """Features of every image under ``folder`` (see :meth:`extract_images`)."""
+        return self.extract_images(image_files(folder), name)
 
 
 def evaluate_model(

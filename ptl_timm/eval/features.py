@@ -7,20 +7,18 @@ later ``ptl-timm eval`` or ``search`` needs no model. Two formats, chosen by the
 atomically.
 """
 import json
-import os
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Union
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 import safetensors.torch
 import torch
 
 from ptl_timm.errors import InputError, reading
-from ptl_timm.utils import atomic_path
+from ptl_timm.utils import PathLike, atomic_path
 
 __all__ = ['FeatureSet', 'save_features', 'load_features', 'FEATURE_SUFFIXES']
 
-PathLike = Union[str, os.PathLike]
 FEATURE_SUFFIXES = ('.safetensors', '.npz')
 _ARRAYS = ('feats', 'pids', 'camids')
 

@@ -22,7 +22,10 @@ from ptl_timm.errors import InputError
 from ptl_timm.utils import resolve_device
 from .metrics import ArrayLike, _squared_norms
 
-__all__ = ['re_ranking', 'iter_re_ranking']
+__all__ = ['re_ranking', 'iter_re_ranking', 'RERANK_K1', 'RERANK_K2', 'RERANK_LAMBDA']
+
+# the paper's settings (Zhong et al. 2017): the defaults here, in `ptl-timm eval` and in the training config
+RERANK_K1, RERANK_K2, RERANK_LAMBDA = 20, 6, 0.3
 
 
 class _Features:
@@ -196,8 +199,8 @@ class _InvertedIndex:
         return out
 
 
-def iter_re_ranking(q_feats: ArrayLike, g_feats: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                    chunk_size: int = 256,
+def iter_re_ranking(q_feats: ArrayLike, g_feats: ArrayLike, k1: int = RERANK_K1, k2: int = RERANK_K2,
+                    lambda_value: float = RERANK_LAMBDA, chunk_size: int = 256,
                     device: Optional[Union[str, torch.device]] = None) -> Iterator[Tuple[slice, torch.Tensor]]:
     """Yield ``(query rows, re-ranked distances)`` blocks of the query × gallery matrix, ready for
     :func:`ptl_timm.eval.metrics.evaluate_distance_chunks`; no N × N matrix is ever held."""
@@ -225,8 +228,8 @@ def iter_re_ranking(q_feats: ArrayLike, g_feats: ArrayLike, k1: int = 20, k2: in
         yield slice(start, stop), jaccard.mul_(1 - lambda_value).add_(original)
 
 
-def re_ranking(q_feats: ArrayLike, g_feats: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-               chunk_size: int = 256, device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+def re_ranking(q_feats: ArrayLike, g_feats: ArrayLike, k1: int = RERANK_K1, k2: int = RERANK_K2,
+               lambda_value: float = RERANK_LAMBDA, chunk_size: int = 256, device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
     """The re-ranked query × gallery distance matrix (float32); for large query sets stream it with
     :func:`iter_re_ranking` instead."""
     return torch.cat([block for _, block in iter_re_ranking(

@@ -13,23 +13,21 @@ queries can be listed first).
 import csv
 import io
 import math
-import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from ptl_timm.errors import InputError, MissingExtraError
-from ptl_timm.utils import atomic_path, atomic_save_json, atomic_write, to_rgb
+from ptl_timm.utils import PathLike, atomic_path, atomic_save_json, atomic_write, to_rgb
 from .features import FeatureSet
 from .metrics import _ordered_keys, evaluate_rank
 from .protocol import resolve_protocol
 
 __all__ = ['GalleryIndex', 'faiss_available', 'search', 'write_rankings', 'draw_rankings', 'RANKING_FORMATS']
 
-PathLike = Union[str, os.PathLike]
 RANKING_FORMATS = ('.json', '.csv')
 BACKENDS = ('auto', 'faiss', 'torch')
 COLOURS = dict(query=(40, 90, 220), correct=(30, 170, 60), wrong=(220, 40, 40), unknown=(150, 150, 150))

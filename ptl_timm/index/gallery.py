@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from ptl_timm.data.datasets import labels_from_names
 from ptl_timm.errors import DatasetNotFoundError, InputError
 from ptl_timm.eval.extract import FeatureExtractor, image_files
+from ptl_timm.utils import PathLike
 from . import ann
 from .search import Hits, exact_search, rerank_hits
 from .store import DTYPES, Snapshot, Writer, create, is_index, now, open_snapshot, read_manifest, writer
 
 __all__ = ['ImageIndex', 'BACKENDS', 'ROWS_PER_SHARD', 'describe_model', 'collect_images']
 
-PathLike = Union[str, os.PathLike]
 BACKENDS = ('exact', 'faiss')
 ROWS_PER_SHARD = 16384  # 32 MB of float32 512-d embeddings: what one query step maps
 ADD_BATCH = 50_000  # images embedded and committed per generation when adding many

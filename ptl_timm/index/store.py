@@ -50,13 +50,13 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import safetensors.torch
 import torch
 
 from ptl_timm.errors import CorruptFileError, InputError, OutputError, reading, writing
-from ptl_timm.utils import atomic_path, atomic_save_json, atomic_write
+from ptl_timm.utils import PathLike, atomic_path, atomic_save_json, atomic_write
 
 __all__ = [
     'MANIFEST_NAME', 'DTYPES', 'Snapshot', 'Shard', 'Writer', 'create', 'read_manifest', 'open_snapshot',
@@ -83,7 +83,6 @@ CREATE TABLE cameras (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _SAFETENSORS_DTYPES = {'F16': torch.float16, 'F32': torch.float32, 'I64': torch.int64, 'I32': torch.int32}
-PathLike = Union[str, os.PathLike]
 
 
 def now() -> str:

@@ -49,7 +49,6 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, genera
 
 from ptl_timm.errors import InputError
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states
-from ptl_timm.weights import add_manifest_tags, check_pretrained_source
 from .reid_model import ReIDModelMixin, reid_cfg
 from .reid_output import ReIDOutput
 
@@ -413,7 +412,6 @@ def filter_resnet_pretrained(state_dict: Dict[str, torch.Tensor], model: MGN) ->
 
 
 def _create_mgn(variant: str, pretrained: bool = False, **kwargs) -> MGN:
-    check_pretrained_source(variant, pretrained, kwargs)  # published tag; Hub weights cached or reachable
     return build_model_with_cfg(
         MGN,
         variant,
@@ -439,7 +437,7 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 # Untagged defaults start from timm's ResNet-50 ImageNet weights, mapped into the trunk and every
 # branch by ``filter_resnet_pretrained``; reductions, classifiers and cells stay initialised.
-default_cfgs = generate_default_cfgs(add_manifest_tags({
+default_cfgs = generate_default_cfgs({
     'mgn_resnet50.tv_in1k': _cfg(hf_hub_id='timm/resnet50.tv_in1k'),
     'ptl_mgn.tv_in1k': _cfg(
         hf_hub_id='timm/resnet50.tv_in1k',
@@ -447,7 +445,7 @@ default_cfgs = generate_default_cfgs(add_manifest_tags({
         paper_ids='arXiv:1908.02492',
         paper_name='Progressive Transfer Learning for Person Re-identification',
     ),
-}))
+})
 
 
 @register_model

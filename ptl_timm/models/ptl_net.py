@@ -37,7 +37,6 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ptl_timm.errors import InputError
 from ptl_timm.layers import BConvCell, create_global_pool, ddp_ignore_latent_states
-from ptl_timm.weights import add_manifest_tags, check_pretrained_source
 from .registry import check_model_name
 from .reid_model import ReIDModelMixin, reid_cfg
 from .reid_output import ReIDOutput
@@ -524,7 +523,6 @@ def _with_fixed_input_size(variant: str, kwargs: Dict[str, Any]) -> Dict[str, An
 
 
 def _create_reid_net(variant: str, pretrained: bool = False, **kwargs) -> ReIDNet:
-    check_pretrained_source(variant, pretrained, kwargs)  # published tag; Hub weights cached or reachable
     kwargs = _with_fixed_input_size(variant, kwargs)
     return build_model_with_cfg(
         ReIDNet,
@@ -587,7 +585,7 @@ def _bot_cfg(**kwargs) -> Dict[str, Any]:
 
 # Untagged defaults start from timm's ImageNet weights of the backbone (the paper's starting point),
 # mapped into the backbone by ``filter_backbone_pretrained``; cells and head stay initialised.
-default_cfgs = generate_default_cfgs(add_manifest_tags({
+default_cfgs = generate_default_cfgs({
     'ptl_resnet50.tv_in1k': _cfg(
         hf_hub_id='timm/resnet50.tv_in1k', first_conv=('backbone.conv1', 'side.stem_cell.gates')),
     'ptl_densenet161.tv_in1k': _cfg(
@@ -599,7 +597,7 @@ default_cfgs = generate_default_cfgs(add_manifest_tags({
     'bot_resnet50.tv_in1k': _bot_cfg(hf_hub_id='timm/resnet50.tv_in1k', first_conv='backbone.conv1'),
     'ptl_bot_resnet50.tv_in1k': _bot_cfg(
         hf_hub_id='timm/resnet50.tv_in1k', first_conv=('backbone.conv1', 'side.stem_cell.gates')),
-}))
+})
 
 
 @register_model

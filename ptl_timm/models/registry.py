@@ -16,10 +16,12 @@ import timm
 from timm.models import model_entrypoint
 
 from ptl_timm.errors import InputError
-from ptl_timm.weights import GENERIC_MODELS
 
 __all__ = ['list_models', 'GENERIC_MODELS', 'check_model_name', 'check_model_args', 'model_class']
 
+# Entrypoints that wrap a backbone chosen at call time (kwarg ``backbone``): no pretrained tag can name
+# their weights.
+GENERIC_MODELS = ('ptl_net', 'reid_net')
 # constructor arguments whose value is itself a timm model name, and those whose value are its arguments
 _MODEL_NAME_ARGS = ('backbone',)
 _MODEL_ARGS_ARGS = {'backbone_args': 'backbone'}
@@ -38,7 +40,7 @@ def _closest(name: str, valid: List[str]) -> str:
 
 def check_model_name(name: str, what: str = 'model') -> None:
     """Raise ``InputError`` unless ``name`` (``arch`` or ``arch.tag``) is in timm's registry, suggesting
-    the closest registered names. (Whether a tag's weights exist is ``ptl_timm.weights``' check.)"""
+    the closest registered names. (Whether a tag's weights exist is the hub's check, ``ptl_timm.hub.pretrained``.)"""
     if not isinstance(name, str) or not name:
         raise InputError(f'{what} must be a timm model name, got {name!r}')
     architecture = name.partition('.')[0]

@@ -8,11 +8,22 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models._features import feature_take_indices
 
 from ptl_timm.layers import reset_latent_states
 
-__all__ = ['ReIDModelMixin', 'reid_cfg']
+__all__ = ['ReIDModelMixin', 'reid_cfg', 'embed']
+
+
+def _take_indices(num_levels: int, indices: Optional[Union[int, List[int]]]) -> List[int]:
+    """The levels ``forward_intermediates`` returns (timm's convention): None → all, an int n → the
+    last n, a list → those (negative from the end)."""
+    if indices is None or isinstance(indices, int):
+        count = num_levels if indices is None else indices
+        assert 0 < count <= num_levels, f'take {count} of {num_levels} levels'
+        return list(range(num_levels - count, num_levels))
+    taken = [num_levels + i if i < 0 else i for i in indices]
+    assert all(0 <= i < num_levels for i in taken), f'levels {indices} of {num_levels}'
+    return taken
 
 
 def reid_cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -30,6 +41,14 @@ def reid_cfg(url: str = '', **kwargs) -> Dict[str, Any]:
         'origin_url': 'https://github.com/ZJULearning/PTL',
         **kwargs,
     }
+
+
+def embed(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The retrieval embedding of a batch (no normalisation): ``forward_reid(x).embedding`` of a ReID
+    model, the pre-logits feature of any other timm model."""
+    if hasattr(model, 'forward_reid'):
+        return model.forward_reid(images).embedding
+    return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
 class ReIDModelMixin:
@@ -62,7 +81,7 @@ class ReIDModelMixin:
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         assert output_fmt == 'NCHW', 'Output format must be NCHW.'
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        take_indices = _take_indices(len(self.feature_info), indices)
         levels = self._levels(x)
         intermediates = [levels[i] for i in take_indices]
         if intermediates_only:
@@ -76,7 +95,7 @@ class ReIDModelMixin:
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        take_indices = _take_indices(len(self.feature_info), indices)
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices

@@ -17,22 +17,22 @@ Pillow's own ``convert('RGB')`` clips wider pixels at 255, so a 16-bit PNG reads
 Anything else (negative, NaN or larger values, a mode Pillow cannot convert) is refused with the image
 named, never guessed: a wrong guess would be a silently wrong embedding.
 """
-import os
 import warnings
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Tuple
 
 import numpy as np
 from PIL import Image
 
 from ptl_timm.errors import CorruptFileError
+from .io import PathLike
 
 __all__ = ['IMAGE_EXTENSIONS', 'list_images', 'to_rgb']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
-def list_images(folder: Union[str, os.PathLike], recursive: bool = False) -> List[Path]:
+def list_images(folder: PathLike, recursive: bool = False) -> List[Path]:
     """The image files in ``folder`` (and its sub-folders if ``recursive``), sorted.
 
     Entries named like images that are not readable files (a folder called ``x.jpg``, a broken

@@ -7,10 +7,12 @@ old file or the new one, never a truncated one.
 Folders (:func:`atomic_folder`): the new folder is written under a hidden staging name
 (``.NAME.new``) and synced; then the old folder is renamed aside (``.NAME.old``), the new one renamed
 into place and the old one deleted. The old output stays complete until the new one is in place: a
-crash between the two renames leaves the old folder aside, and :func:`recover_folder` (called by
-every writer and by readers of checkpoints and datasets) puts it back. Writes that fail on a full disk
-or a read-only folder raise :class:`ptl_timm.errors.OutputError` naming the file, and leave no
-staging files behind.
+crash between the two renames leaves the old folder aside. Only writers repair: :func:`recover_folder`
+(called by :func:`atomic_folder` and by a run before it writes) puts the old folder back. Readers
+never write: :func:`readable_folder` names the folder to read (the old one while it is aside), so a
+reader running between a writer's two renames cannot move a folder under the writer. Writes that
+fail on a full disk or a read-only folder raise :class:`ptl_timm.errors.OutputError` naming the file,
+and leave no staging files behind.
 """
 import contextlib
 import errno
@@ -26,11 +28,11 @@ from typing import Any, Iterator, Union
 from ptl_timm.errors import OutputError, writing
 
 __all__ = [
-    'atomic_write', 'atomic_path', 'atomic_save_json', 'atomic_folder', 'recover_folder', 'current_umask',
-    'check_output_path', 'require_free_space',
+    'PathLike', 'atomic_write', 'atomic_path', 'atomic_save_json', 'atomic_folder', 'recover_folder', 'readable_folder',
+    'current_umask', 'check_output_path', 'require_free_space',
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, os.PathLike]  # the path type of every function of the package that takes a file or folder
 
 
 def current_umask() -> int:
@@ -145,9 +147,18 @@ def _staging(path: Path) -> Path:
     return path.with_name(f'.{path.name}.new')
 
 
+def readable_folder(path: PathLike) -> Path:
+    """The folder a reader reads for ``path``: ``path`` itself, or the old folder an :func:`atomic_folder`
+    swap has put aside while ``path`` is missing (the swap is under way, or was interrupted). Moves nothing."""
+    path = Path(path)
+    aside = _aside(path)
+    return aside if not path.exists() and aside.is_dir() else path
+
+
 def recover_folder(path: PathLike) -> Path:
     """Finish an interrupted :func:`atomic_folder` swap of ``path``: the old folder put aside comes
-    back if the new one never arrived; once the new one is in place, the old one is deleted."""
+    back if the new one never arrived; once the new one is in place, the old one is deleted. For
+    writers only (before they write ``path``); readers use :func:`readable_folder`."""
     path = Path(path)
     aside = _aside(path)
     if aside.exists():

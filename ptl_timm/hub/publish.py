@@ -10,41 +10,40 @@ registry tag. Nothing leaves the machine without ``push=True``.
 import dataclasses
 import json
 import math
-import os
 import re
+from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
 import safetensors
 import timm
-from timm.models._input import get_model_args
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from ptl_timm.data.specs import resolve_spec
 from ptl_timm.data.synth import synth_params
 from ptl_timm.errors import PublishError, reading
-from ptl_timm.eval.calibration import calibration_card, read_calibration, write_calibration
-from ptl_timm.hub import (
-    CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, check_hub_id, load_model, save_pretrained,
-)
-from ptl_timm.utils import atomic_folder, atomic_write
-from ptl_timm.weights import GENERIC_MODELS, TAG_RULE, hub_repo_id, is_tag, sha256_file
+from ptl_timm.models.registry import GENERIC_MODELS
+from ptl_timm.utils import PathLike, atomic_folder, atomic_write
+from .calibration import calibration_card, read_calibration, write_calibration
+from .folder import (
+    CONFIG_NAME, DATASET_METADATA_KEY, TRAIN_STATE_NAME, WEIGHTS_NAME, check_hub_id, load_model, save_pretrained)
+from .pretrained import TAG_RULE, hub_repo_id, is_tag, sha256_file
 
 __all__ = [
     'PublishError', 'PublishResult', 'publish', 'check_checkpoint', 'find_run_metrics', 'render_model_card',
-    'describe_training_data', 'describe_initialisation', 'embedding_difference', 'README_NAME', 'TRAIN_STATE_NAME',
+    'default_model_card', 'describe_training_data', 'describe_initialisation', 'embedding_difference', 'README_NAME', 'TRAIN_STATE_NAME',
     'INSTALL_LINE',
 ]
 
 README_NAME = 'README.md'
-MODEL_CARD_NAME = 'MODEL_CARD.md'
+MODEL_CARD_TEMPLATE = 'model_card_template.md'  # package data: the repository's MODEL_CARD.md, shipped in the wheel
 RUN_CHECKPOINTS = ('last', 'best')  # the checkpoint folders of a training run, inside the run folder
 # ptl_timm is not on PyPI: the card says how it really installs
 INSTALL_LINE = 'pip install .  # in a checkout of the ptl_timm source (see its README); ptl_timm is not on PyPI'
 # MODEL_CARD.md sections about the repository's state (e.g. "nothing published yet"), not a checkpoint's
 _REPOSITORY_ONLY = re.compile(r'<!-- repository-only:begin.*?<!-- repository-only:end -->\n?', re.DOTALL)
-PathLike = Union[str, os.PathLike]
 
 
 @dataclasses.dataclass
@@ -123,11 +122,8 @@ def _metrics_table(evaluations: Mapping[str, Mapping[str, float]]) -> List[str]:
 
 
 def _describe_dataset(spec: Any, data_root: Any) -> str:
-    name = spec.get('name') if isinstance(spec, Mapping) else spec
-    root = spec.get('root') if isinstance(spec, Mapping) else None
-    if root is None:
-        root = data_root.get(name) if isinstance(data_root, Mapping) else data_root
-    if not root or not Path(root).expanduser().is_dir():
+    name, root, _, _ = resolve_spec(spec, data_root)
+    if root is None or not root.is_dir():
         return (f'data in the {name} layout (its folder is no longer where training read it, so whether it was the '
                 f'real {name} or synthetic data is not known)')
     synth = synth_params(root)
@@ -233,8 +229,10 @@ def render_model_card(
     return '\n'.join(lines)
 
 
-def _default_model_card() -> Path:
-    return Path(__file__).resolve().parent.parent / MODEL_CARD_NAME
+def default_model_card() -> Path:
+    """The card template every install has: package data found through ``importlib.resources`` (a
+    wheel carries no ``MODEL_CARD.md``; the template is that file, kept identical by a test)."""
+    return Path(str(resources.files('ptl_timm.hub').joinpath(MODEL_CARD_TEMPLATE)))
 
 
 def _refuse_out_in_source(checkpoint: Path, out: Path) -> None:
@@ -283,7 +281,7 @@ def publish(
         tag: The pretrained tag (default: the dataset recorded in the weights' metadata).
         repo_id: The Hub repository (default ``<HUB_ORG>/<architecture>.<tag>``).
         push: Upload to the Hub after verification (needs a Hub login); otherwise a dry run.
-        model_card: The card template (default: the repository's ``MODEL_CARD.md``).
+        model_card: The card template (default: :func:`default_model_card`, the packaged ``MODEL_CARD.md``).
         license: Licence of the published weights (Hub front matter and pretrained cfg).
         protocol: Evaluation protocol recorded in the manifest entry.
         overwrite: Replace a non-empty ``out``.
@@ -297,7 +295,7 @@ def publish(
     _refuse_out_in_source(checkpoint, out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PublishError(f'{out} exists and is not empty; choose another --output or pass --overwrite')
-    model_card = Path(model_card) if model_card is not None else _default_model_card()
+    model_card = Path(model_card) if model_card is not None else default_model_card()
     if not model_card.is_file():
         raise PublishError(f'model card template {model_card} does not exist; pass model_card=/--model-card')
     steps = tqdm(total=4, desc='publish', disable=not progress)
@@ -371,7 +369,7 @@ def _tag_limitation(architecture: str, model_args: Mapping[str, Any], num_classe
     classes but no constructor arguments, so only an architecture's defaults fit one."""
     if architecture in GENERIC_MODELS:
         return f'{architecture} takes its backbone as an argument, which a pretrained tag cannot carry'
-    defaults = get_model_args(timm.create_model(architecture, num_classes=num_classes, device='meta'), {})
+    defaults = timm.models.get_model_args(timm.create_model(architecture, num_classes=num_classes, device='meta'), {})
     differing = {k: v for k, v in model_args.items() if defaults.get(k) != v}
     if differing:
         return f'model_args {differing} differ from the {architecture} defaults, which a pretrained tag would use'

@@ -15,19 +15,22 @@ on purpose (another ``num_classes``) may be absent. The model keeps the checkpoi
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
-from timm.models._hub import load_model_config_from_hf, load_state_dict_from_hf, save_config_for_hf
+from timm.models import load_model_config_from_hf, load_state_dict_from_hf
+# timm's only public writer of config.json also writes the weights (save_for_hf), without the safetensors
+# metadata a checkpoint carries; this is ptl_timm's one private timm import (test_imports names it)
+from timm.models._hub import save_config_for_hf
 
 from ptl_timm import models  # noqa: F401  (registers the architectures a config.json may name)
 from ptl_timm.errors import CheckpointError, InputError, reading
 from ptl_timm.models.registry import check_model_args, check_model_name
-from ptl_timm.utils import atomic_path
-from ptl_timm.weights import check_pretrained_source, require_downloadable
+from ptl_timm.utils import PathLike, atomic_path, readable_folder
+from .pretrained import check_pretrained_source, require_downloadable
 
 __all__ = [
     'save_pretrained', 'load_model', 'check_model_source', 'load_weights_strict', 'set_preprocessing', 'check_hub_id',
@@ -42,7 +45,6 @@ DATASET_METADATA_KEY = 'ptl_timm_dataset'  # safetensors header: the dataset a c
 HUB_PREFIX = 'hf-hub:'
 LOCAL_DIR_PREFIX = 'local-dir:'
 TIMM_HUB_PREFIX = 'timm/'  # timm's short form of hf-hub:timm/...
-PathLike = Union[str, os.PathLike]
 ModelSpec = Tuple[Dict[str, Any], str, Dict[str, Any]]  # pretrained_cfg, architecture, model_args
 
 
@@ -112,18 +114,23 @@ def load_weights_strict(
         state_dict: Mapping[str, torch.Tensor],
         source: str,
         drop_classifier: bool = False,
+        skip: Sequence[str] = (),
+        fix: str = 'pair the weights with the config.json they were saved with',
 ) -> None:
-    """Load ``state_dict`` into ``model``: every tensor must be there with its shape, nothing else.
+    """Load ``state_dict`` into ``model``: every tensor must be there with its shape, nothing else. The
+    one strict loader of every reader (model folders, the Hub, training checkpoints).
 
     With ``drop_classifier`` the classifier modules named in ``model.pretrained_cfg['classifier']``
-    (and a head the model replaced) may be missing or extra, as when ``num_classes`` changes.
-    Anything else raises ``CheckpointError`` naming ``source`` and the tensors; ``model`` is then
-    unchanged.
+    (and a head the model replaced) may be missing or extra, as when ``num_classes`` changes; the
+    modules named in ``skip`` are left out as well (a classifier re-initialised for new identities).
+    Anything else raises ``CheckpointError`` naming ``source``, the tensors and ``fix``; ``model`` is
+    then unchanged.
     """
     own = model.state_dict()
     classifiers = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier') or ()
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    skipped = _classifier_prefixes(list(own), classifiers) if drop_classifier else ()
+    skipped = (_classifier_prefixes(list(own), classifiers) if drop_classifier else ()) + tuple(
+        f'{name}.' for name in skip)
 
     def kept(key: str) -> bool:
         return not key.startswith(skipped)
@@ -137,8 +144,7 @@ def load_weights_strict(
         details = '; '.join(f'{len(keys)} {what} (e.g. {", ".join(keys[:3])})' for what, keys in (
             ('missing', missing), ('unexpected', unexpected), ('reshaped', reshaped)) if keys)
         raise CheckpointError(
-            f'the weights of {source} do not fit the {architecture} model its config describes: {details}; '
-            f'pair the weights with the config.json they were saved with')
+            f'the weights of {source} do not fit the {architecture} model its config describes: {details}; {fix}')
     model.load_state_dict({k: v for k, v in state_dict.items() if kept(k)}, strict=not skipped)
 
 
@@ -266,7 +272,7 @@ def load_model(source: PathLike, random_weights: bool = False, **kwargs) -> nn.M
         return _load_folder(folder, pretrained, kwargs)
     if source.startswith((HUB_PREFIX, TIMM_HUB_PREFIX)):
         return _load_hub(source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source, pretrained, kwargs)
-    path = Path(source).expanduser()
+    path = readable_folder(Path(source).expanduser())  # the old folder while a writer swaps it
     if path.is_dir():
         return _load_folder(path, pretrained, kwargs)
     if path.suffix == '.safetensors':

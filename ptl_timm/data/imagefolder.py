@@ -10,11 +10,11 @@ import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List
 
-from ptl_timm.data.datasets import ReIDDataset, ReIDRecord
 from ptl_timm.errors import DatasetError, InputError
-from ptl_timm.utils import atomic_folder, recover_folder
+from ptl_timm.utils import PathLike, atomic_folder, recover_folder
+from .datasets import ReIDDataset, ReIDRecord
 
 __all__ = ['export_imagefolder', 'LINK_MODES']
 
@@ -32,7 +32,7 @@ def _place(source: str, target: Path, mode: str) -> None:
 
 def export_imagefolder(
         dataset: ReIDDataset,
-        output: Union[str, os.PathLike],
+        output: PathLike,
         val_per_id: int = 1,
         mode: str = 'copy',
         overwrite: bool = False,

@@ -4,7 +4,7 @@ with the ptl_timm models registered.
 timm's scripts are not in its wheel (clone the GitHub repository at the installed version's tag).
 ``train.py`` can import ptl_timm itself (``--device-modules ptl_timm``); the others cannot, so:
 
-    python -m ptl_timm.engine.timm_script path/to/validate.py data/market1501_if --model ptl_resnet50 ...
+    python -m ptl_timm.tools.timm_script path/to/validate.py data/market1501_if --model ptl_resnet50 ...
 
 imports ptl_timm (which registers every model in timm's registry) and runs the script as ``__main__``
 with the remaining arguments.
@@ -41,7 +41,7 @@ def run_timm_script(script: str, args: List[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        raise SystemExit('usage: python -m ptl_timm.engine.timm_script SCRIPT.py [script arguments]')
+        raise SystemExit('usage: python -m ptl_timm.tools.timm_script SCRIPT.py [script arguments]')
     run_timm_script(argv[0], argv[1:])
 
 

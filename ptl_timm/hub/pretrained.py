@@ -1,37 +1,45 @@
-"""Published ReID weights: the manifest in ``ptl_timm/weights_manifest.json`` → timm pretrained tags.
+"""Published ReID weights, layered onto the model family: manifest tags and the offline fail-fast check.
 
-A published weight becomes ``timm.create_model('<arch>.<tag>', pretrained=True)`` by adding one
-manifest entry: each model file splices ``add_manifest_tags`` into its ``generate_default_cfgs``,
-which derives the tag's pretrained cfg from the architecture's own cfg plus the entry's Hub id,
-classes and metadata. Tags not in the manifest are not registered, so timm lists only weights that
-exist; ``require_published`` turns a request for one into an error that says what to do instead.
-
-The manifest is read once, when the model modules are imported. ``PTL_TIMM_MANIFEST`` names another
-manifest file (tests, private mirrors); it must be set before ``import ptl_timm``.
+The model files hold only their literal default cfgs (ImageNet backbone weights). A published weight
+becomes ``timm.create_model('<arch>.<tag>', pretrained=True)`` by adding one entry to the manifest
+``ptl_timm/weights_manifest.json``: :func:`register_published_weights` (run when ``ptl_timm.hub`` is
+imported) derives the tag's pretrained cfg from the architecture's own cfg plus the entry's Hub id,
+classes and metadata, and registers every ptl_timm entrypoint again in timm (its documented way to
+replace a registration: ``timm.models.register_model``) with its tags and with
+:func:`check_pretrained_source` in front. Tags not in the manifest are not registered, so timm lists
+only weights that exist; ``require_published`` turns a request for one into an error that says what
+to do instead. ``PTL_TIMM_MANIFEST`` names another manifest file (tests, private mirrors); it must
+be set before ``import ptl_timm``.
 
 Before a download from the Hub, ``require_downloadable`` checks that the file is cached or the Hub
 answers: offline, huggingface_hub would otherwise retry for about a minute and end in an error
 that does not say how to go on without the weights.
 """
 import copy
+import functools
 import hashlib
+import inspect
 import json
 import os
 import re
-from importlib import resources
+import sys
 import urllib.error
 import urllib.request
+import warnings
+from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from timm.models import generate_default_cfgs, model_entrypoint, register_model, resolve_pretrained_cfg
 
 from ptl_timm.errors import ManifestError, PTLError
+from ptl_timm.models.registry import GENERIC_MODELS, list_models
+from ptl_timm.utils import PathLike
 
 __all__ = [
-    'HUB_ORG', 'MANIFEST_ENV', 'GENERIC_MODELS', 'ManifestError', 'UnpublishedWeightsError', 'WeightEntry',
-    'default_manifest_path',
-    'load_manifest', 'manifest_cfgs', 'add_manifest_tags', 'require_published', 'sha256_file', 'hub_repo_id', 'TAG_RULE',
-    'is_tag',
-    'WeightsUnavailableError', 'require_downloadable', 'check_pretrained_source',
+    'HUB_ORG', 'MANIFEST_ENV', 'ManifestError', 'UnpublishedWeightsError', 'WeightEntry', 'default_manifest_path',
+    'load_manifest', 'manifest_cfgs', 'register_published_weights', 'require_published', 'sha256_file',
+    'hub_repo_id', 'TAG_RULE', 'is_tag', 'WeightsUnavailableError', 'require_downloadable', 'check_pretrained_source',
 ]
 
 # The Hugging Face organisation every published ptl_timm weight lives under; Hub ids are spelled in
@@ -46,11 +54,6 @@ REQUIRED_FIELDS = (
 )
 # pretrained cfg fields of the architecture's cfg that name *its* weights; a manifest tag replaces them
 _WEIGHT_SOURCE_FIELDS = ('url', 'file', 'hf_hub_id', 'hf_hub_filename', 'state_dict', 'source')
-
-# Entrypoints that wrap a backbone chosen at call time (kwarg ``backbone``): no pretrained tag can name
-# their weights. Defined here, below the models (which import this module), and re-exported by
-# ptl_timm.models.registry.
-GENERIC_MODELS = ('ptl_net', 'reid_net')
 WeightEntry = Dict[str, Any]
 
 
@@ -101,7 +104,7 @@ def _validate_entry(entry: Mapping[str, Any], org: str, where: str) -> None:
         raise ManifestError(f'{where}: tag {entry["tag"]!r} of {entry["model"]} must be made of {TAG_RULE}')
 
 
-def load_manifest(path: Optional[Union[str, os.PathLike]] = None) -> List[WeightEntry]:
+def load_manifest(path: Optional[PathLike] = None) -> List[WeightEntry]:
     """The validated entries of the manifest at ``path`` (default: ``default_manifest_path()``).
 
     A missing default manifest means nothing is published (an installed wheel without the file);
@@ -165,24 +168,43 @@ def manifest_cfgs(
     return cfgs
 
 
-def add_manifest_tags(cfgs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """``cfgs`` (the dict given to ``generate_default_cfgs``) plus the manifest tags of its architectures.
+def _tagged(arch: str, default_cfg: Any, entries: List[WeightEntry]) -> Any:
+    """The architecture's ``DefaultCfg`` (from ``generate_default_cfgs``) with its manifest tags after
+    its own, each derived from its first (default) cfg."""
+    cfgs = {f'{arch}.{tag}' if tag else arch: default_cfg.cfgs[tag] for tag in default_cfg.tags}
+    base = default_cfg.cfgs[default_cfg.tags[0]].to_dict()
+    for name, cfg in manifest_cfgs(arch, base, entries).items():
+        if name in cfgs:
+            raise ManifestError(f'manifest tag {name} collides with a tag the model file defines')
+        cfgs[name] = cfg
+    return generate_default_cfgs(cfgs)[arch]
 
-    Each tag derives from its architecture's first cfg, so a model file needs only
-    ``default_cfgs = generate_default_cfgs(add_manifest_tags({...}))``. Manifest tags come after the
-    file's own, so the untagged default (ImageNet backbone weights) is unchanged.
-    """
-    base_by_arch: Dict[str, Dict[str, Any]] = {}
-    for name, cfg in cfgs.items():
-        base_by_arch.setdefault(name.split('.', 1)[0], cfg)
-    entries = load_manifest()
-    out = dict(cfgs)
-    for arch, base_cfg in base_by_arch.items():
-        for name, cfg in manifest_cfgs(arch, base_cfg, entries).items():
-            if name in out:
-                raise ManifestError(f'manifest tag {name} collides with a tag the model file defines')
-            out[name] = cfg
-    return out
+
+def _checked(entrypoint: Callable) -> Callable:
+    """``entrypoint`` with :func:`check_pretrained_source` before it builds anything."""
+    @functools.wraps(entrypoint)
+    def create(pretrained: bool = False, **kwargs):
+        check_pretrained_source(entrypoint.__name__, pretrained, kwargs)
+        return entrypoint(pretrained=pretrained, **kwargs)
+    return create
+
+
+def register_published_weights(entries: Optional[List[WeightEntry]] = None) -> None:
+    """Register every ptl_timm architecture in timm again, with the tags of ``entries`` (default: the
+    manifest's) and the pretrained-source check. The model modules keep their literal ``default_cfgs``:
+    timm reads the tagged ones during the call only. Calling it again replaces the tags."""
+    entries = load_manifest() if entries is None else entries
+    for arch in list_models(include_generic=True):
+        entrypoint = inspect.unwrap(model_entrypoint(arch))
+        module = sys.modules[entrypoint.__module__]
+        literal = module.default_cfgs
+        module.default_cfgs = {**literal, arch: _tagged(arch, literal[arch], entries)}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')  # timm warns on every re-registration, which is the point here
+                register_model(_checked(entrypoint))
+        finally:
+            module.default_cfgs = literal
 
 
 def require_published(name: str) -> None:
@@ -203,7 +225,7 @@ def require_published(name: str) -> None:
         f"timm.create_model('local-dir:path/to/folder', pretrained=True)")
 
 
-def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file (the manifest records it for ``model.safetensors``)."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -247,19 +269,26 @@ def require_downloadable(repo_id: str, filenames: Sequence[str], what: str) -> N
         f'and then set HF_HUB_OFFLINE=1')
 
 
+def _hub_source(cfg: Mapping[str, Any]) -> Optional[Sequence[str]]:
+    """(repo id, file names) when timm would download ``cfg``'s weights from the Hub, else None (timm's
+    order of sources: a Hub source first, then a state dict or a file given directly, then a Hub id)."""
+    given = cfg.get('state_dict') is not None or cfg.get('file')
+    if not cfg.get('hf_hub_id') or given and cfg.get('source') != 'hf-hub':
+        return None
+    filename = cfg.get('hf_hub_filename')
+    return cfg['hf_hub_id'].split('@')[0], (filename,) if filename else ('model.safetensors', 'pytorch_model.bin')
+
+
 def check_pretrained_source(variant: str, pretrained: bool, kwargs: Mapping[str, Any]) -> None:
-    """What every model constructor of the package checks before building: a pretrained tag must be
-    published, and weights that come from the Hub must be cached or downloadable now."""
+    """What every ptl_timm entrypoint checks before building (see :func:`register_published_weights`):
+    a pretrained tag must be published, and weights that come from the Hub must be cached or
+    downloadable now."""
     if isinstance(kwargs.get('pretrained_cfg'), str):  # a tag: say clearly when it is not published
         require_published(f"{variant}.{kwargs['pretrained_cfg']}")
     if not pretrained:
         return
-    from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
-
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                  pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
-    load_from, location = _resolve_pretrained_source(cfg.to_dict())
-    if load_from == 'hf-hub':
-        repo_id, filename = (location, None) if isinstance(location, str) else location
-        filenames = (filename,) if filename else ('model.safetensors', 'pytorch_model.bin')
-        require_downloadable(repo_id.split('@')[0], filenames, what=f'the pretrained weights of {variant}')
+    source = _hub_source(cfg.to_dict())
+    if source is not None:
+        require_downloadable(source[0], source[1], what=f'the pretrained weights of {variant}')

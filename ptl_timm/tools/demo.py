@@ -17,11 +17,9 @@ from ptl_timm.data import build_dataset
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.eval import FeatureExtractor, FeatureSet
 from ptl_timm.eval.retrieval import draw_rankings, search
-from ptl_timm.utils import atomic_write
-from .config import DistillConfig, TrainConfig
-from .distill import run_distill
-from .trainer import fine_tune
-from .transfer import results_table
+from ptl_timm.engine import DistillConfig, TrainConfig, fine_tune, run_distill
+from ptl_timm.engine.transfer import results_table
+from ptl_timm.utils import PathLike, atomic_write
 
 __all__ = ['DemoScale', 'DEMO_SCALES', 'run_demo', 'caveat']
 
@@ -41,7 +39,7 @@ DEMO_SCALES = {
 
 
 def run_demo(
-        output: Union[str, Path],
+        output: PathLike,
         scale: Union[str, DemoScale] = 'quick',
         backbone: str = 'resnet18',
         progress: bool = True,

@@ -1,8 +1,7 @@
 """Training curves: loss per epoch and mAP / Rank-1 of every evaluated dataset, one PNG."""
-import os
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Tuple
 
-from ptl_timm.utils import atomic_path
+from .io import PathLike, atomic_path
 
 __all__ = ['plot_curves']
 
@@ -13,7 +12,7 @@ def _eval_points(history: List[Dict[str, Any]]) -> Dict[str, List[Tuple[int, Dic
     return {name: [(r['epoch'], r['eval'][name]) for r in history if name in r.get('eval', {})] for name in labels}
 
 
-def plot_curves(history: List[Dict[str, Any]], path: Union[str, os.PathLike]) -> None:
+def plot_curves(history: List[Dict[str, Any]], path: PathLike) -> None:
     """Write the loss and the evaluation curves of ``history`` (the metrics.jsonl records) atomically.
 
     The evaluation panel appears once some dataset was evaluated at two epochs or more; a single

@@ -12,17 +12,16 @@ file takes the place of ``path``: a file that fails the check is never left ther
 import dataclasses
 import importlib.util
 import math
-import os
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ptl_timm.errors import InputError, MissingExtraError, NonFiniteError
-from ptl_timm.eval.extract import embed
-from ptl_timm.utils import atomic_path
+from ptl_timm.models import embed
+from ptl_timm.utils import PathLike, atomic_path
 
 __all__ = ['OUTPUTS', 'MissingExtraError', 'ExportResult', 'ReIDExportWrapper', 'export_onnx', 'compare_onnx']
 
@@ -83,7 +82,7 @@ def _reference(wrapper: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return expected
 
 
-def compare_onnx(path: Union[str, os.PathLike], wrapper: nn.Module, images: torch.Tensor) -> float:
+def compare_onnx(path: PathLike, wrapper: nn.Module, images: torch.Tensor) -> float:
     """Max absolute difference between the ONNX file (onnxruntime, CPU) and ``wrapper`` on ``images``
     (``inf`` when the file gives NaN or Inf where PyTorch does not)."""
     _require(('onnxruntime',), 'checking an ONNX export')
@@ -98,7 +97,7 @@ def compare_onnx(path: Union[str, os.PathLike], wrapper: nn.Module, images: torc
 
 def export_onnx(
         model: nn.Module,
-        path: Union[str, os.PathLike],
+        path: PathLike,
         output: str = 'embedding',
         input_size: Optional[Sequence[int]] = None,
         normalize: bool = True,

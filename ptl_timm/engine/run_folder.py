@@ -1,0 +1,76 @@
+"""The run folder's config: what a run saves (``config.yaml``) and what ``resume`` reads back.
+
+Building a config reads no file; a run's entry point (``fine_tune``, ``run_distill``,
+``run_transfer``) passes it through :func:`run_config` first, which for ``resume=True`` reads the
+run's saved config and lays the given values (``cfg.given_keys``) over it. A given value that
+contradicts the saved one is an error unless it only changes how the run proceeds
+(``RESUME_OVERRIDABLE``, epochs only upwards).
+"""
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ptl_timm.errors import ConfigError
+from ptl_timm.hub import TRAIN_STATE_NAME
+from ptl_timm.utils import PathLike, atomic_write
+from .checkpoint import load_train_state
+from .config import (
+    CONFIG_FILE_NAME, RESUME_OVERRIDABLE, RUN_CONTROL, T, TrainConfig, check_config, check_values, load_config,
+    plain, run_config_yaml, task_of)
+
+__all__ = ['saved_config', 'run_config', 'save_run_config']
+
+_logger = logging.getLogger(__name__)
+
+
+def saved_config(output: PathLike) -> Optional[Dict[str, Any]]:
+    """The config a run in ``output`` saved (``config.yaml``; older runs: ``last/train_state.pt``), or None."""
+    output = Path(output)
+    if (output / CONFIG_FILE_NAME).is_file():
+        return load_config(output / CONFIG_FILE_NAME)
+    if (output / 'last' / TRAIN_STATE_NAME).is_file():
+        return load_train_state(output / 'last').get('config')
+    return None
+
+
+def run_config(cfg: T) -> T:
+    """The config a run trains with: ``cfg`` checked again, or for ``resume=True`` the run's saved
+    config with the values given to ``cfg`` on top (each checked against the saved one)."""
+    check_config(cfg)
+    if not cfg.resume:
+        return cfg
+    cls, where = type(cfg), 'config'
+    saved = saved_config(cfg.output)
+    if saved is None:
+        raise ConfigError(f'{where}: nothing to resume in {cfg.output}: it holds no {CONFIG_FILE_NAME} of a run '
+                          f'(was the run started with output={cfg.output}?)')
+    task = saved.pop('task', task_of(cls))
+    if task != task_of(cls):
+        raise ConfigError(f'{where}: {cfg.output} holds a {task!r} run; resume it with `ptl-timm {task} --resume`')
+    saved = check_values(cls, saved, str(Path(cfg.output) / CONFIG_FILE_NAME))
+    given = {key: getattr(cfg, key) for key in getattr(cfg, 'given_keys', ())}
+    contradictions = []
+    for key, value in given.items():
+        if key in RUN_CONTROL or key == 'output' or plain(value) == plain(saved.get(key)):
+            continue
+        if key in RESUME_OVERRIDABLE and not (key == 'epochs' and value < saved['epochs']):
+            _logger.warning('resuming %s with %s=%r instead of the saved %r', cfg.output, key, value, saved.get(key))
+        else:
+            contradictions.append(f'{key}={value!r} (saved: {saved.get(key)!r})')
+    if contradictions:
+        raise ConfigError(
+            f'{where}: resuming {cfg.output}, which was started with other values: {"; ".join(contradictions)}. '
+            f'Resume needs only the output folder: drop these values, or start a new run (another output, or '
+            f'overwrite). Only {", ".join(RESUME_OVERRIDABLE)} may change (epochs only upwards)')
+    return cls(**{**saved, **given, 'output': cfg.output, 'resume': True})
+
+
+def save_run_config(cfg: TrainConfig) -> None:
+    """Write ``config.yaml`` into ``cfg.output``: what the run trains with, and what ``--resume``
+    reads. A resumed run's allowed changes (``RESUME_OVERRIDABLE``, each logged) update it."""
+    path = Path(cfg.output) / CONFIG_FILE_NAME
+    text = run_config_yaml(cfg)
+    if cfg.resume and path.is_file() and path.read_text() != text:
+        _logger.warning('%s: recording the values this resumed run changed', path)
+    with atomic_write(path, 'w') as f:
+        f.write(text)
