@@ -107,7 +107,8 @@ def test_documented_blocks_are_run_or_say_why_they_are_not():
 
 
 @pytest.mark.parametrize('command', documented_commands() + [
-    c for name in ('README.md', 'configs/README.md') for b in blocks(name) if b.skip for c in shell_commands(b)])
+    c for name in ('README.md', 'configs/README.md') for b in blocks(name) if b.skip for c in shell_commands(b)] + [
+    c for b in blocks('docs/deploy.md') for c in shell_commands(b)])
 def test_documented_ptl_timm_commands_parse_without_deprecated_spellings(command):
     args = _cli_args(shlex.split(command))
     if args is None:
