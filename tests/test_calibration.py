@@ -199,3 +199,10 @@ def test_publish_keeps_the_calibration_in_config_json_and_shows_it_in_the_card(c
     assert read_calibration(hub) == calibration
     card = (hub / README_NAME).read_text()
     assert '## Operating points' in card and '| 0.01 | 0.3125 | 50.00 | 1.25e-02 | 40.00 |' in card
+
+
+def test_verify_names_a_missing_checkpoint_folder_as_missing(tmp_path, capsys):
+    """A folder that does not exist is not "a model without calibration"."""
+    status = main(['verify', '--model', str(tmp_path / 'runs' / 'none'), '--images', 'a.jpg', 'b.jpg'])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count('\n') == 1 and 'does not exist' in err and 'calibration' not in err

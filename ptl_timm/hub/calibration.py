@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from ptl_timm.errors import InputError, reading
+from ptl_timm.errors import CheckpointError, InputError, reading
 from ptl_timm.utils import PathLike, atomic_save_json
 from .folder import CONFIG_NAME, HUB_PREFIX, LOCAL_DIR_PREFIX, TIMM_HUB_PREFIX
 from .pretrained import require_downloadable
@@ -50,6 +50,9 @@ def read_calibration(source: PathLike) -> Optional[Dict[str, Any]]:
         config = Path(hf_hub_download(repo_id, CONFIG_NAME))
     else:
         config = _config_file(source)
+        local = Path(source[len(LOCAL_DIR_PREFIX):] if source.startswith(LOCAL_DIR_PREFIX) else source).expanduser()
+        if config is None and (source.startswith(LOCAL_DIR_PREFIX) or os.sep in source) and not local.exists():
+            raise CheckpointError(f'{source} does not exist: pass a checkpoint folder (e.g. runs/NAME/best)')
         if config is None or not config.is_file():
             return None
     with reading(config, what='model config', fix='re-save the checkpoint or restore the file'):
