@@ -115,6 +115,16 @@ def test_model_args_of_a_timm_model_are_checked_against_its_class():
     check_model_args('resnet18', {'drop_rate': 0.1, 'global_pool': 'avg'})
 
 
+def test_timms_factory_keywords_are_model_args_too():
+    """``timm.create_model`` takes ``pretrained_cfg_overlay`` (how a local backbone file is loaded),
+    ``features_only`` and friends for itself: no constructor names them, and they must not be refused."""
+    overlay = {'pretrained_cfg_overlay': {'file': 'backbone.safetensors'}}
+    check_model_args('reid_net', {'backbone': 'resnet18', **overlay, 'backbone_args': {'features_only': True}})
+    check_model_args('resnet18', {'checkpoint_path': 'w.safetensors', 'out_indices': (1, 2)})
+    with pytest.raises(InputError, match="no argument 'pretrained_cfg_overlays'"):
+        check_model_args('reid_net', {'pretrained_cfg_overlays': {}})
+
+
 @pytest.mark.parametrize('argv, expected', [
     (['train', '--model', 'ptl_resnt50'], r"model 'ptl_resnt50' is not a registered timm model \(did you mean "
                                           r"'ptl_resnet50'"),

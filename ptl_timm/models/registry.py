@@ -13,7 +13,7 @@ import typing
 from typing import Any, Callable, List, Mapping, Optional
 
 import timm
-from timm.models import model_entrypoint
+from timm.models import build_model_with_cfg, model_entrypoint
 
 from ptl_timm.errors import InputError
 
@@ -62,12 +62,22 @@ def model_class(name: str) -> Optional[type]:
     return cls if inspect.isclass(cls) else None
 
 
+def _factory_keywords() -> List[str]:
+    """What ``timm.create_model`` and ``build_model_with_cfg`` take for themselves before the constructor
+    (``pretrained_cfg_overlay``, ``features_only``, ...): valid in ``model_args`` though no class names them."""
+    named = [p.name for f in (timm.create_model, build_model_with_cfg) for p in inspect.signature(f).parameters.values()
+             if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ('model_name', 'model_cls', 'variant')]
+    return named + ['features_only', 'out_indices', 'feature_cls']
+
+
 def _accepted(cls: type) -> Optional[List[str]]:
-    """The keyword arguments ``cls`` takes, or None when it takes any (``**kwargs``)."""
+    """The keyword arguments ``cls`` takes (with timm's factory keywords), or None when it takes any
+    (``**kwargs``)."""
     parameters = inspect.signature(cls.__init__).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
-    return [p.name for p in parameters if p.name != 'self' and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    own = [p.name for p in parameters if p.name != 'self' and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return own + [k for k in _factory_keywords() if k not in own]
 
 
 def check_model_args(name: str, model_args: Mapping[str, Any], where: str = 'model_args') -> None:
