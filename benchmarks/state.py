@@ -80,6 +80,7 @@ from benchmarks.transfer import (
 RESULTS_DIR = ROOT / 'benchmarks' / 'results' / 'state'
 TEST_SEED_OFFSET = 10_000  # the large test split's people are drawn with seed + this: unseen identities
 SEED_COUNTS = ('key_seeds', 'seeds')  # may grow between invocations of --reuse
+PILOTS = 'pilots.json'  # every pilot of the gate, beside runs.json
 
 
 @dataclass(frozen=True)
@@ -771,7 +772,7 @@ def run_pilot(exp: StateExperiment, out: Path) -> Dict[str, Any]:
         mAP=plain['test']['zero']['mAP'], rank1=plain['test']['zero']['rank1'],
         chance=split_facts(exp, 0)['chance'], gate=s.pilot_gate,
         passed=plain['test']['zero']['mAP'] >= s.pilot_gate)
-    path = out / 'pilots.json'
+    path = out / PILOTS
     pilots = json.loads(path.read_text()) if path.exists() else []
     atomic_save_json(pilots + [pilot], path)
     return pilot
@@ -781,14 +782,14 @@ def gate_passed(setting: Setting, out: Path) -> bool:
     """Whether a recorded pilot of exactly this setting (seed counts aside) reached the gate."""
     if setting.pilot_gate <= 0:
         return True
-    path = out / 'pilots.json'
+    path = out / PILOTS
     mine = {k: v for k, v in json.loads(json.dumps(asdict(setting))).items() if k not in SEED_COUNTS}
     return any(p['passed'] and {k: v for k, v in p['setting'].items() if k not in SEED_COUNTS} == mine
                for p in (json.loads(path.read_text()) if path.exists() else []))
 
 
 def render_pilots(out: Path) -> str:
-    path = out / 'pilots.json'
+    path = out / PILOTS
     rows = [[p['when'], f"{p['pretrain']['images']} images × {p['pretrain']['epochs']} epochs, final loss "
              f"{(p['pretrain']['train_loss'] or {}).get('loss', '–')}",
              f"{p['finetune']['images']} images × {p['finetune']['epochs']} epochs ({p['finetune']['batches_per_epoch']} "
@@ -864,7 +865,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     compute = sum(r['seconds'] + r.get('eval_seconds', 0) for r in runs.values())
     body = (f'Setting: `{json.dumps(asdict(setting))}`  \nCompute: {compute / 3600:.1f} h of training and '
             f'evaluation over {len(runs)} runs.\n\n' + body)
-    if setting.pilot_gate > 0:
+    if (out / PILOTS).exists():  # the quick setting has no gate, but its pilots are shown all the same
         body = f'Pilots (the gate: plain must reach {setting.pilot_gate:g} mAP on the large split first):\n\n' + \
             render_pilots(out) + '\n' + body
     atomic_save_json(dict(summary, compute_hours=compute / 3600), out / 'summary.json')
