@@ -3,8 +3,9 @@ of examples/, work as written, in order, on a scratch copy of the repository.
 
 The fast tests parse every documented ``ptl-timm`` command with the real parser (no unknown flag, no
 deprecated spelling, no missing argument). The slow ones run the blocks, with scale-down flags
-appended (tiny synthetic data, one epoch, small images, no downloads), and real datasets that a
-config reads replaced by synthetic data in the same layout. A block that cannot run here says why
+appended (tiny synthetic data, one epoch, small images, no downloads, the named architectures in
+miniature: the same entrypoints with a block per stage), and real datasets that a config reads
+replaced by synthetic data in the same layout. A block that cannot run here says why
 in a ``<!-- docs-test: skip (reason) -->`` line right above it.
 """
 import contextlib
@@ -24,12 +25,15 @@ import yaml
 from ptl_timm.cli import build_parser
 from ptl_timm.data.synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic
 
+from engine_support import MINIATURE
+
 REPO = Path(__file__).resolve().parent.parent
 SKIP = re.compile(r'<!-- docs-test: skip \((.+)\) -->')
 TINY_IMG = ['96', '32']
 TRAINING = ['--epochs', '1', '--no-pretrained', '--img-size', *TINY_IMG, '--batch-size', '8', '--workers', '0',
             '--quiet', '--set', 'eval_batch_size=32']
 EXTRACTING = ['--batch-size', '32', '--workers', '0', '--quiet']
+TRAINING_COMMANDS = ('train', 'distill', 'transfer')
 # appended to each documented command: last flag wins, so the command keeps its meaning at tiny scale
 SCALE_DOWN = {
     'synth': ['--num-ids', '12', '--images-per-id', '4', '--num-cams', '2', '--img-size', *TINY_IMG, '--quiet'],
@@ -146,6 +150,15 @@ def _synthetic_stand_ins(work: Path, tokens: List[str]) -> None:
                                num_ids=8, images_per_id=4, num_cams=2, img_size=[int(s) for s in TINY_IMG])
 
 
+def _miniature(args: List[str]) -> List[str]:
+    """``--set model_args=...`` of the trained ``--model`` in miniature (the config's model is left alone:
+    test_engine runs every config in miniature)."""
+    if args[0] not in TRAINING_COMMANDS or '--model' not in args or args[args.index('--model') + 1] not in MINIATURE:
+        return []
+    model_args = yaml.safe_dump(MINIATURE[args[args.index('--model') + 1]], default_flow_style=True).strip()
+    return ['--set', f'model_args={model_args}']
+
+
 def _run(work: Path, command: str) -> None:
     tokens = shlex.split(command)
     args = _cli_args(tokens)
@@ -153,7 +166,7 @@ def _run(work: Path, command: str) -> None:
         _synthetic_stand_ins(work, args)
         prefix = [sys.executable, '-m', 'ptl_timm'] if tokens[0] == 'ptl-timm' else [
             sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '-m', 'ptl_timm']
-        argv = prefix + args + SCALE_DOWN.get(args[0], [])
+        argv = prefix + args + SCALE_DOWN.get(args[0], []) + _miniature(args)
     elif tokens[:2] == ['python', '-c']:
         argv = [sys.executable] + tokens[1:]
     else:
