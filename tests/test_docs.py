@@ -10,6 +10,7 @@ in a ``<!-- docs-test: skip (reason) -->`` line right above it.
 """
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -21,6 +22,7 @@ from typing import List, NamedTuple, Optional
 
 import pytest
 import yaml
+from PIL import Image
 
 from ptl_timm.cli import build_parser
 from ptl_timm.data.synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic
@@ -200,7 +202,17 @@ def test_readme_command_blocks_run_as_written_in_order(work):
             _run(work, command)
 
 
+# what each example leaves in the folder its usage line names
+EXAMPLE_OUTPUTS = ('runs/distill/student/last/model.safetensors', 'runs/finetune/ptl/last/model.safetensors',
+                   'runs/retrieval/ranked.png', 'runs/transfer/runs/transfer.json')
+
+
 @pytest.mark.slow
 def test_example_usage_lines_run_as_written_in_order(work):
     for command in example_commands():
         _run(work, command)
+    for output in EXAMPLE_OUTPUTS:
+        assert (work / output).is_file(), output
+    with Image.open(work / 'runs/retrieval/ranked.png') as picture:
+        assert picture.format == 'PNG'
+    assert len(json.loads((work / 'runs/transfer/runs/transfer.json').read_text())['rows']) == 2
