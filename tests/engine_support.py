@@ -14,6 +14,14 @@ from ptl_timm.losses import ReIDLoss
 IMG_SIZE = (64, 32)
 # a ptl_net on timm's smallest ResNet with narrow neck and classifier: ~0.6M parameters
 TINY_MODEL_ARGS = dict(backbone='test_resnet', embed_dim=64, classifier_dims=(32, 16))
+# the named entrypoints with one block per stage and a narrow neck: the paper's architectures in miniature
+_SMALL_DENSENET = dict(backbone_args=dict(growth_rate=8, block_config=(1, 1, 1, 1)), embed_dim=64)
+_SMALL_RESNET = dict(backbone_args=dict(layers=(1, 1, 1, 1)), embed_dim=64)
+_SHALLOW_MGN = dict(layers=(1, 1, 2, 1))
+MINIATURE = {'ptl_densenet161': _SMALL_DENSENET, 'reid_densenet161': _SMALL_DENSENET,
+             'ptl_resnet50': _SMALL_RESNET, 'reid_resnet50': _SMALL_RESNET,
+             'bot_resnet50': dict(backbone_args=dict(layers=(1, 1, 1, 1))), 'ptl_bot_resnet50': _SMALL_RESNET,
+             'ptl_mgn': _SHALLOW_MGN, 'mgn_resnet50': _SHALLOW_MGN}
 
 
 def make_domain(root: Path, index: int = 0, num_ids: int = 8, images_per_id: int = 4) -> Dict[str, str]:

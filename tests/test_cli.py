@@ -107,6 +107,7 @@ def test_switches_do_not_show_a_default():
     assert '(default: True)' not in text and '--raw-embedding' in text
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_python_dash_m_runs_the_command_line_and_passes_on_its_exit_status():
     """``python -m ptl_timm`` (what torchrun and the docs' commands run) is the same program as ``ptl-timm``."""
     import subprocess

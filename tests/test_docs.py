@@ -4,13 +4,15 @@ of examples/, work as written, in order, on a scratch copy of the repository.
 The fast tests parse every documented ``ptl-timm`` command with the real parser (no unknown flag, no
 deprecated spelling, no missing argument), and check that README's models table is ``ptl-timm info``'s
 output. The slow ones run the blocks, with scale-down flags appended (tiny synthetic data, one epoch, small
-images, no downloads), and real datasets that a command or config reads replaced by synthetic data in the
-same layout. A block marked ``<!-- docs-test: verbatim -->`` (README's "try it small") runs exactly as
-written, nothing appended. A block that cannot run here says why in a ``<!-- docs-test: skip (reason) -->``
-line right above it; ``text`` blocks show output and are not run.
+images, no downloads, the named architectures in miniature: the same entrypoints with a block per stage), and
+real datasets that a command or config reads replaced by synthetic data in the same layout. A block marked
+``<!-- docs-test: verbatim -->`` (README's "try it small") runs exactly as written, nothing appended. A block
+that cannot run here says why in a ``<!-- docs-test: skip (reason) -->`` line right above it; ``text`` blocks
+show output and are not run.
 """
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -22,9 +24,12 @@ from typing import List, NamedTuple, Optional
 
 import pytest
 import yaml
+from PIL import Image
 
 from ptl_timm.cli import build_parser
 from ptl_timm.data.synth import LAYOUTS, SYNTH_DOMAINS, generate_synthetic
+
+from engine_support import MINIATURE
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP = re.compile(r'<!-- docs-test: skip \((.+)\) -->')
@@ -33,6 +38,7 @@ TINY_IMG = ['96', '32']
 TRAINING = ['--epochs', '1', '--no-pretrained', '--img-size', *TINY_IMG, '--batch-size', '8', '--workers', '0',
             '--quiet', '--set', 'eval_batch_size=32']
 EXTRACTING = ['--batch-size', '32', '--workers', '0', '--quiet']
+TRAINING_COMMANDS = ('train', 'distill', 'transfer')
 # appended to each documented command: last flag wins, so the command keeps its meaning at tiny scale
 SCALE_DOWN = {
     'synth': ['--num-ids', '12', '--images-per-id', '4', '--num-cams', '2', '--img-size', *TINY_IMG, '--quiet'],
@@ -162,6 +168,15 @@ def _synthetic_stand_ins(work: Path, tokens: List[str]) -> None:
                                num_ids=12, images_per_id=4, num_cams=2, img_size=[int(s) for s in TINY_IMG])
 
 
+def _miniature(args: List[str]) -> List[str]:
+    """``--set model_args=...`` of the trained ``--model`` in miniature (the config's model is left alone:
+    test_engine runs every config in miniature)."""
+    if args[0] not in TRAINING_COMMANDS or '--model' not in args or args[args.index('--model') + 1] not in MINIATURE:
+        return []
+    model_args = yaml.safe_dump(MINIATURE[args[args.index('--model') + 1]], default_flow_style=True).strip()
+    return ['--set', f'model_args={model_args}']
+
+
 def _run(work: Path, command: str, verbatim: bool = False) -> None:
     tokens = shlex.split(command)
     args = _cli_args(tokens)
@@ -169,7 +184,7 @@ def _run(work: Path, command: str, verbatim: bool = False) -> None:
         _synthetic_stand_ins(work, args)
         prefix = [sys.executable, '-m', 'ptl_timm'] if tokens[0] == 'ptl-timm' else [
             sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '-m', 'ptl_timm']
-        argv = prefix + args + ([] if verbatim else SCALE_DOWN.get(args[0], []))
+        argv = prefix + args + ([] if verbatim else SCALE_DOWN.get(args[0], []) + _miniature(args))
     elif tokens[:2] == ['python', '-c']:
         argv = [sys.executable] + tokens[1:]
     else:
@@ -203,10 +218,20 @@ def test_readme_command_blocks_run_as_written_in_order(work):
             _run(work, command, verbatim=block.verbatim)
 
 
+# what each example leaves in the folder its usage line names
+EXAMPLE_OUTPUTS = ('runs/distill/student/last/model.safetensors', 'runs/finetune/ptl/last/model.safetensors',
+                   'runs/retrieval/ranked.png', 'runs/transfer/runs/transfer.json')
+
+
 @pytest.mark.slow
 def test_example_usage_lines_run_as_written_in_order(work):
     for command in example_commands():
         _run(work, command)
+    for output in EXAMPLE_OUTPUTS:
+        assert (work / output).is_file(), output
+    with Image.open(work / 'runs/retrieval/ranked.png') as picture:
+        assert picture.format == 'PNG'
+    assert len(json.loads((work / 'runs/transfer/runs/transfer.json').read_text())['rows']) == 2
 
 
 def _between(name: str, marker: str) -> List[str]:
@@ -239,3 +264,4 @@ def test_readme_verdict_is_five_lines_that_link_to_the_tables_and_no_tracker_num
     assert not re.search(r'\bissues? \d', text, re.IGNORECASE)
     quickstart = _between('README.md', 'quickstart')
     assert len(shell_commands(next(b for b in blocks('README.md') if b.lines == quickstart[2:-1]))) == 2
+

@@ -1,7 +1,6 @@
 """Fine-tuning engine: learning, checkpoints, per-epoch state reset, configs and bad input."""
 import hashlib
 import json
-import runpy
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,13 @@ from ptl_timm.engine.evaluate import evaluate_split
 from ptl_timm.engine.trainer import build_model
 from ptl_timm.hub import load_model
 
-from engine_support import IMG_SIZE, make_domain, save_untrained, states_seen_by_training_forwards, tiny_config
+from engine_support import (
+    IMG_SIZE, MINIATURE, make_domain, save_untrained, states_seen_by_training_forwards, tiny_config)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(REPO.glob('configs/**/*.yaml'))
-EXAMPLES = ('finetune', 'distill', 'transfer', 'retrieval')
 RUNNERS = {'finetune': fine_tune, 'distill': run_distill, 'transfer': run_transfer}
 TEACHER_OF = {'reid_densenet161': 'ptl_densenet161', 'reid_resnet50': 'ptl_resnet50'}
-# the same entrypoints with one block per stage and a narrow neck: the configs' architectures in miniature
-_SMALL_DENSENET = dict(backbone_args=dict(growth_rate=8, block_config=(1, 1, 1, 1)), embed_dim=64)
-_SMALL_RESNET = dict(backbone_args=dict(layers=(1, 1, 1, 1)), embed_dim=64)
-MINIATURE = {'ptl_densenet161': _SMALL_DENSENET, 'reid_densenet161': _SMALL_DENSENET,
-             'ptl_resnet50': _SMALL_RESNET, 'reid_resnet50': _SMALL_RESNET,
-             'bot_resnet50': dict(backbone_args=dict(layers=(1, 1, 1, 1))), 'ptl_bot_resnet50': _SMALL_RESNET}
 
 
 @pytest.fixture(scope='module')
@@ -272,18 +265,3 @@ def test_demo_trains_baseline_ptl_and_student_and_draws_ranked_lists(tmp_path):
         assert (tmp_path / run / 'curves.png').is_file()
     with Image.open(result['ranked']) as picture:
         assert picture.format == 'PNG'
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('name', EXAMPLES)
-def test_example_runs_end_to_end_at_tiny_scale(name, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / 'examples'))  # retrieval.py reuses finetune.py
-    main = runpy.run_path(str(REPO / 'examples' / f'{name}.py'), run_name='example')['main']
-    result = main(['--output', str(tmp_path), '--num-ids', '6', '--epochs', '1', '--backbone', 'test_resnet'])
-    if name == 'retrieval':
-        with Image.open(result) as picture:
-            assert picture.format == 'PNG'
-    elif name == 'transfer':
-        assert len(result['rows']) == 2
-    else:
-        assert (Path(result['output']) / 'last' / 'model.safetensors').is_file()

@@ -12,12 +12,15 @@ from ptl_timm.losses import ReIDLoss
 from model_support import cell_states, eval_outputs_around_training
 
 TINY = (96, 32)  # smallest input whose part maps (6×2) still split into 2 and 3 stripes
+# ResNet-50's widths and maps with a block per stage (two in layer3, which the branches share): where
+# the point is the logic, not the depth
+SHALLOW = dict(layers=(1, 1, 2, 1))
 
 
 @pytest.fixture(scope='module')
 def ptl_mgn() -> MGN:
     torch.manual_seed(0)
-    return timm.create_model('ptl_mgn', num_classes=4).eval()
+    return timm.create_model('ptl_mgn', num_classes=4, **SHALLOW).eval()
 
 
 @pytest.mark.parametrize('name, kwargs, expected', [
@@ -103,7 +106,7 @@ def test_intermediates_follow_feature_info(ptl_mgn):
 @pytest.mark.slow
 def test_without_classifiers_forward_gives_the_retrieval_feature():
     torch.manual_seed(0)
-    model = timm.create_model('mgn_resnet50', num_classes=0).eval()
+    model = timm.create_model('mgn_resnet50', num_classes=0, **SHALLOW).eval()
     with torch.no_grad():
         x = torch.randn(2, 3, *TINY)
         out = model.forward_reid(x)
@@ -154,7 +157,7 @@ def test_pretrained_state_dict_of_another_network_names_missing_tensors():
 @pytest.mark.slow
 def test_training_ptl_mgn_with_the_mgn_objective_reduces_the_loss():
     torch.manual_seed(0)
-    model = timm.create_model('ptl_mgn', num_classes=2).train()
+    model = timm.create_model('ptl_mgn', num_classes=2, **SHALLOW).train()
     images = torch.randn(4, 3, *TINY)
     targets = torch.tensor([0, 0, 1, 1])  # P=2 identities × K=2 images
     criterion = ReIDLoss(triplet_weight=1.0, margin=1.2)
@@ -174,7 +177,7 @@ def test_training_ptl_mgn_with_the_mgn_objective_reduces_the_loss():
 @pytest.mark.slow
 def test_eval_features_do_not_depend_on_batch_or_training_history():
     torch.manual_seed(0)
-    model = timm.create_model('ptl_mgn', num_classes=0)
+    model = timm.create_model('ptl_mgn', num_classes=0, **SHALLOW)
     with torch.no_grad():
         out = eval_outputs_around_training(model, torch.randn(3, 3, *TINY), steps=2)
     assert all(s.numel() > 0 for s in out['trained_states'])
@@ -186,7 +189,7 @@ def test_eval_features_do_not_depend_on_batch_or_training_history():
 @pytest.mark.slow
 def test_latent_state_is_outside_state_dict_ignored_by_ddp_and_reset_by_train():
     torch.manual_seed(0)
-    model = timm.create_model('ptl_mgn', num_classes=3).train()
+    model = timm.create_model('ptl_mgn', num_classes=3, **SHALLOW).train()
     with torch.no_grad():
         model(torch.randn(2, 3, *TINY))
     states = {n for n, _ in model.named_buffers() if n.endswith('latent_state')}
@@ -204,7 +207,7 @@ def test_latent_state_is_outside_state_dict_ignored_by_ddp_and_reset_by_train():
 @pytest.mark.slow
 def test_grad_checkpointing_gives_the_same_losses_and_gradients_over_steps():
     torch.manual_seed(0)
-    plain = timm.create_model('ptl_mgn', num_classes=2).train()
+    plain = timm.create_model('ptl_mgn', num_classes=2, **SHALLOW).train()
     checkpointed = copy.deepcopy(plain)
     checkpointed.set_grad_checkpointing(True)
     images, targets = torch.randn(4, 3, *TINY), torch.tensor([0, 0, 1, 1])
@@ -225,10 +228,10 @@ def test_grad_checkpointing_gives_the_same_losses_and_gradients_over_steps():
 def test_save_pretrained_round_trip_keeps_the_variant(tmp_path):
     from ptl_timm.hub import load_model, save_pretrained
     torch.manual_seed(0)
-    model = timm.create_model('mgn_resnet50', num_classes=3, shared_reduction=False).eval()
+    model = timm.create_model('mgn_resnet50', num_classes=3, shared_reduction=False, **SHALLOW).eval()
     save_pretrained(model, tmp_path / 'mgn')
     restored = load_model(tmp_path / 'mgn').eval()
-    assert len(restored.reductions) == 8
+    assert len(restored.reductions) == 8 and len(restored.branches[1].layer3) == 1, 'the variant and its depth'
     images = torch.randn(2, 3, *TINY)
     with torch.no_grad():
         torch.testing.assert_close(restored(images), model(images))
@@ -238,7 +241,7 @@ def test_save_pretrained_round_trip_keeps_the_variant(tmp_path):
 @pytest.mark.slow
 def test_last_stride_one_keeps_the_global_branch_on_the_part_grid(ptl):
     torch.manual_seed(0)
-    model = timm.create_model('ptl_mgn' if ptl else 'mgn_resnet50', num_classes=5, last_stride=1).eval()
+    model = timm.create_model('ptl_mgn' if ptl else 'mgn_resnet50', num_classes=5, last_stride=1, **SHALLOW).eval()
     assert model.branches[0].layer4[0].conv2.stride == (1, 1)
     if ptl:
         assert model.side.branch_cells[0].gates.stride == (1, 1)
@@ -254,3 +257,9 @@ def test_last_stride_other_than_one_is_a_user_error():
     from ptl_timm.errors import InputError
     with pytest.raises(InputError, match='last_stride must be None'):
         timm.create_model('mgn_resnet50', last_stride=2, device='meta')
+
+
+def test_layers_need_two_blocks_in_layer3():
+    from ptl_timm.errors import InputError
+    with pytest.raises(InputError, match='layer3'):
+        timm.create_model('mgn_resnet50', layers=(1, 1, 1, 1), device='meta')

@@ -169,6 +169,9 @@ class MGN(ReIDModelMixin, nn.Module):
         state_mode: Latent state mode of every cell ('batch', 'sample', 'none').
         drop_rate: Dropout before the classifiers.
         drop_path_rate: Stochastic depth of the ResNet blocks.
+        layers: Blocks of the four ResNet stages (ResNet-50's by default; fewer give the same widths and
+            maps at a fraction of the cost). layer3 needs two or more: its first block is in the trunk,
+            the others are copied into each branch.
     """
 
     def __init__(
@@ -184,10 +187,13 @@ class MGN(ReIDModelMixin, nn.Module):
             state_mode: str = 'batch',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            layers: Sequence[int] = (3, 4, 6, 3),
             device=None,
             dtype=None,
     ):
         super().__init__()
+        if len(layers) != 4 or min(layers) < 1 or layers[2] < 2:
+            raise InputError(f'layers must be four block counts >= 1, layer3 (the third) >= 2, got {tuple(layers)}')
         if last_stride not in (None, 1):
             raise InputError(f'last_stride must be None (MGN\'s stride-2 global branch) or 1, got {last_stride!r}')
         dd = {'device': device, 'dtype': dtype}
@@ -197,8 +203,8 @@ class MGN(ReIDModelMixin, nn.Module):
         self.reduction_dim = reduction_dim
         self.grad_checkpointing = False
 
-        resnet = timm.create_model(
-            'resnet50', pretrained=False, num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate, **dd)
+        resnet = timm.create_model('resnet50', pretrained=False, num_classes=0, in_chans=in_chans,
+                                   drop_path_rate=drop_path_rate, layers=tuple(layers), **dd)
         self.stem = nn.Sequential(OrderedDict([
             ('conv1', resnet.conv1), ('bn1', resnet.bn1), ('act1', resnet.act1), ('maxpool', resnet.maxpool)]))
         # Sequential slices keep the original indices: trunk.layer3.0 and branches.*.layer3.1-5
