@@ -36,6 +36,8 @@ from safetensors.torch import load_file, save_file
 
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.engine import DistillConfig, TrainConfig, fine_tune, run_distill
+from ptl_timm.engine.run_folder import run_config
+from ptl_timm.errors import ConfigError
 from ptl_timm.utils import atomic_path, atomic_save_json
 from benchmarks.report import ROOT, add_report_argument, markdown_table, report_path, write_section
 
@@ -111,6 +113,24 @@ class Experiment:
             return last
         return None
 
+    @staticmethod
+    def _continuing(output: Path, cfg: Dict[str, Any]) -> Dict[str, Any]:
+        """``cfg``, resuming the run an earlier invocation left unfinished in ``output`` with these very
+        values (a study runs across sessions; its pre-training alone is an hour), else starting afresh."""
+        state_file = output / 'last' / 'train_state.pt'
+        if not state_file.exists():
+            return cfg
+        state = torch.load(state_file, map_location='cpu', weights_only=True)
+        if state['config']['epochs'] != cfg['epochs'] or state['epoch'] >= cfg['epochs']:
+            return cfg  # resume would accept more epochs, but the learning-rate schedule would differ
+        resumed = dict(cfg, resume=True, overwrite=False)
+        try:
+            run_config(TrainConfig(**resumed))
+        except ConfigError as e:
+            print(f'{output}: not resumed, starting afresh: {e}')
+            return cfg
+        return resumed
+
     def domain(self, domain: str, seed: int, num_ids: int, folder: str = 'data') -> Dict[str, str]:
         root = generate_synthetic(
             self.work / f'{folder}-seed{seed}', domain, layout='market1501', num_ids=num_ids,
@@ -145,9 +165,9 @@ class Experiment:
         model = 'reid_net' if state_mode is None else 'ptl_net'
         args = self._model_args(state_mode)
         args.update(init.pop('model_args', {}), **(model_args or {}))
-        result = fine_tune(TrainConfig(
-            **self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
-            test_datasets=list(test), output=str(output), **init))
+        cfg = dict(**self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
+                   test_datasets=list(test), output=str(output), **init)
+        result = fine_tune(TrainConfig(**self._continuing(output, cfg)))
         self._record(name, seed, started, model, result)
         return output / 'last'
 

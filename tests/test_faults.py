@@ -115,6 +115,23 @@ def test_model_args_of_a_timm_model_are_checked_against_its_class():
     check_model_args('resnet18', {'drop_rate': 0.1, 'global_pool': 'avg'})
 
 
+def test_backbone_args_are_checked_against_the_backbone_the_entrypoint_fixes():
+    """``reid_densenet161`` fixes ``backbone='densenet161'`` in its entrypoint, not in its class's signature
+    (whose default is resnet50): its ``backbone_args`` are DenseNet's, accepted, and a typo names DenseNet."""
+    check_model_args('reid_densenet161', {'backbone_args': {'growth_rate': 8, 'block_config': (1, 1, 1, 1)}})
+    with pytest.raises(InputError, match="densenet161 has no argument 'growth_rat' .*'growth_rate'"):
+        check_model_args('ptl_densenet161', {'backbone_args': {'growth_rat': 8}})
+    with pytest.raises(InputError, match="resnet18 has no argument 'growth_rate'"):
+        check_model_args('reid_densenet161', {'backbone': 'resnet18', 'backbone_args': {'growth_rate': 8}})
+
+
+def test_registered_entrypoints_keep_the_arguments_they_fix():
+    """The hub layer re-registers each entrypoint with its tags; the model file's fixed arguments survive it."""
+    model = timm.create_model('reid_densenet161', num_classes=3, backbone_args={'growth_rate': 8,
+                                                                                'block_config': (1, 1, 1, 1)})
+    assert type(model.backbone.features_conv0).__name__ == 'Conv2d' and model.side is None  # DenseNet's stem, no cells
+
+
 def test_timms_factory_keywords_are_model_args_too():
     """``timm.create_model`` takes ``pretrained_cfg_overlay`` (how a local backbone file is loaded),
     ``features_only`` and friends for itself: no constructor names them, and they must not be refused."""

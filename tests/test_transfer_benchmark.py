@@ -57,3 +57,32 @@ def test_a_run_killed_mid_way_is_not_reused(tmp_path):
     assert exp._reuse('pretrain', 0) is None and not exp.runs
     torch.save({'epoch': 6, 'config': {'epochs': 6}}, last / 'train_state.pt')
     assert exp._reuse('pretrain', 0) == last and exp.runs == {'pretrain/seed0': {'name': 'pretrain'}}
+
+
+def test_a_run_killed_mid_way_resumes_where_it_stopped_with_the_same_values(tmp_path, monkeypatch):
+    """A study runs across sessions: a run interrupted after its first epoch trains only the second when
+    asked again with the same values, and starts afresh when asked with other values."""
+    from dataclasses import replace
+
+    from ptl_timm.engine import trainer
+    plotted = []
+
+    def plot(history, path):  # called after each epoch's ``last`` is saved (and once at the end)
+        plotted.append(len(history))
+        if interrupt:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, 'plot_curves', plot)
+    exp = transfer.Experiment(replace(transfer.QUICK, epochs=2), tmp_path, progress=False)
+    dataset = exp.domain(transfer.SYNTH_DOMAINS[0], 0, 8)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        exp.finetune('plain', 0, dataset, dict(pretrained=False), None)
+    interrupt = False
+    exp.finetune('plain', 0, dataset, dict(pretrained=False), None)
+    assert plotted[0] == 1 and 1 not in plotted[1:], 'resumed: only the second epoch trained'
+    assert [r['epoch'] for r in map(json.loads, (tmp_path / 'seed0' / 'plain' / 'metrics.jsonl').open())] == [1, 2]
+    plotted.clear()
+    exp.runs.clear()
+    exp.finetune('plain', 0, dataset, dict(pretrained=False), None, lr=exp.s.lr / 2)
+    assert plotted[0] == 1, 'other values: trained afresh'

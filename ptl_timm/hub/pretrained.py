@@ -186,6 +186,7 @@ def _checked(entrypoint: Callable) -> Callable:
     def create(pretrained: bool = False, **kwargs):
         check_pretrained_source(entrypoint.__name__, pretrained, kwargs)
         return entrypoint(pretrained=pretrained, **kwargs)
+    create.checks_pretrained_source = True
     return create
 
 
@@ -195,7 +196,8 @@ def register_published_weights(entries: Optional[List[WeightEntry]] = None) -> N
     timm reads the tagged ones during the call only. Calling it again replaces the tags."""
     entries = load_manifest() if entries is None else entries
     for arch in list_models(include_generic=True):
-        entrypoint = inspect.unwrap(model_entrypoint(arch))
+        # the model file's own entrypoint (with its decorators), without the check an earlier call added
+        entrypoint = inspect.unwrap(model_entrypoint(arch), stop=lambda f: not getattr(f, 'checks_pretrained_source', 0))
         module = sys.modules[entrypoint.__module__]
         literal = module.default_cfgs
         module.default_cfgs = {**literal, arch: _tagged(arch, literal[arch], entries)}

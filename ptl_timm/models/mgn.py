@@ -49,6 +49,7 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, genera
 
 from ptl_timm.errors import InputError
 from ptl_timm.layers import BConvCell, ddp_ignore_latent_states
+from .registry import fixed_args
 from .reid_model import ReIDModelMixin, reid_cfg
 from .reid_output import ReIDOutput
 
@@ -455,15 +456,15 @@ default_cfgs = generate_default_cfgs({
 
 
 @register_model
+@fixed_args(ptl=False)
 def mgn_resnet50(pretrained: bool = False, **kwargs) -> MGN:
     """MGN on ResNet-50, 384×128 input: one shared reduction as the PTL paper's reproduction (66.7m
     parameters at 751 classes); ``shared_reduction=False`` gives eight (70.4m)."""
-    model_args = dict(ptl=False)
-    return _create_mgn('mgn_resnet50', pretrained, **dict(model_args, **kwargs))
+    return _create_mgn('mgn_resnet50', pretrained, **kwargs)
 
 
 @register_model
+@fixed_args(ptl=True, reduction_bias=True)
 def ptl_mgn(pretrained: bool = False, **kwargs) -> MGN:
     """MGN + PTL as the official MGN_PTL, 384×128 input: 80.9m parameters at 751 classes."""
-    model_args = dict(ptl=True, reduction_bias=True)
-    return _create_mgn('ptl_mgn', pretrained, **dict(model_args, **kwargs))
+    return _create_mgn('ptl_mgn', pretrained, **kwargs)

@@ -37,7 +37,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ptl_timm.errors import InputError
 from ptl_timm.layers import BConvCell, create_global_pool, ddp_ignore_latent_states
-from .registry import check_model_name
+from .registry import check_model_name, fixed_args
 from .reid_model import ReIDModelMixin, reid_cfg
 from .reid_output import ReIDOutput
 
@@ -601,46 +601,48 @@ default_cfgs = generate_default_cfgs({
 
 
 @register_model
+@fixed_args(ptl=True)
 def ptl_net(pretrained: bool = False, **kwargs) -> ReIDNet:
     """PTL on any timm backbone: ``timm.create_model('ptl_net', backbone='convnext_tiny')``."""
-    return _create_reid_net('ptl_net', pretrained, **dict(dict(ptl=True), **kwargs))
+    return _create_reid_net('ptl_net', pretrained, **kwargs)
 
 
 @register_model
+@fixed_args(ptl=False)
 def reid_net(pretrained: bool = False, **kwargs) -> ReIDNet:
     """Any timm backbone with the ReID head and no cells (baseline / distillation student)."""
-    return _create_reid_net('reid_net', pretrained, **dict(dict(ptl=False), **kwargs))
+    return _create_reid_net('reid_net', pretrained, **kwargs)
 
 
 @register_model
+@fixed_args(backbone='resnet50', ptl=True)
 def ptl_resnet50(pretrained: bool = False, **kwargs) -> ReIDNet:
     """ResNet-50 + PTL (paper Table 1), 256×128 input."""
-    model_args = dict(backbone='resnet50', ptl=True)
-    return _create_reid_net('ptl_resnet50', pretrained, **dict(model_args, **kwargs))
+    return _create_reid_net('ptl_resnet50', pretrained, **kwargs)
 
 
 @register_model
+@fixed_args(backbone='densenet161', ptl=True, cell_chs=(16, 32, 64, 256, 384))
 def ptl_densenet161(pretrained: bool = False, **kwargs) -> ReIDNet:
     """DenseNet-161 + PTL (paper Tables 1, 2, 5, 6), 256×128 input.
 
     The two bottom cells are wider than the default so the count matches the paper's 32m -> 42m.
     """
-    model_args = dict(backbone='densenet161', ptl=True, cell_chs=(16, 32, 64, 256, 384))
-    return _create_reid_net('ptl_densenet161', pretrained, **dict(model_args, **kwargs))
+    return _create_reid_net('ptl_densenet161', pretrained, **kwargs)
 
 
 @register_model
+@fixed_args(backbone='resnet50', ptl=False)
 def reid_resnet50(pretrained: bool = False, **kwargs) -> ReIDNet:
     """ResNet-50 baseline and distillation student: the PTL head without cells."""
-    model_args = dict(backbone='resnet50', ptl=False)
-    return _create_reid_net('reid_resnet50', pretrained, **dict(model_args, **kwargs))
+    return _create_reid_net('reid_resnet50', pretrained, **kwargs)
 
 
 @register_model
+@fixed_args(backbone='densenet161', ptl=False)
 def reid_densenet161(pretrained: bool = False, **kwargs) -> ReIDNet:
     """DenseNet-161 baseline and distillation student (paper's DenseNet-161+PTL+STD)."""
-    model_args = dict(backbone='densenet161', ptl=False)
-    return _create_reid_net('reid_densenet161', pretrained, **dict(model_args, **kwargs))
+    return _create_reid_net('reid_densenet161', pretrained, **kwargs)
 
 
 # BoT (Luo et al., CVPR-W 2019): last stride 1, BNNeck, one bias-free linear classifier on the BNNeck
@@ -648,14 +650,14 @@ _BOT_ARGS = dict(last_stride=1, neck='bnneck', classifier_dims=())
 
 
 @register_model
+@fixed_args(backbone='resnet50', ptl=False, embed_dim=0, **_BOT_ARGS)
 def bot_resnet50(pretrained: bool = False, **kwargs) -> ReIDNet:
     """The BoT strong baseline: ResNet-50, last stride 1, BNNeck, a linear classifier, 256×128 input."""
-    model_args = dict(backbone='resnet50', ptl=False, embed_dim=0, **_BOT_ARGS)
-    return _create_reid_net('bot_resnet50', pretrained, **dict(model_args, **kwargs))
+    return _create_reid_net('bot_resnet50', pretrained, **kwargs)
 
 
 @register_model
+@fixed_args(backbone='resnet50', ptl=True, **_BOT_ARGS)
 def ptl_bot_resnet50(pretrained: bool = False, **kwargs) -> ReIDNet:
     """BoT + PTL: ``bot_resnet50`` with the BConv-Cell side network, fused with the last stage by the 1×1 conv."""
-    model_args = dict(backbone='resnet50', ptl=True, **_BOT_ARGS)
-    return _create_reid_net('ptl_bot_resnet50', pretrained, **dict(model_args, **kwargs))
+    return _create_reid_net('ptl_bot_resnet50', pretrained, **kwargs)

@@ -8,6 +8,7 @@ YAML typo ``{backbone:resnet18}`` (no space) is a key ``'backbone:resnet18'`` wi
 would otherwise build the default backbone without a word.
 """
 import difflib
+import functools
 import inspect
 import typing
 from typing import Any, Callable, List, Mapping, Optional
@@ -17,7 +18,7 @@ from timm.models import build_model_with_cfg, model_entrypoint
 
 from ptl_timm.errors import InputError
 
-__all__ = ['list_models', 'GENERIC_MODELS', 'check_model_name', 'check_model_args', 'model_class']
+__all__ = ['list_models', 'GENERIC_MODELS', 'check_model_name', 'check_model_args', 'model_class', 'fixed_args']
 
 # Entrypoints that wrap a backbone chosen at call time (kwarg ``backbone``): no pretrained tag can name
 # their weights.
@@ -31,6 +32,19 @@ def list_models(include_generic: bool = False) -> List[str]:
     """Names of the models ``import ptl_timm`` added to timm's registry, sorted."""
     names = [n for n in timm.list_models() if model_entrypoint(n).__module__.startswith('ptl_timm.')]
     return [n for n in names if include_generic or n not in GENERIC_MODELS]
+
+
+def fixed_args(**model_args: Any) -> Callable[[Callable], Callable]:
+    """Decorate an entrypoint that fixes some constructor arguments (``backbone='densenet161'``): it passes
+    them under the caller's, and keeps them as ``entrypoint.model_args`` so that ``check_model_args``
+    knows which backbone a ``backbone_args`` is for, which the class's signature cannot say."""
+    def decorate(create: Callable) -> Callable:
+        @functools.wraps(create)
+        def entrypoint(pretrained: bool = False, **kwargs: Any) -> Any:
+            return create(pretrained, **dict(model_args, **kwargs))
+        entrypoint.model_args = dict(model_args)
+        return entrypoint
+    return decorate
 
 
 def _closest(name: str, valid: List[str]) -> str:
@@ -77,7 +91,7 @@ def _accepted(cls: type) -> Optional[List[str]]:
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
     own = [p.name for p in parameters if p.name != 'self' and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return own + [k for k in _factory_keywords() if k not in own]
+    return own + [k for k in dict.fromkeys(_factory_keywords()) if k not in own]
 
 
 def check_model_args(name: str, model_args: Mapping[str, Any], where: str = 'model_args') -> None:
@@ -101,7 +115,9 @@ def check_model_args(name: str, model_args: Mapping[str, Any], where: str = 'mod
     for key in _MODEL_NAME_ARGS:
         if key in model_args:
             check_model_name(model_args[key], what=f'{where}: {key}')
+    fixed = getattr(model_entrypoint(name.partition('.')[0]), 'model_args', {})
     for key, model_key in _MODEL_ARGS_ARGS.items():
         if key in model_args and accepted is not None and model_key in accepted:
-            model = model_args.get(model_key, inspect.signature(cls.__init__).parameters[model_key].default)
+            default = fixed.get(model_key, inspect.signature(cls.__init__).parameters[model_key].default)
+            model = model_args.get(model_key, default)
             check_model_args(model, model_args[key], where=f'{where}: {key}')
