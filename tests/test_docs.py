@@ -1,5 +1,5 @@
-"""Documentation that runs: every command block of README.md and configs/README.md, and the usage lines
-of examples/, work as written, in order, on a scratch copy of the repository.
+"""Documentation that runs: every command block of README.md, docs/recipes.md and configs/README.md, and the
+usage lines of examples/, work as written, in order, on a scratch copy of the repository.
 
 The fast tests parse every documented ``ptl-timm`` command with the real parser (no unknown flag, no
 deprecated spelling, no missing argument), and check that README's models table is ``ptl-timm info``'s
@@ -79,9 +79,13 @@ def shell_commands(block: Block) -> List[str]:
     return [c.strip() for c in '\n'.join(block.lines).replace('\\\n', ' ').splitlines() if c.strip()]
 
 
+# the user's guide and its recipes page: their blocks run in this order, on one folder
+RUN_IN_ORDER = ('README.md', 'docs/recipes.md')
+DOCUMENTED = RUN_IN_ORDER + ('configs/README.md',)
+
+
 def documented_commands() -> List[str]:
-    return [c for name in ('README.md', 'configs/README.md') for b in blocks(name) if not b.skip
-            for c in shell_commands(b)]
+    return [c for name in DOCUMENTED for b in blocks(name) if not b.skip for c in shell_commands(b)]
 
 
 def example_commands() -> List[str]:
@@ -103,7 +107,7 @@ def _cli_args(tokens: List[str]) -> Optional[List[str]]:
 
 
 def test_documented_blocks_are_run_or_say_why_they_are_not():
-    for name in ('README.md', 'configs/README.md'):
+    for name in DOCUMENTED:
         for block in blocks(name):
             assert block.language in ('', 'bash', 'python', 'bibtex', 'text'), (name, block.language)
             if block.language in ('', 'bash') and not block.skip:
@@ -113,7 +117,7 @@ def test_documented_blocks_are_run_or_say_why_they_are_not():
 
 
 @pytest.mark.parametrize('command', documented_commands() + [
-    c for name in ('README.md', 'configs/README.md') for b in blocks(name) if b.skip for c in shell_commands(b)] + [
+    c for name in DOCUMENTED for b in blocks(name) if b.skip for c in shell_commands(b)] + [
     c for b in blocks('docs/deploy.md') for c in shell_commands(b)])
 def test_documented_ptl_timm_commands_parse_without_deprecated_spellings(command):
     args = _cli_args(shlex.split(command))
@@ -207,9 +211,10 @@ def work(tmp_path) -> Path:
 
 @pytest.mark.slow
 def test_readme_command_blocks_run_as_written_in_order(work):
-    """configs/README.md's commands are only parsed here: they train the paper's DenseNet-161 and MGN configs,
-    which ``test_engine.py::test_reproduction_config_runs_one_tiny_step`` already runs, each at miniature width."""
-    for block in blocks('README.md'):
+    """README's blocks, then its recipes page's. configs/README.md's commands are only parsed here: they train
+    the paper's DenseNet-161 and MGN configs, which ``test_engine.py::test_reproduction_config_runs_one_tiny_step``
+    already runs, each at miniature width."""
+    for block in (block for name in RUN_IN_ORDER for block in blocks(name)):
         if block.skip:
             continue
         if block.language == 'python':
