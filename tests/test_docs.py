@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import pytest
 import yaml
@@ -181,23 +181,59 @@ def _miniature(args: List[str]) -> List[str]:
     return ['--set', f'model_args={model_args}']
 
 
-def _run(work: Path, command: str, verbatim: bool = False) -> None:
+# One interpreter runs a sequence of direct ``ptl-timm`` commands through the console script's own function:
+# importing torch and timm once rather than once per command takes a minute off the documentation tests.
+CLI_DRIVER = """
+import json, shlex, sys
+from ptl_timm_launcher import main
+for args in json.loads(sys.argv[1]):
+    print('$ ptl-timm ' + shlex.join(args), file=sys.stderr, flush=True)
+    code = main(args)
+    if code:
+        sys.exit(f'exit status {code}: ptl-timm {shlex.join(args)}')
+"""
+
+
+def _argv(work: Path, command: str, verbatim: bool = False) -> Tuple[bool, List[str]]:
+    """``(True, its ptl-timm arguments)`` for a direct ``ptl-timm`` command, else ``(False, its argv)``; the
+    real datasets it reads are made first, as synthetic stand-ins."""
     tokens = shlex.split(command)
     args = _cli_args(tokens)
     if args is not None:
         _synthetic_stand_ins(work, args)
-        prefix = [sys.executable, '-m', 'ptl_timm'] if tokens[0] == 'ptl-timm' else [
-            sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '-m', 'ptl_timm']
-        argv = prefix + args + ([] if verbatim else SCALE_DOWN.get(args[0], []) + _miniature(args))
-    elif tokens[:2] == ['python', '-c']:
-        argv = [sys.executable] + tokens[1:]
-    else:
-        assert tokens[0] == 'python' and tokens[1].startswith('examples/'), command
-        argv = [sys.executable] + tokens[1:] + ['--num-ids', '6', '--epochs', '1'] + (
-            [] if '--backbone' in tokens else ['--backbone', 'test_resnet'])
+        args = args + ([] if verbatim else SCALE_DOWN.get(args[0], []) + _miniature(args))
+        if tokens[0] == 'ptl-timm':
+            return True, args
+        return False, [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '-m', 'ptl_timm'] + args
+    if tokens[:2] == ['python', '-c']:
+        return False, [sys.executable] + tokens[1:]
+    assert tokens[0] == 'python' and tokens[1].startswith('examples/'), command
+    return False, [sys.executable] + tokens[1:] + ['--num-ids', '6', '--epochs', '1'] + (
+        [] if '--backbone' in tokens else ['--backbone', 'test_resnet'])
+
+
+def _subprocess(work: Path, argv: List[str], what: str) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE='1', PTL_TIMM_DEBUG='1', PYTHONPATH=str(REPO))
     result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f'{command}\n(run as {argv})\n{result.stdout[-1500:]}\n{result.stderr[-3000:]}'
+    assert result.returncode == 0, f'{what}\n(run as {argv})\n{result.stdout[-1500:]}\n{result.stderr[-3000:]}'
+
+
+def _run(work: Path, commands: List[Tuple[str, bool]]) -> None:
+    """Run ``(command, verbatim)`` in order in ``work``, consecutive ``ptl-timm`` commands in one interpreter."""
+    batch: List[List[str]] = []
+
+    def flush() -> None:
+        if batch:
+            _subprocess(work, [sys.executable, '-c', CLI_DRIVER, json.dumps(batch)], 'ptl-timm commands')
+            batch.clear()
+    for command, verbatim in commands:
+        cli, argv = _argv(work, command, verbatim)
+        if cli:
+            batch.append(argv)
+            continue
+        flush()
+        _subprocess(work, argv, command)
+    flush()
 
 
 @pytest.fixture
@@ -214,13 +250,14 @@ def test_readme_command_blocks_run_as_written_in_order(work):
     """README's blocks, then its recipes page's. configs/README.md's commands are only parsed here: they train
     the paper's DenseNet-161 and MGN configs, which ``test_engine.py::test_reproduction_config_runs_one_tiny_step``
     already runs, each at miniature width."""
+    commands = []
     for block in (block for name in RUN_IN_ORDER for block in blocks(name)):
         if block.skip:
             continue
         if block.language == 'python':
-            _run(work, shlex.join(['python', '-c', '\n'.join(block.lines)]))
-        for command in shell_commands(block):
-            _run(work, command, verbatim=block.verbatim)
+            commands.append((shlex.join(['python', '-c', '\n'.join(block.lines)]), False))
+        commands += [(command, block.verbatim) for command in shell_commands(block)]
+    _run(work, commands)
 
 
 # what each example leaves in the folder its usage line names
@@ -230,8 +267,7 @@ EXAMPLE_OUTPUTS = ('runs/distill/student/last/model.safetensors', 'runs/finetune
 
 @pytest.mark.slow
 def test_example_usage_lines_run_as_written_in_order(work):
-    for command in example_commands():
-        _run(work, command)
+    _run(work, [(command, False) for command in example_commands()])
     for output in EXAMPLE_OUTPUTS:
         assert (work / output).is_file(), output
     with Image.open(work / 'runs/retrieval/ranked.png') as picture:

@@ -1,0 +1,13 @@
+"""Shared by every test module.
+
+Under pytest-xdist (``-n 2``, README's test command) each worker is one process on one core: torch and any
+subprocess a test starts use one thread, since two workers each running two threads on two cores would
+slow every test down rather than speed the suite up.
+"""
+import os
+
+import torch
+
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ['OMP_NUM_THREADS'] = '1'
+    torch.set_num_threads(1)
