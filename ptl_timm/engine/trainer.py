@@ -347,8 +347,9 @@ def _epoch_loop(session: TrainSession, state: TrainState, loss_step: LossStep) -
     try:
         for epoch in range(state.epoch, cfg.epochs):
             _train_one_epoch(session, state, train_module, loss_step)
-            _save_epoch(session, state)
-            if _should_evaluate(cfg, epoch):
+            evaluating = _should_evaluate(cfg, epoch)
+            _save_epoch(session, state, plot=not evaluating)  # an evaluated epoch is drawn once, with its mAP
+            if evaluating:
                 _evaluate_epoch(session, state)
             if ctx.is_main:
                 _log(state.history[-1])
@@ -452,9 +453,10 @@ def _update_best(state: TrainState, record: Dict[str, Any], primary: str) -> boo
     return True
 
 
-def _save_epoch(session: TrainSession, state: TrainState, weights: bool = True, improved: bool = False) -> None:
+def _save_epoch(session: TrainSession, state: TrainState, weights: bool = True, improved: bool = False,
+                plot: bool = True) -> None:
     """Rank 0 writes ``last/`` (the weights, or with ``weights=False`` only its ``train_state.pt``),
-    ``best/`` when ``improved``, metrics.jsonl and curves.png, each atomically."""
+    ``best/`` when ``improved``, metrics.jsonl and (with ``plot``) curves.png, each atomically."""
     rngs = _gather_objects(rng_state(), session.ctx)  # a collective: every rank takes part
     if not session.ctx.is_main:
         return
@@ -469,7 +471,8 @@ def _save_epoch(session: TrainSession, state: TrainState, weights: bool = True, 
     with atomic_write(session.output / 'metrics.jsonl', 'w') as f:
         for record in state.history:
             f.write(json.dumps(record) + '\n')
-    plot_curves(state.history, session.output / 'curves.png')
+    if plot:
+        plot_curves(state.history, session.output / 'curves.png')
 
 
 def _log(record: Dict[str, Any]) -> None:
