@@ -1,11 +1,13 @@
 """Paired-by-seed statistics of the benchmarks: a difference with its t-interval and the design's power,
 and the same difference relative to the baseline with Fieller's interval for a ratio of means. Plain
 Python (the benchmarks need no SciPy)."""
+import functools
 import math
 import statistics
 from typing import NamedTuple, Sequence
 
 
+@functools.lru_cache(maxsize=None)  # a table asks for the same few (p, df) hundreds of times; each costs ~0.1 s
 def t_quantile(p: float, df: int) -> float:
     """The ``p`` quantile of Student's t with ``df`` degrees of freedom (Simpson integration of the
     density and bisection: the benchmark needs no SciPy)."""

@@ -181,34 +181,43 @@ def _miniature(args: List[str]) -> List[str]:
     return ['--set', f'model_args={model_args}']
 
 
-# One interpreter runs a sequence of direct ``ptl-timm`` commands through the console script's own function:
-# importing torch and timm once rather than once per command takes a minute off the documentation tests.
-CLI_DRIVER = """
-import json, shlex, sys
+# One interpreter runs a sequence of direct ``ptl-timm`` commands (through the console script's own function),
+# Python blocks and example scripts (as ``python -c`` and ``python examples/X.py`` would run them): importing torch and timm once rather than
+# once per command takes minutes off the documentation tests.
+DRIVER = """
+import json, runpy, shlex, sys
 from ptl_timm_launcher import main
-for args in json.loads(sys.argv[1]):
-    print('$ ptl-timm ' + shlex.join(args), file=sys.stderr, flush=True)
-    code = main(args)
+for argv in json.loads(sys.argv[1]):
+    print('$ ' + shlex.join(argv), file=sys.stderr, flush=True)
+    if argv[0] == 'ptl-timm':
+        code = main(argv[1:])
+    elif argv[0] == '-c':
+        exec(compile(argv[1], '<documented Python block>', 'exec'), {'__name__': '__main__'})
+        code = 0
+    else:
+        sys.argv = argv
+        runpy.run_path(argv[0], run_name='__main__')
+        code = 0
     if code:
-        sys.exit(f'exit status {code}: ptl-timm {shlex.join(args)}')
+        sys.exit(f'exit status {code}: ' + shlex.join(argv))
 """
 
 
 def _argv(work: Path, command: str, verbatim: bool = False) -> Tuple[bool, List[str]]:
-    """``(True, its ptl-timm arguments)`` for a direct ``ptl-timm`` command, else ``(False, its argv)``; the
-    real datasets it reads are made first, as synthetic stand-ins."""
+    """``(True, argv)`` for what the driver runs (``ptl-timm ARGS``, ``-c CODE``, ``examples/X.py ARGS``), else
+    ``(False, the subprocess's argv)``; the real datasets a command reads are made first, as synthetic stand-ins."""
     tokens = shlex.split(command)
     args = _cli_args(tokens)
     if args is not None:
         _synthetic_stand_ins(work, args)
         args = args + ([] if verbatim else SCALE_DOWN.get(args[0], []) + _miniature(args))
         if tokens[0] == 'ptl-timm':
-            return True, args
+            return True, ['ptl-timm'] + args
         return False, [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '-m', 'ptl_timm'] + args
     if tokens[:2] == ['python', '-c']:
-        return False, [sys.executable] + tokens[1:]
+        return True, tokens[1:]
     assert tokens[0] == 'python' and tokens[1].startswith('examples/'), command
-    return False, [sys.executable] + tokens[1:] + ['--num-ids', '6', '--epochs', '1'] + (
+    return True, tokens[1:] + ['--num-ids', '6', '--epochs', '1'] + (
         [] if '--backbone' in tokens else ['--backbone', 'test_resnet'])
 
 
@@ -219,16 +228,16 @@ def _subprocess(work: Path, argv: List[str], what: str) -> None:
 
 
 def _run(work: Path, commands: List[Tuple[str, bool]]) -> None:
-    """Run ``(command, verbatim)`` in order in ``work``, consecutive ``ptl-timm`` commands in one interpreter."""
+    """Run ``(command, verbatim)`` in order in ``work``, consecutive ones the driver runs in one interpreter."""
     batch: List[List[str]] = []
 
     def flush() -> None:
         if batch:
-            _subprocess(work, [sys.executable, '-c', CLI_DRIVER, json.dumps(batch)], 'ptl-timm commands')
+            _subprocess(work, [sys.executable, '-c', DRIVER, json.dumps(batch)], '\n'.join(map(shlex.join, batch)))
             batch.clear()
     for command, verbatim in commands:
-        cli, argv = _argv(work, command, verbatim)
-        if cli:
+        driven, argv = _argv(work, command, verbatim)
+        if driven:
             batch.append(argv)
             continue
         flush()
