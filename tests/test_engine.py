@@ -95,6 +95,19 @@ def test_each_epoch_writes_last_best_metrics_and_curves(trained_run):
     assert result['history'] == records
 
 
+@pytest.mark.parametrize('every_s, drawn', [(30.0, [1, 3]), (0.0, [1, 2, 3])])
+def test_curves_are_drawn_after_the_first_and_last_epochs_and_at_most_every_so_often(
+        tmp_path, domain, monkeypatch, every_s, drawn):
+    """Epochs a second long skip the drawing between the first and the last; slow ones draw every epoch, once
+    (an evaluated epoch after its evaluation)."""
+    from ptl_timm.engine import trainer
+    lengths = []
+    monkeypatch.setattr(trainer, 'plot_curves', lambda history, path: lengths.append(len(history)))
+    monkeypatch.setattr(trainer, 'CURVES_EVERY_S', every_s)
+    fine_tune(TrainConfig(**tiny_config(tmp_path / 'out', domain, epochs=3, eval_every=2)))
+    assert lengths == drawn
+
+
 def test_train_state_loads_with_weights_only_and_holds_everything_to_resume(trained_run):
     output, _ = trained_run
     state = load_train_state(output / 'last')

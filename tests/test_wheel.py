@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / 'ptl_timm'
 # what a build reads besides the package (the launcher is the console script's entry)
@@ -63,8 +65,9 @@ def test_wheel_in_a_fresh_venv_trains_publishes_without_a_card_flag_evaluates_an
     _run(python, '-m', 'pip', 'install', '--no-deps', '--no-index', '--quiet', wheel, cwd=tmp_path)
     ptl_timm = venv / 'bin' / 'ptl-timm'
 
-    _run(ptl_timm, 'synth', '--data-root', 'data', '--num-ids', '8', '--images-per-id', '4', '--num-cams', '2',
-         '--img-size', '64', '32', '--quiet', cwd=tmp_path)
+    # the data from this checkout's generator: the installed commands under test are the ones below
+    generate_synthetic(tmp_path, SYNTH_DOMAINS[0], layout='market1501', num_ids=8, images_per_id=4, num_cams=2,
+                       img_size=(64, 32), name='data')
     _run(ptl_timm, 'train', '--model', 'ptl_net', '--set', f'model_args={TINY}', '--no-pretrained', '--dataset',
          'market1501', '--data-root', 'data', '--img-size', '64', '32', '--epochs', '1', '--batch-size', '8',
          '--workers', '0', '--device', 'cpu', '--quiet', '--output', 'run', cwd=tmp_path)

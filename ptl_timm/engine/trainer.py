@@ -59,6 +59,9 @@ _CUBLAS_WORKSPACE = 'CUBLAS_WORKSPACE_CONFIG'  # cuBLAS needs it set for determi
 
 LossStep = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 _GENERIC_MODELS = {'ptl_net': True, 'reid_net': False}
+# curves.png is redrawn after an epoch at most this often, and after the last: drawing takes ~0.25 s, a
+# quarter of a miniature epoch, and a picture a few seconds old tells the same story
+CURVES_EVERY_S = 30.0
 
 
 class ReIDTrainModule(nn.Module):
@@ -154,6 +157,7 @@ class TrainSession:
     eval_sets: Dict[str, Any]  # label → ReIDDataset; the first is the training set's own split
     adapter: Optional[nn.Module] = None  # extra trainable module (distillation)
     center_loss: Optional[CenterLoss] = None  # its centres train with their own optimiser (BoT)
+    curves_drawn_at: float = float('-inf')  # time.monotonic() when curves.png was last drawn
 
     @property
     def output(self) -> Path:
@@ -456,7 +460,7 @@ def _update_best(state: TrainState, record: Dict[str, Any], primary: str) -> boo
 def _save_epoch(session: TrainSession, state: TrainState, weights: bool = True, improved: bool = False,
                 plot: bool = True) -> None:
     """Rank 0 writes ``last/`` (the weights, or with ``weights=False`` only its ``train_state.pt``),
-    ``best/`` when ``improved``, metrics.jsonl and (with ``plot``) curves.png, each atomically."""
+    ``best/`` when ``improved``, metrics.jsonl and (with ``plot``, when due) curves.png, each atomically."""
     rngs = _gather_objects(rng_state(), session.ctx)  # a collective: every rank takes part
     if not session.ctx.is_main:
         return
@@ -471,8 +475,9 @@ def _save_epoch(session: TrainSession, state: TrainState, weights: bool = True, 
     with atomic_write(session.output / 'metrics.jsonl', 'w') as f:
         for record in state.history:
             f.write(json.dumps(record) + '\n')
-    if plot:
+    if plot and (state.epoch >= session.cfg.epochs or time.monotonic() - session.curves_drawn_at >= CURVES_EVERY_S):
         plot_curves(state.history, session.output / 'curves.png')
+        session.curves_drawn_at = time.monotonic()
 
 
 def _log(record: Dict[str, Any]) -> None:
