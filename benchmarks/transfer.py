@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.engine import DistillConfig, TrainConfig, fine_tune, run_distill
+from ptl_timm.engine.checkpoint import TRAIN_STATE_NAME
 from ptl_timm.engine.run_folder import run_config
 from ptl_timm.errors import ConfigError
 from ptl_timm.utils import atomic_path, atomic_save_json
@@ -81,13 +82,18 @@ class Setting(Miniature):
 QUICK = Setting(**QUICK_MINIATURE, distill_epochs=1, large_batch=16)
 
 
+def _train_state(last: Path) -> Optional[Dict[str, Any]]:
+    """The training state a run saved in its ``last`` checkpoint (read alone: a killed run's folder may
+    lack the rest), or None when it saved none."""
+    path = last / TRAIN_STATE_NAME
+    return torch.load(path, map_location='cpu', weights_only=True) if path.exists() else None
+
+
 def finished(last: Path) -> bool:
     """Whether the run that saved ``last`` trained all its epochs: a run killed mid-way also leaves a
     ``last`` checkpoint (saved every epoch), which must not pass for the finished run."""
-    if not (last / 'train_state.pt').exists():
-        return False
-    state = torch.load(last / 'train_state.pt', map_location='cpu', weights_only=True)
-    return state['epoch'] >= state['config']['epochs']
+    state = _train_state(last)
+    return state is not None and state['epoch'] >= state['config']['epochs']
 
 
 class Experiment:
@@ -117,11 +123,8 @@ class Experiment:
     def _continuing(output: Path, cfg: Dict[str, Any]) -> Dict[str, Any]:
         """``cfg``, resuming the run an earlier invocation left unfinished in ``output`` with these very
         values (a study runs across sessions; its pre-training alone is an hour), else starting afresh."""
-        state_file = output / 'last' / 'train_state.pt'
-        if not state_file.exists():
-            return cfg
-        state = torch.load(state_file, map_location='cpu', weights_only=True)
-        if state['config']['epochs'] != cfg['epochs'] or state['epoch'] >= cfg['epochs']:
+        state = _train_state(output / 'last')
+        if state is None or state['config']['epochs'] != cfg['epochs'] or state['epoch'] >= cfg['epochs']:
             return cfg  # resume would accept more epochs, but the learning-rate schedule would differ
         resumed = dict(cfg, resume=True, overwrite=False)
         try:

@@ -197,7 +197,8 @@ def register_published_weights(entries: Optional[List[WeightEntry]] = None) -> N
     entries = load_manifest() if entries is None else entries
     for arch in list_models(include_generic=True):
         # the model file's own entrypoint (with its decorators), without the check an earlier call added
-        entrypoint = inspect.unwrap(model_entrypoint(arch), stop=lambda f: not getattr(f, 'checks_pretrained_source', 0))
+        entrypoint = inspect.unwrap(
+            model_entrypoint(arch), stop=lambda f: not getattr(f, 'checks_pretrained_source', False))
         module = sys.modules[entrypoint.__module__]
         literal = module.default_cfgs
         module.default_cfgs = {**literal, arch: _tagged(arch, literal[arch], entries)}
