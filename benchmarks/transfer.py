@@ -68,7 +68,7 @@ class Miniature:
 
 
 # CI size: checks the pipeline, not the outcome
-QUICK_MINIATURE = dict(backbone='resnet10t', embed_dim=128, img_size=(64, 32), num_ids=8, images_per_id=4,
+QUICK_MINIATURE = dict(backbone='test_resnet', embed_dim=64, img_size=(64, 32), num_ids=8, images_per_id=4,
                        pretrain_ids=8, pretrain_epochs=1, epochs=1, batch_size=8, seeds=2)
 
 

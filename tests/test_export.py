@@ -2,14 +2,13 @@
 import copy
 import importlib.util
 
-import numpy as np
 import pytest
 import torch
 
 import timm
 from ptl_timm.cli import main
 from ptl_timm.hub.export import MissingExtraError, ReIDExportWrapper, export_onnx
-from ptl_timm.hub import save_pretrained
+from ptl_timm.hub import save_pretrained, set_preprocessing
 
 SMALL = (3, 64, 32)
 BACKBONE = 'test_resnet'  # timm's smallest ResNet: the exporter traces it in seconds
@@ -36,36 +35,51 @@ def pytorch_output(model: torch.nn.Module, images: torch.Tensor, output: str = '
 
 @pytest.fixture(scope='module', params=['ptl_net', 'reid_net'])
 def exported(request, tmp_path_factory):
-    """A PTL model and a student, each exported once (export takes seconds)."""
+    """A PTL model that holds a latent state and a student, each with its preprocessing recorded and
+    exported once in training mode (export takes seconds)."""
     model = tiny_model(request.param)
+    set_preprocessing(model, SMALL[1:])
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(2, *SMALL))  # training mode: a PTL model's cells now hold a non-zero state
+    stateless = copy.deepcopy(model)
+    stateless.reset_state()
     path = tmp_path_factory.mktemp('onnx') / f'{request.param}.onnx'
-    export_onnx(model, path, input_size=SMALL, verify=False)
-    return model, path
+    result = export_onnx(model, path)  # input size from the recorded preprocessing
+    return model, stateless, path, result
 
 
 @pytest.mark.slow
 @needs_exporter
 @pytest.mark.parametrize('batch_size', [1, 5])
 def test_export_matches_pytorch_for_any_batch_size(exported, batch_size):
-    model, path = exported
+    _, stateless, path, _ = exported
     images = torch.randn(batch_size, *SMALL)
-    assert (run_onnx(path, images) - pytorch_output(model, images)).abs().max() <= 1e-4
+    assert (run_onnx(path, images) - pytorch_output(stateless, images)).abs().max() <= 1e-4
 
 
 @pytest.mark.slow
 @needs_exporter
-def test_export_of_a_trained_ptl_model_ignores_its_latent_state(tmp_path):
-    model = tiny_model()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(2, *SMALL))  # training mode: the cells now hold a non-zero state
-    stateless = copy.deepcopy(model)
-    stateless.reset_state()
-    result = export_onnx(model, tmp_path / 'm.onnx', input_size=SMALL)
+def test_export_of_a_trained_model_ignores_its_latent_state_and_restores_its_mode(exported):
+    model, stateless, path, result = exported
     assert model.training  # the caller's mode is restored
+    assert result.max_abs_diff <= 1e-4 and result.normalized and result.input_size == SMALL
     images = torch.randn(3, *SMALL)
-    assert (run_onnx(tmp_path / 'm.onnx', images) - pytorch_output(stateless, images)).abs().max() <= 1e-4
-    assert result.max_abs_diff <= 1e-4
+    assert (run_onnx(path, images) - pytorch_output(stateless, images)).abs().max() <= 1e-4
+
+
+@pytest.mark.slow
+@needs_exporter
+def test_exported_embedding_is_the_feature_extract_saves(exported):
+    """ONNX and `ptl-timm extract` give the same unit-norm embedding of the same preprocessed image."""
+    from ptl_timm.eval.extract import FeatureExtractor
+
+    _, stateless, path, _ = exported
+    images = torch.randn(3, *SMALL)
+    onnx_feats = run_onnx(path, images)
+    torch.testing.assert_close(onnx_feats.norm(dim=1), torch.ones(3))
+    extracted = FeatureExtractor(stateless, device='cpu')(images)
+    assert (onnx_feats - extracted).abs().max() <= 1e-5
 
 
 @pytest.mark.slow
@@ -90,36 +104,6 @@ def test_missing_extra_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(MissingExtraError, match=r'onnxscript.*pip install "ptl_timm\[onnx\]"'):
         export_onnx(tiny_model(), tmp_path / 'm.onnx', input_size=SMALL)
     assert not (tmp_path / 'm.onnx').exists()
-
-
-@pytest.mark.slow
-@needs_exporter
-def test_cli_exports_a_checkpoint_folder(tmp_path, capsys):
-    model = tiny_model()
-    save_pretrained(model, tmp_path / 'ckpt')
-    args = ['export', '--model', str(tmp_path / 'ckpt'), '--output', str(tmp_path / 'm.onnx'), '--img-size', '64', '32', '--quiet']
-    assert main(args) == 0
-    images = torch.randn(2, *SMALL)
-    assert np.allclose(run_onnx(tmp_path / 'm.onnx', images), pytorch_output(model, images), atol=1e-4)
-    assert 'max abs difference vs PyTorch' in capsys.readouterr().out
-
-
-@pytest.mark.slow
-@needs_exporter
-def test_exported_embedding_is_the_feature_extract_saves(tmp_path):
-    """ONNX and `ptl-timm extract` give the same unit-norm embedding of the same preprocessed image."""
-    from ptl_timm.eval.extract import FeatureExtractor
-    from ptl_timm.hub import set_preprocessing
-
-    model = tiny_model()
-    set_preprocessing(model, SMALL[1:])
-    result = export_onnx(model, tmp_path / 'm.onnx', verify=False)
-    assert result.normalized and result.input_size == SMALL
-    images = torch.randn(3, *SMALL)
-    onnx_feats = run_onnx(tmp_path / 'm.onnx', images)
-    torch.testing.assert_close(onnx_feats.norm(dim=1), torch.ones(3))
-    extracted = FeatureExtractor(model, device='cpu')(images)
-    assert (onnx_feats - extracted).abs().max() <= 1e-5
 
 
 @pytest.mark.slow

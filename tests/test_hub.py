@@ -223,9 +223,11 @@ def _build_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
 
 
-@pytest.mark.slow  # a fresh interpreter
-def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
-    """Publish → Hub cache → hf-hub:ORG/NAME and the manifest tag, offline."""
+@pytest.mark.slow  # a fresh interpreter, shared by the checks that need one (each costs torch's import)
+def test_a_fresh_interpreter_loads_published_weights_offline_by_hub_id_registry_tag_and_cli(tmp_path):
+    """``import ptl_timm`` alone gives the hub and the extractor; then, offline: publish → Hub cache →
+    ``hf-hub:ORG/NAME`` and the manifest's registry tag; a slashed ``hf-hub:`` id through ``load_model`` and
+    ``ptl-timm extract``."""
     torch.manual_seed(0)
     model = timm.create_model('reid_resnet50', num_classes=11)
     save_pretrained(model, tmp_path / 'ckpt', metadata={'ptl_timm_dataset': 'market1501'})
@@ -234,9 +236,25 @@ def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
     write_manifest(tmp_path / 'manifest.json', [result.manifest_entry])
     torch.save(embeddings(model), tmp_path / 'expected.pt')
 
+    tiny = tiny_model()
+    set_preprocessing(tiny, SMALL[1:])
+    save_pretrained(tiny, tmp_path / 'folder')
+    tiny_id = f'{HUB_ORG}/ptl_net.tiny'
+    _build_hub_cache(tmp_path / 'folder', tmp_path / 'cache', tiny_id)
+    images = tmp_path / 'images'
+    images.mkdir()
+    for i in range(2):
+        Image.new('RGB', (32, 64), (40 * i, 90, 200)).save(images / f'{i}.png')
+    torch.save(ptl_timm.FeatureExtractor(tiny, device='cpu')(str(images)), tmp_path / 'tiny_expected.pt')
+
     code = f"""
-        import torch, timm, ptl_timm
+        import ptl_timm
+        assert callable(ptl_timm.hub.load_model) and callable(ptl_timm.FeatureExtractor)
+        assert ptl_timm.hub.pretrained.HUB_ORG == {HUB_ORG!r}
+        import torch, timm
         import huggingface_hub.constants as c
+        from ptl_timm.cli import main
+        from ptl_timm.eval.features import load_features
         assert c.HF_HUB_OFFLINE
         images = torch.randn((2, *{SMALL}), generator=torch.Generator().manual_seed(1))
         expected = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)
@@ -246,19 +264,18 @@ def test_published_folder_loads_offline_via_hub_id_and_registry_tag(tmp_path):
             assert model.num_classes == 11, name
             with torch.inference_mode():
                 assert torch.equal(model.forward_reid(images).embedding, expected), name
+        model = ptl_timm.hub.load_model('hf-hub:{tiny_id}', num_classes=0)
+        assert model.pretrained_cfg['input_size'] == {SMALL}
+        assert main(['extract', '--model', 'hf-hub:{tiny_id}', '--folder', {str(images)!r},
+                     '--output', {str(tmp_path / 'feats.safetensors')!r}, '--device', 'cpu', '--quiet']) == 0
+        feats = load_features({str(tmp_path / 'feats.safetensors')!r})['images'].feats
+        assert torch.allclose(feats, torch.load({str(tmp_path / 'tiny_expected.pt')!r}), atol=1e-6)
         print('ok')
     """
     env = {MANIFEST_ENV: str(tmp_path / 'manifest.json'), 'HF_HUB_CACHE': str(tmp_path / 'cache'),
            'HF_HUB_OFFLINE': '1'}
     proc = run_python(code, env)
     assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
-
-
-@pytest.mark.slow  # a fresh interpreter
-def test_hub_is_an_attribute_after_a_plain_import():
-    proc = run_python("import ptl_timm; print(ptl_timm.hub.load_model.__name__, ptl_timm.hub.pretrained.HUB_ORG)", {})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ['load_model', HUB_ORG]
 
 
 def test_loaded_model_keeps_the_saved_pretrained_cfg(tmp_path):
@@ -353,36 +370,6 @@ def test_pretrained_weights_in_the_cache_load_although_the_hub_is_unreachable(tm
     _offline_hub(monkeypatch, tmp_path / 'cache')
     model = ptl_timm.create_ptl('resnet18', pretrained=True, num_classes=3)
     assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
-
-
-@pytest.mark.slow  # a fresh interpreter
-def test_hub_ids_with_a_slash_load_through_load_model_and_the_cli(tmp_path):
-    """``hf-hub:ORG/NAME`` from an offline Hub cache, through the library and ``ptl-timm extract``."""
-    model = tiny_model()
-    set_preprocessing(model, SMALL[1:])
-    save_pretrained(model, tmp_path / 'folder')
-    repo_id = f'{HUB_ORG}/ptl_net.tiny'
-    _build_hub_cache(tmp_path / 'folder', tmp_path / 'cache', repo_id)
-    images = tmp_path / 'images'
-    images.mkdir()
-    for i in range(2):
-        Image.new('RGB', (32, 64), (40 * i, 90, 200)).save(images / f'{i}.png')
-    expected = ptl_timm.FeatureExtractor(model, device='cpu')(str(images))
-    torch.save(expected, tmp_path / 'expected.pt')
-    code = f"""
-        import torch, ptl_timm
-        from ptl_timm.cli import main
-        from ptl_timm.eval.features import load_features
-        model = ptl_timm.hub.load_model('hf-hub:{repo_id}', num_classes=0)
-        assert model.pretrained_cfg['input_size'] == {SMALL}
-        assert main(['extract', '--model', 'hf-hub:{repo_id}', '--folder', {str(images)!r},
-                     '--output', {str(tmp_path / 'feats.safetensors')!r}, '--device', 'cpu', '--quiet']) == 0
-        feats = load_features({str(tmp_path / 'feats.safetensors')!r})['images'].feats
-        assert torch.allclose(feats, torch.load({str(tmp_path / 'expected.pt')!r}), atol=1e-6)
-        print('ok')
-    """
-    proc = run_python(code, {'HF_HUB_CACHE': str(tmp_path / 'cache'), 'HF_HUB_OFFLINE': '1'})
-    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
 
 
 def test_local_dir_ids_load_through_the_cli(tmp_path):

@@ -104,7 +104,8 @@ def test_export_command_takes_the_recorded_size(run, reference, tmp_path, capsys
     _, checkpoint, model = run
     dataset, expected = reference
     assert main(['export', '--model', str(checkpoint), '--output', str(tmp_path / 'm.onnx'), '--quiet']) == 0
-    assert 'input Nx3x64x32' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'input Nx3x64x32' in printed and 'max abs difference vs PyTorch' in printed
     import onnxruntime
     images = torch.stack([ImageDataset(dataset.query[:2], build_transforms(TRAINED_SIZE, False))[i][0] for i in (0, 1)])
     session = onnxruntime.InferenceSession(str(tmp_path / 'm.onnx'), providers=['CPUExecutionProvider'])

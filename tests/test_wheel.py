@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -71,13 +72,24 @@ def test_wheel_in_a_fresh_venv_trains_publishes_without_a_card_flag_evaluates_an
     _run(ptl_timm, 'train', '--model', 'ptl_net', '--set', f'model_args={TINY}', '--no-pretrained', '--dataset',
          'market1501', '--data-root', 'data', '--img-size', '64', '32', '--epochs', '1', '--batch-size', '8',
          '--workers', '0', '--device', 'cpu', '--quiet', '--output', 'run', cwd=tmp_path)
-    published = _run(ptl_timm, 'publish', '--model', 'run/last', '--output', 'hub', '--quiet', cwd=tmp_path)
-    assert 'wrote hub' in published
+    # the console script ran above; the other commands run through its function in one interpreter (torch's
+    # import is the cost of each), then timm's create_model: every module comes from the wheel
+    code = textwrap.dedent("""
+        from ptl_timm_launcher import main
+        def run(*args):
+            code = main(list(args))
+            print('exit', code, flush=True)
+        run('publish', '--model', 'run/last', '--output', 'hub', '--quiet')
+        print('---', flush=True)
+        run('eval', '--model', 'hub', '--dataset', 'market1501', '--data-root', 'data', '--device', 'cpu',
+            '--workers', '0')
+        import timm, ptl_timm
+        model = timm.create_model('ptl_resnet50', pretrained=False)
+        print('---', ptl_timm.__file__, type(model).__name__)
+    """)
+    published, evaluated, created = _run(python, '-c', code, cwd=tmp_path).split('---')
+    assert 'wrote hub' in published and published.strip().endswith('exit 0')
     readme = (tmp_path / 'hub' / 'README.md').read_text()
     assert '## Architecture' in readme and '## Status of trained weights' not in readme, 'the packaged card'
-    evaluated = _run(ptl_timm, 'eval', '--model', 'hub', '--dataset', 'market1501', '--data-root', 'data',
-                     '--device', 'cpu', '--workers', '0', cwd=tmp_path)
-    assert 'mAP' in evaluated
-    created = _run(python, '-c', 'import timm, ptl_timm; m = timm.create_model("ptl_resnet50", pretrained=False); '
-                                 'print(ptl_timm.__file__, type(m).__name__)', cwd=tmp_path)
-    assert created.startswith(str(site_packages / 'ptl_timm')) and created.strip().endswith('ReIDNet')
+    assert 'mAP' in evaluated and evaluated.strip().endswith('exit 0')
+    assert created.split()[0].startswith(str(site_packages / 'ptl_timm')) and created.split()[1] == 'ReIDNet'
