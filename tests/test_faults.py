@@ -212,6 +212,21 @@ def test_a_bad_device_is_one_line_on_every_command(tmp_path, capsys, command):
     assert "device 'gpu7' is not a device torch knows" in _one_line(capsys)
 
 
+@pytest.mark.parametrize('command', ['train', 'distill', 'transfer'])
+def test_a_config_for_a_gpu_machine_prints_here_and_its_run_is_refused_before_writing(
+        two_gpus_or_none, tmp_path, capsys, command):
+    """``--print-config --device cuda`` writes a config for another machine; running it where there is no GPU
+    is one line, exit 2, before the run folder exists."""
+    two_gpus_or_none(0)
+    extra = {'distill': ['--teacher', str(tmp_path / 'teacher')], 'transfer': ['--steps', 'market1501']}[command] \
+        if command != 'train' else []
+    assert main([command, '--device', 'cuda', '--print-config', *extra]) == 0
+    assert 'device: cuda\n' in capsys.readouterr().out
+    assert _exit_code([command, '--device', 'cuda', '--output', str(tmp_path / 'run'), *extra]) == 2
+    assert "device 'cuda': this machine has no CUDA device" in _one_line(capsys)
+    assert not (tmp_path / 'run').exists()
+
+
 def test_library_functions_refuse_a_bad_device(two_gpus_or_none, folders):
     two_gpus_or_none(0)
     from ptl_timm.eval.metrics import pairwise_distance_chunks

@@ -19,10 +19,10 @@ from ptl_timm.data.datasets import DATASETS, ReIDDataset, build_dataset
 from ptl_timm.errors import InputError, PTLError
 from ptl_timm.eval.extract import FeatureExtractor
 from ptl_timm.hub import check_model_source
-from ptl_timm.utils import DEVICE_HELP, check_output_path, default_workers, resolve_device
+from ptl_timm.utils import DEVICE_HELP, check_output_path, default_workers, parse_device, resolve_device
 
 __all__ = [
-    'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'model_source', 'output_file',
+    'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'device_name', 'model_source', 'output_file',
     'output_folder',
     'add_command', 'add_output', 'add_data_root', 'add_dataset', 'add_model', 'add_img_size',
     'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug', 'add_random_weights', 'add_model_args',
@@ -85,6 +85,7 @@ def _checked(check: Callable[[str], Any], name: str) -> Callable[[str], str]:
 
 model_source = _checked(check_model_source, 'model')  # a Hub id without path characters, a registered name
 device = _checked(resolve_device, 'device')  # a device this machine has (the text is kept: configs store it)
+device_name = _checked(parse_device, 'device')  # any device torch reads: a run checks it is here when it starts
 output_file = _checked(check_output_path, 'output file')  # not an existing folder
 output_folder = _checked(lambda text: check_output_path(text, folder=True), 'output folder')  # not an existing file
 
@@ -175,9 +176,12 @@ def add_img_size(parser: argparse.ArgumentParser, default: Optional[Sequence[int
 
 
 def add_device(parser: argparse.ArgumentParser, default: Optional[str] = 'auto',
-               dest: str = 'device') -> argparse.Action:
-    """``--device``: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..., one this machine has."""
-    return parser.add_argument('--device', dest=dest, default=default, type=device, help=DEVICE_HELP)
+               dest: str = 'device', here: bool = True) -> argparse.Action:
+    """``--device``: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..., one this machine has; with
+    ``here=False`` (a training config, which ``--print-config`` may write for another machine) any device torch
+    reads, the run checking that it is here before it reads or writes anything."""
+    return parser.add_argument('--device', dest=dest, default=default, type=device if here else device_name,
+                               help=DEVICE_HELP)
 
 
 def add_workers(parser: argparse.ArgumentParser, dest: str = 'workers', from_config: bool = False) -> argparse.Action:

@@ -64,7 +64,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig]
                             + _default_text('output', cls))
     add_data_root(parser, help="the dataset's folder (or a folder holding <dataset>/)")
     add_img_size(parser, help=f'training and evaluation input height and width{_default_text("img_size", cls)}')
-    add_device(parser, default=None)
+    add_device(parser, default=None, here=False)
     add_workers(parser, dest='num_workers', from_config=True)
     for flag, key, kind, help_text in (*_VALUE_FLAGS, *extra):
         parser.add_argument(flag, dest=key, type=kind, help=help_text + _default_text(key, cls))

@@ -7,7 +7,7 @@ import torch
 
 from ptl_timm.errors import InputError
 
-__all__ = ['resolve_device', 'DEVICE_HELP']
+__all__ = ['parse_device', 'resolve_device', 'DEVICE_HELP']
 
 DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."
 
@@ -24,22 +24,29 @@ def _count(device_type: str) -> int:
     return 1
 
 
-def resolve_device(device: Optional[Union[str, torch.device]] = None, local_rank: int = 0) -> torch.device:
-    """``device`` as a ``torch.device`` this machine has: None or 'auto' is this process's GPU
-    (``cuda:<local_rank>``) when there is one, else the CPU; 'cuda' alone is ``cuda:<local_rank>`` (each
-    rank of a torchrun job its own GPU). A string torch does not read, or a device that is not here
-    (``cuda`` without a GPU, ``cuda:9`` on a machine with two), raises ``InputError``."""
+def parse_device(device: Optional[Union[str, torch.device]] = None, local_rank: int = 0) -> torch.device:
+    """``device`` as a ``torch.device``, whether or not this machine has it: None or 'auto' is this process's
+    GPU (``cuda:<local_rank>``) when there is one, else the CPU; 'cuda' alone is ``cuda:<local_rank>`` (each
+    rank of a torchrun job its own GPU). A string torch does not read raises ``InputError``. Alone, it checks
+    a config meant for another machine (``train --print-config --device cuda`` on a laptop)."""
     given = 'auto' if device is None else str(device)
     if device is None or device == 'auto':
         device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
     elif device == 'cuda':
         device = f'cuda:{local_rank}'
     try:
-        resolved = torch.device(device)
+        return torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise InputError(f'device {given!r} is not a device torch knows; use {DEVICE_HELP}') from None
+
+
+def resolve_device(device: Optional[Union[str, torch.device]] = None, local_rank: int = 0) -> torch.device:
+    """:func:`parse_device`'s device, which must be on this machine: one that is not (``cuda`` without a GPU,
+    ``cuda:9`` on a machine with two) raises ``InputError``."""
+    resolved = parse_device(device, local_rank)
     if resolved.type == 'cpu':
         return resolved
+    given = 'auto' if device is None else str(device)
     count = _count(resolved.type)
     if count == 0:
         raise InputError(f"device {given!r}: this machine has no {resolved.type.upper()} device that torch can use; "
