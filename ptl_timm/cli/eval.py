@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
           f'Rank-10 {metrics["rank10"]:.2f}  mINP {metrics["mINP"]:.2f}  '
           f'({metrics["num_valid_queries"]} queries × {metrics["num_gallery"]} gallery; '
           f'{", ".join(metrics["post_processing"]) or "no post-processing"})')
-    print(f'protocol: {rule.description}')
+    print(rule.description)  # it names its protocol
     if args.roc:
         metrics['tpr_at_fpr'] = {f'{fpr:.0e}': 100 * tpr for fpr, tpr in result['tpr_at_fpr'].items()}
         print('  '.join(f'TPR@FPR={fpr} {tpr:.2f}' for fpr, tpr in metrics['tpr_at_fpr'].items()))

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                       worst_first=args.worst_first, num_queries=args.num_queries)
     out = write_rankings(rankings, args.output)
     if all(bool((s.pids >= 0).all()) for s in (sets['query'], sets['gallery'])) and not args.quiet:
-        print(f'protocol: {resolve_protocol([sets["query"], sets["gallery"]]).description}')
+        print(resolve_protocol([sets["query"], sets["gallery"]]).description)
     order = 'worst first' if args.worst_first else 'in query order'
     title = f'{args.model or args.features}: top {args.top_k} of each query ({order})'
     picture = draw_rankings(rankings, args.png or out.with_suffix('.png'), max_queries=args.max_rows, title=title)
