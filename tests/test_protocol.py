@@ -53,3 +53,42 @@ def test_eval_command_states_the_protocol_of_data_without_cameras(tmp_path, caps
                              device='cpu')
     assert metrics['protocol'] == 'self' and metrics['mAP'] == pytest.approx(100 * expected['mAP'])
     assert main(['eval', '--features', str(tmp_path / 'feats.safetensors'), '--quiet', '--protocol', 'camera']) == 2
+
+
+def _folder_dataset(root, flatten=('train', 'query', 'gallery')):
+    """A synthetic folder dataset whose ``flatten`` splits lose their camera folders (cameras unknown)."""
+    from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+    path = generate_synthetic(root, SYNTH_DOMAINS[0], layout='folder', num_ids=8, images_per_id=4, num_cams=2,
+                              img_size=(64, 32), name='own')
+    for split in flatten:
+        for image in list((path / split).rglob('*.jpg')):
+            image.rename(image.parent.parent / f'{image.parent.name}_{image.name}')
+        for camera in [p for p in (path / split).glob('*/*') if p.is_dir()]:
+            camera.rmdir()
+    return path
+
+
+def _train(tmp_path, data, capsys):
+    args = ['train', '--model', 'ptl_net', '--set', 'model_args={backbone: test_resnet, embed_dim: 64}',
+            '--no-pretrained', '--dataset', 'folder', '--data-root', str(data), '--img-size', '64', '32',
+            '--epochs', '1', '--batch-size', '8', '--workers', '0', '--device', 'cpu', '--output',
+            str(tmp_path / 'run')]
+    try:
+        return main(args), capsys.readouterr()
+    except SystemExit as e:
+        return e.code, capsys.readouterr()
+
+
+def test_training_on_data_without_cameras_says_its_evaluation_is_the_no_camera_protocol(tmp_path, capsys, caplog):
+    code, printed = _train(tmp_path, _folder_dataset(tmp_path), capsys)
+    assert code == 0
+    epoch = next(line for line in printed.out.splitlines() + printed.err.splitlines() if line.startswith('epoch 1:'))
+    assert ' (no-camera protocol): mAP' in epoch
+    assert 'has no camera ids, so it is evaluated under the no-camera protocol' in caplog.text
+
+
+def test_training_on_data_with_cameras_for_some_images_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Evaluation cannot pick an honest rule for it; before, the refusal came after the first epoch."""
+    code, printed = _train(tmp_path, _folder_dataset(tmp_path, flatten=('gallery',)), capsys)
+    assert code == 2 and 'images have no camera: name the cameras of all of them' in printed.err
+    assert '--protocol' not in printed.err and not (tmp_path / 'run').exists()

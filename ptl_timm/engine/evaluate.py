@@ -10,11 +10,11 @@ from typing import Dict, Set
 import torch.nn as nn
 
 from ptl_timm.data.datasets import ReIDDataset
-from ptl_timm.errors import DatasetError
+from ptl_timm.errors import DatasetError, InputError
 from ptl_timm.eval.aqe import query_expansion
 from ptl_timm.eval.extract import evaluate_features, extract_features
 from ptl_timm.eval.features import FeatureSet
-from ptl_timm.eval.protocol import resolve_protocol
+from ptl_timm.eval.protocol import auto_protocol, resolve_protocol
 from .config import TrainConfig
 from .data import eval_loader
 from .distributed import DistContext, broadcast_object, gather_rows
@@ -22,22 +22,29 @@ from .distributed import DistContext, broadcast_object, gather_rows
 __all__ = ['check_evaluable', 'evaluate_split']
 
 
-def check_evaluable(dataset: ReIDDataset, label: str) -> None:
-    """Refuse, before any training, a split that evaluation would fail on: no query or gallery
-    images, or no query whose identity the gallery shows from another camera (the protocol
-    ignores same-camera matches, so such a split has no answer to rank)."""
+def check_evaluable(dataset: ReIDDataset, label: str) -> str:
+    """The protocol (``camera`` or ``self``) the split will be evaluated under, refusing before any training a
+    split that evaluation would fail on: no query or gallery images, cameras known for some images only, or no
+    query whose identity the gallery shows from another camera (the protocol ignores same-camera matches, so
+    such a split has no answer to rank)."""
     if not dataset.query or not dataset.gallery:
         raise DatasetError(f'dataset {label!r} at {dataset.root} has no query or no gallery images to evaluate on')
+    records = dataset.query + dataset.gallery
+    try:
+        protocol = auto_protocol(sum(r.camid < 0 for r in records), len(records))
+    except InputError as e:
+        raise DatasetError(f'dataset {label!r} at {dataset.root}: {e}') from None
     cameras: Dict[int, Set[int]] = defaultdict(set)
     for record in dataset.gallery:
         cameras[record.pid].add(record.camid)
     # without any camera (a folder dataset without camera folders) only the query image itself is excluded
-    excluded = (lambda q: set()) if all(r.camid < 0 for r in dataset.query + dataset.gallery) else (lambda q: {q.camid})
+    excluded = (lambda q: set()) if protocol == 'self' else (lambda q: {q.camid})
     if not any(cameras.get(q.pid, set()) - excluded(q) for q in dataset.query):
         raise DatasetError(
             f'dataset {label!r} at {dataset.root}: no query identity appears in the gallery under another camera, '
             f'so there is nothing to evaluate (the protocol ignores same-camera matches); check the query and '
             f'gallery folders and their camera ids')
+    return protocol
 
 
 def _features(model: nn.Module, records, cfg: TrainConfig, ctx: DistContext, split: str):

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ptl_timm.data.specs import load_dataset, spec_label
 from ptl_timm.hub import DATASET_METADATA_KEY, set_preprocessing
 from ptl_timm.layers import ddp_ignore_latent_states, restore_latent_states, snapshot_latent_states
+from ptl_timm.eval.protocol import DESCRIPTIONS
 from ptl_timm.losses import CenterLoss, ReIDLoss
 from ptl_timm.models.ptl_net import create_ptl
 from ptl_timm.models.reid_output import ReIDOutput
@@ -155,6 +156,7 @@ class TrainSession:
     model: nn.Module
     data: TrainData
     eval_sets: Dict[str, Any]  # label → ReIDDataset; the first is the training set's own split
+    protocols: Dict[str, str] = field(default_factory=dict)  # label → 'camera' or 'self' (no camera known)
     adapter: Optional[nn.Module] = None  # extra trainable module (distillation)
     center_loss: Optional[CenterLoss] = None  # its centres train with their own optimiser (BoT)
     curves_drawn_at: float = float('-inf')  # time.monotonic() when curves.png was last drawn
@@ -224,14 +226,15 @@ def prepare_session(cfg: TrainConfig, ctx: DistContext, model_fn: Callable[[int,
     eval_sets = {label: data.dataset}
     for spec in cfg.test_datasets:
         eval_sets.setdefault(spec_label(spec, cfg.data_root), load_dataset(spec, cfg.data_root, cfg.dataset_args))
-    for name, dataset in eval_sets.items():
-        check_evaluable(dataset, name)
+    protocols = {name: check_evaluable(dataset, name) for name, dataset in eval_sets.items()}
+    for name in (name for name, protocol in protocols.items() if protocol != 'camera' and ctx.is_main):
+        _logger.warning('%s has no camera ids, so it is evaluated under the %s', name, DESCRIPTIONS[protocols[name]])
     model = model_fn(data.num_classes, label)
     # what data.loader.build_transforms does at evaluation: bilinear resize to img_size, ImageNet mean/std
     set_preprocessing(model, cfg.img_size, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     if ctx.is_main:  # a full disk found now, not after the first epoch
         require_free_space(cfg.output, _checkpoint_bytes(cfg, model), 'a checkpoint (weights and optimizer state)')
-    return TrainSession(cfg, ctx, model, data, eval_sets)
+    return TrainSession(cfg, ctx, model, data, eval_sets, protocols=protocols)
 
 
 _OPTIMIZER_SLOTS = {'sgd': 1, 'adam': 2, 'adamw': 2}  # state tensors per parameter (SGD: momentum; Adam: two moments)
@@ -356,7 +359,7 @@ def _epoch_loop(session: TrainSession, state: TrainState, loss_step: LossStep) -
             if evaluating:
                 _evaluate_epoch(session, state)
             if ctx.is_main:
-                _log(state.history[-1])
+                _log(state.history[-1], session.protocols)
             if board is not None:
                 board.log(state.history[-1])
             ctx.barrier()
@@ -480,10 +483,12 @@ def _save_epoch(session: TrainSession, state: TrainState, weights: bool = True, 
         session.curves_drawn_at = time.monotonic()
 
 
-def _log(record: Dict[str, Any]) -> None:
+def _log(record: Dict[str, Any], protocols: Dict[str, str]) -> None:
+    """The epoch's line; a split without cameras is marked, as its numbers are not the camera protocol's."""
     text = f'epoch {record["epoch"]}: loss {record["loss"]:.4f} lr {record["lr"]:.2e} ({record["time_s"]:.1f}s)'
     for name, metrics in record.get('eval', {}).items():
-        text += f' | {name}: mAP {metrics["mAP"]:.2f} Rank-1 {metrics["rank1"]:.2f}'
+        marked = name if protocols.get(name, 'camera') == 'camera' else f'{name} (no-camera protocol)'
+        text += f' | {marked}: mAP {metrics["mAP"]:.2f} Rank-1 {metrics["rank1"]:.2f}'
     tqdm.write(text)
 
 

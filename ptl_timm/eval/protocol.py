@@ -26,10 +26,10 @@ import torch
 from ptl_timm.errors import InputError
 from .features import FeatureSet
 
-__all__ = ['PROTOCOLS', 'Protocol', 'resolve_protocol']
+__all__ = ['PROTOCOLS', 'DESCRIPTIONS', 'Protocol', 'auto_protocol', 'resolve_protocol']
 
 PROTOCOLS = ('auto', 'camera', 'self')
-_DESCRIPTIONS = {
+DESCRIPTIONS = {
     'camera': 'camera protocol: same identity and same camera (or sequence) is excluded, as in Market-1501',
     'self': 'no-camera protocol: only the query image itself (the same file) is excluded; same-camera matches count, '
             'so the numbers are higher than under the camera protocol and not comparable with published ones',
@@ -56,6 +56,15 @@ def _file_keys(sets: Sequence[FeatureSet]) -> List[torch.Tensor]:
     return keys
 
 
+def auto_protocol(unknown_cams: int, total: int) -> str:
+    """What ``auto`` picks for ``total`` images of which ``unknown_cams`` have no camera: ``camera`` when every
+    image has one, ``self`` when none has; a camera known for some images only is refused (which rule would be
+    honest is unclear)."""
+    if 0 < unknown_cams < total:
+        raise InputError(f'{unknown_cams} of {total} images have no camera: name the cameras of all of them')
+    return 'self' if unknown_cams else 'camera'
+
+
 def resolve_protocol(sets: Sequence[FeatureSet], protocol: str = 'auto') -> Protocol:
     """The exclusion keys of ``sets`` (e.g. query and gallery) under ``protocol``: ``camera``, ``self``,
     or ``auto`` (``camera`` when every image has a camera, ``self`` when none has). Every image needs an
@@ -67,13 +76,12 @@ def resolve_protocol(sets: Sequence[FeatureSet], protocol: str = 'auto') -> Prot
         raise InputError(f'{unknown_ids} images have no identity (-1); evaluation needs the identity of every image: '
                          f'use a dataset layout or files named like 0002_c1s1_000451_01.jpg')
     unknown_cams = sum(int((s.camids < 0).sum()) for s in sets)
-    total = sum(len(s.camids) for s in sets)
     if protocol == 'auto':
-        if 0 < unknown_cams < total:
-            raise InputError(
-                f'{unknown_cams} of {total} images have no camera: name the cameras of all of them, or pass '
-                f'protocol self (--protocol self) to exclude only the query image itself')
-        protocol = 'camera' if unknown_cams == 0 else 'self'
+        try:
+            protocol = auto_protocol(unknown_cams, sum(len(s.camids) for s in sets))
+        except InputError as e:
+            raise InputError(f'{e}, or pass protocol self (--protocol self) to exclude only the query image '
+                             f'itself') from None
     if protocol == 'camera':
         if unknown_cams:
             raise InputError(
@@ -82,4 +90,4 @@ def resolve_protocol(sets: Sequence[FeatureSet], protocol: str = 'auto') -> Prot
         keys = [s.camids.long() for s in sets]
     else:
         keys = _file_keys(sets)
-    return Protocol(protocol, _DESCRIPTIONS[protocol], tuple(keys))
+    return Protocol(protocol, DESCRIPTIONS[protocol], tuple(keys))
