@@ -23,13 +23,15 @@ BENCHMARKS.md. Nothing is tuned per seed: one setting for all.
     python -m benchmarks.transfer --quick    # CI-size: checks the pipeline produces every table
 """
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -146,6 +148,10 @@ class Experiment:
             lr_step=self.s.epochs, eval_every=0, eval_batch_size=128, num_workers=0, seed=seed,
             progress=self.progress, overwrite=True), **overrides}
 
+    def _quietly(self) -> ContextManager:
+        """Without progress (``--quiet``) a run's epoch lines are not printed either: a study trains hundreds."""
+        return contextlib.nullcontext() if self.progress else contextlib.redirect_stdout(io.StringIO())
+
     def _model_args(self, state_mode: Optional[str]) -> Dict[str, Any]:
         args = dict(backbone=self.s.backbone, embed_dim=self.s.embed_dim)
         return args if state_mode is None else dict(args, state_mode=state_mode)
@@ -170,7 +176,8 @@ class Experiment:
         args.update(init.pop('model_args', {}), **(model_args or {}))
         cfg = dict(**self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
                    test_datasets=list(test), output=str(output), **init)
-        result = fine_tune(TrainConfig(**self._continuing(output, cfg)))
+        with self._quietly():
+            result = fine_tune(TrainConfig(**self._continuing(output, cfg)))
         self._record(name, seed, started, model, result)
         return output / 'last'
 
@@ -181,10 +188,11 @@ class Experiment:
             return reused
         output = self.work / f'seed{seed}' / name
         started = time.time()
-        result = run_distill(DistillConfig(
-            **self._common(seed, epochs=self.s.distill_epochs, lr_step=self.s.distill_epochs),
-            model='reid_net', model_args=self._model_args(None), dataset=dataset, teacher=str(teacher),
-            init_checkpoint=str(student), lam=lam, output=str(output)))
+        with self._quietly():
+            result = run_distill(DistillConfig(
+                **self._common(seed, epochs=self.s.distill_epochs, lr_step=self.s.distill_epochs),
+                model='reid_net', model_args=self._model_args(None), dataset=dataset, teacher=str(teacher),
+                init_checkpoint=str(student), lam=lam, output=str(output)))
         self._record(name, seed, started, 'reid_net', result)
         return output / 'last'
 

@@ -8,9 +8,10 @@ from benchmarks import transfer
 
 
 @pytest.mark.slow
-def test_quick_run_produces_every_table_with_every_seed(tmp_path):
+def test_quick_run_produces_every_table_with_every_seed(tmp_path, capsys):
     result = transfer.main(['--quick', '--work', str(tmp_path / 'work'), '--out', str(tmp_path / 'out'),
                             '--no-report', '--quiet'])
+    assert 'epoch 1:' not in capsys.readouterr().out  # --quiet: not one line per epoch of 60 runs
     seeds = result['setting'].seeds
     body = result['body']
     for title, cells in transfer.TABLES.values():
