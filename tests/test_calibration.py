@@ -206,3 +206,20 @@ def test_verify_names_a_missing_checkpoint_folder_as_missing(tmp_path, capsys):
     status = main(['verify', '--model', str(tmp_path / 'runs' / 'none'), '--images', 'a.jpg', 'b.jpg'])
     err = capsys.readouterr().err
     assert status == 2 and err.count('\n') == 1 and 'does not exist' in err and 'calibration' not in err
+
+
+@pytest.mark.slow
+def test_a_calibration_published_to_the_hub_is_read_by_verify_through_its_hub_id(checkpoint, tmp_path, monkeypatch):
+    """What `publish` uploads carries the calibration: `verify --model hf-hub:ORG/NAME` decides with it (offline
+    Hub cache), the same as from the folder."""
+    from hub_support import build_hub_cache, offline_hub
+    data, folder = checkpoint
+    model = _copy(folder, tmp_path / 'model')
+    result = calibrate(model, 'market1501', data, fprs=(0.1,), img_size=IMG_SIZE, device='cpu')
+    build_hub_cache(model, tmp_path / 'cache', 'someone/ptl_net.calibrated')
+    offline_hub(monkeypatch, tmp_path / 'cache')
+    assert read_calibration('hf-hub:someone/ptl_net.calibrated') == result
+    images = sorted(str(p) for p in (data / 'query').iterdir())[:2]
+    from_hub = verify('hf-hub:someone/ptl_net.calibrated', *images, fpr=0.1, device='cpu')
+    assert from_hub == verify(model, *images, fpr=0.1, device='cpu')
+    assert from_hub.threshold == result['points'][0]['threshold']

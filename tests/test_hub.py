@@ -24,10 +24,11 @@ from ptl_timm.eval.features import load_features
 from ptl_timm.hub import WEIGHTS_NAME, load_model, save_pretrained, set_preprocessing
 from ptl_timm.hub.pretrained import (
     HUB_ORG, MANIFEST_ENV, ManifestError, UnpublishedWeightsError, WeightsUnavailableError, load_manifest,
-    manifest_cfgs, register_published_weights, sha256_file,
+    manifest_cfgs, register_published_weights,
 )
 from ptl_timm.hub.publish import publish
 from ptl_timm.models import ptl_net
+from hub_support import build_hub_cache, offline_hub
 
 SMALL = (3, 64, 32)
 
@@ -162,7 +163,7 @@ def test_manifest_tags_follow_the_untagged_default_and_leave_the_model_file_lite
 def test_timm_create_model_resolves_a_published_tag_and_fails_fast_offline(published_tag, tmp_path, monkeypatch):
     """The tag and the offline check come from the hub part, and work through timm alone: offline and
     not cached, the tag's own Hub repository is named at once, before anything is built."""
-    _offline_hub(monkeypatch, tmp_path / 'cache')
+    offline_hub(monkeypatch, tmp_path / 'cache')
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError, match=f'from {HUB_ORG}/{published_tag}: it is not in the local'):
         timm.create_model(published_tag, pretrained=True)
@@ -208,21 +209,6 @@ def test_imagenet_backbone_file_loads_every_backbone_tensor_and_nothing_else(tmp
     assert len(backbone_keys) == len([k for k in source if not k.startswith(('fc.', 'classifier.'))])
 
 
-def _build_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
-    """The huggingface_hub cache layout: blobs named by hash, a snapshot of links, refs/main."""
-    repo = cache / f'models--{repo_id.replace("/", "--")}'
-    commit = 'a' * 40
-    (repo / 'refs').mkdir(parents=True)
-    (repo / 'refs' / 'main').write_text(commit)
-    (repo / 'blobs').mkdir()
-    snapshot = repo / 'snapshots' / commit
-    snapshot.mkdir(parents=True)
-    for file in folder.iterdir():
-        blob = repo / 'blobs' / sha256_file(file)
-        shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-
-
 @pytest.mark.slow  # a fresh interpreter, shared by the checks that need one (each costs torch's import)
 def test_a_fresh_interpreter_loads_published_weights_offline_by_hub_id_registry_tag_and_cli(tmp_path):
     """``import ptl_timm`` alone gives the hub and the extractor; then, offline: publish → Hub cache →
@@ -232,7 +218,7 @@ def test_a_fresh_interpreter_loads_published_weights_offline_by_hub_id_registry_
     model = timm.create_model('reid_resnet50', num_classes=11)
     save_pretrained(model, tmp_path / 'ckpt', metadata={'ptl_timm_dataset': 'market1501'})
     result = publish(tmp_path / 'ckpt', tmp_path / 'hub', progress=False)
-    _build_hub_cache(result.folder, tmp_path / 'cache', result.repo_id)
+    build_hub_cache(result.folder, tmp_path / 'cache', result.repo_id)
     write_manifest(tmp_path / 'manifest.json', [result.manifest_entry])
     torch.save(embeddings(model), tmp_path / 'expected.pt')
 
@@ -240,7 +226,7 @@ def test_a_fresh_interpreter_loads_published_weights_offline_by_hub_id_registry_
     set_preprocessing(tiny, SMALL[1:])
     save_pretrained(tiny, tmp_path / 'folder')
     tiny_id = f'{HUB_ORG}/ptl_net.tiny'
-    _build_hub_cache(tmp_path / 'folder', tmp_path / 'cache', tiny_id)
+    build_hub_cache(tmp_path / 'folder', tmp_path / 'cache', tiny_id)
     images = tmp_path / 'images'
     images.mkdir()
     for i in range(2):
@@ -338,20 +324,13 @@ def test_only_the_classifier_may_be_dropped(tmp_path):
         load_model(tmp_path)  # the same num_classes: the classifier is part of the weights
 
 
-def _offline_hub(monkeypatch, cache: Path) -> None:
-    """An empty Hub cache and an endpoint that refuses connections (loopback, nothing listens on 9)."""
-    import huggingface_hub.constants as constants
-    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
-    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
-
-
 @pytest.mark.parametrize('build', [
     lambda: ptl_timm.create_ptl('resnet18', pretrained=True, num_classes=3),
     lambda: timm.create_model('reid_resnet50', pretrained=True, num_classes=3),
     lambda: load_model('resnet18.a1_in1k'),
 ], ids=['create_ptl', 'timm.create_model', 'load_model'])
 def test_pretrained_weights_fail_fast_when_the_hub_is_unreachable(tmp_path, monkeypatch, build):
-    _offline_hub(monkeypatch, tmp_path / 'cache')
+    offline_hub(monkeypatch, tmp_path / 'cache')
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as info:
         build()
@@ -366,8 +345,8 @@ def test_pretrained_weights_in_the_cache_load_although_the_hub_is_unreachable(tm
     torch.manual_seed(0)
     source = timm.create_model('resnet18', num_classes=1000)
     save_pretrained(source, tmp_path / 'resnet18')
-    _build_hub_cache(tmp_path / 'resnet18', tmp_path / 'cache', 'timm/resnet18.a1_in1k')
-    _offline_hub(monkeypatch, tmp_path / 'cache')
+    build_hub_cache(tmp_path / 'resnet18', tmp_path / 'cache', 'timm/resnet18.a1_in1k')
+    offline_hub(monkeypatch, tmp_path / 'cache')
     model = ptl_timm.create_ptl('resnet18', pretrained=True, num_classes=3)
     assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
 
