@@ -352,7 +352,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, name: str, reuse_help: st
     parser.add_argument('--reuse', action='store_true', help=reuse_help)
     parser.add_argument('--no-report', action='store_true', help='write no report at all')
     add_report_argument(parser)
-    parser.add_argument('--quiet', action='store_true', help="no progress bars (each run's epoch lines stay)")
+    parser.add_argument('--quiet', action='store_true',
+                        help='no progress bars and no epoch lines of the runs (their warnings stay)')
 
 
 def run_folders(args: argparse.Namespace, results_dir: Path) -> Tuple[Path, Path]:
