@@ -3,7 +3,7 @@ state is left alone."""
 import matplotlib
 from PIL import Image
 
-from ptl_timm.utils.plots import plot_curves
+from ptl_timm.utils.plots import curves_figure, plot_curves
 
 
 def _history(eval_epochs):
@@ -32,3 +32,9 @@ def test_plotting_leaves_the_backend_and_pyplot_alone(tmp_path):
     assert matplotlib.get_backend() == backend
     import matplotlib.pyplot as plt
     assert plt.get_fignums() == []
+
+
+def test_epoch_ticks_are_whole_epochs_and_a_lone_epoch_is_its_own_tick():
+    """A one-epoch run's axis read 0.945 … 1.050: the integer locator falls back to fractions around one point."""
+    assert list(curves_figure(_history(set())[:1]).axes[0].get_xticks()) == [1]
+    assert all(float(t).is_integer() for t in curves_figure(_history({2, 4})).axes[1].get_xticks())

@@ -1,9 +1,12 @@
 """Training curves: loss per epoch and mAP / Rank-1 of every evaluated dataset, one PNG."""
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from .io import PathLike, atomic_path
 
-__all__ = ['plot_curves']
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the package
+    from matplotlib.figure import Figure
+
+__all__ = ['plot_curves', 'curves_figure']
 
 
 def _eval_points(history: List[Dict[str, Any]]) -> Dict[str, List[Tuple[int, Dict[str, float]]]]:
@@ -13,7 +16,14 @@ def _eval_points(history: List[Dict[str, Any]]) -> Dict[str, List[Tuple[int, Dic
 
 
 def plot_curves(history: List[Dict[str, Any]], path: PathLike) -> None:
-    """Write the loss and the evaluation curves of ``history`` (the metrics.jsonl records) atomically.
+    """Write :func:`curves_figure` of ``history`` (the metrics.jsonl records) to the PNG ``path`` atomically."""
+    fig = curves_figure(history)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=100)
+
+
+def curves_figure(history: List[Dict[str, Any]]) -> 'Figure':
+    """The loss and the evaluation curves of ``history``.
 
     The evaluation panel appears once some dataset was evaluated at two epochs or more; a single
     evaluation is written as text under the loss curve instead of a lone point on an epoch axis.
@@ -21,7 +31,7 @@ def plot_curves(history: List[Dict[str, Any]], path: PathLike) -> None:
     figures are left alone.
     """
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FixedLocator, MaxNLocator
 
     points = _eval_points(history)
     curves = any(len(p) > 1 for p in points.values())
@@ -29,8 +39,11 @@ def plot_curves(history: List[Dict[str, Any]], path: PathLike) -> None:
     fig = Figure(figsize=(width, height))
     ax_loss, *rest = fig.subplots(1, 2 if curves else 1, squeeze=False)[0]
     ax_loss.plot([r['epoch'] for r in history], [r['loss'] for r in history], marker='o', label='loss')
-    ax_loss.set(xlabel='epoch', ylabel='training loss', title='loss')
-    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.set(xlabel='epoch', ylabel='training loss')
+    ax_loss.set_title('loss', y=1.0)
+    # integer epoch ticks; a lone epoch gets its own (the locator would fall back to fractions around it)
+    lone = len(history) == 1
+    ax_loss.xaxis.set_major_locator(FixedLocator([history[0]['epoch']]) if lone else MaxNLocator(integer=True))
     if curves:
         ax_eval = rest[0]
         for name, evaluated in points.items():
@@ -38,16 +51,16 @@ def plot_curves(history: List[Dict[str, Any]], path: PathLike) -> None:
             ax_eval.plot(epochs, [m['mAP'] for _, m in evaluated], marker='o', label=f'{name} mAP')
             ax_eval.plot(epochs, [m['rank1'] for _, m in evaluated], marker='s', linestyle='--',
                          label=f'{name} Rank-1')
-        ax_eval.set(xlabel='epoch', ylabel='%', title='evaluation')
+        ax_eval.set(xlabel='epoch', ylabel='%')
+        ax_eval.set_title('evaluation', y=1.0)
         ax_eval.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_eval.legend(fontsize='small')
     elif points:
         text = '; '.join(f'{name} (epoch {e}): mAP {m["mAP"]:.1f}, Rank-1 {m["rank1"]:.1f}'
                          for name, ((e, m),) in points.items())
         fig.text(0.5, 0.01, text, ha='center', va='bottom', fontsize='small', wrap=True)
-        fig.subplots_adjust(bottom=0.28)
-    if curves or not points:  # margins in inches: tight_layout measures every label, slower than the drawing
-        fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.35 / height,
-                            wspace=0.22)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', dpi=100)
+    # margins in inches (tight_layout measures every label, slower than the drawing); room for the text line
+    bottom = 1.0 if points and not curves else 0.55
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.2 / width, bottom=bottom / height, top=1 - 0.35 / height,
+                        wspace=0.24)
+    return fig
