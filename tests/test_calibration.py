@@ -210,8 +210,8 @@ def test_verify_names_a_missing_checkpoint_folder_as_missing(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_calibration_published_to_the_hub_is_read_by_verify_through_its_hub_id(checkpoint, tmp_path, monkeypatch):
-    """What `publish` uploads carries the calibration: `verify --model hf-hub:ORG/NAME` decides with it (offline
-    Hub cache), the same as from the folder."""
+    """A calibrated folder as the Hub serves it (an offline Hub cache): `verify --model hf-hub:ORG/NAME` reads its
+    calibration and decides as from the folder."""
     from hub_support import build_hub_cache, offline_hub
     data, folder = checkpoint
     model = _copy(folder, tmp_path / 'model')

@@ -218,8 +218,8 @@ def test_a_config_for_a_gpu_machine_prints_here_and_its_run_is_refused_before_wr
     """``--print-config --device cuda`` writes a config for another machine; running it where there is no GPU
     is one line, exit 2, before the run folder exists."""
     two_gpus_or_none(0)
-    extra = {'distill': ['--teacher', str(tmp_path / 'teacher')], 'transfer': ['--steps', 'market1501']}[command] \
-        if command != 'train' else []
+    extra = {'train': [], 'distill': ['--teacher', str(tmp_path / 'teacher')],
+             'transfer': ['--steps', 'market1501']}[command]
     assert main([command, '--device', 'cuda', '--print-config', *extra]) == 0
     assert 'device: cuda\n' in capsys.readouterr().out
     assert _exit_code([command, '--device', 'cuda', '--output', str(tmp_path / 'run'), *extra]) == 2

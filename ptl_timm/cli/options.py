@@ -22,8 +22,8 @@ from ptl_timm.hub import check_model_source
 from ptl_timm.utils import DEVICE_HELP, check_output_path, default_workers, parse_device, resolve_device
 
 __all__ = [
-    'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'device_name', 'model_source', 'output_file',
-    'output_folder',
+    'ArgumentParser', 'HelpFormatter', 'Number', 'integer', 'number', 'device', 'device_name', 'model_source',
+    'output_file', 'output_folder',
     'add_command', 'add_output', 'add_data_root', 'add_dataset', 'add_model', 'add_img_size',
     'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug', 'add_random_weights', 'add_model_args',
     'add_dataset_args', 'extractor_from_args', 'dataset_from_args',

@@ -227,8 +227,9 @@ def prepare_session(cfg: TrainConfig, ctx: DistContext, model_fn: Callable[[int,
     for spec in cfg.test_datasets:
         eval_sets.setdefault(spec_label(spec, cfg.data_root), load_dataset(spec, cfg.data_root, cfg.dataset_args))
     protocols = {name: check_evaluable(dataset, name) for name, dataset in eval_sets.items()}
-    for name in (name for name, protocol in protocols.items() if protocol != 'camera' and ctx.is_main):
-        _logger.warning('%s has no camera ids, so it is evaluated under the %s', name, DESCRIPTIONS[protocols[name]])
+    for name, protocol in protocols.items():
+        if protocol != 'camera' and ctx.is_main:
+            _logger.warning('%s has no camera ids, so it is evaluated under the %s', name, DESCRIPTIONS[protocol])
     model = model_fn(data.num_classes, label)
     # what data.loader.build_transforms does at evaluation: bilinear resize to img_size, ImageNet mean/std
     set_preprocessing(model, cfg.img_size, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
