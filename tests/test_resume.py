@@ -133,3 +133,19 @@ def test_checkpoint_replacement_leaves_no_staging_folders(tmp_path):
     save_checkpoint(path, load_model(path), {'epoch': 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ['last']
     assert sorted(p.name for p in path.iterdir()) == ['config.json', 'model.safetensors', 'train_state.pt']
+
+
+def test_overwrite_removes_the_earlier_run_before_anything_of_the_new_one(tmp_path, monkeypatch):
+    """A new run stopped before its first evaluation must not leave the earlier run's best/ (a model it
+    did not train) or metrics beside its own files; stopped while removing, the earlier run stays
+    resumable (its config.yaml is rewritten after its last/ is gone)."""
+    from ptl_timm.engine import trainer
+    output = tmp_path / 'run'
+    cfg = _config(tmp_path, output)
+    fine_tune(build_config(TrainConfig, dict(cfg, epochs=1)))
+    assert (output / 'best').is_dir() and (output / 'metrics.jsonl').is_file()
+    monkeypatch.setattr(trainer, '_train_one_epoch', lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(build_config(TrainConfig, dict(cfg, epochs=2, overwrite=True)))
+    assert sorted(p.name for p in output.iterdir() if not p.name.startswith('.')) == ['config.yaml']
+    assert yaml.safe_load((output / 'config.yaml').read_text())['epochs'] == 2

@@ -32,7 +32,7 @@ _VALUE_FLAGS: Tuple[ValueFlag, ...] = (
 )
 _SWITCHES = (
     ('--resume', 'resume', 'continue the run in --output from its config.yaml and last/ (no other flag needed)'),
-    ('--overwrite', 'overwrite', 'replace the checkpoints of an earlier run in --output'),
+    ('--overwrite', 'overwrite', 'replace an earlier run in --output (all it wrote goes first)'),
     ('--amp', 'amp', 'mixed precision (float16 on GPU, bfloat16 on CPU)'),
     ('--channels-last', 'channels_last', 'channels_last memory format'),
     ('--deterministic', 'deterministic', 'deterministic algorithms (bit-exact resume)'),

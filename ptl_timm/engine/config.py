@@ -245,7 +245,7 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = False
     resume: bool = False  # continue the run in output from its saved config and last/
-    overwrite: bool = False  # replace the checkpoints of an earlier run in output (else an error)
+    overwrite: bool = False  # replace an earlier run in output, all it wrote (else an error)
     progress: bool = True
     tensorboard: bool = False  # also log to output/tensorboard (pip install "ptl_timm[tensorboard]")
     # 'auto', 'paper', 'mgn' or 'bot': the defaults under the given values

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ _GENERIC_MODELS = {'ptl_net': True, 'reid_net': False}
 # curves.png is redrawn after an epoch at most this often, and after the last: drawing takes ~0.25 s, a
 # quarter of a miniature epoch, and a picture a few seconds old tells the same story
 CURVES_EVERY_S = 30.0
+# what a run writes into its folder besides config.yaml; ``overwrite`` removes an earlier run's in this order
+RUN_OUTPUTS = ('best', 'metrics.jsonl', 'curves.png', TENSORBOARD_DIR, 'last')
 
 
 class ReIDTrainModule(nn.Module):
@@ -270,8 +273,23 @@ def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
                 for name in ('last', 'best'):  # the writer finishes a swap its killed predecessor left
                     recover_folder(session.output / name)
                 _check_output(cfg)  # again, now that no other run can write here
+                if cfg.overwrite and not cfg.resume:
+                    _remove_earlier_run(session.output)
                 save_run_config(cfg)
             return _epoch_loop(session, _start_state(session), loss_step)
+
+
+def _remove_earlier_run(output: Path) -> None:
+    """What an overwritten run wrote goes before the new run writes: its best/ or metrics.jsonl must never
+    sit beside the new run's last/ (a new run stopped before its first evaluation would leave them).
+    last/, the resume point, goes last with config.yaml still the old one: a stop midway leaves the earlier
+    run resumable, never a mix of two."""
+    for name in RUN_OUTPUTS:
+        path = output / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 @contextlib.contextmanager
