@@ -29,9 +29,10 @@ A last table compares the spread on the old small split (74 queries, 126 gallery
 That is the miniature (``--setting miniature``, the default): exact, but its models sit near chance, so
 it is kept as the small-scale record. ``--setting realistic`` asks the question where models work: each
 of two backbones pre-trained once to convergence (600 identities × 8 images, cross-entropy + triplet,
-40 epochs), fine-tuned with 50 mini-batches between state resets, a cosine learning-rate decay and
-cross-entropy + triplet, scored on about 750 queries and 2,200 gallery images; a one-seed plain pilot
-must first reach 30 mAP on that split (``--pilot``, recorded in ``pilots.json``). Its tables:
+40 epochs), fine-tuned for 8 epochs of at least 50 mini-batches (one state reset each), a cosine
+learning-rate decay and cross-entropy + triplet, scored on about 750 queries and 2,200 gallery images; a
+one-seed plain pilot must first reach 30 mAP on that split (``--pilot``, recorded in ``pilots.json``).
+Its tables:
 
 * ``layers``: plain, PTL 'batch' / 'none' / 'sample', and a capacity-matched plain (the side network
   with a plain conv block instead of each cell: the same parameters and MACs, no gates, no state);
@@ -45,8 +46,8 @@ readable) beside it; a run whose results are recorded needs no checkpoint, so th
 sessions with ``--reuse``.
 
     python -m benchmarks.state --reuse                               # miniature: about 2.5 h on 2 idle cores
-    python -m benchmarks.state --setting realistic --pilot           # the gate: about 75 min on 2 idle cores
-    python -m benchmarks.state --setting realistic --reuse           # the study: about 13 h; resumable
+    python -m benchmarks.state --setting realistic --pilot           # the gate: about 90 min on 2 idle cores
+    python -m benchmarks.state --setting realistic --reuse           # the study: about 16 h; resumable
     python -m benchmarks.state --quick [--setting realistic]         # CI-size, writes only under --work
 """
 import argparse
@@ -64,6 +65,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ptl_timm.data import build_dataset
+from ptl_timm.data.loader import PKSampler
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.eval import FeatureExtractor, evaluate_features, query_expansion
 from ptl_timm.hub import load_model
@@ -75,7 +77,7 @@ from ptl_timm.utils import atomic_path, atomic_save_json
 from benchmarks.report import ROOT, markdown_table, report_path, write_section
 from benchmarks.stats import Paired, Relative, paired_difference, relative_difference
 from benchmarks.transfer import (
-    QUICK_MINIATURE, Experiment, Miniature, add_run_arguments, finished, previous_runs, run_folders)
+    QUICK_MINIATURE, Experiment, Miniature, add_run_arguments, folder_result, previous_runs, run_folders)
 
 RESULTS_DIR = ROOT / 'benchmarks' / 'results' / 'state'
 TEST_SEED_OFFSET = 10_000  # the large test split's people are drawn with seed + this: unseen identities
@@ -107,18 +109,20 @@ class Setting(Miniature):
 QUICK = Setting(**QUICK_MINIATURE, small_batches=(4,), test_ids=6, test_images_per_id=6, xbm_size=16, key_seeds=2)
 
 # Where users live: a backbone pre-trained to convergence on a large source (600 identities × 8 images,
-# cross-entropy + triplet), fine-tuned with 50 mini-batches between two state resets (200 identities × 8
-# images, batch 32), a learning-rate decay and cross-entropy + triplet (the recipe family of the paper's
-# strongest results), scored on about 750 queries and 2,200 gallery images of unseen identities.
+# cross-entropy + triplet), fine-tuned for 8 epochs with at least 50 mini-batches between two state resets (204
+# identities × 8 images in P×K batches of 8 × 4: 408 groups of 4, of which an epoch's sampler drops at most 8),
+# a learning-rate decay and cross-entropy + triplet (the recipe family of the paper's strongest results), and
+# scored on about 750 queries and 2,200 gallery images of unseen identities.
 METRIC_RECIPE = (('sampler', 'pk'), ('num_instances', 4), ('triplet_weight', 1.0), ('triplet_margin', 0.3))
 REALISTIC = Setting(
-    num_ids=400, pretrain_ids=1200, pretrain_epochs=40, epochs=16, test_ids=250, backbones=2, group_ids=25,
+    num_ids=408, pretrain_ids=1200, pretrain_epochs=40, epochs=8, test_ids=250, backbones=2, group_ids=25,
     pilot_gate=30.0,
     pretrain_recipe=METRIC_RECIPE + (('batch_size', 64), ('lr', 0.05), ('lr_schedule', 'cosine'),
                                      ('warmup_epochs', 2), ('min_lr_factor', 0.01)),
-    finetune_recipe=METRIC_RECIPE + (('lr_schedule', 'cosine'), ('warmup_epochs', 1), ('min_lr_factor', 0.01)))
+    finetune_recipe=METRIC_RECIPE + (('lr_schedule', 'cosine'), ('warmup_epochs', 1), ('min_lr_factor', 0.01),
+                                     ('channels_last', True)))
 QUICK_REALISTIC = replace(QUICK, backbones=2, group_ids=3, pilot_gate=0.0, pretrain_recipe=METRIC_RECIPE,
-                          finetune_recipe=METRIC_RECIPE, mechanism_seeds=2)
+                          finetune_recipe=REALISTIC.finetune_recipe, mechanism_seeds=2)
 SETTINGS = {'miniature': (Setting(), QUICK), 'realistic': (REALISTIC, QUICK_REALISTIC)}
 
 
@@ -144,41 +148,42 @@ class StateExperiment(Experiment):
         """The pre-trained backbone a fine-tune seed starts from."""
         return seed % self.s.backbones
 
-    def pretrain_dir(self, index: int) -> Path:
-        return self.work / f'seed{index}' / 'pretrain'
-
     def key(self, name: str, seed: int) -> str:
         return f'{name}/seed{seed}@{self.backbone_ids.get(self.backbone_of(seed))}'
 
-    def _record(self, name: str, seed: int, started: float, model: str, result: Dict[str, Any]) -> None:
-        super()._record(name, seed, started, model, result)
+    def _describe(self, name: str, seed: int, model: str, result: Dict[str, Any],
+                  started: Optional[float] = None) -> Dict[str, Any]:
         last_epoch = result['history'][-1]
-        self.runs[self.key(name, seed)].update(
-            backbone=self.backbone_ids.get(self.backbone_of(seed)), device=_device(),
-            train_loss={k: round(v, 4) for k, v in last_epoch.items()
-                        if k not in ('epoch', 'lr', 'time_s') and isinstance(v, float)})
+        return dict(super()._describe(name, seed, model, result, started),
+                    backbone=self.backbone_ids.get(self.backbone_of(seed)), device=_device(),
+                    train_loss={k: round(v, 4) for k, v in last_epoch.items()
+                                if k not in ('epoch', 'lr', 'time_s') and isinstance(v, float)})
 
-    def pretrained_init(self, seed: int) -> Dict[str, Any]:
+    def pretrained_init(self, seed: int) -> Optional[Dict[str, Any]]:
         """The pre-trained backbone of ``seed`` as init kwargs (trained on first need, with the setting's
-        pre-training recipe; kept while its finished checkpoint is in the work folder), its hash recorded."""
-        index = self.backbone_of(seed)
-        last = self.pretrain_dir(index) / 'last'
-        if not finished(last):
-            s = self.s
-            Experiment.finetune(self, 'pretrain', index, self.domain(SYNTH_DOMAINS[0], index, s.pretrain_ids),
-                                dict(pretrained=False), None, epochs=s.pretrain_epochs, lr_step=s.pretrain_epochs,
-                                **dict(s.pretrain_recipe))
+        pre-training recipe; kept while the work folder holds its finished run of this very recipe), its
+        hash recorded; None when it would have to be trained and ``train`` is off."""
+        index, s = self.backbone_of(seed), self.s
+        last = Experiment.finetune(
+            self, 'pretrain', index, self.domain(SYNTH_DOMAINS[0], index, s.pretrain_ids), dict(pretrained=False),
+            None, recorded_only=False, epochs=s.pretrain_epochs, lr_step=s.pretrain_epochs, **dict(s.pretrain_recipe))
+        if last is None:
+            return None
         init = self.backbone_init(last)
         if index not in self.backbone_ids:
             weights = Path(init['model_args']['pretrained_cfg_overlay']['file'])
             self.backbone_ids[index] = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        key = f'pretrain{index}@{self.backbone_ids[index]}'
         trained = self.runs.pop(f'pretrain/seed{index}@None', None)
+        if trained is None and key not in self.runs and key not in self.previous:
+            # trained by an invocation that stopped before recording it (runs.json is written per seed)
+            trained = self._describe('pretrain', index, 'reid_net', folder_result(last))
         if trained:
-            self.runs[f'pretrain{index}@{self.backbone_ids[index]}'] = dict(trained, backbone=self.backbone_ids[index])
+            self.runs[key] = dict(trained, backbone=self.backbone_ids[index])
         return init
 
     def finetune(self, name: str, seed: int, dataset: Any, init: Dict[str, Any], state_mode: Optional[str],
-                 **kwargs) -> Path:
+                 **kwargs) -> Optional[Path]:
         if self.key(name, seed) in self.runs:  # an earlier table of this invocation already ran it
             return self.work / f'seed{seed}' / name / 'last'
         return super().finetune(name, seed, dataset, init, state_mode, **{**dict(self.s.finetune_recipe), **kwargs})
@@ -208,10 +213,6 @@ class StateExperiment(Experiment):
         if record:
             self.runs[self.key(name, seed)] = record
         return record is not None
-
-    def checkpoint(self, name: str, seed: int) -> bool:
-        """Whether an earlier invocation's run ``name`` left its finished checkpoint in the work folder."""
-        return self.key(name, seed) in self.previous and finished(self.work / f'seed{seed}' / name / 'last')
 
     def test_split(self, seed: int) -> Any:
         root = generate_synthetic(
@@ -329,11 +330,11 @@ def _batch_sizes(setting: Setting) -> List[Tuple[str, int]]:
     return [('', setting.batch_size), *((f'-bs{batch}', batch) for batch in setting.small_batches)]
 
 
-def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -> None:
+def run_table(exp: StateExperiment, table: str, seed: int) -> None:
     """The runs one table needs for one seed (runs shared with an earlier table are not repeated),
     all from one backbone (see ``StateExperiment``). Data and the pre-trained backbone are made on
-    first need: a seed whose unit is recorded needs neither. ``train=False`` only scores the runs
-    whose checkpoints are there."""
+    first need: a seed whose unit is recorded needs neither. With the experiment's ``train`` off, only
+    the runs whose checkpoints are there are scored."""
     s = exp.s
     runs: List[Tuple[str, Optional[str], Tuple[str, ...], Dict[str, Any]]] = []
 
@@ -380,17 +381,17 @@ def run_table(exp: StateExperiment, table: str, seed: int, train: bool = True) -
         raise ValueError(f'unknown table {table!r}')
     if exp.recorded_unit([(name, evals) for name, _, evals, _ in runs], seed):
         return
-    if not (train or finished(exp.pretrain_dir(exp.backbone_of(seed)) / 'last')):
-        return
     init = exp.pretrained_init(seed)
+    if init is None:  # train=False and no backbone to keep
+        return
     made: Dict[str, Any] = {}
     for name, state_mode, evals, overrides in runs:
-        if exp.recorded(name, seed, evals) or not (train or exp.checkpoint(name, seed)):
+        if exp.recorded(name, seed, evals):
             continue
         if 'target' not in made:
             made['target'], made['test'] = exp.domain(SYNTH_DOMAINS[3], seed, s.num_ids), exp.test_split(seed)
-        exp.finetune(name, seed, made['target'], dict(init), state_mode, **overrides)
-        exp.score(name, seed, made['test'], evals)
+        if exp.finetune(name, seed, made['target'], dict(init), state_mode, **overrides):
+            exp.score(name, seed, made['test'], evals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,6 +750,20 @@ def _saved_splits(out: Path, reuse: bool) -> Dict[int, Dict[str, Any]]:
     return {int(seed): facts for seed, facts in json.loads(path.read_text()).get('splits', {}).items()}
 
 
+def fewest_batches(train: Sequence[Any], setting: Setting) -> int:
+    """The fewest mini-batches of any fine-tune epoch, i.e. between two state resets, as the trainer's
+    sampler draws them (a P×K sampler drops an epoch's last identities when fewer than P remain)."""
+    recipe = dict(setting.finetune_recipe)
+    if recipe.get('sampler') != 'pk':
+        return len(train) // setting.batch_size
+    sampler = PKSampler(train, setting.batch_size, recipe['num_instances'], seed=0)
+    counts = []
+    for epoch in range(setting.epochs):
+        sampler.set_epoch(epoch)
+        counts.append(len(sampler.global_batches()))
+    return min(counts)
+
+
 def run_pilot(exp: StateExperiment, out: Path) -> Dict[str, Any]:
     """The gate before any table: pre-train backbone 0, fine-tune one plain seed, score it on the large
     split, and append the result (setting, compute, training losses, mAP, chance) to ``out/pilots.json``,
@@ -760,13 +775,13 @@ def run_pilot(exp: StateExperiment, out: Path) -> Dict[str, Any]:
     exp.score('plain', 0, test_set)
     plain = exp.runs[exp.key('plain', 0)]
     pretrain = exp.runs.get(f'pretrain0@{exp.backbone_ids[0]}') or exp.previous.get(f'pretrain0@{exp.backbone_ids[0]}', {})
+    train = build_dataset('market1501', target['root']).train
     pilot = dict(
         setting=asdict(s), when=time.strftime('%Y-%m-%d %H:%M'),
         pretrain=dict(images=len(build_dataset('market1501', exp.domain(SYNTH_DOMAINS[0], 0, s.pretrain_ids)['root']).train),
                       epochs=s.pretrain_epochs, seconds=pretrain.get('seconds'), train_loss=pretrain.get('train_loss'),
                       own_split=pretrain.get('eval')),
-        finetune=dict(images=len(build_dataset('market1501', target['root']).train), epochs=s.epochs,
-                      batches_per_epoch=len(build_dataset('market1501', target['root']).train) // s.batch_size,
+        finetune=dict(images=len(train), epochs=s.epochs, batches_per_epoch=fewest_batches(train, s),
                       seconds=plain['seconds'], train_loss=plain.get('train_loss')),
         split=dict(query=len(test_set.query), gallery=len(test_set.gallery)),
         mAP=plain['test']['zero']['mAP'], rank1=plain['test']['zero']['rank1'],
@@ -792,13 +807,15 @@ def render_pilots(out: Path) -> str:
     path = out / PILOTS
     rows = [[p['when'], f"{p['pretrain']['images']} images × {p['pretrain']['epochs']} epochs, final loss "
              f"{(p['pretrain']['train_loss'] or {}).get('loss', '–')}",
-             f"{p['finetune']['images']} images × {p['finetune']['epochs']} epochs ({p['finetune']['batches_per_epoch']} "
-             f"batches each), final loss {(p['finetune']['train_loss'] or {}).get('loss', '–')}",
-             f"{((p['pretrain']['seconds'] or 0) + p['finetune']['seconds']) / 60:.0f} min",
+             f"{p['finetune']['images']} images × {p['finetune']['epochs']} epochs (≥ "
+             f"{p['finetune']['batches_per_epoch']} batches each), final loss "
+             f"{(p['finetune']['train_loss'] or {}).get('loss', '–')}",
+             f"{(p['pretrain']['seconds'] or 0) / 60:.0f} + {p['finetune']['seconds'] / 60:.0f} min",
              f"{p['split']['query']} / {p['split']['gallery']}", f"{p['mAP']:.2f}", f"{p['rank1']:.2f}",
              f"{p['chance']['mAP']:.2f}", f"≥ {p['gate']:g}: {'passed' if p['passed'] else 'failed'}"]
             for p in (json.loads(path.read_text()) if path.exists() else [])]
-    return markdown_table(['pilot', 'pre-training (source)', 'fine-tuning (target)', 'compute (2 CPU cores)',
+    return markdown_table(['pilot', 'pre-training (source)', 'fine-tuning (target)',
+                           'wall time, pre-training + fine-tuning (2 CPU cores)',
                            'queries / gallery', 'plain mAP %', 'Rank-1 %', 'chance mAP %', 'gate'], rows)
 
 
@@ -812,7 +829,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--setting', choices=list(SETTINGS), default='miniature',
                         help='miniature: the small-scale record; realistic: converged pre-training, metric '
-                             'learning, 50 mini-batches between state resets')
+                             'learning, at least 50 mini-batches between state resets')
     parser.add_argument('--pilot', action='store_true',
                         help='run the gate: one plain seed on the large split, recorded in <out>/pilots.json')
     parser.add_argument('--tables', nargs='+', choices=list(tables(Setting())),
@@ -835,7 +852,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     section, title = SECTIONS[args.setting]
     work, out = run_folders(args, ROOT / 'benchmarks' / 'results' / section)
     previous = previous_runs(parser, args, out, setting, ignored=SEED_COUNTS)
-    exp = StateExperiment(setting, work, progress=not args.quiet, previous=previous)
+    exp = StateExperiment(setting, work, progress=not args.quiet, previous=previous, train=not args.no_train)
     if args.pilot:
         pilot = run_pilot(exp, out)
         atomic_save_json(dict(setting=asdict(setting), runs={**previous, **exp.runs}), out / 'runs.json')
@@ -852,8 +869,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         atomic_save_json(dict(setting=asdict(setting), runs={**previous, **exp.runs}, splits=splits), out / 'runs.json')
     started = time.time()
     for key in keys:
-        for seed in range(getattr(setting, tables(setting)[key].seeds)):
-            run_table(exp, key, seed, train=not args.no_train)
+        # backbone 0's seeds first: another backbone's pre-training (an hour) waits until they are done
+        for seed in sorted(range(getattr(setting, tables(setting)[key].seeds)), key=exp.backbone_of):
+            run_table(exp, key, seed)
             save()
             if not args.quiet:
                 print(f'state benchmark: table {key} seed {seed} done ({(time.time() - started) / 60:.1f} min)')

@@ -24,8 +24,10 @@ BENCHMARKS.md. Nothing is tuned per seed: one setting for all.
 """
 import argparse
 import contextlib
+import hashlib
 import io
 import json
+import shutil
 import statistics
 import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
@@ -36,11 +38,10 @@ from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 import torch
 from safetensors.torch import load_file, save_file
 
-from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
+from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic, synth_params
 from ptl_timm.engine import DistillConfig, TrainConfig, fine_tune, run_distill
 from ptl_timm.engine.checkpoint import TRAIN_STATE_NAME
-from ptl_timm.engine.run_folder import run_config
-from ptl_timm.errors import ConfigError
+from ptl_timm.engine.config import RESUME_OVERRIDABLE, RUN_CONTROL, config_to_dict
 from ptl_timm.utils import atomic_path, atomic_save_json
 from benchmarks.report import ROOT, add_report_argument, markdown_table, report_path, write_section
 
@@ -91,11 +92,38 @@ def _train_state(last: Path) -> Optional[Dict[str, Any]]:
     return torch.load(path, map_location='cpu', weights_only=True) if path.exists() else None
 
 
-def finished(last: Path) -> bool:
-    """Whether the run that saved ``last`` trained all its epochs: a run killed mid-way also leaves a
-    ``last`` checkpoint (saved every epoch), which must not pass for the finished run."""
-    state = _train_state(last)
-    return state is not None and state['epoch'] >= state['config']['epochs']
+RUN_INPUTS = 'inputs.json'  # in a benchmark's run folder, beside config.yaml: what the run trained from
+
+
+def run_inputs(config: TrainConfig) -> Dict[str, Any]:
+    """What a run trains from besides its config's values, which name these only by path: the generated
+    data (a folder regenerated at other sizes keeps its path) and the starting weights (a backbone
+    pre-trained again keeps its file name)."""
+    specs = config.dataset if isinstance(config.dataset, (list, tuple)) else [config.dataset]
+    files = [config.model_args.get('pretrained_cfg_overlay', {}).get('file')]
+    files += [str(Path(folder) / 'model.safetensors') for folder in (config.init_checkpoint,
+                                                                     getattr(config, 'teacher', None)) if folder]
+    return dict(data=[synth_params(spec['root']) for spec in specs],
+                weights={file: hashlib.sha256(Path(file).read_bytes()).hexdigest() for file in files if file})
+
+
+def same_run(output: Path, config: TrainConfig) -> bool:
+    """Whether ``output`` holds a run (finished or not) started with ``config``'s values on the same
+    inputs: what reusing or resuming it needs (runs.json vouches for its records, not for the work folder)."""
+    state, inputs = _train_state(output / 'last'), output / RUN_INPUTS
+    if state is None or not inputs.is_file() or json.loads(inputs.read_text()) != run_inputs(config):
+        return False
+    ignored = set(RUN_CONTROL) | set(RESUME_OVERRIDABLE) - {'epochs'}  # these do not change what is trained
+    wanted = {k: v for k, v in config_to_dict(config).items() if k not in ignored}
+    return wanted == {k: v for k, v in state['config'].items() if k not in ignored}
+
+
+def folder_result(last: Path) -> Dict[str, Any]:
+    """What ``fine_tune`` returned for the finished run that saved ``last``, read back from its training
+    state: for a run an earlier invocation trained but stopped before recording."""
+    history = _train_state(last)['history']
+    return dict(output=str(last.parent), history=history,
+                last=next(record for record in reversed(history) if 'eval' in record))
 
 
 class Experiment:
@@ -103,38 +131,43 @@ class Experiment:
     earlier invocation with the same setting) a run whose checkpoint is still there is reused."""
 
     def __init__(self, setting: Setting, work: Path, progress: bool,
-                 previous: Optional[Dict[str, Dict[str, Any]]] = None):
+                 previous: Optional[Dict[str, Dict[str, Any]]] = None, train: bool = True):
         self.s = setting
         self.work = work
         self.progress = progress
         self.previous = previous or {}
+        self.train = train  # False: keep the runs there are, train none (a run that would train is None)
         self.runs: Dict[str, Dict[str, Any]] = {}
 
     def key(self, name: str, seed: int) -> str:
         """The name of a run in ``runs`` (and runs.json)."""
         return f'{name}/seed{seed}'
 
-    def _reuse(self, name: str, seed: int) -> Optional[Path]:
-        key, last = self.key(name, seed), self.work / f'seed{seed}' / name / 'last'
-        if key in self.previous and finished(last):
-            self.runs[key] = self.previous[key]
-            return last
+    def _reuse(self, name: str, seed: int, config: TrainConfig, recorded_only: bool = True) -> Optional[Path]:
+        """``last`` of the finished run ``config`` describes, kept from an earlier invocation: one recorded in
+        runs.json (``previous``), or with ``recorded_only=False`` any (a pre-trained backbone)."""
+        key, output = self.key(name, seed), Path(config.output)
+        state = _train_state(output / 'last')
+        if (key in self.previous or not recorded_only) and state is not None and \
+                state['epoch'] >= config.epochs and same_run(output, config):
+            if key in self.previous:
+                self.runs[key] = self.previous[key]
+            return output / 'last'
         return None
 
     @staticmethod
-    def _continuing(output: Path, cfg: Dict[str, Any]) -> Dict[str, Any]:
-        """``cfg``, resuming the run an earlier invocation left unfinished in ``output`` with these very
-        values (a study runs across sessions; its pre-training alone is an hour), else starting afresh."""
-        state = _train_state(output / 'last')
-        if state is None or state['config']['epochs'] != cfg['epochs'] or state['epoch'] >= cfg['epochs']:
-            return cfg  # resume would accept more epochs, but the learning-rate schedule would differ
-        resumed = dict(cfg, resume=True, overwrite=False)
-        try:
-            run_config(TrainConfig(**resumed))
-        except ConfigError as e:
-            print(f'{output}: not resumed, starting afresh: {e}')
-            return cfg
-        return resumed
+    def _continuing(config: TrainConfig) -> TrainConfig:
+        """``config``, resuming the run an earlier invocation left unfinished in its output with these very
+        values on these very inputs (a study runs across sessions; its pre-training alone is an hour), else
+        starting afresh in an emptied folder: nothing of an earlier run (its features, its best epoch)
+        may pass for this one's."""
+        output = Path(config.output)
+        if same_run(output, config):
+            return replace(config, resume=True, overwrite=False)
+        shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(parents=True)
+        atomic_save_json(run_inputs(config), output / RUN_INPUTS)
+        return config
 
     def domain(self, domain: str, seed: int, num_ids: int, folder: str = 'data') -> Dict[str, str]:
         root = generate_synthetic(
@@ -156,54 +189,61 @@ class Experiment:
         args = dict(backbone=self.s.backbone, embed_dim=self.s.embed_dim)
         return args if state_mode is None else dict(args, state_mode=state_mode)
 
-    def _record(self, name: str, seed: int, started: float, model: str, result: Dict[str, Any]) -> None:
+    def _describe(self, name: str, seed: int, model: str, result: Dict[str, Any],
+                  started: Optional[float] = None) -> Dict[str, Any]:
+        """The record of a finished run. Its ``seconds``: this invocation's wall time, or the epochs' own
+        times where an earlier invocation trained some of them (a resumed run; without ``started``, a run
+        recorded from its folder)."""
         weights = load_file(str(Path(result['output']) / 'last' / 'model.safetensors'))
-        self.runs[self.key(name, seed)] = dict(
-            name=name, seed=seed, seconds=round(time.time() - started, 1), model=model,
-            params=sum(t.numel() for t in weights.values()), eval=result['last']['eval'])
+        wall = time.time() - started if started is not None else 0.0
+        epochs = sum(record.get('time_s', 0.0) for record in result['history'])
+        return dict(name=name, seed=seed, seconds=round(max(wall, epochs), 1), model=model,
+                    params=sum(t.numel() for t in weights.values()), eval=result['last']['eval'])
+
+    def _record(self, name: str, seed: int, started: float, model: str, result: Dict[str, Any]) -> None:
+        self.runs[self.key(name, seed)] = self._describe(name, seed, model, result, started)
 
     def finetune(self, name: str, seed: int, dataset: Any, init: Dict[str, Any], state_mode: Optional[str],
                  test: Sequence[Dict[str, str]] = (), model_args: Optional[Dict[str, Any]] = None,
-                 **overrides) -> Path:
+                 recorded_only: bool = True, **overrides) -> Optional[Path]:
         """Fine-tune plain (state_mode None) or PTL; ``init`` = pretrained-backbone or checkpoint kwargs."""
-        reused = self._reuse(name, seed)
-        if reused:
-            return reused
-        output = self.work / f'seed{seed}' / name
-        started = time.time()
         model = 'reid_net' if state_mode is None else 'ptl_net'
         args = self._model_args(state_mode)
         args.update(init.pop('model_args', {}), **(model_args or {}))
-        cfg = dict(**self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
-                   test_datasets=list(test), output=str(output), **init)
-        with self._quietly():
-            result = fine_tune(TrainConfig(**self._continuing(output, cfg)))
-        self._record(name, seed, started, model, result)
-        return output / 'last'
-
-    def distill(self, name: str, seed: int, dataset: Dict[str, str], teacher: Path, student: Path,
-                lam: float) -> Path:
-        reused = self._reuse(name, seed)
-        if reused:
+        config = TrainConfig(**self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
+                             test_datasets=list(test), output=str(self.work / f'seed{seed}' / name), **init)
+        reused = self._reuse(name, seed, config, recorded_only)
+        if reused or not self.train:
             return reused
-        output = self.work / f'seed{seed}' / name
         started = time.time()
         with self._quietly():
-            result = run_distill(DistillConfig(
-                **self._common(seed, epochs=self.s.distill_epochs, lr_step=self.s.distill_epochs),
-                model='reid_net', model_args=self._model_args(None), dataset=dataset, teacher=str(teacher),
-                init_checkpoint=str(student), lam=lam, output=str(output)))
+            result = fine_tune(self._continuing(config))
+        self._record(name, seed, started, model, result)
+        return Path(config.output) / 'last'
+
+    def distill(self, name: str, seed: int, dataset: Dict[str, str], teacher: Path, student: Path,
+                lam: float) -> Optional[Path]:
+        config = DistillConfig(
+            **self._common(seed, epochs=self.s.distill_epochs, lr_step=self.s.distill_epochs),
+            model='reid_net', model_args=self._model_args(None), dataset=dataset, teacher=str(teacher),
+            init_checkpoint=str(student), lam=lam, output=str(self.work / f'seed{seed}' / name))
+        reused = self._reuse(name, seed, config)
+        if reused or not self.train:
+            return reused
+        started = time.time()
+        with self._quietly():
+            result = run_distill(self._continuing(config))
         self._record(name, seed, started, 'reid_net', result)
-        return output / 'last'
+        return Path(config.output) / 'last'
 
     def backbone_init(self, checkpoint: Path) -> Dict[str, Any]:
         """The pre-trained backbone as a plain timm state dict file, loaded like ImageNet weights."""
         target = checkpoint.parent.parent / 'backbone.safetensors'
-        if not target.exists():
-            weights = load_file(str(checkpoint / 'model.safetensors'))
-            plain = {k[len('backbone.'):]: v for k, v in weights.items() if k.startswith('backbone.')}
-            with atomic_path(target) as tmp:
-                save_file(plain, str(tmp))
+        weights = load_file(str(checkpoint / 'model.safetensors'))
+        plain = {k[len('backbone.'):]: v for k, v in weights.items() if k.startswith('backbone.')}
+        # written from the checkpoint every time: a backbone pre-trained again must not leave the old file
+        with atomic_path(target) as tmp:
+            save_file(plain, str(tmp))
         return dict(pretrained=True, model_args=dict(pretrained_cfg_overlay=dict(file=str(target))))
 
 

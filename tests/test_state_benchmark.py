@@ -130,7 +130,7 @@ def test_a_table_run_alone_trains_and_scores_every_row_it_shows(key, tmp_path, m
     monkeypatch.setattr(exp, 'pretrained_init', lambda seed: {})
     monkeypatch.setattr(exp, 'domain', lambda *args, **kwargs: None)
     monkeypatch.setattr(exp, 'test_split', lambda seed: None)
-    monkeypatch.setattr(exp, 'finetune', lambda *args, **kwargs: None)
+    monkeypatch.setattr(exp, 'finetune', lambda name, seed, *args, **kwargs: tmp_path / name / 'last')
     monkeypatch.setattr(exp, 'score', lambda name, seed, test_set, evals=('zero',): scored.update(
         (name, e) for e in evals))
     state.run_table(exp, key, 0)
@@ -164,3 +164,39 @@ def test_realistic_quick_gates_on_a_pilot_then_writes_every_table_and_summary_on
     assert all(0 <= cell['carried_share'] <= 1 for arm in mechanism for cell in arm['cells'].values())
     assert 'Pilots' in result['body'] and 'Chance level' in result['body']
     assert (sorted(tracked.iterdir()) if tracked.exists() else None) == results_before
+
+
+def test_a_backbone_an_interrupted_invocation_pretrained_is_recorded_from_its_folder(tmp_path):
+    """runs.json is written per finished seed, so a study stopped between pre-training and its first seed
+    leaves a finished backbone nobody recorded: the next invocation reuses it and records its loss, its own
+    split's scores and its epochs' compute, as if it had just trained it."""
+    first = state.StateExperiment(state.QUICK_REALISTIC, tmp_path, progress=False, previous={})
+    first.pretrained_init(0)
+    (key, trained), = first.runs.items()
+    later = state.StateExperiment(state.QUICK_REALISTIC, tmp_path, progress=False, previous={})
+    later.pretrained_init(0)
+    recorded = later.runs[key]
+    assert recorded['train_loss'] == trained['train_loss'] and recorded['eval'] == trained['eval']
+    assert recorded['params'] == trained['params'] and recorded['backbone'] == trained['backbone']
+    assert 0 < recorded['seconds'] <= trained['seconds']  # the epochs' own times: no model building, no scoring
+    again = state.StateExperiment(state.QUICK_REALISTIC, tmp_path, progress=False, previous=later.runs)
+    again.pretrained_init(0)
+    assert again.runs == {}  # recorded once: a later invocation with it in runs.json adds nothing
+
+
+def test_the_realistic_fine_tune_has_at_least_50_mini_batches_between_state_resets():
+    """The state resets at each epoch start; the P×K sampler drops an epoch's last identities, so the count is
+    what it draws, for every seed and epoch, not images // batch size."""
+    from collections import namedtuple
+    setting = state.REALISTIC
+    record = namedtuple('record', 'pid')
+    train = [record(pid) for pid in range(setting.num_ids // 2) for _ in range(setting.images_per_id)]
+    assert state.fewest_batches(train, setting) >= 50
+    recipe = dict(setting.finetune_recipe)
+    for seed in range(setting.key_seeds):
+        sampler = state.PKSampler(train, setting.batch_size, recipe['num_instances'], seed=seed)
+        for epoch in range(setting.epochs):
+            sampler.set_epoch(epoch)
+            assert len(sampler.global_batches()) >= 50
+    too_few = [record(pid) for pid in range(200) for _ in range(8)]  # the first pilot's split: 49 in some epochs
+    assert state.fewest_batches(too_few, setting) == 49

@@ -3,6 +3,7 @@ produces every table; what the tables say is for the full run, not for this test
 import json
 
 import pytest
+import torch
 
 from benchmarks import transfer
 
@@ -47,17 +48,35 @@ def test_reuse_keeps_finished_runs_and_runs_only_the_missing_table(tmp_path):
     assert {f'std-lambda{lam}/seed0' for lam in transfer.LAMBDAS} <= set(second['runs'])
 
 
-def test_a_run_killed_mid_way_is_not_reused(tmp_path):
-    """The trainer saves ``last`` every epoch: a killed run's checkpoint must not pass for the finished run."""
-    import torch
-    last = tmp_path / 'seed0' / 'pretrain' / 'last'
-    last.mkdir(parents=True)
-    exp = transfer.Experiment(transfer.QUICK, tmp_path, progress=False, previous={'pretrain/seed0': {'name': 'pretrain'}})
-    assert exp._reuse('pretrain', 0) is None  # no train state at all
-    torch.save({'epoch': 2, 'config': {'epochs': 6}}, last / 'train_state.pt')
-    assert exp._reuse('pretrain', 0) is None and not exp.runs
-    torch.save({'epoch': 6, 'config': {'epochs': 6}}, last / 'train_state.pt')
-    assert exp._reuse('pretrain', 0) == last and exp.runs == {'pretrain/seed0': {'name': 'pretrain'}}
+def test_a_run_is_reused_only_when_finished_with_the_same_values_on_the_same_inputs(tmp_path, monkeypatch):
+    """runs.json vouches for its records, not for the work folder: a run there is kept only when it trained
+    all its epochs with the very values asked for, on the same data and starting weights. Anything else
+    trains afresh in an emptied folder, so an earlier run's files (its test features) cannot pass for the
+    new run's."""
+    trained, real = [], transfer.fine_tune
+    monkeypatch.setattr(transfer, 'fine_tune', lambda cfg: trained.append(cfg) or real(cfg))
+    exp = transfer.Experiment(transfer.QUICK, tmp_path, progress=False)
+    dataset = exp.domain(transfer.SYNTH_DOMAINS[3], 0, 8)
+    last = exp.finetune('plain', 0, dataset, dict(pretrained=False), None)
+    record = exp.runs['plain/seed0']
+    stale = last.parent / 'test-features-zero.safetensors'
+    stale.write_bytes(b'features of this run')
+
+    def again(**kwargs):
+        later = transfer.Experiment(transfer.QUICK, tmp_path, progress=False, previous={'plain/seed0': record})
+        trained.clear()
+        later.finetune('plain', 0, kwargs.pop('dataset', dataset), dict(pretrained=False), None, **kwargs)
+        return bool(trained)
+    assert not again() and stale.exists()  # kept: the same values on the same data
+    assert not transfer.Experiment(transfer.QUICK, tmp_path, progress=False, train=False).finetune(
+        'plain', 0, dataset, dict(pretrained=False), None)  # not recorded, and training is off: nothing
+    regenerated = exp.domain(transfer.SYNTH_DOMAINS[3], 0, 10)  # the same folder, other identities
+    assert regenerated['root'] == dataset['root']
+    assert again(dataset=regenerated) and not stale.exists()  # trained afresh; the old features are gone
+    assert again(lr=exp.s.lr / 2)  # other values: afresh
+    state = torch.load(last / 'train_state.pt', weights_only=True)
+    torch.save(dict(state, epoch=0), last / 'train_state.pt')  # as if killed before its last epoch ended
+    assert again(lr=exp.s.lr / 2) and trained[0].resume  # unfinished: resumed, not kept
 
 
 def test_a_run_killed_mid_way_resumes_where_it_stopped_with_the_same_values(tmp_path, monkeypatch):
