@@ -43,7 +43,9 @@ Its tables:
 
 Every invocation writes ``runs.json`` after each seed and ``summary.json`` (arms and contrasts, machine
 readable) beside it; a run whose results are recorded needs no checkpoint, so the study grows across
-sessions with ``--reuse``.
+sessions with ``--reuse``. A run in ``--work`` is kept (or resumed, when it was stopped) only if it was
+started with the very values and inputs (generated data, starting weights) asked for; else it trains
+afresh in an emptied folder.
 
     python -m benchmarks.state --reuse                               # miniature: about 2.5 h on 2 idle cores
     python -m benchmarks.state --setting realistic --pilot           # the gate: about 90 min on 2 idle cores
@@ -839,7 +841,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--seeds', type=int, help='seeds of the other tables (default 10)')
     add_run_arguments(parser, 'state', reuse_help=(
         'keep the runs recorded in <out>/runs.json (same setting): a seed whose runs are all recorded needs no '
-        'checkpoint; a missing run reuses its finished checkpoint in --work, else trains (tables or seeds added later)'))
+        'checkpoint; a missing run reuses its checkpoint in --work when made with the same values and inputs, else '
+        'trains (tables or seeds added later)'))
     parser.add_argument('--no-train', action='store_true',
                         help='with --reuse: train nothing, only score the runs already there and write the tables')
     args = parser.parse_args(argv)

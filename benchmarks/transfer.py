@@ -378,8 +378,8 @@ def render(runs: Dict[str, Dict[str, Any]], setting: Setting, tables: Sequence[s
     return '\n'.join(body)
 
 
-REUSE_HELP = ('keep the runs in <out>/runs.json (same setting) whose checkpoints are still in --work; '
-              'run only the missing ones (a table or seeds added later)')
+REUSE_HELP = ('keep the runs in <out>/runs.json (same setting) whose checkpoints are still in --work, made with the '
+              'same values and inputs; run only the missing ones (a table or seeds added later)')
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, name: str, reuse_help: str = REUSE_HELP) -> None:
