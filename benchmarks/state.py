@@ -166,6 +166,8 @@ class StateExperiment(Experiment):
         pre-training recipe; kept while the work folder holds its finished run of this very recipe), its
         hash recorded; None when it would have to be trained and ``train`` is off."""
         index, s = self.backbone_of(seed), self.s
+        if not (self.train or (self.folder('pretrain', index) / 'last').is_dir()):
+            return None  # nothing to keep, and no data made for a run that will not train
         last = Experiment.finetune(
             self, 'pretrain', index, self.domain(SYNTH_DOMAINS[0], index, s.pretrain_ids), dict(pretrained=False),
             None, recorded_only=False, epochs=s.pretrain_epochs, lr_step=s.pretrain_epochs, **dict(s.pretrain_recipe))
@@ -187,7 +189,7 @@ class StateExperiment(Experiment):
     def finetune(self, name: str, seed: int, dataset: Any, init: Dict[str, Any], state_mode: Optional[str],
                  **kwargs) -> Optional[Path]:
         if self.key(name, seed) in self.runs:  # an earlier table of this invocation already ran it
-            return self.work / f'seed{seed}' / name / 'last'
+            return self.folder(name, seed) / 'last'
         return super().finetune(name, seed, dataset, init, state_mode, **{**dict(self.s.finetune_recipe), **kwargs})
 
     def _with_evals(self, key: str, evals: Sequence[str]) -> Optional[Dict[str, Any]]:
@@ -234,7 +236,7 @@ class StateExperiment(Experiment):
         if not missing:
             return
         started = time.time()
-        last = self.work / f'seed{seed}' / name / 'last'
+        last = self.folder(name, seed) / 'last'
         model = load_model(last, num_classes=0)
         for key in missing:
             if key == 'probe':
@@ -388,8 +390,8 @@ def run_table(exp: StateExperiment, table: str, seed: int) -> None:
         return
     made: Dict[str, Any] = {}
     for name, state_mode, evals, overrides in runs:
-        if exp.recorded(name, seed, evals):
-            continue
+        if exp.recorded(name, seed, evals) or not (exp.train or (exp.folder(name, seed) / 'last').is_dir()):
+            continue  # recorded, or nothing to keep and training off: no data to make
         if 'target' not in made:
             made['target'], made['test'] = exp.domain(SYNTH_DOMAINS[3], seed, s.num_ids), exp.test_split(seed)
         if exp.finetune(name, seed, made['target'], dict(init), state_mode, **overrides):

@@ -143,6 +143,10 @@ class Experiment:
         """The name of a run in ``runs`` (and runs.json)."""
         return f'{name}/seed{seed}'
 
+    def folder(self, name: str, seed: int) -> Path:
+        """The run folder of run ``name`` of ``seed`` in the work folder."""
+        return self.work / f'seed{seed}' / name
+
     def _reuse(self, name: str, seed: int, config: TrainConfig, recorded_only: bool = True) -> Optional[Path]:
         """``last`` of the finished run ``config`` describes, kept from an earlier invocation: one recorded in
         runs.json (``previous``), or with ``recorded_only=False`` any (a pre-trained backbone)."""
@@ -211,7 +215,7 @@ class Experiment:
         args = self._model_args(state_mode)
         args.update(init.pop('model_args', {}), **(model_args or {}))
         config = TrainConfig(**self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
-                             test_datasets=list(test), output=str(self.work / f'seed{seed}' / name), **init)
+                             test_datasets=list(test), output=str(self.folder(name, seed)), **init)
         reused = self._reuse(name, seed, config, recorded_only)
         if reused or not self.train:
             return reused
@@ -226,7 +230,7 @@ class Experiment:
         config = DistillConfig(
             **self._common(seed, epochs=self.s.distill_epochs, lr_step=self.s.distill_epochs),
             model='reid_net', model_args=self._model_args(None), dataset=dataset, teacher=str(teacher),
-            init_checkpoint=str(student), lam=lam, output=str(self.work / f'seed{seed}' / name))
+            init_checkpoint=str(student), lam=lam, output=str(self.folder(name, seed)))
         reused = self._reuse(name, seed, config)
         if reused or not self.train:
             return reused

@@ -86,6 +86,7 @@ def test_quick_runs_every_table_at_ci_size_and_writes_only_under_work(tmp_path):
     scored = state.main(['--quick', '--work', str(tmp_path), '--quiet', '--reuse', '--no-train', '--key-seeds', '3',
                          '--tables', 'key', '--no-report'])
     assert not any(r['seed'] == 2 for r in scored['runs'].values()) and not (tmp_path / 'seed2').exists()
+    assert not (tmp_path / 'data-seed2').exists() and not (tmp_path / 'test-seed2').exists()  # no data made either
 
 
 def _record(name, seed, backbone, mAP):
