@@ -166,7 +166,7 @@ class StateExperiment(Experiment):
         pre-training recipe; kept while the work folder holds its finished run of this very recipe), its
         hash recorded; None when it would have to be trained and ``train`` is off."""
         index, s = self.backbone_of(seed), self.s
-        if not (self.train or (self.folder('pretrain', index) / 'last').is_dir()):
+        if not self.runnable('pretrain', index):
             return None  # nothing to keep, and no data made for a run that will not train
         last = Experiment.finetune(
             self, 'pretrain', index, self.domain(SYNTH_DOMAINS[0], index, s.pretrain_ids), dict(pretrained=False),
@@ -390,7 +390,7 @@ def run_table(exp: StateExperiment, table: str, seed: int) -> None:
         return
     made: Dict[str, Any] = {}
     for name, state_mode, evals, overrides in runs:
-        if exp.recorded(name, seed, evals) or not (exp.train or (exp.folder(name, seed) / 'last').is_dir()):
+        if exp.recorded(name, seed, evals) or not exp.runnable(name, seed):
             continue  # recorded, or nothing to keep and training off: no data to make
         if 'target' not in made:
             made['target'], made['test'] = exp.domain(SYNTH_DOMAINS[3], seed, s.num_ids), exp.test_split(seed)

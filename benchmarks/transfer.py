@@ -33,7 +33,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -107,15 +107,16 @@ def run_inputs(config: TrainConfig) -> Dict[str, Any]:
                 weights={file: hashlib.sha256(Path(file).read_bytes()).hexdigest() for file in files if file})
 
 
-def same_run(output: Path, config: TrainConfig) -> bool:
-    """Whether ``output`` holds a run (finished or not) started with ``config``'s values on the same
-    inputs: what reusing or resuming it needs (runs.json vouches for its records, not for the work folder)."""
+def matching_state(output: Path, config: TrainConfig) -> Optional[Dict[str, Any]]:
+    """The training state of the run in ``output`` (finished or not) when it was started with ``config``'s
+    values on the same inputs, else None: what reusing or resuming it needs (runs.json vouches for its
+    records, not for the work folder)."""
     state, inputs = _train_state(output / 'last'), output / RUN_INPUTS
     if state is None or not inputs.is_file() or json.loads(inputs.read_text()) != run_inputs(config):
-        return False
+        return None
     ignored = set(RUN_CONTROL) | set(RESUME_OVERRIDABLE) - {'epochs'}  # these do not change what is trained
     wanted = {k: v for k, v in config_to_dict(config).items() if k not in ignored}
-    return wanted == {k: v for k, v in state['config'].items() if k not in ignored}
+    return state if wanted == {k: v for k, v in state['config'].items() if k not in ignored} else None
 
 
 def folder_result(last: Path) -> Dict[str, Any]:
@@ -147,26 +148,38 @@ class Experiment:
         """The run folder of run ``name`` of ``seed`` in the work folder."""
         return self.work / f'seed{seed}' / name
 
-    def _reuse(self, name: str, seed: int, config: TrainConfig, recorded_only: bool = True) -> Optional[Path]:
-        """``last`` of the finished run ``config`` describes, kept from an earlier invocation: one recorded in
-        runs.json (``previous``), or with ``recorded_only=False`` any (a pre-trained backbone)."""
+    def runnable(self, name: str, seed: int) -> bool:
+        """Whether run ``name`` of ``seed`` can be trained, or kept from its folder (training off)."""
+        return self.train or (self.folder(name, seed) / 'last').is_dir()
+
+    def _run(self, name: str, seed: int, config: TrainConfig, train: Callable[[Any], Dict[str, Any]],
+             recorded_only: bool = True) -> Optional[Path]:
+        """``last`` of the run ``config`` describes: kept when an earlier invocation finished it (one recorded
+        in runs.json, ``previous``; with ``recorded_only=False`` any, e.g. a pre-trained backbone), else
+        resumed or trained by ``train`` (fine_tune or run_distill); None when it would train and training is
+        off."""
         key, output = self.key(name, seed), Path(config.output)
-        state = _train_state(output / 'last')
-        if (key in self.previous or not recorded_only) and state is not None and \
-                state['epoch'] >= config.epochs and same_run(output, config):
+        state = matching_state(output, config)
+        if state is not None and state['epoch'] >= config.epochs and (key in self.previous or not recorded_only):
             if key in self.previous:
                 self.runs[key] = self.previous[key]
             return output / 'last'
-        return None
+        if not self.train:
+            return None
+        started = time.time()
+        with self._quietly():
+            result = train(self._continuing(config, state))
+        self._record(name, seed, started, config.model, result)
+        return output / 'last'
 
     @staticmethod
-    def _continuing(config: TrainConfig) -> TrainConfig:
-        """``config``, resuming the run an earlier invocation left unfinished in its output with these very
-        values on these very inputs (a study runs across sessions; its pre-training alone is an hour), else
-        starting afresh in an emptied folder: nothing of an earlier run (its features, its best epoch)
-        may pass for this one's."""
+    def _continuing(config: TrainConfig, state: Optional[Dict[str, Any]]) -> TrainConfig:
+        """``config``, resuming the run an earlier invocation left in its output with these very values on
+        these very inputs (``state``: its training state; a study runs across sessions, its pre-training
+        alone is an hour), else starting afresh in an emptied folder: nothing of an earlier run (its
+        features, its best epoch) may pass for this one's."""
         output = Path(config.output)
-        if same_run(output, config):
+        if state is not None:
             return replace(config, resume=True, overwrite=False)
         shutil.rmtree(output, ignore_errors=True)
         output.mkdir(parents=True)
@@ -216,14 +229,7 @@ class Experiment:
         args.update(init.pop('model_args', {}), **(model_args or {}))
         config = TrainConfig(**self._common(seed, **overrides), model=model, model_args=args, dataset=dataset,
                              test_datasets=list(test), output=str(self.folder(name, seed)), **init)
-        reused = self._reuse(name, seed, config, recorded_only)
-        if reused or not self.train:
-            return reused
-        started = time.time()
-        with self._quietly():
-            result = fine_tune(self._continuing(config))
-        self._record(name, seed, started, model, result)
-        return Path(config.output) / 'last'
+        return self._run(name, seed, config, fine_tune, recorded_only)
 
     def distill(self, name: str, seed: int, dataset: Dict[str, str], teacher: Path, student: Path,
                 lam: float) -> Optional[Path]:
@@ -231,14 +237,7 @@ class Experiment:
             **self._common(seed, epochs=self.s.distill_epochs, lr_step=self.s.distill_epochs),
             model='reid_net', model_args=self._model_args(None), dataset=dataset, teacher=str(teacher),
             init_checkpoint=str(student), lam=lam, output=str(self.folder(name, seed)))
-        reused = self._reuse(name, seed, config)
-        if reused or not self.train:
-            return reused
-        started = time.time()
-        with self._quietly():
-            result = run_distill(self._continuing(config))
-        self._record(name, seed, started, 'reid_net', result)
-        return Path(config.output) / 'last'
+        return self._run(name, seed, config, run_distill)
 
     def backbone_init(self, checkpoint: Path) -> Dict[str, Any]:
         """The pre-trained backbone as a plain timm state dict file, loaded like ImageNet weights."""
