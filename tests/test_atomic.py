@@ -19,7 +19,8 @@ from ptl_timm.errors import OutputError, PTLError
 from ptl_timm.eval.retrieval import faiss_available
 from ptl_timm.index import ImageIndex
 from ptl_timm.index.store import LOCK_NAME, SHARD_DIR, open_snapshot, writer as index_writer
-from ptl_timm.utils import atomic_folder, atomic_path, atomic_save_json, current_umask, recover_folder
+from ptl_timm.utils import (
+    atomic_folder, atomic_path, atomic_save_json, check_output_path, current_umask, recover_folder)
 
 # every file-system call a replace makes; the child process is killed at the n-th one
 _STEPS = (
@@ -217,6 +218,16 @@ def test_read_only_output_is_a_user_error_naming_the_file(tmp_path):
                 pass
     finally:
         tmp_path.chmod(0o755)
+
+
+@pytest.mark.parametrize('output', ['afile/x.json', 'afile/deeper/x.json'])
+def test_an_output_below_a_file_is_refused_before_any_work_naming_it(tmp_path, output):
+    (tmp_path / 'afile').write_text('not a folder')
+    with pytest.raises(OutputError, match=r'cannot write .*x\.json: it, or a folder above it, is a file'):
+        check_output_path(tmp_path / output)
+    with pytest.raises(OutputError, match='a folder above it, is a file'):
+        atomic_save_json({}, tmp_path / output)
+    assert (tmp_path / 'afile').read_text() == 'not a folder'
 
 
 @pytest.mark.parametrize('error', [

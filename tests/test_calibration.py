@@ -10,14 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from ptl_timm.cli import main
+from ptl_timm.data.datasets import ReIDDataset, build_dataset
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.errors import CheckpointError, InputError
 from ptl_timm.eval.calibration import (
-    CALIBRATION_KEY, calibrate, measured_rates, operating_points, read_calibration, select_point, verify)
+    CALIBRATION_KEY, calibrate, measured_rates, operating_points, read_calibration, select_point, verify,
+    write_calibration)
 from ptl_timm.eval.features import FeatureSet
 from ptl_timm.eval.metrics import pairwise_distance_chunks
 from ptl_timm.eval.protocol import resolve_protocol
-from ptl_timm.hub import CONFIG_NAME, save_pretrained
+from ptl_timm.hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 
 IMG_SIZE = (64, 32)
 
@@ -89,7 +91,16 @@ def test_camera_protocol_drops_same_camera_pairs_and_self_protocol_only_the_same
     duplicated = FeatureSet(feats[[0, 0, 3]], pids[[0, 0, 3]], torch.full((3,), -1), ['a.jpg', 'a.jpg', 'b.jpg'])
     keys = resolve_protocol([duplicated], 'self').keys[0]
     with pytest.raises(InputError, match='no genuine pair'):  # the same file twice is not a genuine pair
-        operating_points(duplicated.feats, duplicated.pids, keys, (0.1,))
+        operating_points(duplicated.feats, duplicated.pids, keys, (0.5,))
+
+
+def test_an_fpr_the_impostor_pairs_cannot_resolve_is_left_out_not_stored_as_if_measured(caplog):
+    feats, pids, cams = hand_made()  # 54 impostor pairs: FPR 0.05 lets 2 through, 0.01 none
+    result = operating_points(feats, pids, cams, (0.05, 0.01, 0.001))
+    assert [p['fpr'] for p in result['points']] == [0.05]
+    assert 'FPR 0.01, 0.001 left out' in caplog.text
+    with pytest.raises(InputError, match=r'no target FPR \(0.01\) is resolved by the 54 impostor pairs'):
+        operating_points(feats, pids, cams, (0.01,))
 
 
 def test_measured_rates_count_the_pairs_below_each_threshold():
@@ -135,10 +146,10 @@ def test_calibrate_writes_its_points_into_config_json_and_verify_uses_them(check
     data, folder = checkpoint
     model = _copy(folder, tmp_path / 'model')
     before = json.loads((model / CONFIG_NAME).read_text())
-    result = calibrate(model, 'market1501', data, fprs=(0.1, 0.01), img_size=IMG_SIZE, device='cpu')
+    result = calibrate(model, 'market1501', data, fprs=(0.1, 0.05), img_size=IMG_SIZE, device='cpu')
     after = json.loads((model / CONFIG_NAME).read_text())
     assert after == dict(before, **{CALIBRATION_KEY: result}) and read_calibration(model) == result
-    assert result['protocol'] == 'camera' and [p['fpr'] for p in result['points']] == [0.1, 0.01]
+    assert result['protocol'] == 'camera' and [p['fpr'] for p in result['points']] == [0.1, 0.05]
     assert all(0 <= p['heldout_fpr'] <= 1 and 0 <= p['heldout_tpr'] <= 1 for p in result['points'])
     assert result['num_identities'] + result['heldout']['num_identities'] == 6  # the test identities, split
     images = sorted(str(p) for p in (data / 'query').iterdir())[:2]
@@ -163,7 +174,7 @@ def test_calibrate_and_verify_commands_end_to_end(checkpoint, tmp_path, capsys):
     data, folder = checkpoint
     model = _copy(folder, tmp_path / 'model')
     assert main(['calibrate', '--model', str(model), '--dataset', 'market1501', '--data-root', str(data),
-                 '--fprs', '0.1', '0.01', '--img-size', *map(str, IMG_SIZE), '--device', 'cpu', '--quiet',
+                 '--fprs', '0.1', '0.05', '--img-size', *map(str, IMG_SIZE), '--device', 'cpu', '--quiet',
                  '--json', str(tmp_path / 'c.json')]) == 0
     out = capsys.readouterr().out
     assert 'held-out FPR' in out and 'camera protocol' in out
@@ -171,7 +182,7 @@ def test_calibrate_and_verify_commands_end_to_end(checkpoint, tmp_path, capsys):
     a, b = sorted(str(p) for p in (data / 'query').iterdir())[:2]
     assert main(['verify', '--model', str(model), '--images', a, b, '--fpr', '0.1', '--device', 'cpu']) == 0
     assert 'threshold' in capsys.readouterr().out
-    assert main(['verify', '--model', str(model), '--images', a, b, '--fpr', '0.05', '--device', 'cpu']) == 2
+    assert main(['verify', '--model', str(model), '--images', a, b, '--fpr', '0.02', '--device', 'cpu']) == 2
     assert 'not an operating point' in capsys.readouterr().err
 
 
@@ -182,8 +193,51 @@ def test_calibrate_refuses_a_model_it_cannot_write_to_before_reading_anything(tm
         verify(tmp_path, 'a.jpg', 'b.jpg')
 
 
+def test_the_calibration_set_keeps_training_and_test_people_apart_and_leaves_distractors_out(checkpoint):
+    """Training pids are renumbered from 0 and test pids are the originals: equal numbers, different people.
+    Market's distractor boxes (pid 0) show no labelled person: no pair of theirs is genuine (or known)."""
+    data, folder = checkpoint
+    dataset = build_dataset('market1501', data)
+    test_ids = {pid: i for i, pid in enumerate(sorted({r.pid for r in dataset.query + dataset.gallery}), 1)}
+    renumbered = [r._replace(pid=test_ids[r.pid]) for r in dataset.gallery]  # 1..6, as Market's: 1..5 in training too
+    distractors = [r._replace(pid=0) for r in dataset.train[::8]]  # boxes of three other people
+    mixed = ReIDDataset('market1501', str(data), dataset.train, [r._replace(pid=test_ids[r.pid]) for r in dataset.query],
+                        renumbered + distractors, distractor_pid=0)
+    result = calibrate(folder, mixed, splits=('train', 'query', 'gallery'), fprs=(0.1,), holdout=0, write=False,
+                       img_size=IMG_SIZE, device='cpu')
+    people = [(False, r.pid) for r in mixed.query + renumbered] + [(True, r.pid) for r in dataset.train]
+    pairs = list(itertools.combinations(people, 2))
+    assert result['num_identities'] == 12 and result['num_distractors_left_out'] == len(distractors) == 3
+    assert result['num_images'] == len(people)
+    assert result['num_pairs']['impostor'] == sum(a != b for a, b in pairs)
+
+
+def test_verify_refuses_a_calibration_measured_with_other_weights(checkpoint, tmp_path):
+    """The config.json beside several weight files belongs to model.safetensors: another file's thresholds
+    are never borrowed, nor stored there."""
+    data, folder = checkpoint
+    model = _copy(folder, tmp_path / 'model')
+    calibrate(model, 'market1501', data, fprs=(0.1,), holdout=0, img_size=IMG_SIZE, device='cpu')
+    torch.manual_seed(1)
+    other = timm.create_model('ptl_net', num_classes=0, backbone='test_resnet', embed_dim=32, classifier_dims=(16,))
+    save_pretrained(other, tmp_path / 'other')
+    (model / 'other.safetensors').write_bytes((tmp_path / 'other' / WEIGHTS_NAME).read_bytes())
+    image = str(next((data / 'query').iterdir()))
+    assert verify(model, image, image, device='cpu').same
+    with pytest.raises(CheckpointError, match='measured with other weights'):
+        verify(model / 'other.safetensors', image, image, device='cpu')
+    with pytest.raises(InputError, match='is not the model.safetensors'):
+        calibrate(model / 'other.safetensors', 'market1501', data, fprs=(0.1,), img_size=IMG_SIZE, device='cpu')
+    (model / WEIGHTS_NAME).write_bytes((model / 'other.safetensors').read_bytes())  # new weights, old config.json
+    with pytest.raises(CheckpointError, match='calibrate these weights'):
+        verify(model, image, image, device='cpu')
+    older = {k: v for k, v in read_calibration(model).items() if k != 'weights_sha256'}
+    write_calibration(model, older)
+    with pytest.raises(CheckpointError, match='does not record the weights'):
+        verify(model, image, image, device='cpu')
+
+
 def test_publish_keeps_the_calibration_in_config_json_and_shows_it_in_the_card(checkpoint, tmp_path):
-    from ptl_timm.eval.calibration import write_calibration
     from ptl_timm.hub.publish import README_NAME, publish
     _, folder = checkpoint
     model = _copy(folder, tmp_path / 'model')

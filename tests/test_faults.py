@@ -1,6 +1,7 @@
 """The fault sweep as tests: careless inputs and failures of the world end as one ``error:`` line (exit
 2) before anything is read or written, and nothing is silently wrong: a typo in ``model_args``, a NaN
 model, a 16-bit image, a full disk, a pickle with a payload, a bad device, name, number or tag."""
+import argparse
 import errno
 import os
 import re
@@ -238,11 +239,17 @@ def test_library_functions_refuse_a_bad_device(two_gpus_or_none, folders):
 
 # --- numbers: every numeric flag of every command has its range --------------------------------------------------
 
-def _subparsers():
+def _subparsers(parser=None, prefix=''):
+    """Every (sub-)command's parser by its name, nested ones (``index query``) included."""
     from ptl_timm.cli import build_parser
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == 'command')
-    return action.choices
+    parser = parser or build_parser()
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[f'{prefix}{name}'] = sub
+                found.update(_subparsers(sub, f'{prefix}{name} '))
+    return found
 
 
 def test_every_numeric_flag_of_every_command_has_a_range():
@@ -278,14 +285,45 @@ def test_config_backed_numbers_are_checked_by_the_config(tmp_path, capsys):
 
 # --- outputs -----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('command', [['extract', '--folder', 'x'], ['export'], ['search', '--gallery', 'x'],
-                                     ['actmap', '--folder', 'x']])
-def test_an_output_file_naming_an_existing_folder_is_refused_before_any_work(folders, tmp_path, capsys, command):
-    taken = tmp_path / 'out.safetensors'
+OUTPUT_FILES = [(['extract', '--folder', 'x'], 'out.safetensors'), (['export'], 'out.onnx'),
+                (['search', '--gallery', 'x'], 'out.json'), (['actmap', '--folder', 'x'], 'out.png')]
+
+
+@pytest.mark.parametrize('command, name', OUTPUT_FILES)
+def test_an_output_file_naming_an_existing_folder_is_refused_before_any_work(folders, tmp_path, capsys, command, name):
+    taken = tmp_path / name
     taken.mkdir()
     assert _exit_code([*command, '--model', str(folders / 'model'), '--output', str(taken)]) == 2
     assert f'cannot write {taken}: it is a folder; name a file' in _one_line(capsys)
     assert list(taken.iterdir()) == []
+
+
+@pytest.mark.parametrize('command, name', OUTPUT_FILES)
+def test_an_output_file_below_a_file_is_refused_before_any_work(folders, tmp_path, capsys, command, name):
+    (tmp_path / 'afile').write_text('kept')
+    assert _exit_code([*command, '--model', str(folders / 'model'), '--output', str(tmp_path / 'afile' / name)]) == 2
+    assert 'a folder above it, is a file' in _one_line(capsys) and (tmp_path / 'afile').read_text() == 'kept'
+
+
+@pytest.mark.parametrize('argv, endings', [
+    (['extract', '--folder', 'x', '--output', 'f.txt'], '.safetensors or .npz'),
+    (['search', '--gallery', 'x', '--output', 'r.txt'], '.json or .csv'),
+    (['index', 'query', '--index', 'i', '--query', 'q.jpg', '--output', 'r.png'], '.json or .csv'),
+])
+def test_an_output_of_the_wrong_format_is_refused_as_the_flags_are_read(folders, capsys, argv, endings):
+    assert _exit_code([*argv, '--model', str(folders / 'model')]) == 2
+    err = _one_line(capsys)
+    assert 'argument --output' in err and f'must end in {endings}' in err
+
+
+@pytest.mark.parametrize('command', [['calibrate', '--dataset', 'market1501', '--data-root', 'x'],
+                                     ['verify', '--images', 'a.jpg', 'b.jpg']])
+def test_a_json_output_naming_a_folder_is_refused_before_the_calibration_is_touched(folders, tmp_path, capsys,
+                                                                                     command):
+    (tmp_path / 'taken.json').mkdir()
+    config = (folders / 'model' / 'config.json').read_text()
+    assert _exit_code([*command, '--model', str(folders / 'model'), '--json', str(tmp_path / 'taken.json')]) == 2
+    assert 'argument --json' in _one_line(capsys) and (folders / 'model' / 'config.json').read_text() == config
 
 
 def test_a_run_folder_naming_a_file_is_refused(tmp_path, capsys):

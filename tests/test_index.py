@@ -4,6 +4,7 @@ faiss agrees with exact search when it visits every list, and `ptl-timm index` e
 file-system step is in test_atomic.py."""
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -20,7 +21,7 @@ from ptl_timm.eval.retrieval import faiss_available
 from ptl_timm.hub import save_pretrained
 from ptl_timm.index import ImageIndex
 from ptl_timm.index import ann
-from ptl_timm.index.store import LOCK_NAME, SHARD_DIR, open_snapshot
+from ptl_timm.index.store import LOCK_NAME, SHARD_DIR, known_paths, open_snapshot
 
 DIM = 8
 IMG_SIZE = (64, 32)
@@ -216,7 +217,8 @@ def test_index_commands_build_one_camera_add_another_query_and_remove(gallery, t
     common = ['--model', str(model), '--device', 'cpu', '--workers', '0', '--quiet', '--index', str(tmp_path / 'idx')]
     assert main(['index', 'build', *common, '--images', *cam1]) == 0
     assert main(['index', 'add', *common, '--images', str(gallery_dir)]) == 0
-    assert f'added {len(cam2)} images ({len(cam1)} already in the index)' in capsys.readouterr().out
+    assert f'added {len(cam2)} images, updated 0 whose file changed ({len(cam1)} already in the index)' in \
+        capsys.readouterr().out
     query = sorted(str(p) for p in (data / 'query').iterdir())[:3]
     assert main(['index', 'query', *common, '--query', *query, '--top-k', '4', '--exclude-camera',
                  '--output', str(tmp_path / 'ranks.json')]) == 0
@@ -224,7 +226,8 @@ def test_index_commands_build_one_camera_add_another_query_and_remove(gallery, t
     assert 'protocol: the query image itself is excluded' in out and 'own camera are excluded' in out
     rankings = json.loads((tmp_path / 'ranks.json').read_text())
     assert all(len(r['results']) == 4 for r in rankings) and (tmp_path / 'ranks.png').is_file()
-    assert all(item['camid'] != r['camid'] and item['correct'] in (True, False) for r in rankings for item in r['results'])
+    assert all(item['camid'] != r['camid'] and item['correct'] in (True, False)
+               for r in rankings for item in r['results'])
     assert main(['index', 'remove', '--index', str(tmp_path / 'idx'), '--paths', cam1[0]]) == 0
     assert main(['index', 'info', '--index', str(tmp_path / 'idx'), '--verify']) == 0
     info = json.loads(capsys.readouterr().out.split('\n', 1)[1])
@@ -242,6 +245,132 @@ def test_another_model_is_refused_in_one_line_and_the_index_is_unchanged(gallery
         status = main(['index', action, '--model', str(other), '--index', str(tmp_path / 'idx'), '--device', 'cpu',
                        '--workers', '0', '--quiet', *extra])
         err = capsys.readouterr().err
-        assert status == 2 and err.count('\n') == 1 and 'is not the model the index' in err and 'other embeddings' in err
+        assert status == 2 and err.count('\n') == 1
+        assert 'is not the model the index' in err and 'other embeddings' in err
     assert _tree(tmp_path / 'idx') == before and not (tmp_path / 'r.json').exists()
-    assert ImageIndex(tmp_path / 'idx').add(model, images[6:8], device='cpu') == dict(added=2, skipped=0)
+    assert ImageIndex(tmp_path / 'idx').add(model, images[6:8], device='cpu') == dict(added=2, updated=0, skipped=0)
+
+
+def _sql(folder, statement):
+    """Change the current generation's metadata in place (what an older ptl_timm, or a killed build, left)."""
+    import sqlite3
+    db = sqlite3.connect(folder / (folder / 'CURRENT').read_text().strip())
+    db.execute(statement)
+    db.commit()
+    db.close()
+
+
+def test_identity_spellings_0007_and_7_are_one_identity_in_add_remove_and_info(tmp_path):
+    index, _ = small_index(tmp_path / 'idx', n=8)  # identities '0', '1', '2', '3' twice
+    index.add_embeddings(embeddings(1, seed=7), ['/h/a.jpg'], ['0001'])
+    _sql(index.folder, "UPDATE images SET identity = '0002' WHERE path = '/g/2.jpg'")  # stored verbatim by older code
+    info = index.info()
+    assert info['identities'] == 4 and info['identity_examples'] == ['0', '1', '2', '3']
+    assert index.remove(identities=['01']) == 3  # /g/1, /g/5 and /h/a
+    assert index.remove(identities=['2']) == 2  # /g/2 (stored '0002') and /g/6
+
+
+def test_add_replaces_entries_whose_content_changed_and_takes_older_indexes_as_unchanged(tmp_path):
+    index, feats = small_index(tmp_path / 'idx', n=3, dtype='float32')
+    _sql(index.folder, 'ALTER TABLE images DROP COLUMN content')  # an index written before contents were recorded
+    with open_snapshot(index.folder) as snapshot:
+        assert known_paths(snapshot.db, ['/g/0.jpg', '/n/0.jpg']) == {'/g/0.jpg': (0, None)}
+    first, second = embeddings(2, seed=8), embeddings(2, seed=9)
+    assert index.add_embeddings(first, ['/g/0.jpg', '/n/0.jpg'], contents=['5:1', '5:1']) == 1  # /g/0: unchanged
+    assert index.add_embeddings(second, ['/n/0.jpg', '/n/1.jpg'], contents=['6:2', '5:1']) == 2  # /n/0 replaced
+    assert index.add_embeddings(second[:1], ['/n/0.jpg'], contents=['6:2']) == 0
+    stored = {r['path']: e for ids, emb, records in index.export() for r, e in zip(records, emb)}
+    assert sorted(stored) == ['/g/0.jpg', '/g/1.jpg', '/g/2.jpg', '/n/0.jpg', '/n/1.jpg']
+    for path, expected in (('/g/0.jpg', feats[0]), ('/n/0.jpg', second[0]), ('/n/1.jpg', second[1])):
+        torch.testing.assert_close(stored[path], expected)
+
+
+@pytest.mark.skipif(not faiss_available(), reason='faiss is an optional extra')
+def test_faiss_search_of_an_emptied_index_finds_nothing_like_the_exact_search(tmp_path):
+    index, feats = small_index(tmp_path / 'idx', n=4, faiss=True)
+    index.remove(paths=[f'/g/{i}.jpg' for i in range(4)])
+    with open_snapshot(index.folder) as snapshot:
+        for backend in ('exact', 'faiss'):
+            for rerank in (False, True):
+                hits = index.search(snapshot, feats[:2], k=3, backend=backend, rerank=rerank, candidates=5)
+                assert hits.ids.tolist() == [[-1] * 3] * 2, (backend, rerank)
+
+
+def test_build_takes_over_a_folder_whose_build_never_committed(tmp_path):
+    index, _ = small_index(tmp_path / 'idx', n=2)
+    for path in [index.folder / 'CURRENT', *index.folder.glob('meta-*'), *(index.folder / SHARD_DIR).iterdir()]:
+        path.unlink()  # index.json and shards/ left: a build killed before it wrote CURRENT
+    with pytest.raises(InputError, match='build did not finish.*build it again'):
+        ImageIndex(index.folder).info()
+    index = ImageIndex.create(index.folder, DESCRIPTION)
+    assert index.add_embeddings(embeddings(2), ['/a.jpg', '/b.jpg']) == 2 and index.info()['images'] == 2
+    with pytest.raises(InputError, match='already holds an index'):
+        ImageIndex.create(index.folder, DESCRIPTION)
+
+
+@pytest.mark.parametrize('action, argv, flag', [
+    ('query', ['--top-k', '0'], '--top-k'), ('query', ['--max-rows', '0'], '--max-rows'),
+    ('query', ['--nprobe', '0'], '--nprobe'), ('query', ['--candidates', '0'], '--candidates'),
+    ('query', ['--rerank', '--top-k', '20', '--candidates', '10'], '--candidates'),
+    ('query', ['--png', '{tmp}'], '--png'), ('query', ['--output', '{tmp}/q.txt'], '--output'),
+    ('info', ['--json', '{tmp}'], '--json'), ('build', ['--rows-per-shard', '0'], '--rows-per-shard'),
+])
+def test_bad_index_flags_are_refused_in_one_line_before_anything_is_read(tmp_path, capsys, action, argv, flag):
+    common = {'query': ['--model', str(tmp_path / 'model'), '--query', str(tmp_path / 'q.jpg'),
+                        '--output', str(tmp_path / 'r.json')],
+              'build': ['--model', str(tmp_path / 'model'), '--images', str(tmp_path / 'q.jpg')], 'info': []}[action]
+    try:  # argparse exits, the command returns
+        status = main(['index', action, '--index', str(tmp_path / 'missing'), *common,
+                       *(a.format(tmp=tmp_path) for a in argv)])
+    except SystemExit as e:
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and err.count('\n') == 1 and flag in err, err
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.slow
+def test_a_given_identity_0009_matches_file_names_of_person_9(gallery, tmp_path):
+    data, (model, _) = gallery
+    door = tmp_path / 'door'
+    door.mkdir()
+    (door / 'x.jpg').write_bytes((data / 'bounding_box_test' / '0009_c2s1_002075_01.jpg').read_bytes())
+    extract = dict(device='cpu', num_workers=0, progress=False)
+    index = ImageIndex.build(tmp_path / 'idx', model, door, identity='0009', **extract)
+    result = index.query(model, data / 'query' / '0009_c1s1_001050_01.jpg', top_k=1, **extract)
+    assert [(r['pid'], r['correct']) for r in result['rankings'][0]['results']] == [('9', True)]
+
+
+@pytest.mark.slow
+def test_add_embeds_again_a_file_whose_content_changed(gallery, tmp_path):
+    data, (model, _) = gallery
+    images = sorted((data / 'bounding_box_test').iterdir())
+    cams = tmp_path / 'cams'
+    cams.mkdir()
+    for name, source in (('latest.jpg', images[0]), ('other.jpg', images[1])):
+        (cams / name).write_bytes(source.read_bytes())
+    extract = dict(device='cpu', num_workers=0, progress=False)
+    index = ImageIndex.build(tmp_path / 'idx', model, cams, **extract)
+    (cams / 'latest.jpg').write_bytes(images[5].read_bytes())  # the camera overwrote it
+    os.utime(cams / 'latest.jpg', ns=(10 ** 18, 10 ** 18))  # a time apart even on a coarse clock
+    assert index.add(model, cams, **extract) == dict(added=0, updated=1, skipped=1)
+    result = index.query(model, images[5], top_k=1, **extract)['rankings'][0]['results'][0]
+    assert result['path'] == str(cams / 'latest.jpg') and result['score'] > 0.999
+    assert index.info()['images'] == 2
+
+
+@pytest.mark.slow
+def test_a_failed_build_leaves_nothing_behind_and_the_retry_works(gallery, tmp_path, capsys):
+    data, (model, _) = gallery
+    images = [str(p) for p in sorted((data / 'bounding_box_test').iterdir())[:2]]
+    broken = tmp_path / 'broken.jpg'
+    broken.write_bytes(b'not an image')
+    (tmp_path / 'empty').mkdir()
+    for folder in (tmp_path / 'new' / 'idx', tmp_path / 'empty'):
+        common = ['index', 'build', '--model', str(model), '--device', 'cpu', '--workers', '0', '--quiet',
+                  '--index', str(folder)]
+        assert main([*common, '--images', *images, str(broken)]) == 2
+        assert 'broken.jpg' in capsys.readouterr().err
+        assert sorted(os.listdir(tmp_path)) == ['broken.jpg', 'empty'] and os.listdir(tmp_path / 'empty') == []
+        assert main([*common, '--images', *images]) == 0
+        shutil.rmtree(tmp_path / 'new', ignore_errors=True)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ptl_timm.cli import main
+from ptl_timm.errors import InputError
 from ptl_timm.data.synth import SYNTH_DOMAINS, generate_synthetic
 from ptl_timm.eval.features import FeatureSet
 from ptl_timm.eval.retrieval import (
@@ -98,10 +99,21 @@ def test_query_without_a_true_match_gets_no_ap_instead_of_an_error():
 
 
 def test_search_without_identities_keeps_everything_unmarked():
-    query, gallery = random_set(3, labelled=False), random_set(12, seed=4, labelled=False)
+    query, gallery = random_set(3, labelled=False, prefix='q'), random_set(12, seed=4, labelled=False)
     rankings = search(query, gallery, top_k=12, backend='torch')
     assert all(len(r['results']) == 12 and r['ap'] is None for r in rankings)
     assert all(item['correct'] is None for r in rankings for item in r['results'])
+
+
+def test_search_without_identities_never_returns_the_query_file_itself():
+    gallery = random_set(12, seed=4, labelled=False)
+    query = FeatureSet(gallery.feats[[3, 7]], gallery.pids[:2], gallery.camids[:2], ['./img3.jpg', 'img7.jpg'])
+    rankings = search(query, gallery, top_k=11, backend='torch')
+    assert [len(r['results']) for r in rankings] == [11, 11]  # every other image, none twice
+    assert [{item['path'] for item in r['results']} for r in rankings] == [
+        set(gallery.paths) - {'img3.jpg'}, set(gallery.paths) - {'img7.jpg'}]
+    other = random_set(2, seed=9, labelled=False, prefix='elsewhere')
+    assert all(len(r['results']) == 5 for r in search(other, gallery, top_k=5, backend='torch'))
 
 
 def test_worst_first_orders_queries_by_increasing_ap():
@@ -184,6 +196,31 @@ def test_search_command_with_query_images_and_saved_gallery_features(synthetic, 
     # the files are named as Market-1501 names them, so identities and cameras are known on both sides
     assert [r['rank'] for r in rows] == ['1', '2', '3'] and all(r['correct'] in ('0', '1') for r in rows)
     assert (tmp_path / 'picture.png').is_file()
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.npz'])
+def test_saved_features_of_another_model_or_preprocessing_are_not_ranked_against(synthetic, tmp_path, capsys, suffix):
+    data, model_dir = synthetic
+    torch.manual_seed(1)
+    other = save_pretrained(timm.create_model('ptl_net', num_classes=0, backbone='test_resnet', embed_dim=32,
+                                              classifier_dims=(16,)), tmp_path / 'other')
+    features = tmp_path / f'gallery{suffix}'
+    assert main(['extract', *model_args(other), '--folder', str(data / 'bounding_box_test'), '--output', str(features)]) == 0
+    query = str(sorted((data / 'query').iterdir())[0])
+    search_args = ['search', '--query', query, '--features', str(features), '--output', str(tmp_path / 'r.json')]
+    assert main([*search_args, *model_args(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'weights_sha256' in err and 'ptl-timm extract' in err
+    assert main([*search_args, *model_args(other), '--flip']) == 2
+    assert 'flip False in the file, True here' in capsys.readouterr().err
+    assert main([*search_args, *model_args(other)]) == 0 and not (tmp_path / 'r.png').is_dir()
+    assert main([*search_args, '--model', str(other), '--img-size', '32', '16', '--device', 'cpu', '--quiet']) == 2
+    assert 'input_size [3, 64, 32] in the file, [3, 32, 16] here' in capsys.readouterr().err
+
+
+def test_embeddings_of_different_widths_are_refused_by_name():
+    with pytest.raises(InputError, match='query embeddings are 8-d and gallery embeddings 16-d'):
+        search(random_set(2), random_set(5, dim=16), backend='torch')
 
 
 def test_search_command_without_a_gallery_is_a_clear_error(synthetic, tmp_path, capsys):

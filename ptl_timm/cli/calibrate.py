@@ -12,11 +12,12 @@ Example: ptl-timm calibrate --model runs/x/best --dataset market1501 --data-root
 import argparse
 
 from ptl_timm.errors import InputError
-from ptl_timm.eval.calibration import DEFAULT_FPRS, calibrate
+from ptl_timm.eval.calibration import CALIBRATION_KEY, DEFAULT_FPRS, calibrate
+from ptl_timm.hub.calibration import checkpoint_config
 from ptl_timm.eval.metrics import METRICS
 from ptl_timm.eval.protocol import PROTOCOLS
 from ptl_timm.utils import atomic_save_json
-from .options import add_command, add_dataset_args, add_model_args, add_quiet, number
+from .options import add_command, add_dataset_args, add_model_args, add_quiet, number, output_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              'auto (camera when every camera is known)')
     parser.add_argument('--metric', choices=METRICS, default='cosine', help='distance between embeddings')
     parser.add_argument('--seed', type=int, default=0, help='which identities are held out')
-    parser.add_argument('--json', metavar='FILE', help='also write the calibration as JSON')
+    parser.add_argument('--json', metavar='FILE', type=output_file, help='also write the calibration as JSON')
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
@@ -61,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if heldout:
         print(f'held out: {heldout["num_images"]} images of {heldout["num_identities"]} other identities, '
               f'{heldout["num_pairs"]["impostor"]:,} impostor pairs')
-    print(f'written into {args.model}/config.json ("reid_calibration")')
+    print(f'written into {checkpoint_config(args.model)} ("{CALIBRATION_KEY}")')
+    if result['num_distractors_left_out']:
+        print(f'left out {result["num_distractors_left_out"]} distractor images (no labelled person)')
     if args.json:
         atomic_save_json(result, args.json)
     return 0

@@ -13,6 +13,7 @@ resolver, outputs by whether they can be written.
 import argparse
 import math
 import textwrap
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from ptl_timm.data.datasets import DATASETS, ReIDDataset, build_dataset
@@ -131,12 +132,22 @@ def add_command(subparsers, module: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _output_file_ending(suffixes: Sequence[str]) -> Callable[[str], str]:
+    """An output file's type that also checks its suffix (the format it selects), so that a wrong one is
+    refused as the command line is read, not after the work."""
+    def check(text: str) -> None:
+        if Path(text).suffix not in suffixes:
+            raise InputError(f'{text} must end in {" or ".join(suffixes)}')
+        check_output_path(text)
+    return _checked(check, 'output file')
+
+
 def add_output(parser: argparse.ArgumentParser, help: str, folder: bool = False, required: bool = False,
-               default: Optional[str] = None, dest: str = 'output') -> argparse.Action:
+               default: Optional[str] = None, dest: str = 'output', suffixes: Sequence[str] = ()) -> argparse.Action:
     """``--output``: the file (or with ``folder`` the folder) a command writes; a file output naming an
-    existing folder is refused, and the other way round."""
-    return parser.add_argument('--output', dest=dest, required=required, default=default, help=help,
-                               type=output_folder if folder else output_file)
+    existing folder is refused, and the other way round; ``suffixes``: the endings a file may have."""
+    kind = output_folder if folder else _output_file_ending(suffixes) if suffixes else output_file
+    return parser.add_argument('--output', dest=dest, required=required, default=default, help=help, type=kind)
 
 
 def add_data_root(parser: argparse.ArgumentParser, help: str = "the dataset's own folder",

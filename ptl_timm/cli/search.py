@@ -5,7 +5,9 @@ image files or folders (--query), or the query split of --dataset / saved --feat
 (--gallery), or the gallery split of --dataset / saved --features. When identities and cameras are known on
 both sides (dataset splits, or file names in a dataset's naming such as 0002_c1s1_000451_01.jpg), same-camera
 matches are skipped, results are framed green/red and --worst-first lists the queries with the lowest AP
-first.
+first; otherwise only a query image that is also in the gallery is skipped. Saved --features are ranked against
+images embedded now only when the file records the same weights, input size and flip as --model and its
+options (ptl-timm extract records them).
 
 Example: ptl-timm search --model runs/x/best --query me.jpg --gallery photos/ --output ranks.json
 """
@@ -15,9 +17,10 @@ from typing import Dict
 
 from ptl_timm.errors import InputError
 from ptl_timm.eval.extract import image_files
-from ptl_timm.eval.features import FeatureSet, load_features
+from ptl_timm.eval.features import FeatureSet, check_same_extraction, load_features, saved_extraction
 from ptl_timm.eval.protocol import resolve_protocol
-from ptl_timm.eval.retrieval import BACKENDS, draw_rankings, search, write_rankings
+from ptl_timm.eval.retrieval import BACKENDS, RANKING_FORMATS, draw_rankings, search, write_rankings
+from ptl_timm.utils import check_output_path
 from .options import (
     add_command, add_dataset_args, add_model_args, add_output, add_quiet, dataset_from_args, extractor_from_args,
     integer, output_file)
@@ -34,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--top-k', type=integer(1), default=10, help='results per query')
     parser.add_argument('--worst-first', action='store_true', help='queries with the lowest AP first (of all queries)')
     parser.add_argument('--backend', choices=BACKENDS, default='auto', help='gallery index (auto: faiss when installed)')
-    add_output(parser, 'ranked lists: a .json or .csv file', folder=False, required=True)
+    add_output(parser, 'ranked lists: a .json or .csv file', required=True, suffixes=RANKING_FORMATS)
     parser.add_argument('--png', type=output_file, help='ranked-list picture (default: next to --output, .png)')
     parser.add_argument('--max-rows', type=integer(1), default=20, help='queries drawn in the picture')
     add_quiet(parser)
@@ -56,6 +59,8 @@ def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
     if needs_model and not args.model:
         raise InputError('extracting features of images needs --model')
     extractor = extractor_from_args(args) if needs_model else None
+    if args.features and extractor is not None:
+        check_same_extraction(saved_extraction(args.features), extractor.extraction(), args.features)
     if dataset is not None:
         sets.update(extractor.extract_splits(dataset))
     if args.gallery:
@@ -69,6 +74,8 @@ def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.png is None:
+        check_output_path(Path(args.output).with_suffix('.png'))  # where the picture goes by default
     sets = _sets(args)
     rankings = search(sets['query'], sets['gallery'], top_k=args.top_k, backend=args.backend,
                       worst_first=args.worst_first, num_queries=args.num_queries)

@@ -10,7 +10,7 @@ import argparse
 
 from ptl_timm.eval.calibration import verify
 from ptl_timm.utils import atomic_save_json
-from .options import add_command, add_device, add_model, number
+from .options import add_command, add_device, add_model, number, output_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--images', nargs=2, required=True, metavar=('A', 'B'), help='the two images to compare')
     parser.add_argument('--fpr', type=number(0.0, 1.0), help='operating point (default: the lowest calibrated FPR)')
     add_device(parser)
-    parser.add_argument('--json', metavar='FILE', help='also write the answer as JSON')
+    parser.add_argument('--json', metavar='FILE', type=output_file, help='also write the answer as JSON')
     parser.set_defaults(func=run)
     return parser
 
@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     answer = verify(args.model, *args.images, fpr=args.fpr, device=args.device)
     verdict = 'same person' if answer.same else 'different people'
     relation = '<' if answer.same else '>='
-    print(f'{verdict}: {answer.metric} distance {answer.distance:.4f} {relation} threshold {answer.threshold:.4f} '
+    distance = 0.0 if abs(answer.distance) < 5e-5 else answer.distance  # no '-0.0000' for an image with itself
+    print(f'{verdict}: {answer.metric} distance {distance:.4f} {relation} threshold {answer.threshold:.4f} '
           f'(operating point FPR {answer.fpr:g}, TPR {100 * answer.tpr:.1f}% at calibration)')
     if args.json:
         atomic_save_json(dict(answer._asdict(), images=list(args.images)), args.json)

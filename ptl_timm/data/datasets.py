@@ -29,7 +29,7 @@ original ids (reproducible classifier heads); query/gallery keep the original pi
 and never -1 in the public layouts (a file naming camera 0 or none is a format error: their protocol needs
 every camera), -1 only for ``folder`` images without a camera folder;
 pid ``-1`` (junk boxes) is dropped at parse time and pid ``0`` (Market distractors) is kept in the
-gallery as an ordinary negative. Problems a user can fix raise :class:`DatasetNotFoundError`
+gallery as an ordinary negative (``ReIDDataset.distractor_pid``). Problems a user can fix raise :class:`DatasetNotFoundError`
 (a ``FileNotFoundError``) or :class:`DatasetFormatError` (a ``ValueError``) naming the path and the fix.
 """
 import inspect
@@ -56,6 +56,7 @@ MSMT_NAME = re.compile(r'^(\d+)_\d+_(\d+)_')
 # the file-name conventions that carry identity and camera (from 1), for images outside a dataset layout
 FILE_NAMINGS = {'market1501': MARKET_NAME, 'msmt17': MSMT_NAME}
 JUNK_PID = -1
+DISTRACTOR_PID = 0  # Market-style layouts: boxes of no labelled person, kept in the gallery
 
 
 class ReIDRecord(NamedTuple):
@@ -66,12 +67,15 @@ class ReIDRecord(NamedTuple):
 
 @dataclass
 class ReIDDataset:
-    """The three splits of a ReID dataset. ``root`` is the folder the records were read from."""
+    """The three splits of a ReID dataset. ``root`` is the folder the records were read from;
+    ``distractor_pid`` is the pid of gallery images that show no labelled person (Market-1501's
+    ``0000`` boxes), None where the layout has none: a negative for every query, but never one identity."""
     name: str
     root: str
     train: List[ReIDRecord] = field(default_factory=list)
     query: List[ReIDRecord] = field(default_factory=list)
     gallery: List[ReIDRecord] = field(default_factory=list)
+    distractor_pid: Optional[int] = None
 
     @property
     def num_train_pids(self) -> int:
@@ -143,7 +147,8 @@ def _parse_market_dir(folder: Path, name: str) -> List[ReIDRecord]:
 def _market_layout(root: PathLike, name: str, subfolders: Sequence[str]) -> ReIDDataset:
     base = _find_root(root, name, [folder for _, folder in MARKET_SPLITS], subfolders)
     splits = {split: _parse_market_dir(base / folder, name) for split, folder in MARKET_SPLITS}
-    return ReIDDataset(name, str(base), _relabel(splits['train']), splits['query'], splits['gallery'])
+    return ReIDDataset(name, str(base), _relabel(splits['train']), splits['query'], splits['gallery'],
+                       distractor_pid=DISTRACTOR_PID)
 
 
 def market1501(root: PathLike) -> ReIDDataset:
@@ -293,4 +298,4 @@ def build_union(datasets: Sequence[ReIDDataset], name: Optional[str] = None) -> 
         cam_offset += dataset.num_train_cams
     first = datasets[0]
     return ReIDDataset(name or '+'.join(d.name for d in datasets), first.root, train, list(first.query),
-                       list(first.gallery))
+                       list(first.gallery), distractor_pid=first.distractor_pid)

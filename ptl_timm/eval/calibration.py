@@ -24,13 +24,19 @@ kept, never the N × N matrix.
 there beside each target: with few impostor pairs, or a model that behaves differently on other
 people, the measured FPR can miss the target, and the user should see it.
 
+The calibration set holds each image of the chosen splits once. Training and test identities are
+different people even where their numbers agree (training pids are renumbered), and distractor boxes
+(``ReIDDataset.distractor_pid``) are left out: no pair of theirs has a known answer. The calibration
+records the sha256 of the weights it was measured with (:func:`ptl_timm.hub.weights_digest`), and
+``verify`` refuses weights that differ (another ``.safetensors`` beside the same ``config.json``).
+
 The stored calibration::
 
     "reid_calibration": {
-      "format": 1, "metric": "cosine", "decision": "same person when distance < threshold",
+      "format": 2, "metric": "cosine", "decision": "same person when distance < threshold",
       "protocol": "camera", "protocol_description": "...", "pairs": "...",
-      "dataset": "market1501", "split": "query+gallery", "input_size": [3, 256, 128], "flip": false,
-      "embedding_dim": 512, "num_images": 9000, "num_identities": 375,
+      "dataset": "market1501", "split": "query+gallery", "weights_sha256": "9f2c...", "input_size": [3, 256, 128],
+      "flip": false, "embedding_dim": 512, "num_distractors_left_out": 0, "num_images": 9000, "num_identities": 375,
       "num_pairs": {"genuine": 120000, "impostor": 40000000},
       "heldout": {"num_images": 9000, "num_identities": 375, "num_pairs": {...}},
       "points": [{"fpr": 0.01, "threshold": 0.41, "tpr": 0.93, "heldout_fpr": 0.011, "heldout_tpr": 0.92}, ...]
@@ -39,12 +45,12 @@ The stored calibration::
 import logging
 import math
 import os
-from typing import Any, Dict, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from ptl_timm.data.datasets import ReIDDataset, build_dataset
+from ptl_timm.data.datasets import ReIDDataset, ReIDRecord, build_dataset
 from ptl_timm.errors import CheckpointError, InputError
 from ptl_timm.hub import CONFIG_NAME
 from ptl_timm.hub.calibration import (
@@ -60,7 +66,7 @@ __all__ = [
     'read_calibration', 'write_calibration', 'select_point', 'calibration_card',
 ]
 
-CALIBRATION_FORMAT = 1
+CALIBRATION_FORMAT = 2  # 2: the weights' sha256 recorded, unresolved FPRs left out, distractors too
 DEFAULT_FPRS = (1e-2, 1e-3, 1e-4)
 DECISION = 'same person when distance < threshold'
 PAIRS = ('unordered pairs of distinct images; impostor: different identities; genuine: same identity, excluding '
@@ -111,14 +117,25 @@ def operating_points(feats: ArrayLike, pids: ArrayLike, keys: ArrayLike, fprs: S
 
     ``keys`` is the exclusion key of each image (its camera, or its file under the ``self`` protocol:
     :func:`ptl_timm.eval.protocol.resolve_protocol`). Returns ``points`` (one ``{fpr, threshold, tpr,
-    impostor_pairs_below}`` per target, highest FPR first) and ``num_pairs`` ``{genuine, impostor}``."""
+    impostor_pairs_below}`` per target, highest FPR first) and ``num_pairs`` ``{genuine, impostor}``.
+    A target below 1 / (impostor pairs) is left out with a warning: no impostor pair may pass, so its
+    threshold would be FPR 0's and its name a promise the set cannot check."""
     fprs = _check_fprs(fprs)
     n = len(pids)
     same_id = int(sum(c * (c - 1) // 2 for c in torch.unique(torch.as_tensor(pids), return_counts=True)[1].tolist()))
     num_impostor = n * (n - 1) // 2 - same_id
     if num_impostor == 0:
         raise InputError(f'the calibration set ({n} images) has no pair of different identities: it needs at least two')
-    keep = max(_allowed(f, num_impostor) for f in fprs) + 1
+    resolved = [f for f in fprs if _allowed(f, num_impostor) > 0]
+    unresolved = ', '.join(f'{f:g}' for f in fprs if f not in resolved)
+    if not resolved:
+        raise InputError(f'no target FPR ({unresolved}) is resolved by the {num_impostor} impostor pairs of the '
+                         f'calibration set: FPR f needs at least 1/f of them; calibrate on more images, or aim at an '
+                         f'FPR of at least {1 / num_impostor:.2g}')
+    if unresolved:
+        _logger.warning(f'FPR {unresolved} left out: not resolved by {num_impostor} impostor pairs (FPR f needs at '
+                        f'least 1/f of them; its threshold would be that of FPR 0); calibrate on more images')
+    keep = max(_allowed(f, num_impostor) for f in resolved) + 1
     smallest, genuine = torch.empty(0), []
     for genuine_block, impostor in _pair_distances(feats, pids, keys, metric, chunk_size, device):
         genuine.append(genuine_block)
@@ -131,12 +148,8 @@ def operating_points(feats: ArrayLike, pids: ArrayLike, keys: ArrayLike, fprs: S
         raise InputError(f'the calibration set ({n} images) has no genuine pair (same identity, two images the '
                          f'protocol keeps): it needs identities with images from two cameras (or two files)')
     points = []
-    for fpr in fprs:
-        allowed = _allowed(fpr, num_impostor)
-        threshold = float(smallest[allowed])
-        if allowed == 0:
-            _logger.warning(f'FPR {fpr:g} is not resolved by {num_impostor} impostor pairs (it needs {math.ceil(1 / fpr)}):'
-                            f' its threshold is the smallest impostor distance; calibrate on more images')
+    for fpr in resolved:
+        threshold = float(smallest[_allowed(fpr, num_impostor)])
         points.append(dict(fpr=fpr, threshold=threshold, tpr=float((genuine < threshold).double().mean()),
                            impostor_pairs_below=int((smallest < threshold).sum())))
     return dict(points=points, num_pairs=dict(genuine=len(genuine), impostor=num_impostor))
@@ -168,6 +181,25 @@ def _split_identities(pids: torch.Tensor, holdout: float, seed: int) -> Tuple[to
     held = order[:round(holdout * len(identities))]
     heldout = torch.isin(pids, held)
     return ~heldout, heldout
+
+
+def _calibration_records(dataset: ReIDDataset, splits: Sequence[str]) -> Tuple[List[ReIDRecord], int]:
+    """The images of ``splits`` (each file once) with one pid per person, and how many distractors were left out.
+
+    Training pids are renumbered from 0 and test pids are the originals, so the two numberings overlap
+    although the people differ: each side gets its own range. Distractor boxes show no labelled person
+    (possibly several, possibly one of the others), so no pair of theirs has a known answer: left out."""
+    records: Dict[str, ReIDRecord] = {}
+    identities: Dict[Tuple[bool, int], int] = {}
+    distractors = set()
+    for split in splits:
+        for r in getattr(dataset, split):
+            if split != 'train' and r.pid == dataset.distractor_pid:
+                distractors.add(r.path)
+            elif r.path not in records:
+                person = identities.setdefault((split == 'train', r.pid), len(identities))
+                records[r.path] = r._replace(pid=person)
+    return list(records.values()), len(distractors)
 
 
 def calibrate(
@@ -220,9 +252,9 @@ def calibrate(
     unknown = [s for s in splits if s not in ('train', 'query', 'gallery')]
     if unknown:
         raise InputError(f'splits are train, query and gallery; got {unknown}')
-    records = list({r.path: r for s in splits for r in getattr(dataset, s)}.values())
+    records, distractors = _calibration_records(dataset, splits)
     if not records:
-        raise InputError(f'dataset {dataset.name!r} has no images in the splits {list(splits)}')
+        raise InputError(f'dataset {dataset.name!r} has no images of labelled identities in the splits {list(splits)}')
     extractor = FeatureExtractor(model, device=device, batch_size=batch_size, img_size=img_size, flip=flip,
                                  num_workers=num_workers, progress=progress)
     feats, pids, camids = extractor.extract_records(records)
@@ -234,9 +266,9 @@ def calibrate(
     result = dict(
         format=CALIBRATION_FORMAT, metric=metric, decision=DECISION, protocol=rule.name,
         protocol_description=rule.description, pairs=PAIRS, dataset=dataset.name, split='+'.join(splits),
-        input_size=[3, *extractor.img_size], flip=flip, embedding_dim=int(feats.shape[1]),
+        **extractor.extraction(), embedding_dim=int(feats.shape[1]),
         num_images=int(calibration_part.sum()), num_identities=len(torch.unique(pids[calibration_part])),
-        num_pairs=points['num_pairs'], points=points['points'])
+        num_pairs=points['num_pairs'], num_distractors_left_out=distractors, points=points['points'])
     if holdout > 0:
         measured = measured_rates(feats[heldout_part], pids[heldout_part], keys[heldout_part],
                                   [p['threshold'] for p in points['points']], **options)
@@ -293,14 +325,20 @@ def verify(
     point = select_point(calibration, fpr, source)
     missing = [str(p) for p in (image_a, image_b) if isinstance(p, (str, os.PathLike)) and not os.path.isfile(p)]
     if missing:
-        raise InputError(f'image {missing[0]} does not exist')
+        state = 'is a folder, not an image file' if os.path.isdir(missing[0]) else 'does not exist'
+        raise InputError(f'image {missing[0]} {state}')
     extractor = FeatureExtractor(model, device=device, img_size=calibration['input_size'][-2:],
                                  flip=calibration.get('flip', False))
+    loaded, measured = extractor.extraction()['weights_sha256'], calibration.get('weights_sha256')
+    if not isinstance(model, nn.Module) and measured is None:
+        raise CheckpointError(f'the calibration that {source} carries does not record the weights it was measured with '
+                              f'(an older format), so it may belong to other weights; calibrate again (ptl-timm calibrate)')
+    if not isinstance(model, nn.Module) and loaded != measured:
+        raise CheckpointError(
+            f'the calibration that {source} carries was measured with other weights than those it loads (weights '
+            f'sha256 {measured[:12]}, loaded {loaded[:12]}): its thresholds would decide for another model; '
+            f'calibrate these weights (ptl-timm calibrate)')
     feats = extractor([image_a, image_b])
-    if feats.shape[1] != calibration.get('embedding_dim', feats.shape[1]):
-        raise CheckpointError(f'{source} gives {feats.shape[1]}-d embeddings but was calibrated with '
-                              f'{calibration["embedding_dim"]}-d ones: the calibration belongs to other weights; '
-                              f'calibrate again')
     _, dist = next(pairwise_distance_chunks(feats[:1], feats[1:], metric=calibration['metric'], device='cpu'))
     distance = float(dist[0, 0])
     return Verification(distance < point['threshold'], distance, point['threshold'], point['fpr'], point['tpr'],

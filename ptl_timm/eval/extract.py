@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ptl_timm.data.datasets import ReIDDataset, labels_from_names
 from ptl_timm.data.loader import ImageDataset, read_image
 from ptl_timm.errors import DatasetFormatError, DatasetNotFoundError, InputError, NonFiniteError
-from ptl_timm.hub import load_model
+from ptl_timm.hub import load_model, weights_digest
 from ptl_timm.models import embed
 from ptl_timm.utils import PathLike, resolve_device, to_rgb
 from ptl_timm.utils.images import IMAGE_EXTENSIONS, list_images
@@ -185,6 +185,12 @@ class FeatureExtractor:
         self.transform = create_transform(**self.data_config, is_training=False)
         self.batch_size, self.flip, self.num_workers = batch_size, flip, num_workers
         self.channels_last, self.progress = channels_last, progress
+
+    def extraction(self) -> Dict[str, Any]:
+        """What decides the embeddings, as a calibration or a features file records it: the weights
+        (``weights_sha256``, :func:`ptl_timm.hub.weights_digest`), the input size and flip. A model read
+        from a source is built without its classifier, so the digest is that of the embedding's weights."""
+        return dict(weights_sha256=weights_digest(self.model), input_size=[3, *self.img_size], flip=self.flip)
 
     def _loader(self, images: ImageSource) -> Iterable:
         if isinstance(images, torch.Tensor):

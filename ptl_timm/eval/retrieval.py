@@ -13,6 +13,7 @@ queries can be listed first).
 import csv
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -119,6 +120,9 @@ def search(
     ``worst_first`` orders the queries by AP, lowest first (those without a true match last);
     ``num_queries`` keeps the first N lists of that order: the N worst of all queries, or, without
     ``worst_first``, the first N queries."""
+    if query.feats.shape[1] != gallery.feats.shape[1]:
+        raise InputError(f'query embeddings are {query.feats.shape[1]}-d and gallery embeddings '
+                         f'{gallery.feats.shape[1]}-d: they come from different models; embed both with one')
     labelled = all(bool(len(s.pids)) and bool((s.pids >= 0).all()) for s in (query, gallery))
     if worst_first and not labelled:
         raise InputError('--worst-first needs the identities of queries and gallery (dataset splits, '
@@ -131,7 +135,9 @@ def search(
     if labelled:  # the camera, or without cameras the file, decides what is junk (see ptl_timm.eval.protocol)
         q_keys, g_keys = resolve_protocol([query, gallery]).keys
         junk, valid = _match_counts(query._replace(camids=q_keys), gallery._replace(camids=g_keys))
-    scores, indices = index.search(query.feats, top_k + int(junk.max()))
+    # unlabelled, nothing marks junk, but a query image that is also in the gallery is no result of itself
+    own = _own_items(query, gallery) if not labelled else [None] * len(query.feats)
+    scores, indices = index.search(query.feats, top_k + int(junk.max()) + (not labelled))
     aps = [None] * len(query.feats)
     if bool((valid > 0).any()):  # else every AP stays None (evaluate_rank refuses a split without true matches)
         per_query = evaluate_rank(query.feats, gallery.feats, query.pids, gallery.pids, q_keys, g_keys,
@@ -141,6 +147,8 @@ def search(
     for q in range(len(query.feats)):
         results = []
         for score, g in zip(scores[q].tolist(), indices[q].tolist()):
+            if g == own[q]:
+                continue
             same_id = labelled and int(gallery.pids[g]) == int(query.pids[q])
             if same_id and int(g_keys[g]) == int(q_keys[q]):
                 continue
@@ -153,6 +161,12 @@ def search(
     if worst_first:
         rankings.sort(key=lambda r: math.inf if r['ap'] is None else r['ap'])
     return rankings[:num_queries]
+
+
+def _own_items(query: FeatureSet, gallery: FeatureSet) -> List[Optional[int]]:
+    """Per query, the gallery item that is the same file (by resolved path), or None."""
+    where = {os.path.realpath(p): g for g, p in enumerate(gallery.paths)}
+    return [where.get(os.path.realpath(p)) for p in query.paths] + [None] * (len(query.feats) - len(query.paths))
 
 
 def _path(features: FeatureSet, i: int) -> str:

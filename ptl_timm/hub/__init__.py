@@ -6,7 +6,8 @@ onto timm's registry when this package is imported), the calibration stored with
 from ptl_timm import models  # noqa: F401  (the architectures the tags and the check are layered onto)
 from .folder import (
     CONFIG_NAME, DATASET_METADATA_KEY, HUB_PREFIX, LOCAL_DIR_PREFIX, TIMM_HUB_PREFIX, TRAIN_STATE_NAME, WEIGHTS_NAME,
-    check_hub_id, check_model_source, load_model, load_weights_strict, save_pretrained, set_preprocessing)
+    check_hub_id, check_model_source, load_model, load_weights_strict, save_pretrained, set_preprocessing,
+    weights_digest)
 from .pretrained import register_published_weights
 
 register_published_weights()

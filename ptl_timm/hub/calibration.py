@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ptl_timm.errors import CheckpointError, InputError, reading
 from ptl_timm.utils import PathLike, atomic_save_json
-from .folder import CONFIG_NAME, HUB_PREFIX, LOCAL_DIR_PREFIX, TIMM_HUB_PREFIX
+from .folder import CONFIG_NAME, HUB_PREFIX, LOCAL_DIR_PREFIX, TIMM_HUB_PREFIX, WEIGHTS_NAME
 from .pretrained import require_downloadable
 
 __all__ = ['CALIBRATION_KEY', 'checkpoint_config', 'read_calibration', 'write_calibration', 'calibration_card']
@@ -36,6 +36,10 @@ def checkpoint_config(source: PathLike) -> Path:
         raise InputError(f'{source} is not a checkpoint folder with a {CONFIG_NAME}: a calibration is written into the '
                          f'config.json of the weights it was measured for; save the model to a folder first '
                          f'(ptl_timm.hub.save_pretrained, or `ptl-timm publish` of a Hub download)')
+    if os.fspath(source).endswith('.safetensors') and Path(source).name != WEIGHTS_NAME:
+        raise InputError(f'{source} is not the {WEIGHTS_NAME} of {config.parent}: the {CONFIG_NAME} there belongs to '
+                         f'those weights, so a calibration of these cannot be stored in it; save them to their own '
+                         f'folder first (ptl_timm.hub.save_pretrained)')
     return config
 
 

@@ -12,6 +12,7 @@ architecture that ``config.json`` names is an error naming the tensors; only a c
 on purpose (another ``num_classes``) may be absent. The model keeps the checkpoint's
 ``pretrained_cfg``, so its input size and normalisation are those it was trained with.
 """
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -34,7 +35,7 @@ from .pretrained import check_pretrained_source, require_downloadable
 
 __all__ = [
     'save_pretrained', 'load_model', 'check_model_source', 'load_weights_strict', 'set_preprocessing', 'check_hub_id',
-    'CONFIG_NAME', 'WEIGHTS_NAME',
+    'weights_digest', 'CONFIG_NAME', 'WEIGHTS_NAME',
     'TRAIN_STATE_NAME', 'DATASET_METADATA_KEY', 'HUB_PREFIX', 'LOCAL_DIR_PREFIX',
 ]
 
@@ -107,6 +108,18 @@ def _classifier_prefixes(model_keys: Sequence[str], classifiers: Sequence[str]) 
                 prefixes.append(parent)
                 break
     return tuple(prefixes)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a model's weights: every state-dict tensor by name, dtype, shape and bytes (the latent
+    state is none of them). What a calibration or a features file records of the weights it was measured
+    with, so that another model's thresholds or embeddings are refused; the same on every device."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to('cpu').contiguous().reshape(-1)
+        digest.update(f'{name}|{flat.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
 
 
 def load_weights_strict(

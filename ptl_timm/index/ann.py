@@ -42,7 +42,8 @@ def faiss_module():
     try:
         import faiss
     except ImportError:
-        raise MissingExtraError('the faiss option needs faiss installed: pip install faiss-cpu (or ptl_timm[faiss])') from None
+        raise MissingExtraError('the faiss option needs faiss installed: pip install faiss-cpu (or ptl_timm[faiss])'
+                                ) from None
     return faiss
 
 

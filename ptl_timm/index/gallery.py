@@ -10,6 +10,13 @@ Search protocol (printed with the results): the query image itself is never a re
 index (same file); with ``exclude_camera`` the items of the query's own camera are skipped too (the
 standard ReID protocol; the camera comes from ``camera=``, the query's record in the index, or a
 dataset-style file name). Identities, when known on both sides, mark each result right or wrong.
+
+Identities have one spelling (:func:`identity_label`) wherever one enters or is compared: an all-digit label is
+its number, so ``--identity 0007``, a file named ``0007_c1s1_...`` and ``remove --identities 7`` all mean
+person 7 (labels stored verbatim by older versions are compared the same way).
+
+A file added again is embedded again when its content changed since it was indexed (a camera overwriting
+``latest.jpg``): :func:`file_content` records its size and modification time.
 """
 import math
 import os
@@ -27,15 +34,18 @@ from ptl_timm.eval.extract import FeatureExtractor, image_files
 from ptl_timm.utils import PathLike
 from . import ann
 from .search import Hits, exact_search, rerank_hits
-from .store import DTYPES, Snapshot, Writer, create, is_index, now, open_snapshot, read_manifest, writer
+from .store import (
+    DTYPES, Snapshot, Writer, check_new, create, discard, known_paths, now, open_snapshot, read_manifest, writer)
 
-__all__ = ['ImageIndex', 'BACKENDS', 'ROWS_PER_SHARD', 'describe_model', 'collect_images']
+__all__ = ['ImageIndex', 'BACKENDS', 'ROWS_PER_SHARD', 'describe_model', 'collect_images', 'identity_label',
+           'file_content']
 
 BACKENDS = ('exact', 'faiss')
 ROWS_PER_SHARD = 16384  # 32 MB of float32 512-d embeddings: what one query step maps
 ADD_BATCH = 50_000  # images embedded and committed per generation when adding many
 PROBE_IMAGES = 2
 PROBE_TOLERANCE = 1e-3  # cosine distance between probe embeddings still taken as the same model (GPU vs CPU)
+INFO_IDENTITIES = 5  # identities info shows, to tell how they are spelled
 _PREPROCESSING = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
 
 
@@ -56,11 +66,28 @@ def collect_images(images: Union[PathLike, Sequence[PathLike]]) -> List[str]:
     return list(dict.fromkeys(os.path.realpath(p) for p in paths))
 
 
+def identity_label(identity: Any) -> Optional[str]:
+    """The one spelling of an identity: an all-digit label as its number ('0007' and 7 are '7', as dataset file
+    names count people), any other label as given, None (unknown) as None."""
+    if identity is None:
+        return None
+    text = str(identity).strip()
+    return str(int(text)) if text.isascii() and text.isdigit() else text
+
+
+def file_content(path: PathLike) -> str:
+    """What tells that an image file changed since it was embedded: its size and modification time (ns). A stat
+    costs nothing beside embedding, where a hash would read every known image at every add; the price is that
+    a rewrite keeping both (same size, time restored by ``cp -p``/``rsync -t``) goes unseen."""
+    stat = os.stat(path)
+    return f'{stat.st_size}:{stat.st_mtime_ns}'
+
+
 def _labels(paths: Sequence[str], identity: Optional[str], camera: Optional[str]) -> Tuple[List, List]:
     """Identity and camera of each image: the given ones, else from dataset-style file names, else None."""
     named = labels_from_names(paths)
-    identities = [identity] * len(paths) if identity is not None else (
-        [str(p) for p in named[0]] if named else [None] * len(paths))
+    identities = [identity_label(identity)] * len(paths) if identity is not None else (
+        [identity_label(p) for p in named[0]] if named else [None] * len(paths))
     cameras = [camera] * len(paths) if camera is not None else (
         [f'c{c + 1}' for c in named[1]] if named else [None] * len(paths))
     return identities, cameras
@@ -95,21 +122,12 @@ class ImageIndex:
         self._faiss: Tuple[Optional[str], Any] = (None, None)  # the last faiss file read, kept for the next query
 
     # -- making one ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_new(folder: Path) -> None:
-        if is_index(folder):
-            raise InputError(f'{folder} already holds an index: add images to it (ptl-timm index add), or delete the '
-                             f'folder to build a new one')
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            raise InputError(f'{folder} exists and is not empty: an index is built in a new or empty folder')
-
     @classmethod
     def create(cls, folder: PathLike, description: Mapping[str, Any], dtype: str = 'float32',
                rows_per_shard: int = ROWS_PER_SHARD, faiss: bool = False) -> 'ImageIndex':
         """An empty index for embeddings of the model ``description`` (:func:`describe_model`) in a new
-        or empty ``folder``."""
+        or empty ``folder``, or one whose build never committed."""
         folder = Path(folder)
-        cls._check_new(folder)
         if dtype not in DTYPES:
             raise InputError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
         if rows_per_shard < 1:
@@ -129,15 +147,23 @@ class ImageIndex:
 
         ``identity``/``camera`` label every image (default: read from dataset-style file names, else
         unknown); ``flip`` is flip test-time augmentation (recorded: every later add and query uses it);
-        ``extract``: ``batch_size``, ``device``, ``num_workers``, ``progress`` of the extraction."""
+        ``extract``: ``batch_size``, ``device``, ``num_workers``, ``progress`` of the extraction.
+
+        A build that fails (an unreadable image, an interrupt) deletes the index it made, so that it can be
+        run again; what was in ``folder`` before stays."""
         folder = Path(folder)
-        cls._check_new(folder)
+        check_new(folder)
         paths = collect_images(images)
         if faiss:
             ann.faiss_module()
         extractor = FeatureExtractor(model, flip=flip, **extract)
+        created = [f for f in (folder, *folder.parents) if not f.exists()]  # deepest first
         index = cls.create(folder, describe_model(extractor, _source(model)), dtype, rows_per_shard, faiss)
-        index._embed_and_add(extractor, paths, *_labels(paths, identity, camera))
+        try:
+            index._embed_and_add(extractor, paths, *_labels(paths, identity, camera), [file_content(p) for p in paths])
+        except BaseException:
+            discard(folder, created)
+            raise
         return index
 
     # -- the model ----------------------------------------------------------------------------------------
@@ -146,8 +172,8 @@ class ImageIndex:
         index was built with (preprocessing, width or probe embeddings differ)."""
         extractor = FeatureExtractor(model, flip=self.manifest['preprocessing']['flip'], **extract)
         built, given = self.manifest, describe_model(extractor, _source(model))
-        problems = [f'{key} {given["preprocessing"][key]} instead of {built["preprocessing"][key]}'
-                    for key in _PREPROCESSING if not _same(given['preprocessing'][key], built['preprocessing'].get(key))]
+        problems = [f'{key} {given["preprocessing"][key]} instead of {built["preprocessing"][key]}' for key in
+                    _PREPROCESSING if not _same(given['preprocessing'][key], built['preprocessing'].get(key))]
         dim, built_dim = given['model']['embedding_dim'], built['model']['embedding_dim']
         if dim != built_dim:
             problems.append(f'{dim}-d embeddings instead of {built_dim}-d')
@@ -167,65 +193,92 @@ class ImageIndex:
     # -- writing ------------------------------------------------------------------------------------------
     def add(self, model: Union[PathLike, nn.Module], images: Union[PathLike, Sequence[PathLike]],
             identity: Optional[str] = None, camera: Optional[str] = None, **extract: Any) -> Dict[str, int]:
-        """Embed and add the images not yet in the index (by resolved path); returns ``{added, skipped}``."""
+        """Embed and add the images not yet in the index (by resolved path), and embed again those whose file
+        changed since (:func:`file_content`; an entry recorded without it counts as unchanged); returns
+        ``{added, updated, skipped}``."""
         paths = collect_images(images)
+        contents = [file_content(p) for p in paths]  # before embedding: a change while embedding is seen next time
         with open_snapshot(self.folder, self.manifest) as snapshot:
-            known = snapshot.ids_of_paths(paths)
-        new = [p for p in paths if p not in known]
-        if new:
-            self._embed_and_add(self.extractor(model, **extract), new, *_labels(new, identity, camera))
-        return dict(added=len(new), skipped=len(paths) - len(new))
+            known = known_paths(snapshot.db, paths)
+        todo = [i for i, (p, c) in enumerate(zip(paths, contents)) if p not in known or known[p][1] not in (None, c)]
+        if todo:
+            new = [paths[i] for i in todo]
+            self._embed_and_add(self.extractor(model, **extract), new, *_labels(new, identity, camera),
+                                [contents[i] for i in todo])
+        updated = sum(paths[i] in known for i in todo)
+        return dict(added=len(todo) - updated, updated=updated, skipped=len(paths) - len(todo))
 
-    def _embed_and_add(self, extractor: FeatureExtractor, paths: List[str], identities: List, cameras: List) -> None:
+    def _embed_and_add(self, extractor: FeatureExtractor, paths: List[str], identities: List, cameras: List,
+                       contents: List[str]) -> None:
         for start in range(0, len(paths), ADD_BATCH):  # a killed add keeps its finished batches
             part = slice(start, start + ADD_BATCH)
-            self.add_embeddings(extractor(paths[part]), paths[part], identities[part], cameras[part])
+            self.add_embeddings(extractor(paths[part]), paths[part], identities[part], cameras[part], contents[part])
 
     def add_embeddings(self, embeddings: torch.Tensor, paths: Sequence[str], identities: Optional[Sequence] = None,
-                       cameras: Optional[Sequence] = None) -> int:
-        """Add precomputed embeddings (N × dim, L2-normalised here) of images ``paths`` in one generation;
-        paths already in the index are skipped. Returns the number added."""
+                       cameras: Optional[Sequence] = None, contents: Optional[Sequence[str]] = None) -> int:
+        """Add precomputed embeddings (N × dim, L2-normalised here) of images ``paths`` in one generation.
+
+        A path already in the index is skipped, unless ``contents`` (:func:`file_content` of each file) differs
+        from the one recorded: its entry is then replaced, in the same generation. Unknown contents (None given
+        or recorded) count as unchanged. Returns the number of embeddings written (added or replaced)."""
         embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
         dim = self.manifest['model']['embedding_dim']
         if embeddings.ndim != 2 or embeddings.shape[1] != dim or len(embeddings) != len(paths):
             raise InputError(f'{len(paths)} paths need {len(paths)} × {dim} embeddings, got {tuple(embeddings.shape)}')
-        identities = list(identities) if identities is not None else [None] * len(paths)
+        identities = [identity_label(i) for i in identities] if identities is not None else [None] * len(paths)
         cameras = list(cameras) if cameras is not None else [None] * len(paths)
+        contents = list(contents) if contents is not None else [None] * len(paths)
         with writer(self.folder) as w:
-            known = _ids_of_paths(w, paths)
-            keep = [i for i, p in enumerate(paths) if p not in known and p not in paths[:i]] if known else range(len(paths))
-            keep = torch.as_tensor(list(keep), dtype=torch.int64)
-            if len(keep) == 0:
+            known = known_paths(w.db, paths)
+            keep, stale, seen = [], [], set()
+            for i, path in enumerate(paths):
+                image, recorded = known.get(path, (None, None))
+                unchanged = image is not None and (None in (recorded, contents[i]) or recorded == contents[i])
+                if path in seen or unchanged:
+                    continue
+                seen.add(path)
+                keep.append(i)
+                if image is not None:
+                    stale.append(image)
+            if not keep:
                 return 0
+            stale = torch.tensor(stale, dtype=torch.int64)
+            if len(stale):
+                self._drop(w, stale)
             added = F.normalize(embeddings[keep], dim=1)
-            ids = self._append(w, added, [paths[i] for i in keep.tolist()], [identities[i] for i in keep.tolist()],
-                               [cameras[i] for i in keep.tolist()])
-            self._update_faiss(w, added=(added, ids))
+            columns = ([column[i] for i in keep] for column in (paths, identities, cameras, contents))
+            ids = self._append(w, added, *columns)
+            self._update_faiss(w, added=(added, ids), removed=stale if len(stale) else None)
         return len(keep)
 
-    def _append(self, w: Writer, embeddings: torch.Tensor, paths: List[str], identities: List, cameras: List) -> torch.Tensor:
+    def _append(self, w: Writer, embeddings: torch.Tensor, paths: List[str], identities: List, cameras: List,
+                contents: List) -> torch.Tensor:
         """New rows: the last shard refilled (a new file), then new shards; returns the new image ids."""
         dtype, per_shard = DTYPES[self.manifest['storage']['dtype']], self.manifest['storage']['rows_per_shard']
         ids = w.take_ids(len(paths))
         codes = torch.tensor([w.camera_code(c) for c in cameras], dtype=torch.int32)
         places, start = [], 0
-        last = w.snapshot.shards[-1] if w.snapshot.shards else None
-        if last is not None and last.rows < per_shard:
-            old = last.read(w.snapshot.dim, w.snapshot.dtype)
-            take = min(per_shard - last.rows, len(paths))
-            w.write_shard(last.id, torch.cat([old['embeddings'], embeddings[:take].to(dtype)]),
-                          torch.cat([old['ids'], ids[:take]]), torch.cat([old['cameras'], codes[:take]]))
-            places += [(last.id, last.rows + i) for i in range(take)]
-            start = take
+        last_id = w.db.execute('SELECT max(id) FROM shards').fetchone()[0]
+        with w.shards([last_id]) as opened:  # as this generation left it (a replacement may have rewritten it)
+            last = opened[0] if opened and opened[0].rows < per_shard else None
+            if last is not None:
+                old = last.read(w.snapshot.dim, w.snapshot.dtype)
+                take = min(per_shard - last.rows, len(paths))
+                w.write_shard(last.id, torch.cat([old['embeddings'], embeddings[:take].to(dtype)]),
+                              torch.cat([old['ids'], ids[:take]]), torch.cat([old['cameras'], codes[:take]]))
+                places += [(last.id, last.rows + i) for i in range(take)]
+                start = take
         while start < len(paths):
             shard, part = w.new_shard_id(), slice(start, start + per_shard)
             w.write_shard(shard, embeddings[part].to(dtype), ids[part], codes[part])
             places += [(shard, i) for i in range(len(ids[part]))]
             start += per_shard
         added = now()
-        w.db.executemany('INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?)', [
-            (int(i), p, ident, cam, added, shard, position)
-            for i, p, ident, cam, (shard, position) in zip(ids.tolist(), paths, identities, cameras, places)])
+        w.db.executemany(
+            'INSERT INTO images (id, path, identity, camera, added, shard, position, content) '
+            'VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+            [(int(i), p, ident, cam, added, shard, position, content) for i, p, ident, cam, (shard, position), content
+             in zip(ids.tolist(), paths, identities, cameras, places, contents)])
         return ids
 
     def remove(self, paths: Sequence[PathLike] = (), identities: Sequence[str] = ()) -> int:
@@ -241,9 +294,18 @@ class ImageIndex:
                              f'{list(identities)}; see `ptl-timm index info --index {self.folder}`')
         with writer(self.folder) as w:
             ids = torch.tensor(sorted(_matching(w.db, resolved, identities)), dtype=torch.int64)
-            affected = [row[0] for row in w.db.execute(
-                f'SELECT DISTINCT shard FROM images WHERE id IN ({",".join(map(str, ids.tolist()))})')]
-            for shard in (s for s in w.snapshot.shards if s.id in affected):
+            self._drop(w, ids)
+            self._update_faiss(w, removed=ids)
+        return len(ids)
+
+    @staticmethod
+    def _drop(w: Writer, ids: torch.Tensor) -> None:
+        """Images ``ids`` out of the generation being written: each shard holding some rewritten without them
+        (dropped when none is left), their metadata deleted; the faiss file is the caller's."""
+        listed = ','.join(map(str, ids.tolist()))
+        affected = [row[0] for row in w.db.execute(f'SELECT DISTINCT shard FROM images WHERE id IN ({listed})')]
+        with w.shards(affected) as shards:
+            for shard in shards:
                 tensors = shard.read(w.snapshot.dim, w.snapshot.dtype)
                 keep = ~torch.isin(tensors['ids'], ids)
                 if not keep.any():
@@ -251,9 +313,7 @@ class ImageIndex:
                     continue
                 w.write_shard(shard.id, tensors['embeddings'][keep], tensors['ids'][keep], tensors['cameras'][keep])
                 w.place(tensors['ids'][keep], shard.id)
-            w.db.execute(f'DELETE FROM images WHERE id IN ({",".join(map(str, ids.tolist()))})')
-            self._update_faiss(w, removed=ids)
-        return len(ids)
+        w.db.execute(f'DELETE FROM images WHERE id IN ({listed})')
 
     def _update_faiss(self, w: Writer, added: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                       removed: Optional[torch.Tensor] = None) -> None:
@@ -269,13 +329,9 @@ class ImageIndex:
             index.add_with_ids(np.ascontiguousarray(added[0].numpy()), added[1].numpy().astype(np.int64))
         trained = int(w.state('faiss_trained', '0'))
         if index.ntotal >= ann.IVF_MIN and (not ann.is_ivf(index) or index.ntotal >= ann.RETRAIN_GROWTH * trained):
-            shards = w.shards()
-            try:
+            with w.shards() as shards:
                 index = ann.build_ivf(w.snapshot.dim, shards, w.snapshot.dtype)
                 nprobe, recall = ann.tune_nprobe(index, shards, w.snapshot.dim, w.snapshot.dtype)
-            finally:
-                for shard in shards:
-                    shard.file.close()
             w.set_state('faiss_trained', index.ntotal)
             w.set_state('faiss_nprobe', nprobe)
             w.set_state('faiss_recall', f'{recall:.4f}')
@@ -304,15 +360,18 @@ class ImageIndex:
                       exclude_cameras: Optional[torch.Tensor], nprobe: Optional[int], embeddings: bool) -> Hits:
         name = snapshot.state('faiss_file')
         if not self.manifest.get('faiss') or name is None:
-            raise InputError(f'{self.folder} was built without faiss (ptl-timm index build --faiss); use the exact search')
+            raise InputError(f'{self.folder} was built without faiss (ptl-timm index build --faiss); use the exact '
+                             f'search')
         nprobe = nprobe or int(snapshot.state('faiss_nprobe', '0')) or None  # the one measured at training
         if self._faiss[0] != name:  # files are immutable: one read per generation
             self._faiss = (name, ann.load(self.folder / name, mapped=True))
         index = self._faiss[1]
         exclude_ids = torch.full((len(queries),), -1) if exclude_ids is None else exclude_ids
         exclude_cameras = torch.full((len(queries),), -1) if exclude_cameras is None else exclude_cameras
+        scores, ids = torch.empty(len(queries), 0), torch.empty(len(queries), 0, dtype=torch.int64)
+        keep = torch.empty(len(queries), 0, dtype=torch.bool)  # what an empty index finds (faiss refuses k = 0)
         depth = k + 1
-        while True:  # fetch deeper until k results survive the exclusions, or the index is exhausted
+        while index.ntotal:  # fetch deeper until k results survive the exclusions, or the index is exhausted
             scores, ids = ann.search(index, queries, min(depth, index.ntotal), nprobe)
             cameras = _camera_codes(snapshot, ids)
             keep = (ids >= 0) & (ids != exclude_ids[:, None]) & ~(
@@ -338,10 +397,11 @@ class ImageIndex:
             ann.faiss_module()
         feats = self.extractor(model, **extract)(paths)
         with open_snapshot(self.folder, self.manifest) as snapshot:
-            indexed = snapshot.ids_of_paths(paths)
+            indexed = {path: image for path, (image, _) in known_paths(snapshot.db, paths).items()}
             records = snapshot.images(indexed.values())
             named_ids, named_cams = _labels(paths, None, camera)
-            q_identity = [records[indexed[p]]['identity'] if p in indexed else named_ids[i] for i, p in enumerate(paths)]
+            q_identity = [identity_label(records[indexed[p]]['identity']) if p in indexed else named_ids[i]
+                          for i, p in enumerate(paths)]
             q_camera = [records[indexed[p]]['camera'] if p in indexed and camera is None else named_cams[i]
                         for i, p in enumerate(paths)]
             codes = snapshot.camera_codes()
@@ -358,10 +418,10 @@ class ImageIndex:
                 if image < 0:
                     break
                 record = found[image]
-                known = record['identity'] is not None and q_identity[q] is not None
-                item = dict(rank=rank, path=record['path'], score=score, pid=record['identity'], camid=record['camera'],
-                            correct=record['identity'] == q_identity[q] if known else None, added=record['added'],
-                            id=image)
+                identity = identity_label(record['identity'])
+                known = identity is not None and q_identity[q] is not None
+                item = dict(rank=rank, path=record['path'], score=score, pid=identity, camid=record['camera'],
+                            correct=identity == q_identity[q] if known else None, added=record['added'], id=image)
                 if hits.distances is not None:
                     item['rerank_distance'] = float(hits.distances[q, rank - 1])
                 results.append(item)
@@ -391,11 +451,14 @@ class ImageIndex:
 
     def info(self, verify: bool = False) -> Dict[str, Any]:
         """What the index holds: model, preprocessing, storage, counts (images, identities, cameras, shards),
-        size on disk; ``verify`` reads every shard (a damaged one raises)."""
+        the first identities (how they are spelled), size on disk; ``verify`` reads every shard (a damaged one
+        raises)."""
         with open_snapshot(self.folder, self.manifest) as snapshot:
             db = snapshot.db
             count = db.execute('SELECT count(*) FROM images').fetchone()[0]
-            identities = db.execute('SELECT count(DISTINCT identity), sum(identity IS NULL) FROM images').fetchone()
+            unlabelled = db.execute('SELECT count(*) FROM images WHERE identity IS NULL').fetchone()[0]
+            identities = sorted({identity_label(i) for i in _identities(db)},
+                                key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i))
             cameras = dict(db.execute("SELECT coalesce(camera, '(unknown)'), count(*) FROM images GROUP BY camera"))
             if verify:
                 for shard in snapshot.shards:
@@ -406,7 +469,8 @@ class ImageIndex:
             size = sum(f.stat().st_size for f in files)
             info = dict(
                 index=str(self.folder), generation=snapshot.generation, images=count,
-                identities=identities[0], images_without_identity=identities[1] or 0, cameras=cameras,
+                identities=len(identities), identity_examples=identities[:INFO_IDENTITIES],
+                images_without_identity=unlabelled, cameras=cameras,
                 shards=len(snapshot.shards), rows_per_shard=self.manifest['storage']['rows_per_shard'],
                 dtype=self.manifest['storage']['dtype'], bytes=size,
                 model={k: v for k, v in self.manifest['model'].items() if k != 'probe'},
@@ -430,17 +494,17 @@ def _source(model: Union[PathLike, nn.Module]) -> str:
     return type(model).__name__ if isinstance(model, nn.Module) else os.fspath(model)
 
 
-def _ids_of_paths(w: Writer, paths: Sequence[str]) -> Dict[str, int]:
-    found = {}
-    for start in range(0, len(paths), 500):
-        part = list(paths[start:start + 500])
-        found.update(w.db.execute(f'SELECT path, id FROM images WHERE path IN ({",".join("?" * len(part))})', part))
-    return found
+def _identities(db) -> List[str]:
+    """Every identity label as stored (older versions stored some unnormalised)."""
+    return [row[0] for row in db.execute('SELECT DISTINCT identity FROM images WHERE identity IS NOT NULL')]
 
 
 def _matching(db, paths: Sequence[str], identities: Sequence[str]) -> List[int]:
+    """Ids of the images at ``paths`` or of ``identities`` (matched as :func:`identity_label` spells both)."""
+    wanted = {identity_label(i) for i in identities}
+    spellings = [i for i in _identities(db) if identity_label(i) in wanted] if wanted else []
     ids = set()
-    for column, values in (('path', list(paths)), ('identity', [str(i) for i in identities])):
+    for column, values in (('path', list(paths)), ('identity', spellings)):
         for start in range(0, len(values), 500):
             part = values[start:start + 500]
             ids.update(r[0] for r in db.execute(

@@ -1,9 +1,10 @@
 """Exact top-k over an index, streamed one shard at a time, and k-reciprocal re-ranking of the candidates.
 
 Memory is one mapped shard (``rows_per_shard`` × dim; float16 shards widened into one reused float32 buffer)
-and a queries × shard score block, plus the running top-k: independent of the gallery size. Results are ordered by score descending, then image id
-ascending (ties resolve the same way in every run and for every shard layout: the selection compares unique
-(score, id) keys, as :class:`ptl_timm.eval.retrieval.GalleryIndex` does).
+and a queries × shard score block, plus the running top-k: independent of the gallery size. Results are
+ordered by score descending, then image id ascending (ties resolve the same way in every run and for every
+shard layout: the selection compares unique (score, id) keys, as :class:`ptl_timm.eval.retrieval.GalleryIndex`
+does).
 
 Re-ranking (Zhong et al. 2017) needs every item's neighbourhood, i.e. the whole N × N distance graph; over
 a growing gallery that is neither bounded nor incremental. Here it runs over a bounded candidate set per

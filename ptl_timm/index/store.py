@@ -8,7 +8,8 @@
                                  the storage dtype and rows per shard
       CURRENT                    the name of the current generation's metadata file: the one pointer a writer swaps
       meta-000042.sqlite         generation 42's metadata (stdlib sqlite3): images (id, path, identity, camera,
-                                 added, shard, position), shards (id, file, rows), cameras (code, name), state
+                                 added, shard, position, content), shards (id, file, rows), cameras (code, name),
+                                 state
       shards/s000003-g000042.safetensors   one shard: embeddings (rows × dim), ids and camera codes of its rows
       faiss-000042.index         optional approximate index (faiss) of the same generation
       .lock                      held by the one writer
@@ -26,6 +27,15 @@ afterwards changes nothing for the reader (a snapshot that vanished before it wa
 
 One writer at a time: the writer holds ``.lock`` with ``filelock`` (an ``flock``, which the kernel releases
 when the process dies, so a killed writer leaves no stale lock); a second writer is refused at once.
+
+A build writes ``index.json`` and generation 0, then ``CURRENT``: killed before ``CURRENT``, it leaves a folder
+no reader opens and the next build takes over (under the lock). A build that fails later deletes what it made
+(:func:`discard`: files of ours only, and only folders it created).
+
+``images.content`` is what identified an image file's content when it was embedded (the index part decides
+what: size and modification time), so that adding the file again after it changed replaces its entry. Indexes
+written before the column existed lack it: readers take their content as unknown, and the next writer adds
+the column (empty: those entries count as unchanged).
 
 Each shard holds at most ``rows_per_shard`` rows, every one a live image: ``add`` fills the last shard (a new
 file with its rows and the new ones) and opens new shards; ``remove`` rewrites the shards it touches without
@@ -55,12 +65,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import safetensors.torch
 import torch
 
-from ptl_timm.errors import CorruptFileError, InputError, OutputError, reading, writing
+from ptl_timm.errors import CorruptFileError, InputError, OutputError, PTLError, reading, writing
 from ptl_timm.utils import PathLike, atomic_path, atomic_save_json, atomic_write
 
 __all__ = [
     'MANIFEST_NAME', 'DTYPES', 'Snapshot', 'Shard', 'Writer', 'create', 'read_manifest', 'open_snapshot',
-    'writer', 'is_index',
+    'writer', 'is_index', 'check_new', 'discard', 'known_paths',
 ]
 
 MANIFEST_NAME = 'index.json'
@@ -75,7 +85,7 @@ REBUILD = 'the index is damaged: build it again (ptl-timm index build)'
 _OURS = re.compile(r'^(meta-\d+\.sqlite|\.meta-.*|faiss-\d+\.index|\.faiss-.*|\.CURRENT\..*|\.index\.json\..*)$')
 _SCHEMA = """
 CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, identity TEXT, camera TEXT,
-                     added TEXT NOT NULL, shard INTEGER NOT NULL, position INTEGER NOT NULL);
+                     added TEXT NOT NULL, shard INTEGER NOT NULL, position INTEGER NOT NULL, content TEXT);
 CREATE INDEX images_identity ON images (identity);
 CREATE INDEX images_place ON images (shard, position);
 CREATE TABLE shards (id INTEGER PRIMARY KEY, file TEXT NOT NULL, rows INTEGER NOT NULL);
@@ -91,6 +101,31 @@ def now() -> str:
 
 def is_index(folder: PathLike) -> bool:
     return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+def _unfinished(folder: Path) -> bool:
+    """Whether ``folder`` holds our manifest but no ``CURRENT``: a build killed before it committed."""
+    if not is_index(folder) or (folder / CURRENT_NAME).exists():
+        return False
+    try:
+        read_manifest(folder)
+    except PTLError:
+        return False  # someone else's index.json: not ours to take over
+    return True
+
+
+def _refuse_committed(folder: Path) -> None:
+    if is_index(folder) and (folder / CURRENT_NAME).exists():
+        raise InputError(f'{folder} already holds an index: add images to it (ptl-timm index add), or delete the '
+                         f'folder to build a new one')
+
+
+def check_new(folder: PathLike) -> None:
+    """Refuse to build in ``folder`` unless it is missing, empty, or the remains of a build that never committed."""
+    folder = Path(folder)
+    _refuse_committed(folder)
+    if folder.exists() and not _unfinished(folder) and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f'{folder} exists and is not empty: an index is built in a new or empty folder')
 
 
 def read_manifest(folder: PathLike) -> Dict[str, Any]:
@@ -204,16 +239,24 @@ class Snapshot:
             rows = self.db.execute(
                 f'SELECT id, path, identity, camera, added, shard, position FROM images WHERE id IN '
                 f'({",".join("?" * len(part))})', part)
-            found.update({r[0]: dict(zip(('id', 'path', 'identity', 'camera', 'added', 'shard', 'position'), r)) for r in rows})
+            found.update({r[0]: dict(zip(('id', 'path', 'identity', 'camera', 'added', 'shard', 'position'), r))
+                          for r in rows})
         return found
 
-    def ids_of_paths(self, paths: Sequence[str]) -> Dict[str, int]:
-        found = {}
-        for start in range(0, len(paths), 500):
-            part = list(paths[start:start + 500])
-            found.update(self.db.execute(f'SELECT path, id FROM images WHERE path IN ({",".join("?" * len(part))})',
-                                         part))
-        return found
+
+def _has_content(db: sqlite3.Connection) -> bool:
+    return any(row[1] == 'content' for row in db.execute('PRAGMA table_info(images)'))
+
+
+def known_paths(db: sqlite3.Connection, paths: Sequence[str]) -> Dict[str, Tuple[int, Optional[str]]]:
+    """Id and recorded content (None: not recorded) of each of ``paths`` in the index, by path."""
+    content = 'content' if _has_content(db) else 'NULL'
+    found = {}
+    for start in range(0, len(paths), 500):
+        part = list(paths[start:start + 500])
+        found.update((path, (image, recorded)) for path, image, recorded in db.execute(
+            f'SELECT path, id, {content} FROM images WHERE path IN ({",".join("?" * len(part))})', part))
+    return found
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
@@ -235,7 +278,8 @@ def open_snapshot(folder: PathLike, manifest: Optional[Mapping[str, Any]] = None
                 name = (folder / CURRENT_NAME).read_text().strip()
             except FileNotFoundError:
                 raise InputError(f'{folder} holds an index whose build did not finish (no {CURRENT_NAME}): build it '
-                                  f'again (ptl-timm index build)') from None
+                                  f'again into the same folder (ptl-timm index build --index {folder}), which takes '
+                                  f'it over') from None
         generation, files = _generation(name), []
         try:
             db = _open_readonly(folder / name)
@@ -254,19 +298,37 @@ def open_snapshot(folder: PathLike, manifest: Optional[Mapping[str, Any]] = None
 
 
 def create(folder: PathLike, manifest: Mapping[str, Any]) -> None:
-    """A new empty index at ``folder`` (missing or empty): manifest, generation 0, then ``CURRENT``."""
+    """A new empty index at ``folder`` (:func:`check_new`, checked again under the writer lock): manifest,
+    generation 0, then ``CURRENT``."""
     folder = Path(folder)
+    check_new(folder)
     with writing(folder):
         (folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_save_json(dict(manifest, format=FORMAT, version=VERSION), folder / MANIFEST_NAME)
-    with atomic_path(folder / _meta_name(0)) as tmp:
-        db = sqlite3.connect(tmp)
-        db.executescript(_SCHEMA)
-        db.executemany('INSERT INTO state VALUES (?, ?)', [('next_id', '0'), ('next_shard', '0')])
-        db.commit()
-        db.close()
-    with atomic_write(folder / CURRENT_NAME, 'w') as f:
-        f.write(_meta_name(0) + '\n')
+    with _locked(folder):
+        _refuse_committed(folder)  # another build may have committed meanwhile
+        atomic_save_json(dict(manifest, format=FORMAT, version=VERSION), folder / MANIFEST_NAME)
+        with atomic_path(folder / _meta_name(0)) as tmp:
+            db = sqlite3.connect(tmp)
+            db.executescript(_SCHEMA)
+            db.executemany('INSERT INTO state VALUES (?, ?)', [('next_id', '0'), ('next_shard', '0')])
+            db.commit()
+            db.close()
+        with atomic_write(folder / CURRENT_NAME, 'w') as f:
+            f.write(_meta_name(0) + '\n')
+        clean(folder)  # what a build taken over left
+
+
+def discard(folder: PathLike, created: Sequence[Path] = ()) -> None:
+    """Delete the index a failed build made in ``folder``: its files (ours only, never a user's), then
+    ``shards/`` and the folders ``created`` (the build made them; deepest first) when they are empty."""
+    folder = Path(folder)
+    for path in [*(folder / SHARD_DIR).glob('*'), *folder.glob('*')]:  # dot files included
+        if path.is_file() and (_ours(folder, path) or path.name in (MANIFEST_NAME, CURRENT_NAME, LOCK_NAME)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    for empty in (folder / SHARD_DIR, *created):
+        with contextlib.suppress(OSError):
+            empty.rmdir()
 
 
 class Writer:
@@ -283,6 +345,8 @@ class Writer:
         self.db.execute('PRAGMA journal_mode = OFF')  # not live until renamed: synced once, at commit
         self.db.execute('PRAGMA synchronous = OFF')
         self.db.execute('BEGIN')
+        if not _has_content(self.db):  # written before contents were recorded (module notes)
+            self.db.execute('ALTER TABLE images ADD COLUMN content TEXT')
         self.extra_files: List[str] = []
 
     def state(self, key: str, default: Optional[str] = None) -> Optional[str]:
@@ -323,10 +387,15 @@ class Writer:
             safetensors.torch.save_file(tensors, str(tmp))
         self.db.execute('INSERT OR REPLACE INTO shards VALUES (?, ?, ?)', (shard_id, file, len(ids)))
 
-    def shards(self) -> List[Shard]:
-        """The shards of the generation being written, opened for reading (close their files)."""
-        rows = self.db.execute('SELECT id, file, rows FROM shards ORDER BY id').fetchall()
-        return [Shard(i, self.folder / SHARD_DIR / f, n, open(self.folder / SHARD_DIR / f, 'rb')) for i, f, n in rows]
+    @contextlib.contextmanager
+    def shards(self, ids: Optional[Iterable[int]] = None) -> Iterator[List[Shard]]:
+        """The shards of the generation being written so far (``ids``: only those), open for reading in the block
+        (one this generation rewrote is read in its new version)."""
+        wanted = None if ids is None else set(ids)
+        rows = [(i, self.folder / SHARD_DIR / file, n) for i, file, n in
+                self.db.execute('SELECT id, file, rows FROM shards ORDER BY id') if wanted is None or i in wanted]
+        with contextlib.ExitStack() as stack:
+            yield [Shard(i, path, n, stack.enter_context(open(path, 'rb'))) for i, path, n in rows]
 
     def drop_shard(self, shard_id: int) -> None:
         self.db.execute('DELETE FROM shards WHERE id = ?', (shard_id,))
@@ -371,6 +440,11 @@ def _referenced(folder: Path) -> Tuple[str, set]:
     return name, shards | ({faiss_file[0]} if faiss_file else set())
 
 
+def _ours(folder: Path, path: Path) -> bool:
+    """Whether ``path`` (in ``folder`` or its shards) is a file a generation may name or a writer leave behind."""
+    return bool(_OURS.match(path.name)) if path.parent == folder else path.suffix in ('.safetensors', '.tmp')
+
+
 def clean(folder: PathLike) -> List[str]:
     """Delete the files of ours that the current generation does not name (writers only); returns them."""
     folder = Path(folder)
@@ -378,8 +452,7 @@ def clean(folder: PathLike) -> List[str]:
     named.add(current)
     removed = []
     for path in list(folder.iterdir()) + list((folder / SHARD_DIR).iterdir()):
-        ours = _OURS.match(path.name) if path.parent == folder else path.suffix in ('.safetensors', '.tmp')
-        if path.is_file() and ours and path.name not in named:
+        if path.is_file() and _ours(folder, path) and path.name not in named:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             removed.append(path.name)
@@ -390,10 +463,24 @@ def clean(folder: PathLike) -> List[str]:
 def writer(folder: PathLike) -> Iterator[Writer]:
     """Hold the index's writer lock and yield the next generation; it becomes current when the block
     succeeds, and is discarded (the index unchanged) when it raises."""
-    from filelock import FileLock, Timeout
-
     folder = Path(folder)
     manifest = read_manifest(folder)
+    with _locked(folder), open_snapshot(folder, manifest) as snapshot:
+        clean(folder)  # what a killed writer left
+        pending = Writer(snapshot)
+        try:
+            yield pending
+        except BaseException:
+            pending.abort()
+            raise
+        pending.commit()
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the index's writer lock in the block; refused at once while another process holds it."""
+    from filelock import FileLock, Timeout
+
     lock = FileLock(str(folder / LOCK_NAME), timeout=0)
     try:
         with writing(folder / LOCK_NAME):
@@ -402,14 +489,6 @@ def writer(folder: PathLike) -> Iterator[Writer]:
         raise OutputError(f'{folder} is being written by another process (it holds {folder / LOCK_NAME}); wait for it '
                           f'to finish: an index takes one writer at a time') from None
     try:
-        with open_snapshot(folder, manifest) as snapshot:
-            clean(folder)  # what a killed writer left
-            pending = Writer(snapshot)
-            try:
-                yield pending
-            except BaseException:
-                pending.abort()
-                raise
-            pending.commit()
+        yield
     finally:
         lock.release()

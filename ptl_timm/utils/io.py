@@ -55,12 +55,16 @@ def _umask_by_setting() -> int:
 
 def check_output_path(path: PathLike, folder: bool = False) -> Path:
     """``path`` as an output that can be written: a file output must not name an existing folder, a
-    folder output not an existing file. Checked before any work, so the work is not lost at the end."""
+    folder output not an existing file, and no folder above it may be a file. Checked before any work,
+    so the work is not lost at the end."""
     path = Path(path)
     with writing(path):
         if not folder and path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if folder and path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+        existing = next((p for p in path.expanduser().absolute().parents if p.exists()), None)
+        if existing is not None and not existing.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     return path
 
