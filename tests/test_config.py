@@ -33,6 +33,21 @@ BAD_VALUES = [
     (['test_datasets=5'], 'test_datasets'),
     (['sampler=pk', 'batch_size=10', 'num_instances=4'], 'num_instances'),
     (['model_args={state_mode: bogus}'], 'state_mode'),
+    # model_args and dataset_args values against the annotation of the parameter they go to
+    (["model_args={backbone: resnet18, ptl: 'false'}"], 'ptl must be'),
+    (["model_args={embed_dim: '256'}"], 'embed_dim'),
+    (['model_args={classifier_dims: [a, b]}'], 'classifier_dims'),
+    (['dataset=msmt17', "dataset_args={include_val: 'false'}"], 'include_val'),
+    (["dataset={name: msmt17, include_val: 'no'}"], 'include_val'),
+    # model_args the trainer sets itself
+    (['model_args={num_classes: 10}'], 'num_classes'),
+    (['model_args={pretrained: true}'], 'pretrained'),
+    # the task is the command's, or the config file's
+    (['task=transfer'], 'task'),
+    (['task=bogus'], 'task'),
+    (['seed=-1'], 'seed'),
+    (['seed=4294967296'], 'seed'),
+    (['model=resnet18'], 'ptl_net'),
 ]
 
 
@@ -236,3 +251,77 @@ def test_query_expansion_and_re_ranking_defaults_are_defined_once():
         rerank[name].default for name in ('k1', 'k2', 'lambda_value'))
     assert (args.aqe_k, args.aqe_alpha, args.aqe_times) == (cfg.aqe_k, cfg.aqe_alpha, cfg.aqe_times) == tuple(
         aqe[name].default for name in ('k', 'alpha', 'times'))
+
+
+@pytest.mark.parametrize('name, text, where', [
+    ('dup.yaml', 'lr: 0.1\nepochs: 3\nlr: 0.001\n', "duplicate key 'lr' (line 3"),
+    ('dup_nested.yaml', 'model: ptl_net\nmodel_args:\n  backbone: resnet18\n  backbone: resnet50\n',
+     "duplicate key 'backbone' (line 4"),
+    ('dup_flow.yaml', 'model_args: {backbone: resnet18, backbone: resnet50}\n', "duplicate key 'backbone' (line 1"),
+    ('dup.json', '{"lr": 0.1, "model_args": {"embed_dim": 64, "embed_dim": 32}}', "duplicate key 'embed_dim'"),
+])
+def test_duplicate_key_in_a_config_file_is_one_line_naming_the_file_and_the_key(tmp_path, capsys, name, text, where):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(['train', '--config', str(path), '--print-config']) == 2
+    err = capsys.readouterr().err
+    assert f'config file {path}' in err and where in err and err.count('\n') == 1, err
+    with pytest.raises(ConfigError, match='duplicate key'):
+        load_config(path)
+
+
+def test_duplicate_key_in_an_override_is_refused(capsys):
+    assert main(['train', '--set', 'model_args={backbone: resnet18, backbone: resnet50}', '--print-config']) == 2
+    err = capsys.readouterr().err
+    assert "duplicate key 'backbone'" in err and err.count('\n') == 1, err
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    path = tmp_path / 'merge.yaml'
+    path.write_text('model_args:\n  <<: {backbone: test_resnet, embed_dim: 64}\n  embed_dim: 32\n')
+    assert load_config(path) == {'model_args': {'backbone': 'test_resnet', 'embed_dim': 32}}
+
+
+def test_model_args_of_the_right_types_pass():
+    cfg = TrainConfig(model='ptl_net', model_args=dict(
+        backbone='test_resnet', embed_dim=64, classifier_dims=[], last_stride=1, drop_rate=0, ptl=False,
+        backbone_args={'out_indices': (3, 4)}, pretrained_cfg_overlay={'file': 'x.safetensors'}))
+    assert cfg.model_args['classifier_dims'] == [] and cfg.model_args['drop_rate'] == 0
+
+
+def test_transfer_refuses_a_dataset_of_its_own(tmp_path, capsys):
+    """Each step trains on its own dataset: a transfer-wide one would be printed, saved and never used."""
+    assert main(['transfer', '--steps', 'dukemtmc', '--dataset', 'msmt17', '--print-config']) == 2
+    err = capsys.readouterr().err
+    assert 'each step names its dataset' in err and '--steps' in err and err.count('\n') == 1, err
+    with pytest.raises(ConfigError, match='each step names its dataset'):
+        TransferConfig(dataset='msmt17', steps=[{'dataset': 'dukemtmc'}])
+    saved = tmp_path / 'config.yaml'  # what every saved transfer config holds reads back
+    saved.write_text(config_to_yaml(TransferConfig(steps=[{'dataset': 'dukemtmc'}])))
+    assert build_config(TransferConfig, load_config(saved), source=saved).steps == [{'dataset': 'dukemtmc'}]
+
+
+def test_task_of_another_command_in_a_python_config_is_refused():
+    with pytest.raises(ConfigError, match="a 'transfer' config; run it with `ptl-timm transfer`"):
+        build_config(TrainConfig, {'task': 'transfer', 'lr': 0.1})
+    with pytest.raises(ConfigError, match="a 'finetune' config; run it with `ptl-timm train`"):
+        build_config(DistillConfig, {'task': 'finetune'})
+
+
+def test_print_config_is_a_config_file_without_run_control(tmp_path, capsys):
+    """A config file made from --print-config must not delete the earlier run of whoever reuses it."""
+    printed = _printed_config(['train', '--overwrite', '--print-config'], capsys)
+    assert 'overwrite' not in printed and 'resume' not in printed
+    path = tmp_path / 'run.yaml'
+    for key in ('overwrite', 'resume'):
+        path.write_text(f'lr: 0.1\n{key}: true\n')
+        assert main(['train', '--config', str(path), '--print-config']) == 2
+        err = capsys.readouterr().err
+        assert f'config file {path}: {key}' in err and f'--{key}' in err and err.count('\n') == 1, err
+
+
+def test_a_plain_timm_model_is_refused_naming_the_generic_models():
+    with pytest.raises(ConfigError, match="'resnet18' is not a ReID model.*model=ptl_net.*backbone: resnet18"):
+        TrainConfig(model='resnet18')
+    with pytest.raises(ConfigError, match='not a ReID model'):
+        DistillConfig(model='resnet18')

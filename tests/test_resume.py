@@ -1,6 +1,8 @@
 """Checkpoints and resume: a SIGKILLed run resumes and ends with the weights of an uninterrupted run;
 readers of a checkpoint being replaced read a complete one and never write."""
+import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,8 @@ import yaml
 
 from ptl_timm.engine import TrainConfig, build_config, fine_tune, load_train_state, save_checkpoint
 from ptl_timm.engine.checkpoint import read_checkpoint_info, write_train_state
+from ptl_timm.engine.schedule import lr_factor
+from ptl_timm.errors import CheckpointError, MissingExtraError
 from ptl_timm.hub import WEIGHTS_NAME, load_model
 from ptl_timm.utils import recover_folder
 
@@ -67,7 +71,7 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
 def test_resume_continues_history_and_optimizer_state(tmp_path):
     values = _config(tmp_path, tmp_path / 'out')
     first = fine_tune(build_config(TrainConfig, dict(values, epochs=1)))
-    second = fine_tune(build_config(TrainConfig, dict(values, epochs=2, resume=True)))
+    second = fine_tune(build_config(TrainConfig, dict(values, epochs=2), {'resume': True}))
     assert second['history'][0] == first['history'][0]
     assert [r['epoch'] for r in second['history']] == [1, 2]
     assert load_train_state(tmp_path / 'out' / 'last')['scheduler']['last_epoch'] == 2
@@ -146,6 +150,99 @@ def test_overwrite_removes_the_earlier_run_before_anything_of_the_new_one(tmp_pa
     assert (output / 'best').is_dir() and (output / 'metrics.jsonl').is_file()
     monkeypatch.setattr(trainer, '_train_one_epoch', lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(build_config(TrainConfig, dict(cfg, epochs=2, overwrite=True)))
+        fine_tune(build_config(TrainConfig, dict(cfg, epochs=2), {'overwrite': True}))
     assert sorted(p.name for p in output.iterdir() if not p.name.startswith('.')) == ['config.yaml']
     assert yaml.safe_load((output / 'config.yaml').read_text())['epochs'] == 2
+
+
+def _cosine_run(tmp_path, output='out', **overrides):
+    """A seconds-long cosine-schedule run (one step an epoch) in tmp_path / output."""
+    domain = make_domain(tmp_path / 'data')
+    return tiny_config(tmp_path / output, domain, lr_schedule='cosine', warmup_epochs=1, max_steps_per_epoch=1,
+                       **overrides)
+
+
+def _lrs(result):
+    return [record['lr'] for record in result['history']]
+
+
+def test_resume_with_more_epochs_trains_at_the_new_schedules_learning_rates(tmp_path):
+    """A finished 2-epoch cosine run resumed to 4 epochs, then 8: each resumed epoch's lr is the longer
+    schedule's, not the old one's (0 at the end of a finished cosine)."""
+    values = _cosine_run(tmp_path, epochs=2)
+    fine_tune(TrainConfig(**values))
+    for epochs in (4, 8):
+        result = fine_tune(TrainConfig(output=values['output'], resume=True, epochs=epochs))
+        factor = lr_factor('cosine', epochs, warmup_epochs=1, warmup_factor=0.1)
+        resumed = _lrs(result)[epochs // 2:]
+        assert resumed == [values['lr'] * factor(epoch) for epoch in range(epochs // 2, epochs)], epochs
+        assert resumed[0] > 0, 'the first resumed epoch trains (a cosine reaches 0 at its last epoch only)'
+
+
+def test_resume_with_the_same_epochs_gives_the_learning_rates_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    from ptl_timm.engine import trainer
+    straight = fine_tune(TrainConfig(**_cosine_run(tmp_path, 'straight', epochs=4)))
+    values = _cosine_run(tmp_path, epochs=4)
+    original, calls = trainer._train_one_epoch, []
+
+    def stop_after_two(*args):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return original(*args)
+    monkeypatch.setattr(trainer, '_train_one_epoch', stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(TrainConfig(**values))
+    monkeypatch.setattr(trainer, '_train_one_epoch', original)
+    resumed = fine_tune(TrainConfig(output=values['output'], resume=True))
+    assert _lrs(resumed) == _lrs(straight)
+
+
+def test_failed_resume_leaves_the_saved_config(tmp_path):
+    """Resumed on data whose identities changed, the classifier does not fit: the run's config.yaml
+    (epochs 1, resumable once the data is back) is not replaced by the failed resume's (epochs 2)."""
+    values = _cosine_run(tmp_path, epochs=1)
+    fine_tune(TrainConfig(**values))
+    saved = (tmp_path / 'out' / 'config.yaml').read_bytes()
+    shutil.rmtree(tmp_path / 'data')
+    make_domain(tmp_path / 'data', num_ids=12)
+    with pytest.raises(CheckpointError):
+        fine_tune(TrainConfig(output=values['output'], resume=True, epochs=2))
+    assert (tmp_path / 'out' / 'config.yaml').read_bytes() == saved
+
+
+def _files(folder):
+    """What a run wrote into ``folder`` (its lock files aside), with the times it was written."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if not p.name.startswith('.')}
+
+
+def test_missing_tensorboard_is_refused_before_the_earlier_run_is_removed(tmp_path, monkeypatch):
+    values = _cosine_run(tmp_path, epochs=1)
+    fine_tune(TrainConfig(**values))
+    before = _files(tmp_path / 'out')
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'tensorboard' else real_find_spec(name, *a))
+    with pytest.raises(MissingExtraError, match='tensorboard'):
+        fine_tune(TrainConfig(**dict(values, epochs=2, tensorboard=True, overwrite=True)))
+    assert _files(tmp_path / 'out') == before
+
+
+def test_a_mismatched_checkpoint_names_model_args_a_config_may_set(tmp_path):
+    """The fix the message gives (copy the checkpoint's model_args) must be one the config accepts: without the
+    keys the trainer sets itself."""
+    import re
+
+    import timm
+
+    from ptl_timm.engine.checkpoint import load_checkpoint_weights
+    from ptl_timm.engine.config import SET_BY_TRAINER
+    from ptl_timm.errors import CheckpointError
+    from ptl_timm.hub import save_pretrained
+    saved = save_pretrained(timm.create_model('ptl_net', backbone='test_resnet', num_classes=5, embed_dim=32),
+                            tmp_path / 'checkpoint')
+    other = timm.create_model('ptl_net', backbone='test_resnet', num_classes=5, embed_dim=16)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint_weights(other, saved)
+    named = re.search(r'model_args (\{.*?\})', str(caught.value)).group(1)
+    assert "'embed_dim': 32" in named and not any(f"'{key}'" in named for key in SET_BY_TRAINER)

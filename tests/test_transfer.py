@@ -18,8 +18,8 @@ def domains(tmp_path_factory):
 
 
 def _transfer_config(tmp_path, domains, **overrides):
-    values = tiny_config(tmp_path / 'out', domains[0], steps=[{'dataset': d} for d in domains],
-                         test_datasets=domains, **overrides)
+    values = tiny_config(tmp_path / 'out', domains[0], **{
+        'steps': [{'dataset': d} for d in domains], 'test_datasets': domains, **overrides})
     values.pop('dataset')
     return TransferConfig(**values)
 
@@ -93,4 +93,23 @@ def test_steps_named_alike_in_different_folders_are_each_evaluated_on_their_own_
 
 def test_transfer_without_steps_is_a_clear_error(tmp_path, domains):
     with pytest.raises(ValueError, match='at least one step'):
-        run_transfer(TransferConfig(**tiny_config(tmp_path / 'out', domains[0])))
+        run_transfer(_transfer_config(tmp_path, domains, steps=[]))
+
+
+def test_a_run_folder_of_another_task_is_not_taken_over_without_overwrite(tmp_path, domains):
+    """A train into a finished transfer's folder (or a transfer into a train run's) would replace its
+    config.yaml, after which the original could no longer be resumed."""
+    from ptl_timm.engine import TrainConfig, fine_tune
+    from ptl_timm.engine.run_folder import run_config, save_run_config
+    transfer = _transfer_config(tmp_path, domains)
+    save_run_config(transfer)
+    into_train = _transfer_config(tmp_path / 'second', domains)
+    train = TrainConfig(**tiny_config(into_train.output, domains[0]))
+    save_run_config(train)
+    saved = {cfg.output: (Path(cfg.output) / 'config.yaml').read_bytes() for cfg in (transfer, train)}
+    with pytest.raises(CheckpointError, match="holds a 'transfer' run .*--overwrite"):
+        fine_tune(TrainConfig(**tiny_config(transfer.output, domains[0])))
+    with pytest.raises(CheckpointError, match="holds a 'finetune' run .*--overwrite"):
+        run_transfer(into_train)
+    assert {output: (Path(output) / 'config.yaml').read_bytes() for output in saved} == saved
+    assert run_config(TrainConfig(**tiny_config(transfer.output, domains[0], overwrite=True))).overwrite

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = resolve_and_run(DistillConfig, args, 'distill', run_distill, _FLAGS)
+    result = resolve_and_run(DistillConfig, args, run_distill, _FLAGS)
     if result:
         print(f'student checkpoints: {result["output"]}/last (best: {result["output"]}/best)')
     return 0

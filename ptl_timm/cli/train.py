@@ -14,9 +14,8 @@ import dataclasses
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 from ptl_timm.engine import TrainConfig, build_config, fine_tune, load_config, parse_overrides
-from ptl_timm.engine.config import RECIPES, T, config_task, config_to_yaml
+from ptl_timm.engine.config import RECIPES, T, config_to_yaml
 from ptl_timm.engine.run_folder import run_config
-from ptl_timm.errors import ConfigError
 from .options import add_command, add_data_root, add_device, add_img_size, add_output, add_quiet, add_workers
 
 # flag → config key, type and help, for the settings changed most often (the others: --set)
@@ -59,7 +58,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig]
     parser.add_argument('--set', metavar='KEY=VALUE', action='append', default=[], dest='overrides',
                         help='override any config key (value parsed as YAML), repeatable')
     parser.add_argument('--print-config', action='store_true',
-                        help='print the resolved config as YAML and exit (reads no data, writes nothing)')
+                        help='print the resolved config as a config file (YAML, without --resume/--overwrite) and '
+                             'exit (reads no data, writes nothing)')
     add_output(parser, folder=True, help='run folder for config.yaml, last/, best/, metrics.jsonl, curves.png'
                             + _default_text('output', cls))
     add_data_root(parser, help="the dataset's folder (or a folder holding <dataset>/)")
@@ -75,14 +75,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig]
     add_quiet(parser)
 
 
-def config_from_args(cls: Type[T], args: argparse.Namespace, task: str, extra: Sequence[ValueFlag] = (),
+def config_from_args(cls: Type[T], args: argparse.Namespace, extra: Sequence[ValueFlag] = (),
                      values: Optional[Dict[str, Any]] = None) -> T:
     """Recipe → ``--config`` → ``--set`` → flags (and ``values`` the command derived from its own),
     resolved and checked into ``cls`` exactly as ``cls(...)`` would."""
     file_data: Dict[str, Any] = load_config(args.config) if args.config else {}
-    if config_task(file_data, task) != task:
-        other = file_data['task']
-        raise ConfigError(f'{args.config} is a {other!r} config; run it with `ptl-timm {other}`')
     overrides = parse_overrides(args.overrides)
     keys = [*_SHARED_KEYS, *(key for _, key, _, _ in (*_VALUE_FLAGS, *extra)), *(key for _, key, _ in _SWITCHES),
             'pretrained']
@@ -93,12 +90,12 @@ def config_from_args(cls: Type[T], args: argparse.Namespace, task: str, extra: S
     return build_config(cls, file_data, overrides, source=args.config)
 
 
-def resolve_and_run(cls: Type[T], args: argparse.Namespace, task: str, runner: Callable[[T], Dict[str, Any]],
+def resolve_and_run(cls: Type[T], args: argparse.Namespace, runner: Callable[[T], Dict[str, Any]],
                     extra: Sequence[ValueFlag] = (), values: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
     """The config of :func:`config_from_args` run by ``runner``; with ``--print-config`` printed as YAML
     (readable back with ``--config``; with ``--resume``, the run's saved config) instead, returning None. Under
     torchrun only rank 0 gets the result (the others None), so a command reports once, not once per process."""
-    cfg = config_from_args(cls, args, task, extra, values)
+    cfg = config_from_args(cls, args, extra, values)
     if args.print_config:
         print(config_to_yaml(run_config(cfg)), end='')
         return None
@@ -114,7 +111,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = resolve_and_run(TrainConfig, args, 'finetune', fine_tune)
+    result = resolve_and_run(TrainConfig, args, fine_tune)
     if result:
         print(f'checkpoints: {result["output"]}/last (best: {result["output"]}/best)')
     return 0

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     steps = [{'dataset': name} for name in args.steps] if args.steps else None
-    result = resolve_and_run(TransferConfig, args, 'transfer', run_transfer, values={'steps': steps} if steps else None)
+    result = resolve_and_run(TransferConfig, args, run_transfer, values={'steps': steps} if steps else None)
     if result:
         print(result['table'], end='')
     return 0

@@ -24,6 +24,7 @@ import torch.nn as nn
 from ptl_timm.errors import CheckpointError, reading
 from ptl_timm.hub import CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, load_weights_strict, save_pretrained
 from ptl_timm.utils import PathLike, atomic_folder, atomic_path, readable_folder
+from .config import SET_BY_TRAINER
 
 __all__ = [
     'TRAIN_STATE_NAME', 'CheckpointError', 'save_checkpoint', 'write_train_state', 'copy_weights', 'load_train_state',
@@ -107,8 +108,9 @@ def load_checkpoint_weights(model: nn.Module, path: PathLike, skip: Tuple[str, .
     with reading(path / WEIGHTS_NAME, what='checkpoint weights'):
         state_dict = safetensors.torch.load_file(str(path / WEIGHTS_NAME))
     info = read_checkpoint_info(path)
+    model_args = {k: v for k, v in info['model_args'].items() if k not in SET_BY_TRAINER}  # what a config may set
     load_weights_strict(model, state_dict, f'checkpoint {path}', skip=skip, fix=(
-        f'the checkpoint holds a {info["architecture"]} model (model_args {info["model_args"]}): set model/model_args '
+        f'the checkpoint holds a {info["architecture"]} model (model_args {model_args}): set model/model_args '
         f"to the checkpoint's"))
 
 

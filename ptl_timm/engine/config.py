@@ -21,6 +21,7 @@ A transfer's steps and its distill section are their own small types (``Transfer
 ``DistillSection``): the values of a ``TrainConfig`` / ``DistillConfig`` that differ from the
 transfer's, less those the transfer sets itself (``set_by_transfer``).
 """
+import collections.abc
 import dataclasses
 import difflib
 import json
@@ -35,13 +36,14 @@ from typing import (
 
 import yaml
 
+from ptl_timm.data.datasets import DATASETS
 from ptl_timm.data.specs import DataRoot, DatasetName, DatasetSpec
 from ptl_timm.errors import ConfigError, InputError
 from ptl_timm.eval.aqe import AQE_ALPHA, AQE_K, AQE_TIMES
 from ptl_timm.eval.metrics import METRICS
 from ptl_timm.eval.rerank import RERANK_K1, RERANK_K2, RERANK_LAMBDA
 from ptl_timm.layers import STATE_MODES
-from ptl_timm.models.registry import check_model_args
+from ptl_timm.models.registry import check_arguments, check_model_args, model_class
 from ptl_timm.utils import PathLike, default_workers
 from .schedule import LR_SCHEDULES
 
@@ -50,7 +52,7 @@ __all__ = [
     'setting', 'field_rules', 'RECIPES', 'TASKS', 'OPTIMIZERS', 'SAMPLERS', 'STATE_RESETS', 'RESET_CLASSIFIER',
     'RECIPE_CHOICES', 'RESUME_OVERRIDABLE', 'RUN_CONTROL', 'CONFIG_FILE_NAME', 'resolve_recipe', 'load_config',
     'parse_overrides', 'build_config', 'check_config', 'check_values', 'config_task', 'task_of', 'config_to_dict',
-    'config_to_yaml', 'run_config_yaml', 'plain',
+    'config_to_yaml', 'plain', 'COMMANDS',
 ]
 
 CONFIG_FILE_NAME = 'config.yaml'  # the resolved config, saved in every run folder
@@ -78,6 +80,8 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         label_smoothing=0.1, triplet_weight=1.0, triplet_margin=0.3, center_weight=5e-4, center_lr=0.5),
 }
 RECIPE_CHOICES = ('auto', *RECIPES)
+# model_args the trainer passes to the model itself, with where their value comes from
+SET_BY_TRAINER = {'num_classes': "the training set's identities", 'pretrained': 'the config key pretrained'}
 
 
 class Range(NamedTuple):
@@ -93,6 +97,7 @@ FRACTION = Range(lambda v: 0 <= v <= 1, 'in [0, 1]')
 BELOW_1 = Range(lambda v: 0 <= v < 1, 'in [0, 1)')
 IMG_SIZE = Range(lambda v: min(v) >= 1, 'two positive sizes')
 MILESTONES = Range(lambda v: all(m >= 1 for m in v) and list(v) == sorted(set(v)), 'increasing epochs >= 1')
+SEED = Range(lambda v: 0 <= v < 2 ** 32, 'in [0, 2**32 - 1] (what numpy seeds with)')
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING,
@@ -239,7 +244,7 @@ class TrainConfig:
     rerank_lambda: float = setting(RERANK_LAMBDA, range=FRACTION)
     # run
     output: str = 'output/train'
-    seed: int = 0
+    seed: int = setting(0, range=SEED)
     deterministic: bool = False
     device: str = 'auto'
     amp: bool = False
@@ -295,6 +300,7 @@ class TransferConfig(TrainConfig):
 
 
 TASKS: Dict[str, Type[TrainConfig]] = {'finetune': TrainConfig, 'distill': DistillConfig, 'transfer': TransferConfig}
+COMMANDS = {'finetune': 'train', 'distill': 'distill', 'transfer': 'transfer'}  # the ptl-timm command of each task
 _SECTIONS = {'steps': TransferStep, 'distill': DistillSection}
 
 # Keys a resumed run may change, because they change how the run proceeds, not what it trains
@@ -449,15 +455,37 @@ def _check_combinations(values: Dict[str, Any], where: str) -> None:
     if values['sampler'] == 'pk' and values['batch_size'] % values['num_instances']:
         raise ConfigError(f'{where}: batch_size {values["batch_size"]} is not a multiple of num_instances '
                           f'{values["num_instances"]} (the P×K sampler draws K images of P identities)')
-    try:  # the model's name, backbone and arguments, before any data is read
-        check_model_args(values['model'], values['model_args'])
+    model, model_args = values['model'], values['model_args']
+    for key, source in SET_BY_TRAINER.items():
+        if key in model_args:
+            raise ConfigError(f'{where}: model_args: {key} is set by the trainer (from {source}); drop it from '
+                              f'model_args (a checkpoint\'s model_args are copied without it)')
+    try:  # the model's name, backbone and arguments, and the datasets' options, before any data is read
+        check_model_args(model, model_args)
+        _check_dataset_options(values)
     except InputError as e:
         raise ConfigError(f'{where}: {e}') from None
+    cls = model_class(model)
+    if cls is not None and not hasattr(cls, 'forward_reid'):
+        raise ConfigError(
+            f"{where}: model {model!r} is not a ReID model (it has no forward_reid); a timm model trains as the "
+            f"backbone of one: model=ptl_net (PTL) or model=reid_net (no cells) with model_args={{backbone: {model}}}")
     state_mode = values['model_args'].get('state_mode')
     if state_mode is not None and state_mode not in STATE_MODES:
         raise ConfigError(f'{where}: model_args.state_mode must be one of {", ".join(STATE_MODES)}, got {state_mode!r}')
     if values['ce_weight'] + values['triplet_weight'] == 0:
         raise ConfigError(f'{where}: ce_weight and triplet_weight are both 0: there is no loss to train with')
+
+
+def _check_dataset_options(values: Dict[str, Any]) -> None:
+    """``dataset_args`` and a spec's own options, each against the type of its dataset parser's parameter
+    (``include_val: 'false'`` is a true string, so msmt17 would train on train+val)."""
+    datasets = values['dataset'] if isinstance(values['dataset'], list) else [values['dataset']]
+    for spec in datasets + values['test_datasets']:
+        name = spec['name'] if isinstance(spec, dict) else spec
+        if name in DATASETS:  # an unknown name is the data layer's error, with the names it knows
+            check_arguments(DATASETS[name], values['dataset_args'], 'dataset_args', f'dataset {name}')
+            check_arguments(DATASETS[name], spec if isinstance(spec, dict) else {}, f'dataset {name}', name)
 
 
 def resolve_recipe(recipe: str, model: str) -> str:
@@ -476,6 +504,10 @@ def resolve_values(cls: Type['TrainConfig'], values: Dict[str, Any], where: str 
     distill section are resolved the same way with their own model's recipe."""
     values = check_values(cls, values, where)
     defaults = _defaults(cls)
+    if cls is TransferConfig and plain(values.get('dataset', defaults['dataset'])) != defaults['dataset']:
+        # the field is TrainConfig's and every saved transfer config holds its default: only that value is read back
+        raise ConfigError(f"{where}: a transfer has no dataset of its own (got {values['dataset']!r}): each step "
+                          f"names its dataset (--steps DATASET ..., or the steps section of a config file)")
     recipe = resolve_recipe(values.get('recipe', defaults['recipe']), values.get('model', defaults['model']))
     resolved = check_values(cls, {**defaults, **RECIPES[recipe], **values}, where)
     _check_combinations(resolved, where)
@@ -508,15 +540,52 @@ def check_config(cfg: 'TrainConfig') -> 'TrainConfig':
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last without a
+    word: ``{backbone: resnet18, backbone: resnet50}`` builds resnet50). Keys merged in with ``<<`` may
+    be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == 'tag:yaml.org,2002:merge':
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):
+                continue  # PyYAML's own error follows
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f'duplicate key {key!r}', key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(ValueError):
+    """A key given twice in one JSON object (``json`` keeps the last without a word)."""
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f'duplicate key {key!r}')
+        out[key] = value
+    return out
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_config(path: PathLike) -> Dict[str, Any]:
-    """Read a YAML or JSON config file into a dict (checked by ``build_config``)."""
+    """Read a YAML or JSON config file into a dict (checked by ``build_config``); a key given twice in
+    one mapping is refused."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f'config file {path} does not exist')
     text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        data = json.loads(text, object_pairs_hook=_unique_keys) if path.suffix == '.json' else _load_yaml(text)
+    except (json.JSONDecodeError, yaml.YAMLError, _DuplicateKey) as e:
         kind = 'JSON' if path.suffix == '.json' else 'YAML'
         raise ConfigError(f'config file {path} is not valid {kind}: {_parse_error(e)}') from e
     if data is None:
@@ -544,7 +613,7 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f'override {item!r} is not of the form key=value')
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            out[key.strip()] = _load_yaml(value) if value.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f'override {item!r}: the value is not valid YAML: {_parse_error(e)}') from e
     return out
@@ -567,10 +636,21 @@ def build_config(
         source: Optional[PathLike] = None,
 ) -> T:
     """The config of a config file's values (read from ``source``) and ``overrides`` (later wins):
-    ``cls(**values)``, with each value's errors naming the file or the overrides it came from."""
-    file_data = {k: v for k, v in (file_data or {}).items() if k != 'task'}
-    overrides = {k: v for k, v in (overrides or {}).items() if k != 'task'}
+    ``cls(**values)``, with each value's errors naming the file or the overrides it came from. The file's
+    ``task`` must be ``cls``'s; how to treat an earlier run (``RUN_CONTROL``) is no file's to say."""
     where = f'config file {source}' if source else 'config file'
+    file_data, overrides, task = dict(file_data or {}), dict(overrides or {}), task_of(cls)
+    if 'task' in overrides:
+        raise ConfigError(f"overrides: task cannot be set (got {overrides['task']!r}): the command is the task "
+                          f"(ptl-timm train, distill or transfer), or a config file's task; drop it")
+    if config_task(file_data, task) != task:
+        other = file_data['task']
+        raise ConfigError(f'{where} is a {other!r} config; run it with `ptl-timm {COMMANDS[other]}`')
+    file_data.pop('task', None)
+    for key in RUN_CONTROL:
+        if key in file_data:
+            raise ConfigError(f'{where}: {key} is not a config file key, so that reusing a file never decides what '
+                              f'happens to an earlier run: drop it and pass --{key} (Python: {key}=True)')
     check_values(cls, file_data, where)
     check_values(cls, overrides, 'overrides')
     values = {**file_data, **overrides}
@@ -590,14 +670,9 @@ def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def run_config_yaml(cfg: TrainConfig) -> str:
-    """``config.yaml`` of a run folder: the resolved config without how this invocation treated the
-    folder (``resume``, ``overwrite``), so ``--config`` on it starts the same training afresh."""
-    values = {k: v for k, v in config_to_dict(cfg).items() if k not in RUN_CONTROL}
-    return yaml.safe_dump({'task': task_of(type(cfg)), **values}, sort_keys=False)
-
-
 def config_to_yaml(cfg: TrainConfig) -> str:
     """The resolved config as a config file (``task`` first): what ``--print-config`` prints and every
-    run saves as ``config.yaml``; ``ptl-timm <task> --config`` reads it back to the same config."""
-    return yaml.safe_dump({'task': task_of(type(cfg)), **config_to_dict(cfg)}, sort_keys=False)
+    run saves as ``config.yaml``; ``ptl-timm <task> --config`` reads it back to the same config. Without
+    how this invocation treats the folder (``RUN_CONTROL``), which a config file may not hold."""
+    values = {k: v for k, v in config_to_dict(cfg).items() if k not in RUN_CONTROL}
+    return yaml.safe_dump({'task': task_of(type(cfg)), **values}, sort_keys=False)

@@ -10,13 +10,13 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ptl_timm.errors import ConfigError
+from ptl_timm.errors import CheckpointError, ConfigError
 from ptl_timm.hub import TRAIN_STATE_NAME
 from ptl_timm.utils import PathLike, atomic_write
 from .checkpoint import load_train_state
 from .config import (
-    CONFIG_FILE_NAME, RESUME_OVERRIDABLE, RUN_CONTROL, T, TrainConfig, check_config, check_values, load_config,
-    plain, run_config_yaml, task_of)
+    COMMANDS, CONFIG_FILE_NAME, RESUME_OVERRIDABLE, RUN_CONTROL, T, TrainConfig, check_config, check_values,
+    config_to_yaml, load_config, plain, task_of)
 
 __all__ = ['saved_config', 'run_config', 'save_run_config']
 
@@ -35,18 +35,27 @@ def saved_config(output: PathLike) -> Optional[Dict[str, Any]]:
 
 def run_config(cfg: T) -> T:
     """The config a run trains with: ``cfg`` checked again, or for ``resume=True`` the run's saved
-    config with the values given to ``cfg`` on top (each checked against the saved one)."""
+    config with the values given to ``cfg`` on top (each checked against the saved one). A folder
+    holding a run of another task is taken over only with ``overwrite``: this run's ``config.yaml``
+    would replace that run's, which could then no longer be resumed."""
     check_config(cfg)
-    if not cfg.resume:
-        return cfg
     cls, where = type(cfg), 'config'
+    if not cfg.resume:
+        config_file = Path(cfg.output) / CONFIG_FILE_NAME
+        other = load_config(config_file).get('task') if config_file.is_file() and not cfg.overwrite else None
+        if other not in (None, task_of(cls)):
+            raise CheckpointError(
+                f'{cfg.output} holds a {other!r} run ({CONFIG_FILE_NAME}), which a {task_of(cls)!r} run would make '
+                f'unresumable; choose another output, or pass --overwrite to replace it')
+        return cfg
     saved = saved_config(cfg.output)
     if saved is None:
         raise ConfigError(f'{where}: nothing to resume in {cfg.output}: it holds no {CONFIG_FILE_NAME} of a run '
                           f'(was the run started with output={cfg.output}?)')
     task = saved.pop('task', task_of(cls))
     if task != task_of(cls):
-        raise ConfigError(f'{where}: {cfg.output} holds a {task!r} run; resume it with `ptl-timm {task} --resume`')
+        raise ConfigError(f'{where}: {cfg.output} holds a {task!r} run; resume it with '
+                          f'`ptl-timm {COMMANDS[task]} --resume`')
     saved = check_values(cls, saved, str(Path(cfg.output) / CONFIG_FILE_NAME))
     given = {key: getattr(cfg, key) for key in getattr(cfg, 'given_keys', ())}
     contradictions = []
@@ -69,7 +78,7 @@ def save_run_config(cfg: TrainConfig) -> None:
     """Write ``config.yaml`` into ``cfg.output``: what the run trains with, and what ``--resume``
     reads. A resumed run's allowed changes (``RESUME_OVERRIDABLE``, each logged) update it."""
     path = Path(cfg.output) / CONFIG_FILE_NAME
-    text = run_config_yaml(cfg)
+    text = config_to_yaml(cfg)
     if cfg.resume and path.is_file() and path.read_text() != text:
         _logger.warning('%s: recording the values this resumed run changed', path)
     with atomic_write(path, 'w') as f:

@@ -12,19 +12,24 @@ from typing import Any, Dict
 from ptl_timm.errors import MissingExtraError
 from ptl_timm.utils import PathLike
 
-__all__ = ['TENSORBOARD_DIR', 'TensorBoardLog']
+__all__ = ['TENSORBOARD_DIR', 'TensorBoardLog', 'require_tensorboard']
 
 TENSORBOARD_DIR = 'tensorboard'  # under the run's output folder
+
+
+def require_tensorboard() -> None:
+    """Refuse ``tensorboard: true`` without the package: checked before a run writes anything."""
+    if importlib.util.find_spec('tensorboard') is None:
+        raise MissingExtraError(
+            'TensorBoard logging (tensorboard: true) needs the tensorboard package, which is not installed: '
+            'pip install "ptl_timm[tensorboard]" (or set tensorboard: false; metrics.jsonl has the same numbers)')
 
 
 class TensorBoardLog:
     """Writes epoch records (the ``metrics.jsonl`` dicts) as TensorBoard scalars to ``logdir``."""
 
     def __init__(self, logdir: PathLike):
-        if importlib.util.find_spec('tensorboard') is None:
-            raise MissingExtraError(
-                'TensorBoard logging (tensorboard: true) needs the tensorboard package, which is not installed: '
-                'pip install "ptl_timm[tensorboard]" (or set tensorboard: false; metrics.jsonl has the same numbers)')
+        require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(os.fspath(logdir))
 

@@ -1,11 +1,12 @@
 """The training loop shared by fine-tuning and distillation, and ``fine_tune``.
 
-A run (``run_training``): lock the output folder, save the resolved ``config.yaml``, then
-``_epoch_loop``. One epoch (``_train_one_epoch``): ``model.train()`` (which zeroes every BConv-Cell
-state, paper §3.2) → P×K or shuffled batches → ``forward_reid`` → loss → step; the scheduler steps;
-rank 0 saves ``last/`` (``_save_epoch``) before the query/gallery splits are evaluated every
-``eval_every`` epochs (``_evaluate_epoch``: eval mode, zero state), so a failed evaluation never
-loses the epoch; ``best/`` follows the training set's mAP (``_update_best``).
+A run (``run_training``): lock the output folder, make the start state (a resume loads ``last/``),
+save the resolved ``config.yaml``, then ``_epoch_loop``. One epoch (``_train_one_epoch``):
+``model.train()`` (which zeroes every BConv-Cell state, paper §3.2) → P×K or shuffled batches →
+``forward_reid`` → loss → step; the scheduler steps; rank 0 saves ``last/`` (``_save_epoch``) before
+the query/gallery splits are evaluated every ``eval_every`` epochs (``_evaluate_epoch``: eval mode,
+zero state), so a failed evaluation never loses the epoch; ``best/`` follows the training set's mAP
+(``_update_best``).
 Everything a resumed run needs is in ``last/train_state.pt`` (``TrainState.to_dict``): the epoch,
 optimizer, scheduler, gradient scaler, every rank's RNG states, the metric history and the
 BConv-Cell states after the epoch's last batch (``latent_states``, name → tensor: what
@@ -51,10 +52,11 @@ from .evaluate import check_evaluable, evaluate_split
 from .run_folder import run_config, save_run_config
 from .run_lock import run_lock
 from .schedule import lr_factor
-from .tensorboard_log import TENSORBOARD_DIR, TensorBoardLog
+from .tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, require_tensorboard
 
 __all__ = [
-    'ReIDTrainModule', 'TrainSession', 'TrainState', 'build_model', 'prepare_session', 'run_training', 'fine_tune']
+    'ReIDTrainModule', 'TrainSession', 'TrainState', 'build_model', 'check_extras', 'prepare_session', 'run_training',
+    'fine_tune']
 
 _logger = logging.getLogger(__name__)
 _CUBLAS_WORKSPACE = 'CUBLAS_WORKSPACE_CONFIG'  # cuBLAS needs it set for deterministic algorithms
@@ -137,7 +139,7 @@ def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def _seed_everything(cfg: TrainConfig, ctx: DistContext) -> None:
-    seed = cfg.seed + ctx.rank  # each rank augments differently
+    seed = (cfg.seed + ctx.rank) % 2 ** 32  # each rank augments differently
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -219,11 +221,19 @@ def _check_output(cfg: TrainConfig) -> None:
                               f'epoch ended); start it again without --resume')
 
 
+def check_extras(cfg: TrainConfig) -> None:
+    """The optional packages ``cfg`` asks for are installed: a missing one found before a run writes (or an
+    overwritten run is removed), not after its first epoch."""
+    if cfg.tensorboard:
+        require_tensorboard()
+
+
 def prepare_session(cfg: TrainConfig, ctx: DistContext, model_fn: Callable[[int, str], nn.Module]) -> TrainSession:
     """Check everything that can be wrong (config, paths, splits, checkpoints) before anything is written;
     the model records the preprocessing it is trained with (``config.json``'s ``pretrained_cfg``)."""
     check_config(cfg)
     _check_output(cfg)
+    check_extras(cfg)
     data = build_train_data(cfg, ctx)
     label = spec_label(cfg.dataset, cfg.data_root)
     eval_sets = {label: data.dataset}
@@ -261,7 +271,8 @@ def _should_evaluate(cfg: TrainConfig, epoch: int) -> bool:
 
 def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
     """Train ``session.model`` for ``cfg.epochs`` epochs (resuming from ``output/last`` if asked),
-    holding the run folder's lock; the resolved config is saved there first (``config.yaml``).
+    holding the run folder's lock; the resolved config is saved there (``config.yaml``) once the start
+    state is ready, so a resume that fails to load leaves the run's config as it was.
 
     Returns the output folder, the metric history, the best and last evaluation results, and whether this
     process is the main one (``main_process``: rank 0, the one that writes and reports).
@@ -275,8 +286,10 @@ def run_training(session: TrainSession, loss_step: LossStep) -> Dict[str, Any]:
                 _check_output(cfg)  # again, now that no other run can write here
                 if cfg.overwrite and not cfg.resume:
                     _remove_earlier_run(session.output)
+            state = _start_state(session)
+            if session.ctx.is_main:
                 save_run_config(cfg)
-            return _epoch_loop(session, _start_state(session), loss_step)
+            return _epoch_loop(session, state, loss_step)
 
 
 def _remove_earlier_run(output: Path) -> None:
@@ -351,10 +364,19 @@ def _resume(state: TrainState, session: TrainSession) -> None:
         state.module.adapter.load_state_dict(saved['adapter'])
     state.optimizer.load_state_dict(saved['optimizer'])
     state.scheduler.load_state_dict(saved['scheduler'])
+    _set_scheduled_lr(state.scheduler)
     state.scaler.load_state_dict(saved['scaler'])
     set_rng_state(saved['rng'][session.ctx.rank])
     state.epoch, state.history, state.best = saved['epoch'], saved['history'], saved['best']
     state.latent_states = saved.get('latent_states', {})
+
+
+def _set_scheduled_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Each group's lr at the resumed epoch under this run's schedule: the loaded optimizer holds the lr the
+    saved run's schedule set, another one when the epochs grew (a finished cosine's is 0). The formula of
+    ``LambdaLR``'s own step, so a resume with the same epochs continues with the very same lrs."""
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group['lr'] = base_lr * factor(scheduler.last_epoch)
 
 
 def _epoch_loop(session: TrainSession, state: TrainState, loss_step: LossStep) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ from .distill import run_distill
 from .distributed import DistContext, setup_distributed
 from .run_folder import run_config, save_run_config
 from .run_lock import run_lock
-from .trainer import fine_tune
+from .trainer import check_extras, fine_tune
 
 __all__ = ['run_transfer', 'results_table']
 
@@ -67,6 +67,7 @@ def run_transfer(cfg: TransferConfig) -> Dict[str, Any]:
     if earlier and not (cfg.resume or cfg.overwrite):
         raise CheckpointError(f'{cfg.output} already holds the steps of a transfer ({earlier[0].parent}); pass '
                               f'--resume to continue it, --overwrite to replace it, or choose another output')
+    check_extras(cfg)
     ctx = setup_distributed(cfg.device)  # one process group for every step (they join it)
     try:
         with run_lock(cfg.output) if ctx.is_main else contextlib.nullcontext():

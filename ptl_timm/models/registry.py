@@ -5,20 +5,26 @@ A model's constructor is the class its entrypoint is annotated to return (timm's
 entrypoints all are, e.g. ``def ptl_net(...) -> ReIDNet``), so ``model_args`` are checked against that
 class's signature without building anything. This matters because timm drops ``None`` arguments: the
 YAML typo ``{backbone:resnet18}`` (no space) is a key ``'backbone:resnet18'`` with a null value, which
-would otherwise build the default backbone without a word.
+would otherwise build the default backbone without a word. Each value is checked against its
+parameter's annotation too, for the simple types a config file holds (``check_arguments``): a model
+argument is not coerced by anyone, so ``ptl: 'false'`` (a string, which is true) would build a PTL model.
 """
+import collections.abc
 import difflib
 import functools
 import inspect
+import types
 import typing
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import timm
 from timm.models import build_model_with_cfg, model_entrypoint
 
 from ptl_timm.errors import InputError
 
-__all__ = ['list_models', 'GENERIC_MODELS', 'check_model_name', 'check_model_args', 'model_class', 'fixed_args']
+__all__ = [
+    'list_models', 'GENERIC_MODELS', 'check_model_name', 'check_model_args', 'check_arguments', 'model_class',
+    'fixed_args']
 
 # Entrypoints that wrap a backbone chosen at call time (kwarg ``backbone``): no pretrained tag can name
 # their weights.
@@ -94,11 +100,56 @@ def _accepted(cls: type) -> Optional[List[str]]:
     return own + [k for k in dict.fromkeys(_factory_keywords()) if k not in own]
 
 
+_SEQUENCES = (list, tuple, collections.abc.Sequence)
+_MAPPINGS = (dict, collections.abc.Mapping)
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether ``value`` is of the type ``kind`` (an annotation) names, for bool, int, float (an int too),
+    str, None and their unions, sequences (a list or tuple) and mappings; any other annotation (a class, a
+    callable) takes every value: what this check cannot judge, the constructor does."""
+    origin, args = typing.get_origin(kind) or (kind if kind in (list, tuple, dict) else None), typing.get_args(kind)
+    if kind in (bool, str, type(None)):
+        return isinstance(value, kind)
+    if kind in (int, float):
+        return isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in _SEQUENCES:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_fits, value, args))
+        return all(_fits(item, args[0]) for item in value) if args else True
+    if origin in _MAPPINGS:
+        return isinstance(value, Mapping)
+    return True
+
+
+def _annotations(function: Callable) -> Dict[str, Any]:
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # an annotation that does not resolve: no type is known, not an error
+        return {}
+
+
+def check_arguments(function: Callable, values: Mapping[str, Any], where: str, owner: str) -> None:
+    """Raise ``InputError`` naming the first of ``values`` whose value does not fit the annotation of
+    ``function``'s parameter of that name (see ``_fits``; names it does not take are not checked here)."""
+    hints = _annotations(function)
+    for key, value in values.items():
+        if key in hints and key != 'return' and not _fits(value, hints[key]):
+            kind = inspect.formatannotation(hints[key])
+            raise InputError(f"{where}: {key} must be {kind} (the type of {owner}'s {key}), got {value!r}")
+
+
 def check_model_args(name: str, model_args: Mapping[str, Any], where: str = 'model_args') -> None:
     """Check the arguments ``model_args`` that build the registered model ``name``, naming the key at
     fault: every key is an argument of its constructor (closest ones suggested), no value is null
-    (timm would drop it and build the default), and a ``backbone`` names a registered timm model
-    (its ``backbone_args`` checked against it the same way)."""
+    (timm would drop it and build the default), each value fits its argument's annotation, and a
+    ``backbone`` names a registered timm model (its ``backbone_args`` checked against it the same way)."""
     check_model_name(name)
     if not isinstance(model_args, Mapping):
         raise InputError(f'{where} must be a mapping of argument names to values, got {model_args!r}')
@@ -112,6 +163,8 @@ def check_model_args(name: str, model_args: Mapping[str, Any], where: str = 'mod
         if accepted is not None and key not in accepted:
             raise InputError(f'{where}: {name} has no argument {key!r}{_closest(str(key), accepted)}; '
                              f'{cls.__name__} takes {", ".join(accepted)}')
+    if cls is not None:
+        check_arguments(cls.__init__, model_args, where, cls.__name__)
     for key in _MODEL_NAME_ARGS:
         if key in model_args:
             check_model_name(model_args[key], what=f'{where}: {key}')
