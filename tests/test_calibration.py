@@ -201,8 +201,8 @@ def test_the_calibration_set_keeps_training_and_test_people_apart_and_leaves_dis
     test_ids = {pid: i for i, pid in enumerate(sorted({r.pid for r in dataset.query + dataset.gallery}), 1)}
     renumbered = [r._replace(pid=test_ids[r.pid]) for r in dataset.gallery]  # 1..6, as Market's: 1..5 in training too
     distractors = [r._replace(pid=0) for r in dataset.train[::8]]  # boxes of three other people
-    mixed = ReIDDataset('market1501', str(data), dataset.train, [r._replace(pid=test_ids[r.pid]) for r in dataset.query],
-                        renumbered + distractors, distractor_pid=0)
+    queries = [r._replace(pid=test_ids[r.pid]) for r in dataset.query]
+    mixed = ReIDDataset('market1501', str(data), dataset.train, queries, renumbered + distractors, distractor_pid=0)
     result = calibrate(folder, mixed, splits=('train', 'query', 'gallery'), fprs=(0.1,), holdout=0, write=False,
                        img_size=IMG_SIZE, device='cpu')
     people = [(False, r.pid) for r in mixed.query + renumbered] + [(True, r.pid) for r in dataset.train]

@@ -246,3 +246,22 @@ def test_a_mismatched_checkpoint_names_model_args_a_config_may_set(tmp_path):
         load_checkpoint_weights(other, saved)
     named = re.search(r'model_args (\{.*?\})', str(caught.value)).group(1)
     assert "'embed_dim': 32" in named and not any(f"'{key}'" in named for key in SET_BY_TRAINER)
+
+
+def test_resuming_from_another_folder_names_the_relative_paths_it_reads_there(tmp_path, monkeypatch, caplog):
+    """A run started with data_root 'data' reads ./data again when resumed: from another folder, other data.
+    The resume says so, naming each relative path and where it now points."""
+    from ptl_timm.engine.run_folder import run_config, save_run_config
+    (tmp_path / 'start').mkdir()
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'start')
+    values = tiny_config(tmp_path / 'out', dict(name='market1501', root='data/market'), data_root='data')
+    save_run_config(TrainConfig(**values))
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    run_config(TrainConfig(output=values['output'], resume=True))
+    assert 'relative paths' in caplog.text and f'data_root: data (now {tmp_path / "elsewhere" / "data"})' in caplog.text
+    assert 'dataset.root: data/market' in caplog.text
+    caplog.clear()
+    save_run_config(TrainConfig(**dict(values, data_root=str(tmp_path / 'data'), dataset='market1501')))
+    run_config(TrainConfig(output=values['output'], resume=True))
+    assert 'relative paths' not in caplog.text

@@ -205,7 +205,8 @@ def test_saved_features_of_another_model_or_preprocessing_are_not_ranked_against
     other = save_pretrained(timm.create_model('ptl_net', num_classes=0, backbone='test_resnet', embed_dim=32,
                                               classifier_dims=(16,)), tmp_path / 'other')
     features = tmp_path / f'gallery{suffix}'
-    assert main(['extract', *model_args(other), '--folder', str(data / 'bounding_box_test'), '--output', str(features)]) == 0
+    gallery = str(data / 'bounding_box_test')
+    assert main(['extract', *model_args(other), '--folder', gallery, '--output', str(features)]) == 0
     query = str(sorted((data / 'query').iterdir())[0])
     search_args = ['search', '--query', query, '--features', str(features), '--output', str(tmp_path / 'r.json')]
     assert main([*search_args, *model_args(model_dir)]) == 2

@@ -8,7 +8,7 @@ contradicts the saved one is an error unless it only changes how the run proceed
 """
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from ptl_timm.errors import CheckpointError, ConfigError
 from ptl_timm.hub import TRAIN_STATE_NAME
@@ -16,11 +16,12 @@ from ptl_timm.utils import PathLike, atomic_write
 from .checkpoint import load_train_state
 from .config import (
     COMMANDS, CONFIG_FILE_NAME, RESUME_OVERRIDABLE, RUN_CONTROL, T, TrainConfig, check_config, check_values,
-    config_to_yaml, load_config, plain, task_of)
+    config_to_dict, config_to_yaml, load_config, plain, task_of)
 
 __all__ = ['saved_config', 'run_config', 'save_run_config']
 
 _logger = logging.getLogger(__name__)
+_PATH_SETTINGS = ('data_root', 'init_checkpoint', 'teacher', 'root')  # settings that name files or folders
 
 
 def saved_config(output: PathLike) -> Optional[Dict[str, Any]]:
@@ -71,7 +72,28 @@ def run_config(cfg: T) -> T:
             f'{where}: resuming {cfg.output}, which was started with other values: {"; ".join(contradictions)}. '
             f'Resume needs only the output folder: drop these values, or start a new run (another output, or '
             f'overwrite). Only {", ".join(RESUME_OVERRIDABLE)} may change (epochs only upwards)')
-    return cls(**{**saved, **given, 'output': cfg.output, 'resume': True})
+    resumed = cls(**{**saved, **given, 'output': cfg.output, 'resume': True})
+    relative = [f'{name}: {path} (now {Path(path).resolve()})'
+                for name, path in _relative_paths(config_to_dict(resumed))]
+    if relative:
+        _logger.warning('resuming %s, whose config names relative paths: they resolve against the current folder, '
+                        'which must be the one the run was started in, or it trains on other data: %s',
+                        cfg.output, '; '.join(relative))
+    return resumed
+
+
+def _relative_paths(value: Any, name: str = '', is_path: bool = False) -> Iterator[Tuple[str, str]]:
+    """``(setting, path)`` for every relative path a config names (data roots, dataset spec roots,
+    checkpoints, in transfer steps too): what a resume from another folder would read elsewhere."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _relative_paths(item, f'{name}.{key}' if name else key, is_path or key in _PATH_SETTINGS)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _relative_paths(item, f'{name}[{i}]', is_path)
+    elif is_path and isinstance(value, str) and value and ':' not in value:
+        if not Path(value).expanduser().is_absolute():
+            yield name, value
 
 
 def save_run_config(cfg: TrainConfig) -> None:

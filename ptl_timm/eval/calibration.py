@@ -331,8 +331,9 @@ def verify(
                                  flip=calibration.get('flip', False))
     loaded, measured = extractor.extraction()['weights_sha256'], calibration.get('weights_sha256')
     if not isinstance(model, nn.Module) and measured is None:
-        raise CheckpointError(f'the calibration that {source} carries does not record the weights it was measured with '
-                              f'(an older format), so it may belong to other weights; calibrate again (ptl-timm calibrate)')
+        raise CheckpointError(f'the calibration that {source} carries does not record the weights it was measured '
+                              f'with (an older format), so it may belong to other weights; calibrate again '
+                              f'(ptl-timm calibrate)')
     if not isinstance(model, nn.Module) and loaded != measured:
         raise CheckpointError(
             f'the calibration that {source} carries was measured with other weights than those it loads (weights '

@@ -110,8 +110,8 @@ def check_same_extraction(saved: Optional[Mapping[str, Any]], current: Mapping[s
     A file that recorded nothing cannot be checked (its width still is, by the search)."""
     if saved is None:
         return
-    problems = [f'{key} {str(saved.get(key))[:12]} in the file, {str(value)[:12]} here' for key, value in current.items()
-                if saved.get(key) != value]
+    problems = [f'{key} {str(saved.get(key))[:12]} in the file, {str(value)[:12]} here'
+                for key, value in current.items() if saved.get(key) != value]
     if problems:
         raise InputError(f'the features in {path} were extracted otherwise than the images to rank against them '
                          f'({"; ".join(problems)}); extract them again with this model and these options '
