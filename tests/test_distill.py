@@ -99,3 +99,23 @@ def test_metric_terms_eq4_has_no_place_for_are_reported(tmp_path, domain, studen
     with caplog.at_level('WARNING'), pytest.raises(ValueError, match='teacher'):
         run_distill(cfg)
     assert 'triplet_weight=1.0, center_weight=0.0005 (from the config' in caplog.text and 'not used' in caplog.text
+
+
+def test_a_teacher_trained_at_another_input_size_is_named_with_it(tmp_path, domain, student_dir, caplog):
+    """The teacher embeds the student's batches: at another size than its own its targets are worse, silently
+    unless said."""
+    import timm
+
+    from ptl_timm.engine import save_checkpoint
+    from ptl_timm.hub import set_preprocessing
+    teachers = {}
+    for size in (IMG_SIZE, (IMG_SIZE[0] * 2, IMG_SIZE[1] * 2)):
+        model = timm.create_model('ptl_net', pretrained=False, num_classes=8, **TINY_MODEL_ARGS)
+        set_preprocessing(model, size)
+        teachers[size] = save_checkpoint(tmp_path / f'teacher{size[0]}', model)
+    for size, teacher in teachers.items():
+        caplog.clear()
+        with caplog.at_level('WARNING'):
+            run_distill(_distill_config(tmp_path, domain, teacher, student_dir, overwrite=True))
+        named = f'input_size (3, {IMG_SIZE[0]}, {IMG_SIZE[1]}) instead of its (3, {size[0]}, {size[1]})'
+        assert (named in caplog.text) == (size != IMG_SIZE), caplog.text

@@ -42,6 +42,19 @@ def load_teacher(source: str, device: torch.device) -> nn.Module:
     return teacher
 
 
+def _warn_if_preprocessed_otherwise(teacher: nn.Module, student: nn.Module, source: str) -> None:
+    """The teacher sees the student's batches: at another input size or normalisation than it was trained
+    with, its embeddings (the L1 targets) are worse, and nothing else would say so."""
+    saved, used = (getattr(m, 'pretrained_cfg', None) or {} for m in (teacher, student))
+    differences = [f'{key} {tuple(used.get(key, ()))} instead of its {tuple(saved[key])}'
+                   for key in ('input_size', 'mean', 'std')
+                   if key in saved and tuple(saved[key]) != tuple(used.get(key, ()))]
+    if differences:
+        _logger.warning('the teacher %s sees the training images with %s: its embeddings, the distillation targets, '
+                        'are then worse; train the student at the teacher\'s preprocessing (img_size)', source,
+                        ', '.join(differences))
+
+
 def distillation_step(teacher: nn.Module, criterion: DistillationLoss) -> LossStep:
     """The loss of one batch: the teacher's embedding (eval mode, no gradients) is the L1 target."""
     def loss_step(module: nn.Module, images: torch.Tensor, pids: torch.Tensor):
@@ -64,6 +77,7 @@ def run_distill(cfg: DistillConfig) -> Dict[str, Any]:
     try:
         teacher = load_teacher(cfg.teacher, ctx.device)
         session = prepare_session(cfg, ctx, lambda num_classes, label: build_model(cfg, num_classes, label))
+        _warn_if_preprocessed_otherwise(teacher, session.model, cfg.teacher)
         student_width, teacher_width = session.model.head_hidden_size, teacher.head_hidden_size
         if student_width != teacher_width:
             session.adapter = nn.Linear(student_width, teacher_width, bias=False)
