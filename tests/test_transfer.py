@@ -113,3 +113,19 @@ def test_a_run_folder_of_another_task_is_not_taken_over_without_overwrite(tmp_pa
         run_transfer(into_train)
     assert {output: (Path(output) / 'config.yaml').read_bytes() for output in saved} == saved
     assert run_config(TrainConfig(**tiny_config(transfer.output, domains[0], overwrite=True))).overwrite
+
+
+def test_a_transfer_with_missing_step_data_writes_nothing(tmp_path, domains):
+    values = dict(steps=[{'dataset': domains[0]}, {'dataset': 'market1501', 'data_root': str(tmp_path / 'none')}])
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        run_transfer(_transfer_config(tmp_path, domains, **values))
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.slow
+def test_an_overwritten_transfer_leaves_no_step_of_the_earlier_one(tmp_path, domains):
+    run_transfer(_transfer_config(tmp_path, domains, max_steps_per_epoch=1))
+    assert len(list((tmp_path / 'out').glob('step*'))) == 2
+    run_transfer(_transfer_config(tmp_path, domains, steps=[{'dataset': domains[1]}], max_steps_per_epoch=1,
+                                  overwrite=True))
+    assert [p.name for p in (tmp_path / 'out').glob('step*')] == ['step1-' + domains[1]['label']]

@@ -7,10 +7,11 @@ Step *i* writes its checkpoints to ``<output>/step<i>-<dataset>/`` and starts fr
 ``<output>/transfer.md`` and ``<output>/transfer.json``.
 """
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from ptl_timm.data.specs import located_spec, spec_label
+from ptl_timm.data.specs import load_dataset, located_spec, spec_label
 from ptl_timm.errors import CheckpointError, ConfigError
 from ptl_timm.utils import atomic_save_json, atomic_write, readable_folder
 from .config import TransferConfig
@@ -21,6 +22,8 @@ from .run_lock import run_lock
 from .trainer import check_extras, fine_tune
 
 __all__ = ['run_transfer', 'results_table']
+
+TABLE_MD, TABLE_JSON = 'transfer.md', 'transfer.json'  # the transfer's table, as text and as data
 
 
 def _distinct_decimals(values: Sequence[float], fewest: int = 2, most: int = 6) -> int:
@@ -68,14 +71,28 @@ def run_transfer(cfg: TransferConfig) -> Dict[str, Any]:
         raise CheckpointError(f'{cfg.output} already holds the steps of a transfer ({earlier[0].parent}); pass '
                               f'--resume to continue it, --overwrite to replace it, or choose another output')
     check_extras(cfg)
+    for step in cfg.steps:  # every step's data is there before anything is written (or overwritten)
+        load_dataset(step['dataset'], step.get('data_root', cfg.data_root), step.get('dataset_args', cfg.dataset_args))
     ctx = setup_distributed(cfg.device)  # one process group for every step (they join it)
     try:
         with run_lock(cfg.output) if ctx.is_main else contextlib.nullcontext():
             if ctx.is_main:
+                if cfg.overwrite and not cfg.resume:
+                    _remove_earlier_transfer(Path(cfg.output))
                 save_run_config(cfg)
             return _run_steps(cfg, ctx)
     finally:
         ctx.close()
+
+
+def _remove_earlier_transfer(output: Path) -> None:
+    """An overwritten transfer's outputs go before the new one writes: a step or a distillation the new
+    transfer does not have must not sit beside its table. Its table goes first, its steps after."""
+    for path in [output / TABLE_MD, output / TABLE_JSON, output / 'distill', *sorted(output.glob('step*-*'))]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
@@ -103,7 +120,7 @@ def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
         rows.append(_row('STD', distill_cfg.model, route, result))
     table = results_table(rows, test_sets)
     if ctx.is_main:
-        with atomic_write(output / 'transfer.md', 'w') as f:
+        with atomic_write(output / TABLE_MD, 'w') as f:
             f.write(table)
-        atomic_save_json(dict(test_sets=test_sets, rows=rows), output / 'transfer.json')
+        atomic_save_json(dict(test_sets=test_sets, rows=rows), output / TABLE_JSON)
     return dict(rows=rows, table=table, test_sets=test_sets, main_process=ctx.is_main)
