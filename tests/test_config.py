@@ -208,6 +208,17 @@ def test_resume_reads_the_saved_config_in_the_run_layer(tmp_path):
         run_config(TrainConfig(output=str(tmp_path), resume=True, lr=0.1))
 
 
+def test_a_resume_takes_fields_assigned_after_construction_as_given(tmp_path):
+    from ptl_timm.engine.run_folder import run_config, save_run_config
+    save_run_config(TrainConfig(output=str(tmp_path), lr=0.5, epochs=2, img_size=(64, 32)))
+    cfg = TrainConfig(output=str(tmp_path), resume=True)
+    cfg.epochs = 4
+    assert run_config(cfg).epochs == 4
+    cfg.lr = 0.1
+    with pytest.raises(ConfigError, match='lr=0.1 \\(saved: 0.5\\)'):
+        run_config(cfg)
+
+
 def test_training_entry_checks_a_config_changed_after_construction(tmp_path):
     cfg = TrainConfig(output=str(tmp_path / 'run'), data_root=str(tmp_path))
     cfg.sampler = 'bogus'

@@ -122,7 +122,14 @@ def _config_class(cls):
         self._init_fields(**resolve_values(type(self), values))
         self.given_keys = frozenset(values)
     __init__.__doc__ = 'Defaults → recipe → ``values``, checked; ``given_keys`` records which were given.'
-    cls.__init__ = __init__
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A field assigned after construction counts as given, as if passed to ``__init__``: a resume
+        lays it over the saved config (or refuses it) rather than dropping it."""
+        object.__setattr__(self, name, value)
+        if name in self.__dataclass_fields__ and 'given_keys' in self.__dict__:
+            object.__setattr__(self, 'given_keys', self.given_keys | {name})
+    cls.__init__, cls.__setattr__ = __init__, __setattr__
     return cls
 
 
@@ -536,7 +543,7 @@ def check_config(cfg: 'TrainConfig') -> 'TrainConfig':
     values = check_values(type(cfg), dataclasses.asdict(cfg), 'config')
     _check_combinations(values, 'config')
     for key, value in values.items():
-        setattr(cfg, key, value)
+        object.__setattr__(cfg, key, value)  # coerced, not given: given_keys stays as it is
     return cfg
 
 
