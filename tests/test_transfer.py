@@ -1,4 +1,5 @@
 """Multi-step transfer: each step starts from the previous step's weights; a table covers every step."""
+import json
 from importlib import import_module
 from pathlib import Path
 
@@ -129,3 +130,20 @@ def test_an_overwritten_transfer_leaves_no_step_of_the_earlier_one(tmp_path, dom
     run_transfer(_transfer_config(tmp_path, domains, steps=[{'dataset': domains[1]}], max_steps_per_epoch=1,
                                   overwrite=True))
     assert [p.name for p in (tmp_path / 'out').glob('step*')] == ['step1-' + domains[1]['label']]
+
+
+@pytest.mark.slow
+def test_a_step_after_one_that_trains_further_on_resume_starts_again(tmp_path, domains, caplog):
+    """Resumed with more epochs, step 1 trains on: step 2 started from step 1's earlier weights, so it starts
+    again from the new ones (resumed, the table would chain models that never followed each other)."""
+    run_transfer(_transfer_config(tmp_path, domains, max_steps_per_epoch=1))
+    with caplog.at_level('WARNING'):
+        run_transfer(TransferConfig(output=str(tmp_path / 'out'), resume=True))
+    assert 'starts again' not in caplog.text  # nothing trained: every step resumes as it was
+    step2 = next((tmp_path / 'out').glob('step2-*'))
+    first_epoch = json.loads((step2 / 'metrics.jsonl').read_text().splitlines()[0])
+    with caplog.at_level('WARNING'):
+        run_transfer(TransferConfig(output=str(tmp_path / 'out'), resume=True, epochs=2))
+    assert f'{step2} starts again' in caplog.text
+    epochs = [json.loads(line) for line in (step2 / 'metrics.jsonl').read_text().splitlines()]
+    assert [e['epoch'] for e in epochs] == [1, 2] and epochs[0]['loss'] != first_epoch['loss']  # from new weights

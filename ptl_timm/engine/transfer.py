@@ -7,12 +7,14 @@ Step *i* writes its checkpoints to ``<output>/step<i>-<dataset>/`` and starts fr
 ``<output>/transfer.md`` and ``<output>/transfer.json``.
 """
 import contextlib
+import logging
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ptl_timm.data.specs import load_dataset, located_spec, spec_label
 from ptl_timm.errors import CheckpointError, ConfigError
+from ptl_timm.hub import WEIGHTS_NAME
 from ptl_timm.utils import atomic_save_json, atomic_write, readable_folder
 from .config import TransferConfig
 from .distill import run_distill
@@ -24,6 +26,7 @@ from .trainer import check_extras, fine_tune
 __all__ = ['run_transfer', 'results_table']
 
 TABLE_MD, TABLE_JSON = 'transfer.md', 'transfer.json'  # the transfer's table, as text and as data
+_logger = logging.getLogger(__name__)
 
 
 def _distinct_decimals(values: Sequence[float], fewest: int = 2, most: int = 6) -> int:
@@ -53,6 +56,21 @@ def results_table(rows: Sequence[Dict[str, Any]], test_sets: Sequence[str]) -> s
 def _resumable(cfg: TransferConfig, step_output: Path) -> bool:
     """With ``resume``, finished and interrupted steps continue from their ``last/``; later ones start."""
     return cfg.resume and readable_folder(step_output / 'last').exists()
+
+
+def _checkpoint_stamp(step_output: Path) -> Optional[int]:
+    """When a step's ``last/`` was written (None: not yet): whether it trained in this invocation."""
+    weights = readable_folder(step_output / 'last') / WEIGHTS_NAME
+    return weights.stat().st_mtime_ns if weights.exists() else None
+
+
+def _start_of(cfg: TransferConfig, output: Path, earlier_trained: bool) -> Dict[str, bool]:
+    """How a step (or the distillation) of a resumed transfer starts: from its own ``last/``, unless an
+    earlier step trained further in this invocation (more epochs): its start changed, so it starts again."""
+    if earlier_trained and _resumable(cfg, output):
+        _logger.warning('%s starts again: an earlier step trained further, so its starting weights changed', output)
+        return dict(resume=False, overwrite=True)
+    return dict(resume=_resumable(cfg, output))
 
 
 def _row(step: Any, model: str, route: List[str], result: Dict[str, Any]) -> Dict[str, Any]:
@@ -101,21 +119,23 @@ def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:
     test_specs = [located_spec(s, cfg.data_root) for s in cfg.test_datasets] or list(
         {spec_label(spec): spec for spec in located}.values())
     test_sets = [spec_label(s, cfg.data_root) for s in test_specs]
-    rows, route, previous = [], [], cfg.init_checkpoint
+    rows, route, previous, trained = [], [], cfg.init_checkpoint, False
     for i, step in enumerate(cfg.steps, 1):
         label = spec_label(step['dataset'], step.get('data_root', cfg.data_root))
         route.append(label)
         step_output = output / f'step{i}-{label}'
         step_cfg = step.config(cfg, test_datasets=test_specs, init_checkpoint=previous, output=str(step_output),
-                               resume=_resumable(cfg, step_output))
+                               **_start_of(cfg, step_output, trained))
+        stamp = _checkpoint_stamp(step_output)
         result = fine_tune(step_cfg)
+        trained = trained or _checkpoint_stamp(step_output) != stamp
         rows.append(_row(i, step_cfg.model, route, result))
         previous = str(Path(result['output']) / 'last')
     if cfg.distill is not None:
         last_step = {k: cfg.steps[-1][k] for k in ('dataset', 'data_root', 'dataset_args') if k in cfg.steps[-1]}
         distill_cfg = cfg.distill.config(
             cfg, **last_step, test_datasets=test_specs, output=str(output / 'distill'), teacher=previous,
-            resume=_resumable(cfg, output / 'distill'))
+            **_start_of(cfg, output / 'distill', trained))
         result = run_distill(distill_cfg)
         rows.append(_row('STD', distill_cfg.model, route, result))
     table = results_table(rows, test_sets)
