@@ -219,6 +219,16 @@ def test_a_resume_takes_fields_assigned_after_construction_as_given(tmp_path):
         run_config(cfg)
 
 
+def test_messages_name_the_file_the_folder_and_the_conflict(tmp_path):
+    from ptl_timm.engine.run_folder import run_config
+    with pytest.raises(ConfigError, match='is a folder, not a file'):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=f'config file {tmp_path / "x.yaml"}: unknown task .finetun.'):
+        build_config(TrainConfig, {'task': 'finetun'}, source=tmp_path / 'x.yaml')
+    with pytest.raises(ConfigError, match='resume continues the run .* and overwrite replaces it; pass one'):
+        run_config(TrainConfig(output=str(tmp_path), resume=True, overwrite=True))
+
+
 def test_training_entry_checks_a_config_changed_after_construction(tmp_path):
     cfg = TrainConfig(output=str(tmp_path / 'run'), data_root=str(tmp_path))
     cfg.sampler = 'bogus'

@@ -588,7 +588,8 @@ def load_config(path: PathLike) -> Dict[str, Any]:
     one mapping is refused."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f'config file {path} does not exist')
+        state = 'is a folder, not a file' if path.is_dir() else 'does not exist'
+        raise ConfigError(f'config file {path} {state}: pass a .yaml or .json file (configs/ holds examples)')
     text = path.read_text()
     try:
         data = json.loads(text, object_pairs_hook=_unique_keys) if path.suffix == '.json' else _load_yaml(text)
@@ -626,10 +627,11 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def config_task(data: Dict[str, Any], default: str = 'finetune') -> str:
+def config_task(data: Dict[str, Any], default: str = 'finetune', where: str = 'config') -> str:
     task = data.get('task', default)
     if task not in TASKS:
-        raise ConfigError(f'unknown task {task!r}; choose one of {", ".join(TASKS)}{_closest(str(task), list(TASKS))}')
+        raise ConfigError(f'{where}: unknown task {task!r}; choose one of {", ".join(TASKS)}'
+                          f'{_closest(str(task), list(TASKS))}')
     return task
 
 
@@ -650,7 +652,7 @@ def build_config(
     if 'task' in overrides:
         raise ConfigError(f"overrides: task cannot be set (got {overrides['task']!r}): the command is the task "
                           f"(ptl-timm train, distill or transfer), or a config file's task; drop it")
-    if config_task(file_data, task) != task:
+    if config_task(file_data, task, where) != task:
         other = file_data['task']
         raise ConfigError(f'{where} is a {other!r} config; run it with `ptl-timm {COMMANDS[other]}`')
     file_data.pop('task', None)

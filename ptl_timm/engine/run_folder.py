@@ -41,6 +41,8 @@ def run_config(cfg: T) -> T:
     would replace that run's, which could then no longer be resumed."""
     check_config(cfg)
     cls, where = type(cfg), 'config'
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError(f'{where}: resume continues the run in {cfg.output} and overwrite replaces it; pass one')
     if not cfg.resume:
         config_file = Path(cfg.output) / CONFIG_FILE_NAME
         other = load_config(config_file).get('task') if config_file.is_file() and not cfg.overwrite else None

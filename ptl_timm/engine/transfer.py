@@ -89,10 +89,11 @@ def run_transfer(cfg: TransferConfig) -> Dict[str, Any]:
         raise CheckpointError(f'{cfg.output} already holds the steps of a transfer ({earlier[0].parent}); pass '
                               f'--resume to continue it, --overwrite to replace it, or choose another output')
     check_extras(cfg)
-    for step in cfg.steps:  # every step's data is there before anything is written (or overwritten)
-        load_dataset(step['dataset'], step.get('data_root', cfg.data_root), step.get('dataset_args', cfg.dataset_args))
     ctx = setup_distributed(cfg.device)  # one process group for every step (they join it)
     try:
+        for step in cfg.steps:  # every step's data is there before anything is written (or overwritten)
+            load_dataset(step['dataset'], step.get('data_root', cfg.data_root),
+                         step.get('dataset_args', cfg.dataset_args))
         with run_lock(cfg.output) if ctx.is_main else contextlib.nullcontext():
             if ctx.is_main:
                 if cfg.overwrite and not cfg.resume:
