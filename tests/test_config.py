@@ -312,7 +312,10 @@ def test_model_args_of_the_right_types_pass():
 
 def test_transfer_refuses_a_dataset_of_its_own(tmp_path, capsys):
     """Each step trains on its own dataset: a transfer-wide one would be printed, saved and never used."""
-    assert main(['transfer', '--steps', 'dukemtmc', '--dataset', 'msmt17', '--print-config']) == 2
+    with pytest.raises(SystemExit, match='2'):  # no such flag
+        main(['transfer', '--steps', 'dukemtmc', '--dataset', 'msmt17', '--print-config'])
+    assert 'unrecognized arguments: --dataset' in capsys.readouterr().err
+    assert main(['transfer', '--steps', 'dukemtmc', '--set', 'dataset=msmt17', '--print-config']) == 2
     err = capsys.readouterr().err
     assert 'each step names its dataset' in err and '--steps' in err and err.count('\n') == 1, err
     with pytest.raises(ConfigError, match='each step names its dataset'):

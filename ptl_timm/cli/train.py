@@ -52,8 +52,9 @@ def _default_text(key: str, cls: Type[TrainConfig]) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig],
-                         extra: Sequence[ValueFlag] = ()) -> None:
-    """The config flags of ``train``, ``distill`` and ``transfer``; ``extra``: the command's own."""
+                         extra: Sequence[ValueFlag] = (), without: Sequence[str] = ()) -> None:
+    """The config flags of ``train``, ``distill`` and ``transfer``; ``extra``: the command's own; ``without``:
+    the keys of the shared flags the command has no use for (a transfer's steps name their datasets)."""
     parser.add_argument('--config', metavar='FILE', help='YAML or JSON config (configs/ holds the paper recipes)')
     parser.add_argument('--set', metavar='KEY=VALUE', action='append', default=[], dest='overrides',
                         help='override any config key (value parsed as YAML), repeatable')
@@ -66,7 +67,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig]
     add_img_size(parser, help=f'training and evaluation input height and width{_default_text("img_size", cls)}')
     add_device(parser, default=None, here=False)
     add_workers(parser, dest='num_workers', from_config=True)
-    for flag, key, kind, help_text in (*_VALUE_FLAGS, *extra):
+    for flag, key, kind, help_text in (*(f for f in _VALUE_FLAGS if f[1] not in without), *extra):
         parser.add_argument(flag, dest=key, type=kind, help=help_text + _default_text(key, cls))
     for flag, key, help_text in _SWITCHES:
         parser.add_argument(flag, dest=key, action='store_true', default=None, help=help_text)

@@ -13,7 +13,7 @@ from .train import add_config_arguments, resolve_and_run
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, __name__, __doc__)
-    add_config_arguments(parser, TransferConfig)
+    add_config_arguments(parser, TransferConfig, without=('dataset',))
     parser.add_argument('--steps', nargs='+', metavar='DATASET',
                         help='datasets in fine-tuning order (else the config\'s steps)')
     parser.set_defaults(func=run)
