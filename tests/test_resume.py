@@ -248,20 +248,27 @@ def test_a_mismatched_checkpoint_names_model_args_a_config_may_set(tmp_path):
     assert "'embed_dim': 32" in named and not any(f"'{key}'" in named for key in SET_BY_TRAINER)
 
 
-def test_resuming_from_another_folder_names_the_relative_paths_it_reads_there(tmp_path, monkeypatch, caplog):
+def test_a_run_with_relative_paths_resumes_only_from_the_folder_it_started_in(tmp_path, monkeypatch, caplog):
     """A run started with data_root 'data' reads ./data again when resumed: from another folder, other data.
-    The resume says so, naming each relative path and where it now points."""
-    from ptl_timm.engine.run_folder import run_config, save_run_config
+    Refused there, before anything is written; a run saved before the folder was recorded is resumed with
+    its relative paths named."""
     (tmp_path / 'start').mkdir()
     (tmp_path / 'elsewhere').mkdir()
     monkeypatch.chdir(tmp_path / 'start')
-    values = tiny_config(tmp_path / 'out', dict(name='market1501', root='data/market'), data_root='data')
-    save_run_config(TrainConfig(**values))
+    domain = make_domain(tmp_path / 'start' / 'data', num_ids=8)
+    values = tiny_config(tmp_path / 'out', dict(name='market1501', root=os.path.relpath(domain['root'])),
+                         max_steps_per_epoch=1)
+    fine_tune(TrainConfig(**values))
+    saved = (tmp_path / 'out' / 'config.yaml').read_bytes()
+    shutil.copytree(tmp_path / 'start' / 'data', tmp_path / 'elsewhere' / 'data')  # data there too: no other error
     monkeypatch.chdir(tmp_path / 'elsewhere')
-    run_config(TrainConfig(output=values['output'], resume=True))
-    assert 'relative paths' in caplog.text and f'data_root: data (now {tmp_path / "elsewhere" / "data"})' in caplog.text
-    assert 'dataset.root: data/market' in caplog.text
-    caplog.clear()
-    save_run_config(TrainConfig(**dict(values, data_root=str(tmp_path / 'data'), dataset='market1501')))
-    run_config(TrainConfig(output=values['output'], resume=True))
-    assert 'relative paths' not in caplog.text
+    with pytest.raises(CheckpointError, match=f'was started in {tmp_path / "start"} .*dataset.root: data/'):
+        fine_tune(TrainConfig(output=values['output'], resume=True, epochs=2))
+    assert (tmp_path / 'out' / 'config.yaml').read_bytes() == saved
+    state = load_train_state(tmp_path / 'out' / 'last')
+    del state['working_dir']  # as a run of an older version saved it
+    write_train_state(tmp_path / 'out' / 'last', state)
+    monkeypatch.chdir(tmp_path / 'start')
+    with caplog.at_level('WARNING'):
+        assert fine_tune(TrainConfig(output=values['output'], resume=True, epochs=2))['history'][-1]['epoch'] == 2
+    assert 'did not record where it started' in caplog.text and 'dataset.root: data/' in caplog.text

@@ -7,6 +7,7 @@ contradicts the saved one is an error unless it only changes how the run proceed
 (``RESUME_OVERRIDABLE``, epochs only upwards).
 """
 import logging
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -18,7 +19,7 @@ from .config import (
     COMMANDS, CONFIG_FILE_NAME, RESUME_OVERRIDABLE, RUN_CONTROL, T, TrainConfig, check_config, check_values,
     config_to_dict, config_to_yaml, load_config, plain, task_of)
 
-__all__ = ['saved_config', 'run_config', 'save_run_config']
+__all__ = ['saved_config', 'run_config', 'save_run_config', 'check_started_here', 'relative_paths']
 
 _logger = logging.getLogger(__name__)
 _PATH_SETTINGS = ('data_root', 'init_checkpoint', 'teacher', 'root')  # settings that name files or folders
@@ -74,25 +75,35 @@ def run_config(cfg: T) -> T:
             f'{where}: resuming {cfg.output}, which was started with other values: {"; ".join(contradictions)}. '
             f'Resume needs only the output folder: drop these values, or start a new run (another output, or '
             f'overwrite). Only {", ".join(RESUME_OVERRIDABLE)} may change (epochs only upwards)')
-    resumed = cls(**{**saved, **given, 'output': cfg.output, 'resume': True})
-    relative = [f'{name}: {path} (now {Path(path).resolve()})'
-                for name, path in _relative_paths(config_to_dict(resumed))]
-    if relative:
-        _logger.warning('resuming %s, whose config names relative paths: they resolve against the current folder, '
-                        'which must be the one the run was started in, or it trains on other data: %s',
-                        cfg.output, '; '.join(relative))
-    return resumed
+    return cls(**{**saved, **given, 'output': cfg.output, 'resume': True})
 
 
-def _relative_paths(value: Any, name: str = '', is_path: bool = False) -> Iterator[Tuple[str, str]]:
+def check_started_here(cfg: TrainConfig, started_in: Optional[str]) -> None:
+    """A resumed run whose config names relative paths reads them against the current folder: from another
+    folder than the one it started in (``started_in``, from its training state), other data or weights. Refused
+    then; a run saved before the folder was recorded is resumed with the paths named."""
+    relative = [f'{name}: {path}' for name, path in relative_paths(config_to_dict(cfg))]
+    here = os.getcwd()
+    if not relative or (started_in is not None and os.path.realpath(started_in) == os.path.realpath(here)):
+        return
+    if started_in is None:
+        _logger.warning('resuming %s, whose config names relative paths, read against the current folder %s (the '
+                        'run did not record where it started; from another folder it trains on other data): %s',
+                        cfg.output, here, '; '.join(relative))
+        return
+    raise CheckpointError(f'{cfg.output} was started in {started_in} and its config names relative paths '
+                          f'({"; ".join(relative)}), which from {here} name other files: resume it from {started_in}')
+
+
+def relative_paths(value: Any, name: str = '', is_path: bool = False) -> Iterator[Tuple[str, str]]:
     """``(setting, path)`` for every relative path a config names (data roots, dataset spec roots,
     checkpoints, in transfer steps too): what a resume from another folder would read elsewhere."""
     if isinstance(value, dict):
         for key, item in value.items():
-            yield from _relative_paths(item, f'{name}.{key}' if name else key, is_path or key in _PATH_SETTINGS)
+            yield from relative_paths(item, f'{name}.{key}' if name else key, is_path or key in _PATH_SETTINGS)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            yield from _relative_paths(item, f'{name}[{i}]', is_path)
+            yield from relative_paths(item, f'{name}[{i}]', is_path)
     elif is_path and isinstance(value, str) and value and ':' not in value:
         if not Path(value).expanduser().is_absolute():
             yield name, value

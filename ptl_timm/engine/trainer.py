@@ -7,8 +7,8 @@ save the resolved ``config.yaml``, then ``_epoch_loop``. One epoch (``_train_one
 the query/gallery splits are evaluated every ``eval_every`` epochs (``_evaluate_epoch``: eval mode,
 zero state), so a failed evaluation never loses the epoch; ``best/`` follows the training set's mAP
 (``_update_best``).
-Everything a resumed run needs is in ``last/train_state.pt`` (``TrainState.to_dict``): the epoch,
-optimizer, scheduler, gradient scaler, every rank's RNG states, the metric history and the
+Everything a resumed run needs is in ``last/train_state.pt`` (``TrainState.to_dict``): the folder it
+was started in (its config's relative paths mean files there), the epoch, optimizer, scheduler, gradient scaler, every rank's RNG states, the metric history and the
 BConv-Cell states after the epoch's last batch (``latent_states``, name → tensor: what
 ``state_reset='never'`` continues from, and the warm state for evaluation). The samplers are
 deterministic per seed and epoch, so a resumed run replays the interrupted epoch exactly.
@@ -49,7 +49,7 @@ from .config import TrainConfig, check_config, config_to_dict
 from .data import TrainData, build_train_data
 from .distributed import DistContext, setup_distributed, sync_buffers
 from .evaluate import check_evaluable, evaluate_split
-from .run_folder import run_config, save_run_config
+from .run_folder import check_started_here, run_config, save_run_config
 from .run_lock import run_lock
 from .schedule import lr_factor
 from .tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, require_tensorboard
@@ -200,7 +200,7 @@ class TrainState:
         return dict(
             epoch=self.epoch, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), rng=rngs, history=self.history, best=self.best,
-            config=config_to_dict(cfg), latent_states=self.latent_states,
+            config=config_to_dict(cfg), working_dir=os.getcwd(), latent_states=self.latent_states,
             adapter=self.module.adapter.state_dict() if self.module.adapter is not None else {},
             # with EMA, last/ holds the EMA weights; the trained ones are kept here to resume from
             model=self.module.model.state_dict() if self.ema is not None else {},
@@ -353,6 +353,7 @@ def _resume(state: TrainState, session: TrainSession) -> None:
         raise CheckpointError(
             f'{last} was written by a run of {len(saved["rng"])} process(es); resume it with the same '
             f'number (this run has {session.ctx.world_size}) so that every rank continues its own random streams')
+    check_started_here(session.cfg, saved.get('working_dir'))
     load_checkpoint_weights(session.model, last)
     if state.ema is not None:  # last/ holds the EMA weights, train_state the trained ones
         state.ema.module.load_state_dict(session.model.state_dict())
