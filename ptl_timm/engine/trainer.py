@@ -8,9 +8,10 @@ the query/gallery splits are evaluated every ``eval_every`` epochs (``_evaluate_
 zero state), so a failed evaluation never loses the epoch; ``best/`` follows the training set's mAP
 (``_update_best``).
 Everything a resumed run needs is in ``last/train_state.pt`` (``TrainState.to_dict``): the folder it
-was started in (its config's relative paths mean files there), the epoch, optimizer, scheduler, gradient scaler, every rank's RNG states, the metric history and the
-BConv-Cell states after the epoch's last batch (``latent_states``, name → tensor: what
-``state_reset='never'`` continues from, and the warm state for evaluation). The samplers are
+was started in (its config's relative paths mean files there), the epoch, optimizer, scheduler,
+gradient scaler, every rank's RNG states, the metric history and the BConv-Cell states after the
+epoch's last batch (``latent_states``, name → tensor: what ``state_reset='never'`` continues from, and
+the warm state for evaluation). The samplers are
 deterministic per seed and epoch, so a resumed run replays the interrupted epoch exactly.
 """
 import contextlib
