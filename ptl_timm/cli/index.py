@@ -13,15 +13,15 @@ Example: ptl-timm index build --model runs/x/best --images gallery/ --index gall
 import argparse
 import json
 import time
-from pathlib import Path
 
 from ptl_timm.errors import InputError
-from ptl_timm.eval.retrieval import RANKING_FORMATS, draw_rankings, write_rankings
+from ptl_timm.eval.retrieval import draw_rankings, write_rankings
 from ptl_timm.index import BACKENDS, ROWS_PER_SHARD, ImageIndex
 from ptl_timm.index.store import DTYPES
-from ptl_timm.utils import atomic_save_json, check_output_path
+from ptl_timm.utils import atomic_save_json
 from .options import (
-    add_batch_size, add_command, add_device, add_model, add_output, add_quiet, add_workers, integer, output_file)
+    add_batch_size, add_command, add_device, add_model, add_quiet, add_ranking_outputs, add_workers, integer,
+    output_file, ranking_picture)
 
 BUILD = """Embed images into a new index.
 
@@ -113,9 +113,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help='re-ranking: nearest items re-ranked per query (at least --top-k)')
     query.add_argument('--exclude-camera', action='store_true', help='skip results from the query\'s own camera')
     query.add_argument('--camera', help='camera of the query images (default: their record in the index or file name)')
-    add_output(query, 'ranked lists: a .json or .csv file', required=True, suffixes=RANKING_FORMATS)
-    query.add_argument('--png', type=output_file, help='ranked-list picture (default: next to --output, .png)')
-    query.add_argument('--max-rows', type=integer(1), default=20, help='queries drawn in the picture')
+    add_ranking_outputs(query)
     info = add_command(actions, f'{__name__}.info', INFO)
     _index_arg(info)
     info.add_argument('--verify', action='store_true', help='read every shard (a damaged one is reported)')
@@ -133,15 +131,6 @@ def _summary(info: dict) -> str:
     examples = f' (e.g. {", ".join(info["identity_examples"])})' if info['identity_examples'] else ''
     return (f'{info["images"]} images, {info["identities"]} identities{examples}, cameras: {cameras or "none"}; '
             f'{info["shards"]} shard{"s" if info["shards"] != 1 else ""} of {info["dtype"]}')
-
-
-def _check_query(args: argparse.Namespace) -> None:
-    """What the flags of a query cannot check one by one, before the index or the model is read."""
-    if args.png is None:
-        check_output_path(Path(args.output).with_suffix('.png'))  # where the picture goes by default
-    if args.rerank and args.candidates < args.top_k:
-        raise InputError(f'--candidates {args.candidates} is below --top-k {args.top_k}: re-ranking picks the top-k '
-                         f'among the candidates; raise --candidates or lower --top-k')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,15 +152,17 @@ def run(args: argparse.Namespace) -> int:
         removed = index.remove(paths=args.paths, identities=args.identities)
         print(f'removed {removed} images; {args.index} holds {_summary(index.info())}')
     elif args.action == 'query':
-        _check_query(args)
+        picture = ranking_picture(args)  # before the index or the model is read
+        if args.rerank and args.candidates < args.top_k:
+            raise InputError(f'--candidates {args.candidates} is below --top-k {args.top_k}: re-ranking picks the '
+                             f'top-k among the candidates; raise --candidates or lower --top-k')
         index = ImageIndex(args.index)
         result = index.query(args.model, args.query, top_k=args.top_k, backend=args.backend, rerank=args.rerank,
                              candidates=args.candidates, exclude_camera=args.exclude_camera, camera=args.camera,
                              nprobe=args.nprobe, **_extract(args))
         out = write_rankings(result['rankings'], args.output)
         title = f'{args.index} ({args.backend}{", re-ranked" if args.rerank else ""}): top {args.top_k} of each query'
-        picture = draw_rankings(result['rankings'], args.png or out.with_suffix('.png'), max_queries=args.max_rows,
-                                title=title)
+        picture = draw_rankings(result['rankings'], picture, max_queries=args.max_rows, title=title)
         print(f'wrote {out} ({len(result["rankings"])} queries, top {args.top_k}, {args.backend}) and {picture}')
         print(f'protocol: {result["protocol"]}')
     else:

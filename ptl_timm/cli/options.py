@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from ptl_timm.data.datasets import DATASETS, ReIDDataset, build_dataset
 from ptl_timm.errors import InputError, PTLError
 from ptl_timm.eval.extract import FeatureExtractor
+from ptl_timm.eval.retrieval import RANKING_FORMATS
 from ptl_timm.hub import check_model_source
 from ptl_timm.utils import DEVICE_HELP, check_output_path, default_workers, parse_device, resolve_device
 
@@ -27,7 +28,7 @@ __all__ = [
     'output_file', 'output_folder',
     'add_command', 'add_output', 'add_data_root', 'add_dataset', 'add_model', 'add_img_size',
     'add_device', 'add_workers', 'add_batch_size', 'add_quiet', 'add_debug', 'add_random_weights', 'add_model_args',
-    'add_dataset_args', 'extractor_from_args', 'dataset_from_args',
+    'add_dataset_args', 'add_ranking_outputs', 'ranking_picture', 'extractor_from_args', 'dataset_from_args',
 ]
 
 
@@ -148,6 +149,19 @@ def add_output(parser: argparse.ArgumentParser, help: str, folder: bool = False,
     existing folder is refused, and the other way round; ``suffixes``: the endings a file may have."""
     kind = output_folder if folder else _output_file_ending(suffixes) if suffixes else output_file
     return parser.add_argument('--output', dest=dest, required=required, default=default, help=help, type=kind)
+
+
+def add_ranking_outputs(parser: argparse.ArgumentParser) -> None:
+    """What a command that ranks writes (``search``, ``index query``): the ranked lists (``--output``), their
+    picture (``--png``, default beside them: :func:`ranking_picture`) and how many queries it draws."""
+    add_output(parser, 'ranked lists: a .json or .csv file', required=True, suffixes=RANKING_FORMATS)
+    parser.add_argument('--png', type=output_file, help='ranked-list picture (default: next to --output, .png)')
+    parser.add_argument('--max-rows', type=integer(1), default=20, help='queries drawn in the picture')
+
+
+def ranking_picture(args: argparse.Namespace) -> Path:
+    """Where the ranked-list picture goes: ``--png``, else beside ``--output``; checked before any work."""
+    return check_output_path(args.png or Path(args.output).with_suffix('.png'))
 
 
 def add_data_root(parser: argparse.ArgumentParser, help: str = "the dataset's own folder",

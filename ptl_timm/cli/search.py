@@ -19,11 +19,10 @@ from ptl_timm.errors import InputError
 from ptl_timm.eval.extract import image_files
 from ptl_timm.eval.features import FeatureSet, check_same_extraction, load_features, saved_extraction
 from ptl_timm.eval.protocol import resolve_protocol
-from ptl_timm.eval.retrieval import BACKENDS, RANKING_FORMATS, draw_rankings, search, write_rankings
-from ptl_timm.utils import check_output_path
+from ptl_timm.eval.retrieval import BACKENDS, draw_rankings, search, write_rankings
 from .options import (
-    add_command, add_dataset_args, add_model_args, add_output, add_quiet, dataset_from_args, extractor_from_args,
-    integer, output_file)
+    add_command, add_dataset_args, add_model_args, add_quiet, add_ranking_outputs, dataset_from_args,
+    extractor_from_args, integer, ranking_picture)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,9 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument('--top-k', type=integer(1), default=10, help='results per query')
     parser.add_argument('--worst-first', action='store_true', help='queries with the lowest AP first (of all queries)')
     parser.add_argument('--backend', choices=BACKENDS, default='auto', help='gallery index (auto: faiss when installed)')
-    add_output(parser, 'ranked lists: a .json or .csv file', required=True, suffixes=RANKING_FORMATS)
-    parser.add_argument('--png', type=output_file, help='ranked-list picture (default: next to --output, .png)')
-    parser.add_argument('--max-rows', type=integer(1), default=20, help='queries drawn in the picture')
+    add_ranking_outputs(parser)
     add_quiet(parser)
     parser.set_defaults(func=run)
     return parser
@@ -74,8 +71,7 @@ def _sets(args: argparse.Namespace) -> Dict[str, FeatureSet]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.png is None:
-        check_output_path(Path(args.output).with_suffix('.png'))  # where the picture goes by default
+    picture = ranking_picture(args)
     sets = _sets(args)
     rankings = search(sets['query'], sets['gallery'], top_k=args.top_k, backend=args.backend,
                       worst_first=args.worst_first, num_queries=args.num_queries)
@@ -84,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(resolve_protocol([sets["query"], sets["gallery"]]).description)
     order = 'worst first' if args.worst_first else 'in query order'
     title = f'{args.model or args.features}: top {args.top_k} of each query ({order})'
-    picture = draw_rankings(rankings, args.png or out.with_suffix('.png'), max_queries=args.max_rows, title=title)
+    picture = draw_rankings(rankings, picture, max_queries=args.max_rows, title=title)
     if not args.quiet:
         print(f'wrote {out} ({len(rankings)} queries, top {args.top_k}) and {picture}')
     return 0

@@ -30,8 +30,8 @@ and never -1 in the public layouts (a file naming camera 0 or none is a format e
 every camera), -1 only for ``folder`` images without a camera folder;
 pid ``-1`` (junk boxes) is dropped at parse time and pid ``0`` (Market distractors) is kept in the
 gallery as an ordinary negative (``ReIDDataset.distractor_pid``). Problems a user can fix raise
-:class:`DatasetNotFoundError`
-(a ``FileNotFoundError``) or :class:`DatasetFormatError` (a ``ValueError``) naming the path and the fix.
+:class:`DatasetNotFoundError` (a ``FileNotFoundError``) or :class:`DatasetFormatError` (a ``ValueError``)
+naming the path and the fix.
 """
 import inspect
 import re

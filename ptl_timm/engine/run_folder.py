@@ -8,8 +8,9 @@ contradicts the saved one is an error unless it only changes how the run proceed
 """
 import logging
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 
 from ptl_timm.errors import CheckpointError, ConfigError
 from ptl_timm.hub import TRAIN_STATE_NAME
@@ -19,7 +20,7 @@ from .config import (
     COMMANDS, CONFIG_FILE_NAME, RESUME_OVERRIDABLE, RUN_CONTROL, T, TrainConfig, check_config, check_values,
     config_to_dict, config_to_yaml, load_config, plain, task_of)
 
-__all__ = ['saved_config', 'run_config', 'save_run_config', 'check_started_here', 'relative_paths']
+__all__ = ['saved_config', 'run_config', 'save_run_config', 'check_started_here', 'relative_paths', 'remove_outputs']
 
 _logger = logging.getLogger(__name__)
 _PATH_SETTINGS = ('data_root', 'init_checkpoint', 'teacher', 'root')  # settings that name files or folders
@@ -107,6 +108,16 @@ def relative_paths(value: Any, name: str = '', is_path: bool = False) -> Iterato
     elif is_path and isinstance(value, str) and value and ':' not in value:
         if not Path(value).expanduser().is_absolute():
             yield name, value
+
+
+def remove_outputs(paths: Iterable[Path]) -> None:
+    """Delete an earlier run's outputs (files or folders), in the order given: what ``--overwrite`` replaces
+    goes before the new run writes, so nothing of it can sit beside the new run's."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def save_run_config(cfg: TrainConfig) -> None:

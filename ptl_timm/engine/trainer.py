@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from .config import TrainConfig, check_config, config_to_dict
 from .data import TrainData, build_train_data
 from .distributed import DistContext, setup_distributed, sync_buffers
 from .evaluate import check_evaluable, evaluate_split
-from .run_folder import check_started_here, run_config, save_run_config
+from .run_folder import check_started_here, remove_outputs, run_config, save_run_config
 from .run_lock import run_lock
 from .schedule import lr_factor
 from .tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, require_tensorboard
@@ -298,12 +297,7 @@ def _remove_earlier_run(output: Path) -> None:
     sit beside the new run's last/ (a new run stopped before its first evaluation would leave them).
     last/, the resume point, goes last with config.yaml still the old one: a stop midway leaves the earlier
     run resumable, never a mix of two."""
-    for name in RUN_OUTPUTS:
-        path = output / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove_outputs(output / name for name in RUN_OUTPUTS)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ Step *i* writes its checkpoints to ``<output>/step<i>-<dataset>/`` and starts fr
 """
 import contextlib
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -19,7 +18,7 @@ from ptl_timm.utils import atomic_save_json, atomic_write, readable_folder
 from .config import TransferConfig
 from .distill import run_distill
 from .distributed import DistContext, setup_distributed
-from .run_folder import run_config, save_run_config
+from .run_folder import remove_outputs, run_config, save_run_config
 from .run_lock import run_lock
 from .trainer import check_extras, fine_tune
 
@@ -107,11 +106,7 @@ def run_transfer(cfg: TransferConfig) -> Dict[str, Any]:
 def _remove_earlier_transfer(output: Path) -> None:
     """An overwritten transfer's outputs go before the new one writes: a step or a distillation the new
     transfer does not have must not sit beside its table. Its table goes first, its steps after."""
-    for path in [output / TABLE_MD, output / TABLE_JSON, output / 'distill', *sorted(output.glob('step*-*'))]:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove_outputs([output / TABLE_MD, output / TABLE_JSON, output / 'distill', *sorted(output.glob('step*-*'))])
 
 
 def _run_steps(cfg: TransferConfig, ctx: DistContext) -> Dict[str, Any]:

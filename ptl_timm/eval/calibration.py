@@ -297,6 +297,20 @@ def select_point(calibration: Mapping[str, Any], fpr: Optional[float] = None, so
                      f'or calibrate again with that target (ptl-timm calibrate --fprs ...)')
 
 
+def _check_measured_weights(calibration: Mapping[str, Any], loaded: str, source: str) -> None:
+    """The calibration a source carries was measured with the weights it loads (``loaded``: their sha256)."""
+    measured = calibration.get('weights_sha256')
+    if measured is None:
+        raise CheckpointError(f'the calibration that {source} carries does not record the weights it was measured '
+                              f'with (an older format), so it may belong to other weights; calibrate again '
+                              f'(ptl-timm calibrate)')
+    if loaded != measured:
+        raise CheckpointError(
+            f'the calibration that {source} carries was measured with other weights than those it loads (weights '
+            f'sha256 {measured[:12]}, loaded {loaded[:12]}): its thresholds would decide for another model; '
+            f'calibrate these weights (ptl-timm calibrate)')
+
+
 def verify(
         model: Union[PathLike, nn.Module],
         image_a: Any,
@@ -329,16 +343,8 @@ def verify(
         raise InputError(f'image {missing[0]} {state}')
     extractor = FeatureExtractor(model, device=device, img_size=calibration['input_size'][-2:],
                                  flip=calibration.get('flip', False))
-    loaded, measured = extractor.extraction()['weights_sha256'], calibration.get('weights_sha256')
-    if not isinstance(model, nn.Module) and measured is None:
-        raise CheckpointError(f'the calibration that {source} carries does not record the weights it was measured '
-                              f'with (an older format), so it may belong to other weights; calibrate again '
-                              f'(ptl-timm calibrate)')
-    if not isinstance(model, nn.Module) and loaded != measured:
-        raise CheckpointError(
-            f'the calibration that {source} carries was measured with other weights than those it loads (weights '
-            f'sha256 {measured[:12]}, loaded {loaded[:12]}): its thresholds would decide for another model; '
-            f'calibrate these weights (ptl-timm calibrate)')
+    if not isinstance(model, nn.Module):  # a module comes with the calibration its caller vouches for
+        _check_measured_weights(calibration, extractor.extraction()['weights_sha256'], source)
     feats = extractor([image_a, image_b])
     _, dist = next(pairwise_distance_chunks(feats[:1], feats[1:], metric=calibration['metric'], device='cpu'))
     distance = float(dist[0, 0])
